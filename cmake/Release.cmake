@@ -1,0 +1,1 @@
+# Release artifact (relocatable bin/ + lib/ tree): filled in by the CUDA issue.

@@ -1,0 +1,108 @@
+// Backend: the one interface through which the server reaches the numerics. The CPU backend
+// (reference/) is the oracle; the CUDA backend (cuda/) must match its codes and scales bit for
+// bit.
+//
+//   std::unique_ptr<Backend> cpu = CreateReferenceBackend(executor);   // executor outlives it
+//   QUANTD_ASSIGN_OR_RETURN(QuantSpec spec, ResolveSpec(requested, x.shape));
+//   QUANTD_ASSIGN_OR_RETURN(QuantLayout layout, ComputeLayout(spec, x.shape));
+//   std::string codes(layout.code_bytes, '\0');
+//   std::vector<float> scales(layout.geometry.num_scales);
+//   ErrorMetrics metrics;
+//   QUANTD_RETURN_IF_ERROR(cpu->Quantize(x, spec, {codes.data(), ..., scales.data(), ...},
+//                                        &metrics));
+//
+// All buffers are host memory owned by the caller; a backend that computes elsewhere stages
+// them itself. Every method is thread-safe and synchronous.
+#ifndef QUANTD_BACKEND_H_
+#define QUANTD_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "quantd/executor.h"
+#include "quantd/metrics.h"
+#include "quantd/spec.h"
+#include "quantd/tensor.h"
+
+namespace quantd {
+
+// Output buffers of a quantization, sized by ComputeLayout.
+struct QuantizedBuffers {
+  void* codes = nullptr;
+  int64_t code_bytes = 0;
+  float* scales = nullptr;
+  int64_t num_scales = 0;
+  int32_t* zero_points = nullptr;  // num_scales of them when asymmetric, else null
+};
+
+// Input buffers of a dequantization.
+struct ConstQuantizedBuffers {
+  const void* codes = nullptr;
+  int64_t code_bytes = 0;
+  const float* scales = nullptr;
+  int64_t num_scales = 0;
+  const int32_t* zero_points = nullptr;
+};
+
+enum class CalibrationMethod : int32_t {
+  kUnspecified = 0,
+  kAmax = 1,
+  kPercentile = 2,  // numpy's linear-interpolation percentile of |x| (or of x for min / max)
+  kMse = 3,         // per scale group, the clip ratio of a grid minimizing Σ(x - x̂)²
+};
+
+struct CalibrationOptions {
+  CalibrationMethod method = CalibrationMethod::kAmax;
+  double percentile = 99.99;  // kPercentile, in (0, 100]
+  int search_steps = 21;      // kMse: ratios evenly spaced from 1 down to search_min_ratio
+  float search_min_ratio = 0.8f;
+};
+
+// What a static quantization should use, one entry per scale group.
+struct CalibrationResult {
+  std::vector<float> scales;
+  std::vector<int32_t> zero_points;  // asymmetric only
+  std::vector<float> amax;           // observed max |x| over the group's finite elements
+  std::vector<float> clip_ratios;    // chosen ratio (kMse), else the spec's clip ratio
+  ErrorMetrics metrics;              // of quantizing the input with `scales`
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string_view name() const = 0;
+
+  // Quantizes `input` (F32, F16 or BF16) with `spec`, resolved for input.shape. Fills codes,
+  // scales and (asymmetric) zero-points; fills `metrics` when it is not null.
+  // InvalidArgument when the input holds NaN and the format has none (nan_policy REJECT).
+  [[nodiscard]] virtual absl::Status Quantize(const TensorView& input, const QuantSpec& spec,
+                                              const QuantizedBuffers& out,
+                                              ErrorMetrics* metrics) = 0;
+
+  // x̂ = s · decode(q) into `out` (F32, F16 or BF16, shaped as the original tensor).
+  [[nodiscard]] virtual absl::Status Dequantize(const ConstQuantizedBuffers& in,
+                                                const QuantSpec& spec,
+                                                const MutableTensorView& out) = 0;
+
+  // Quantize then dequantize in one pass (fake quantization), without materializing codes.
+  [[nodiscard]] virtual absl::Status QuantDequant(const TensorView& input, const QuantSpec& spec,
+                                                  const MutableTensorView& out,
+                                                  ErrorMetrics* metrics) = 0;
+
+  // The scales (and zero-points) a static quantization of `input` should use.
+  [[nodiscard]] virtual absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
+                                               const CalibrationOptions& options,
+                                               CalibrationResult* result) = 0;
+};
+
+// The CPU backend. Runs its loops on `executor` (InlineExecutor() when null), which must
+// outlive it.
+std::unique_ptr<Backend> CreateReferenceBackend(Executor* executor);
+
+}  // namespace quantd
+
+#endif  // QUANTD_BACKEND_H_

@@ -1,0 +1,266 @@
+// Per-element quantization arithmetic, shared verbatim by the CPU and CUDA backends.
+//
+// This header is the bit-level contract of FORMATS.md in code: the one minifloat engine
+// (E4M3, E5M2 and every eXmY), integer rounding, the rounding modes and the Philox stream that
+// stochastic rounding draws from. It has no dependencies beyond <cmath> so that nvcc compiles
+// the same functions for the device.
+//
+//   ElementCodec codec = MakeElementCodec(Traits(Format::kFp8E4M3), rounding, overflow,
+//                                         /*nan_to_zero=*/false);
+//   uint32_t code = QuantizeElement(codec, x, scale, /*zero_point=*/0, /*random_bits=*/0);
+//   float x_hat = DequantizeElement(codec, code, scale, /*zero_point=*/0);
+//
+// Everything is IEEE fp32 with round-to-nearest; x / s is a true division.
+#ifndef QUANTD_CODEC_H_
+#define QUANTD_CODEC_H_
+
+#include <cmath>
+#include <cstdint>
+
+#include "quantd/format.h"
+#include "quantd/hd.h"
+#include "quantd/tensor.h"
+
+namespace quantd {
+
+// Mirror quantd.v1 enums value for value (kUnspecified resolves to the first real value).
+enum class Rounding : int32_t {
+  kUnspecified = 0,
+  kNearestEven = 1,
+  kStochastic = 2,
+  kNearestAway = 3,
+};
+enum class Overflow : int32_t {
+  kUnspecified = 0,
+  kSaturate = 1,
+  kNonfinite = 2,
+};
+enum class NanPolicy : int32_t {
+  kUnspecified = 0,
+  kReject = 1,
+  kZero = 2,
+};
+enum class Packing : int32_t {
+  kUnspecified = 0,
+  kBitstream = 1,
+  kInt32Offset = 2,
+};
+
+// ---- Philox4x32-10 (Salmon et al., SC'11; the generator of Random123 and cuRAND). ----
+
+namespace codec_internal {
+QUANTD_HD uint32_t MulHi(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+}
+}  // namespace codec_internal
+
+// Ten rounds of Philox4x32 over `counter` with `key`, in place.
+QUANTD_HD void Philox4x32_10(uint32_t counter[4], uint32_t key0, uint32_t key1) {
+  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
+  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0 = codec_internal::MulHi(kMul0, counter[0]), lo0 = kMul0 * counter[0];
+    uint32_t hi1 = codec_internal::MulHi(kMul1, counter[2]), lo1 = kMul1 * counter[2];
+    uint32_t next[4] = {hi1 ^ counter[1] ^ key0, lo1, hi0 ^ counter[3] ^ key1, lo0};
+    for (int i = 0; i < 4; ++i) counter[i] = next[i];
+    key0 += kWeyl0;
+    key1 += kWeyl1;
+  }
+}
+
+// The 32 random bits stochastic rounding uses for flat element `index` under `seed`: word
+// (index mod 4) of Philox4x32-10 with counter (index / 4, 0) as a 128-bit little-endian
+// integer and key (seed low 32 bits, seed high 32 bits), the cuRAND layout.
+QUANTD_HD uint32_t StochasticBits(uint64_t seed, uint64_t index) {
+  uint64_t block = index >> 2;
+  uint32_t counter[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u,
+                         0u};
+  Philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return counter[index & 3];
+}
+
+// A uniform draw in [0, 1) with 24 bits: (bits >> 8) · 2^-24, exact in fp32.
+QUANTD_HD float UniformFromBits(uint32_t bits) {
+  return static_cast<float>(bits >> 8) * 5.9604644775390625e-8f;
+}
+
+// Rounds a finite n >= 0 to an integer-valued float. Stochastic rounding goes up when the
+// uniform draw is below the fractional part (both exact in fp32), so E[result] = n to 2^-24.
+QUANTD_HD float RoundMagnitude(float n, Rounding rounding, uint32_t random_bits) {
+  float floor_n = floorf(n);
+  float fraction = n - floor_n;  // exact
+  switch (rounding) {
+    case Rounding::kStochastic:
+      return UniformFromBits(random_bits) < fraction ? floor_n + 1.0f : floor_n;
+    case Rounding::kNearestAway:
+      return fraction >= 0.5f ? floor_n + 1.0f : floor_n;
+    default:  // nearest, ties to even
+      if (fraction > 0.5f) return floor_n + 1.0f;
+      if (fraction < 0.5f) return floor_n;
+      return fmodf(floor_n, 2.0f) != 0.0f ? floor_n + 1.0f : floor_n;
+  }
+}
+
+// ---- The minifloat engine. ----
+
+QUANTD_HD uint32_t MinifloatSignBit(const MinifloatParams& p) {
+  return 1u << (p.exp_bits + p.man_bits);
+}
+
+// The quiet NaN of the format (magnitude bits): S.1111.111 for E4M3, S.11111.10 for E5M2.
+QUANTD_HD uint32_t MinifloatNanMagnitude(const MinifloatParams& p) {
+  uint32_t all_ones = MinifloatSignBit(p) - 1u;
+  if (p.nan_encoding == NanEncoding::kAllOnes) return all_ones;
+  return (((1u << p.exp_bits) - 1u) << p.man_bits) | (1u << (p.man_bits - 1));
+}
+
+QUANTD_HD uint32_t MinifloatInfMagnitude(const MinifloatParams& p) {
+  return ((1u << p.exp_bits) - 1u) << p.man_bits;
+}
+
+// Encodes fp32 `v` (already divided by its scale) as a minifloat code of 1 + E + M bits.
+//
+// The quantum of v's binade (clamped below at the subnormal binade) is 2^(e - M); v / quantum
+// is exact in fp32 and is rounded to an integer r by `rounding`. The code is then
+// ((e + bias - 1) << M) + r, which also covers subnormals (e = emin, r < 2^M) and a carry into
+// the next binade (r = 2^(M+1)). A code above max_code overflows: SATURATE clamps to the max
+// finite value (CUDA satfinite, TE, vLLM); NONFINITE gives Inf where the format has one and NaN
+// otherwise (ml_dtypes). ±Inf inputs overflow the same way. NaN keeps its sign (ml_dtypes and
+// PyTorch); zero keeps its sign.
+QUANTD_HD uint32_t MinifloatEncode(const MinifloatParams& p, float v, Rounding rounding,
+                                   uint32_t random_bits, Overflow overflow) {
+  const uint32_t bits = FloatToBits(v);
+  const uint32_t sign = (bits >> 31) ? MinifloatSignBit(p) : 0u;
+  const uint32_t magnitude_bits = bits & 0x7FFFFFFFu;
+  if (magnitude_bits > 0x7F800000u) return sign | MinifloatNanMagnitude(p);
+  const int emin = 1 - p.bias;
+  const int emax = static_cast<int>(p.max_code >> p.man_bits) - p.bias;
+  bool overflowed = magnitude_bits == 0x7F800000u;
+  uint32_t magnitude = 0;
+  if (!overflowed) {
+    const int biased = static_cast<int>(magnitude_bits >> 23);
+    int e = biased == 0 ? emin : biased - 127;  // fp32 subnormals lie below every emin
+    if (e < emin) e = emin;
+    if (e > emax) {
+      overflowed = true;
+    } else {
+      float n = ldexpf(BitsToFloat(magnitude_bits), p.man_bits - e);  // exact, < 2^(M+1)
+      uint32_t r = static_cast<uint32_t>(RoundMagnitude(n, rounding, random_bits));
+      magnitude = (static_cast<uint32_t>(e + p.bias - 1) << p.man_bits) + r;
+      overflowed = magnitude > p.max_code;
+    }
+  }
+  if (overflowed) {
+    if (overflow == Overflow::kNonfinite && p.nan_encoding != NanEncoding::kNone) {
+      return sign | (p.nan_encoding == NanEncoding::kIeee ? MinifloatInfMagnitude(p)
+                                                          : MinifloatNanMagnitude(p));
+    }
+    magnitude = p.max_code;
+  }
+  return sign | magnitude;
+}
+
+// Decodes a minifloat code (exact in fp32 for every format with E <= 8, M <= 23).
+QUANTD_HD float MinifloatDecode(const MinifloatParams& p, uint32_t code) {
+  const uint32_t sign_bit = MinifloatSignBit(p);
+  const uint32_t magnitude = code & (sign_bit - 1u);
+  const uint32_t exponent_field = magnitude >> p.man_bits;
+  const uint32_t mantissa = magnitude & ((1u << p.man_bits) - 1u);
+  const uint32_t all_ones_exponent = (1u << p.exp_bits) - 1u;
+  float value;
+  if (p.nan_encoding == NanEncoding::kAllOnes && magnitude == sign_bit - 1u) {
+    value = BitsToFloat(0x7FC00000u);
+  } else if (p.nan_encoding == NanEncoding::kIeee && exponent_field == all_ones_exponent) {
+    value = BitsToFloat(mantissa ? 0x7FC00000u : 0x7F800000u);
+  } else if (exponent_field == 0) {
+    value = ldexpf(static_cast<float>(mantissa), 1 - p.bias - p.man_bits);
+  } else {
+    value = ldexpf(static_cast<float>(mantissa | (1u << p.man_bits)),
+                   static_cast<int>(exponent_field) - p.bias - p.man_bits);
+  }
+  return (code & sign_bit) ? -value : value;
+}
+
+// ---- Integer elements. ----
+
+// q = clamp(round(v) + zero_point, qmin, qmax) for v = x / s. Rounding acts on |v| and the sign
+// is put back (the same as RNE and ties-away on v itself; stochastic rounding is thereby
+// symmetric about zero). |v| is clamped to 2^20 first so that ±Inf and huge values saturate.
+QUANTD_HD int32_t IntQuantize(float v, int32_t zero_point, int32_t qmin, int32_t qmax,
+                              Rounding rounding, uint32_t random_bits) {
+  float magnitude = fminf(fabsf(v), 1048576.0f);
+  int32_t q = static_cast<int32_t>(RoundMagnitude(magnitude, rounding, random_bits));
+  if (v < 0.0f) q = -q;
+  q += zero_point;
+  return q < qmin ? qmin : (q > qmax ? qmax : q);
+}
+
+// ---- One element of any format. ----
+
+// Everything the per-element functions need, as a plain struct that kernels take by value.
+struct ElementCodec {
+  ElementKind kind = ElementKind::kNone;
+  int bits = 0;
+  int32_t qmin = 0;
+  int32_t qmax = 0;
+  MinifloatParams minifloat;
+  Rounding rounding = Rounding::kNearestEven;
+  Overflow overflow = Overflow::kSaturate;
+  bool nan_to_zero = false;  // NaN inputs quantize as 0 (formats without NaN, or on request)
+};
+
+inline ElementCodec MakeElementCodec(const FormatTraits& traits, Rounding rounding,
+                                     Overflow overflow, bool nan_to_zero) {
+  ElementCodec codec;
+  codec.kind = traits.kind;
+  codec.bits = traits.bits;
+  codec.qmin = traits.qmin;
+  codec.qmax = traits.qmax;
+  codec.minifloat = traits.minifloat;
+  codec.rounding = rounding;
+  codec.overflow = overflow;
+  codec.nan_to_zero = nan_to_zero;
+  return codec;
+}
+
+// Quantizes input x with dequantization scale s (zero_point: asymmetric integers, else 0).
+// Returns the code in the low `bits` bits (two's complement for signed integers).
+// `random_bits` is StochasticBits(seed, flat index) under stochastic rounding, else unused.
+QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s,
+                                   int32_t zero_point, uint32_t random_bits) {
+  const bool is_minifloat = codec.kind == ElementKind::kMinifloat;
+  // A NaN that got this far in a format without NaN (its request was not rejected: nan_policy
+  // ZERO) quantizes as 0, as it does on request in any format.
+  if (x != x &&
+      (codec.nan_to_zero || !is_minifloat || codec.minifloat.nan_encoding == NanEncoding::kNone)) {
+    x = 0.0f;
+  }
+  const float v = x / s;  // s > 0 and finite, so v is NaN only when x is
+  if (is_minifloat) {
+    return MinifloatEncode(codec.minifloat, v, codec.rounding, random_bits, codec.overflow);
+  }
+  const uint32_t mask = (codec.bits >= 32) ? 0xFFFFFFFFu : ((1u << codec.bits) - 1u);
+  const int32_t q = IntQuantize(v, zero_point, codec.qmin, codec.qmax, codec.rounding, random_bits);
+  return static_cast<uint32_t>(q) & mask;
+}
+
+// Value of an element code before scaling: the integer (sign-extended) or the minifloat.
+QUANTD_HD float DecodeElement(const ElementCodec& codec, uint32_t code, int32_t zero_point) {
+  if (codec.kind == ElementKind::kMinifloat) return MinifloatDecode(codec.minifloat, code);
+  int32_t q = static_cast<int32_t>(code);
+  if (codec.qmin < 0 && codec.bits < 32) {
+    const uint32_t sign_bit = 1u << (codec.bits - 1);
+    q = static_cast<int32_t>((code ^ sign_bit)) - static_cast<int32_t>(sign_bit);
+  }
+  return static_cast<float>(q - zero_point);  // exact: |q - zp| < 2^9
+}
+
+// x̂ = fp32(s · decode(code)).
+QUANTD_HD float DequantizeElement(const ElementCodec& codec, uint32_t code, float s,
+                                  int32_t zero_point) {
+  return s * DecodeElement(codec, code, zero_point);
+}
+
+}  // namespace quantd
+
+#endif  // QUANTD_CODEC_H_

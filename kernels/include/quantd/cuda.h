@@ -1,0 +1,36 @@
+// The CUDA backend's entry points, present in every build: without nvcc they report that the
+// backend was not built, so callers handle "no GPU" and "no CUDA build" the same way.
+//
+//   if (CudaDeviceCount() > 0) { QUANTD_ASSIGN_OR_RETURN(backend, CreateCudaBackend(...)); }
+#ifndef QUANTD_CUDA_H_
+#define QUANTD_CUDA_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "quantd/backend.h"
+
+namespace quantd {
+
+// True when this binary contains the CUDA backend.
+bool CudaBackendBuilt();
+
+// Visible CUDA devices; 0 when there is no driver, no device, or no CUDA build.
+int CudaDeviceCount();
+
+// One line per visible device ("0: NVIDIA H200, sm_90, 139 GiB"), empty without devices.
+std::string CudaDeviceSummary();
+
+struct CudaBackendOptions {
+  int streams_per_device = 4;
+};
+
+// The CUDA backend over every visible device. FailedPrecondition without a device or a CUDA
+// build, Unimplemented while its kernels have not landed.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
+    const CudaBackendOptions& options);
+
+}  // namespace quantd
+
+#endif  // QUANTD_CUDA_H_

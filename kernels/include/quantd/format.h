@@ -1,0 +1,154 @@
+// Quantization formats and their traits table: one constexpr row per format.
+//
+// Everything that differs between formats is a column here; code that needs a property reads
+// the row instead of switching on the enum. Adding a format is adding a row (plus its
+// encode/decode in codec.h when it brings a new element kind).
+//
+//   const FormatTraits& t = Traits(Format::kInt4);   // t.bits == 4, t.qmax == 7
+//   for (Format f : AllFormats()) { ... }             // what tests iterate over
+//   absl::StatusOr<Format> f = FormatFromName("fp8-e4m3");
+#ifndef QUANTD_FORMAT_H_
+#define QUANTD_FORMAT_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace quantd {
+
+// Mirrors quantd.v1.Format value for value (static_asserts in server/convert.cc).
+enum class Format : int32_t {
+  kUnspecified = 0,
+  kInt8 = 1,
+  kInt4 = 2,
+  kUint8 = 3,
+  kUint4 = 4,
+  kFp8E4M3 = 5,
+  kFp8E5M2 = 6,
+};
+inline constexpr int kNumFormats = 7;  // rows of the traits table, kUnspecified included
+
+enum class ElementKind : uint8_t {
+  kNone,       // the kUnspecified row
+  kInt,        // two's complement (signed) or plain binary (unsigned) integers
+  kMinifloat,  // sign, exponent, mantissa: the one minifloat engine in minifloat.h
+};
+
+// How a minifloat spends its all-ones exponent.
+enum class NanEncoding : uint8_t {
+  kNone,           // finite-only (E3M2, E2M3, E2M1, eXmY with X < 5)
+  kAllOnes,        // only S.1111.111 is NaN, no Inf (OCP E4M3 "fn")
+  kIeee,           // exponent all ones: mantissa 0 = Inf, else NaN (E5M2, eXmY with X >= 5)
+};
+
+// A minifloat's parameters, a plain struct so kernels can take it by value.
+struct MinifloatParams {
+  int exp_bits = 0;
+  int man_bits = 0;
+  int bias = 0;
+  uint32_t max_code = 0;  // magnitude code of the largest finite value
+  NanEncoding nan_encoding = NanEncoding::kNone;
+};
+
+// Granularities as a bitmask of (1 << Granularity) for the `granularities` column.
+enum class Granularity : int32_t {
+  kUnspecified = 0,
+  kNone = 1,
+  kTensor = 2,
+  kChannel = 3,
+  kToken = 4,
+  kGroup = 5,
+  kBlock = 6,
+};
+inline constexpr int kNumGranularities = 7;
+constexpr uint32_t GranularityBit(Granularity g) { return 1u << static_cast<int>(g); }
+inline constexpr uint32_t kFreeScaleGranularities =
+    GranularityBit(Granularity::kTensor) | GranularityBit(Granularity::kChannel) |
+    GranularityBit(Granularity::kToken) | GranularityBit(Granularity::kGroup) |
+    GranularityBit(Granularity::kBlock);
+
+enum class ScaleKind : uint8_t {
+  kNone,
+  kF32,  // free fp32 scale per group
+};
+
+struct FormatTraits {
+  Format format;
+  std::string_view name;  // canonical descriptor, as in FORMATS.md
+  int bits;               // bits per element code
+  ElementKind kind;
+  bool is_signed;
+  // Integer formats: the code range.
+  int qmin;
+  int qmax;
+  // Minifloat formats: the engine's parameters.
+  MinifloatParams minifloat;
+  // The divisor of a symmetric scale, s = amax / scale_divisor: qmax for integers, the max
+  // finite value for minifloats.
+  float scale_divisor;
+  bool symmetric_ok;
+  bool asymmetric_ok;
+  uint32_t granularities;  // GranularityBit mask of what this format accepts
+  ScaleKind scale_kind;
+  bool has_nan;
+  bool has_inf;
+};
+
+namespace format_internal {
+inline constexpr uint32_t kIntGranularities = kFreeScaleGranularities;
+inline constexpr uint32_t kMinifloatGranularities =
+    kFreeScaleGranularities | GranularityBit(Granularity::kNone);
+}  // namespace format_internal
+
+// clang-format off
+inline constexpr std::array<FormatTraits, kNumFormats> kFormatTraits = {{
+//  format                name          bits kind                  signed qmin  qmax minifloat {E, M, bias, max_code, nan}      divisor   sym    asym   granularities                              scale            nan    inf
+  {Format::kUnspecified, "unspecified", 0,  ElementKind::kNone,      false,   0,   0, {},                                       0.0f,     false, false, 0,                                          ScaleKind::kNone, false, false},
+  {Format::kInt8,        "int8",        8,  ElementKind::kInt,       true, -128, 127, {},                                       127.0f,   true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
+  {Format::kInt4,        "int4",        4,  ElementKind::kInt,       true,   -8,   7, {},                                       7.0f,     true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
+  {Format::kUint8,       "uint8",       8,  ElementKind::kInt,       false,   0, 255, {},                                       255.0f,   false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
+  {Format::kUint4,       "uint4",       4,  ElementKind::kInt,       false,   0,  15, {},                                       15.0f,    false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
+  {Format::kFp8E4M3,     "fp8-e4m3",    8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  false},
+  {Format::kFp8E5M2,     "fp8-e5m2",    8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  true},
+}};
+// clang-format on
+
+namespace format_internal {
+constexpr bool RowsMatchEnum() {
+  for (int i = 0; i < kNumFormats; ++i) {
+    if (static_cast<int>(kFormatTraits[i].format) != i) return false;
+  }
+  return true;
+}
+}  // namespace format_internal
+static_assert(format_internal::RowsMatchEnum(), "kFormatTraits row i must describe Format i");
+
+constexpr const FormatTraits& Traits(Format format) {
+  return kFormatTraits[static_cast<int>(format)];
+}
+
+// True for every value that names a row (kUnspecified included).
+constexpr bool IsValidFormat(int32_t value) { return value >= 0 && value < kNumFormats; }
+
+// Every real format (kUnspecified excluded), in enum order: what tests iterate over.
+std::vector<Format> AllFormats();
+
+// Canonical name ("int8", "fp8-e4m3", ...).
+std::string_view FormatName(Format format);
+std::string_view GranularityName(Granularity granularity);
+
+// Parses a canonical format name; the error lists every accepted name.
+[[nodiscard]] absl::StatusOr<Format> FormatFromName(std::string_view name);
+[[nodiscard]] absl::StatusOr<Granularity> GranularityFromName(std::string_view name);
+
+inline bool FormatAllows(Format format, Granularity granularity) {
+  return (Traits(format).granularities & GranularityBit(granularity)) != 0;
+}
+
+}  // namespace quantd
+
+#endif  // QUANTD_FORMAT_H_
