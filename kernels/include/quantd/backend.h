@@ -18,8 +18,8 @@
 
 #include <cstdint>
 #include <memory>
-#include <string_view>
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "quantd/executor.h"
@@ -74,7 +74,7 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
-  virtual std::string_view name() const = 0;
+  virtual absl::string_view name() const = 0;
 
   // Quantizes `input` (F32, F16 or BF16) with `spec`, resolved for input.shape. Fills codes,
   // scales and (asymmetric) zero-points; fills `metrics` when it is not null.

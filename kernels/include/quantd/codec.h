@@ -37,8 +37,9 @@ enum class Overflow : int32_t {
 };
 enum class NanPolicy : int32_t {
   kUnspecified = 0,
-  kReject = 1,
-  kZero = 2,
+  kReject = 1,     // INVALID_ARGUMENT (the default for formats without NaN)
+  kZero = 2,       // NaN quantizes as 0
+  kPropagate = 3,  // NaN becomes the format's NaN (the default for formats that have one)
 };
 enum class Packing : int32_t {
   kUnspecified = 0,
@@ -73,8 +74,7 @@ QUANTD_HD void Philox4x32_10(uint32_t counter[4], uint32_t key0, uint32_t key1) 
 // integer and key (seed low 32 bits, seed high 32 bits), the cuRAND layout.
 QUANTD_HD uint32_t StochasticBits(uint64_t seed, uint64_t index) {
   uint64_t block = index >> 2;
-  uint32_t counter[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u,
-                         0u};
+  uint32_t counter[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u};
   Philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   return counter[index & 3];
 }
@@ -226,8 +226,8 @@ inline ElementCodec MakeElementCodec(const FormatTraits& traits, Rounding roundi
 // Quantizes input x with dequantization scale s (zero_point: asymmetric integers, else 0).
 // Returns the code in the low `bits` bits (two's complement for signed integers).
 // `random_bits` is StochasticBits(seed, flat index) under stochastic rounding, else unused.
-QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s,
-                                   int32_t zero_point, uint32_t random_bits) {
+QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s, int32_t zero_point,
+                                   uint32_t random_bits) {
   const bool is_minifloat = codec.kind == ElementKind::kMinifloat;
   // A NaN that got this far in a format without NaN (its request was not rejected: nan_policy
   // ZERO) quantizes as 0, as it does on request in any format.

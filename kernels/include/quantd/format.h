@@ -13,8 +13,8 @@
 #include <array>
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 
@@ -40,9 +40,9 @@ enum class ElementKind : uint8_t {
 
 // How a minifloat spends its all-ones exponent.
 enum class NanEncoding : uint8_t {
-  kNone,           // finite-only (E3M2, E2M3, E2M1, eXmY with X < 5)
-  kAllOnes,        // only S.1111.111 is NaN, no Inf (OCP E4M3 "fn")
-  kIeee,           // exponent all ones: mantissa 0 = Inf, else NaN (E5M2, eXmY with X >= 5)
+  kNone,     // finite-only (E3M2, E2M3, E2M1, eXmY with X < 5)
+  kAllOnes,  // only S.1111.111 is NaN, no Inf (OCP E4M3 "fn")
+  kIeee,     // exponent all ones: mantissa 0 = Inf, else NaN (E5M2, eXmY with X >= 5)
 };
 
 // A minifloat's parameters, a plain struct so kernels can take it by value.
@@ -78,8 +78,8 @@ enum class ScaleKind : uint8_t {
 
 struct FormatTraits {
   Format format;
-  std::string_view name;  // canonical descriptor, as in FORMATS.md
-  int bits;               // bits per element code
+  absl::string_view name;  // canonical descriptor, as in FORMATS.md
+  int bits;                // bits per element code
   ElementKind kind;
   bool is_signed;
   // Integer formats: the code range.
@@ -138,12 +138,12 @@ constexpr bool IsValidFormat(int32_t value) { return value >= 0 && value < kNumF
 std::vector<Format> AllFormats();
 
 // Canonical name ("int8", "fp8-e4m3", ...).
-std::string_view FormatName(Format format);
-std::string_view GranularityName(Granularity granularity);
+absl::string_view FormatName(Format format);
+absl::string_view GranularityName(Granularity granularity);
 
 // Parses a canonical format name; the error lists every accepted name.
-[[nodiscard]] absl::StatusOr<Format> FormatFromName(std::string_view name);
-[[nodiscard]] absl::StatusOr<Granularity> GranularityFromName(std::string_view name);
+[[nodiscard]] absl::StatusOr<Format> FormatFromName(absl::string_view name);
+[[nodiscard]] absl::StatusOr<Granularity> GranularityFromName(absl::string_view name);
 
 inline bool FormatAllows(Format format, Granularity granularity) {
   return (Traits(format).granularities & GranularityBit(granularity)) != 0;

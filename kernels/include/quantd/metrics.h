@@ -34,10 +34,10 @@ struct ErrorMetrics {
 // Running fp64 sums from which the metrics follow; Merge is associative, so threads may keep
 // their own and combine them in any order (the last bits then depend on the order).
 struct MetricSums {
-  double sum_x2 = 0.0;     // Σ x²
-  double sum_y2 = 0.0;     // Σ x̂²
-  double sum_xy = 0.0;     // Σ x·x̂
-  double sum_err2 = 0.0;   // Σ (x - x̂)²
+  double sum_x2 = 0.0;    // Σ x²
+  double sum_y2 = 0.0;    // Σ x̂²
+  double sum_xy = 0.0;    // Σ x·x̂
+  double sum_err2 = 0.0;  // Σ (x - x̂)²
   double max_abs_err = 0.0;
   bool nan_error = false;  // some finite x had a NaN x̂
   int64_t count = 0;

@@ -14,8 +14,8 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -30,10 +30,10 @@ namespace quantd {
 struct QuantSpec {
   Format format = Format::kUnspecified;
   Granularity granularity = Granularity::kUnspecified;
-  int axis = 0;             // kChannel; negative counts from the end
-  int64_t group_size = 0;   // kGroup
-  int64_t block_rows = 0;   // kBlock
-  int64_t block_cols = 0;   // kBlock
+  int axis = 0;            // kChannel; negative counts from the end
+  int64_t group_size = 0;  // kGroup
+  int64_t block_rows = 0;  // kBlock
+  int64_t block_cols = 0;  // kBlock
   bool asymmetric = false;
   Rounding rounding = Rounding::kUnspecified;
   uint64_t seed = 0;
@@ -52,7 +52,7 @@ struct QuantSpec {
 // Sets the format (and, for names that imply them, granularity, group size and asymmetry) that
 // `descriptor` names. Fails with the list of accepted names when it names nothing, and when it
 // contradicts a field already set in `spec`.
-[[nodiscard]] absl::Status ApplyDescriptor(std::string_view descriptor, QuantSpec* spec);
+[[nodiscard]] absl::Status ApplyDescriptor(absl::string_view descriptor, QuantSpec* spec);
 
 // The descriptor grammar, for error messages and GetCapabilities.
 std::vector<std::string> DescriptorExamples();
@@ -66,8 +66,7 @@ std::string DescriptorOf(const QuantSpec& spec);
 // granularity allowed, axis in range, group / block sizes positive, clip ratio in (0, 1],
 // symmetric or asymmetric allowed, overflow and packing supported, static scales finite,
 // positive and as many as the granularity needs. The result has no kUnspecified field.
-[[nodiscard]] absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested,
-                                                    const Shape& shape);
+[[nodiscard]] absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& shape);
 
 // Which scale an element uses: a plain struct kernels take by value. Elements are addressed
 // on the 2-D view [rows, cols] of the input, cols = the last dim (1 for rank 0), rows = the
@@ -105,7 +104,7 @@ struct QuantLayout {
   Shape shape;  // the input's
   int64_t numel = 0;
   ScaleGeometry geometry;
-  Shape scale_shape;           // FORMATS.md: tensor [1], channel [1,..,C,..,1], token [T,1], ...
+  Shape scale_shape;  // FORMATS.md: tensor [1], channel [1,..,C,..,1], token [T,1], ...
   DType code_dtype = DType::kU8;
   Shape code_shape;
   int64_t code_row_bytes = 0;  // bytes per row of the 2-D view (rows start on byte boundaries)
@@ -119,10 +118,10 @@ struct QuantLayout {
 // One-line human summary ("int4 group(128) symmetric rne saturate").
 std::string SpecToString(const QuantSpec& spec);
 
-std::string_view RoundingName(Rounding rounding);
-std::string_view OverflowName(Overflow overflow);
-[[nodiscard]] absl::StatusOr<Rounding> RoundingFromName(std::string_view name);
-[[nodiscard]] absl::StatusOr<Overflow> OverflowFromName(std::string_view name);
+absl::string_view RoundingName(Rounding rounding);
+absl::string_view OverflowName(Overflow overflow);
+[[nodiscard]] absl::StatusOr<Rounding> RoundingFromName(absl::string_view name);
+[[nodiscard]] absl::StatusOr<Overflow> OverflowFromName(absl::string_view name);
 
 }  // namespace quantd
 

@@ -14,10 +14,10 @@
 #define QUANTD_STATUS_CONCAT_INNER_(a, b) a##b
 #define QUANTD_STATUS_CONCAT_(a, b) QUANTD_STATUS_CONCAT_INNER_(a, b)
 
-#define QUANTD_RETURN_IF_ERROR(expr)                   \
-  do {                                                 \
-    ::absl::Status quantd_status_ = (expr);            \
-    if (!quantd_status_.ok()) return quantd_status_;   \
+#define QUANTD_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::absl::Status quantd_status_ = (expr);          \
+    if (!quantd_status_.ok()) return quantd_status_; \
   } while (false)
 
 #define QUANTD_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \

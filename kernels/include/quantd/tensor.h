@@ -110,7 +110,7 @@ QUANTD_HD uint16_t FloatToHalf(float f) {
   uint32_t bits = FloatToBits(f);
   uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   uint32_t magnitude = bits & 0x7FFFFFFFu;
-  if (magnitude > 0x7F800000u) return sign | 0x7E00u;  // NaN
+  if (magnitude > 0x7F800000u) return sign | 0x7E00u;   // NaN
   if (magnitude >= 0x477FF000u) return sign | 0x7C00u;  // ≥ 65520 rounds to Inf
   if (magnitude < 0x38800000u) {
     // Result is subnormal in fp16 (|f| < 2^-14): quantum 2^-24. f · 2^24 is exact in fp32

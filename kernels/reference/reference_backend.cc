@@ -1,0 +1,143 @@
+// The CPU backend: the oracle every other backend is compared with.
+//
+// Scalar and readable on purpose: every element goes through the shared per-element functions
+// of codec.h and packing.h, so what this file adds is only the order of passes (statistics →
+// scales → codes) and the split over rows (row_ops.h). Rows are the unit of parallelism
+// because packed code rows start on byte boundaries.
+#include <cstring>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "calibrate.h"
+#include "quantd/backend.h"
+#include "quantd/packing.h"
+#include "quantd/status.h"
+#include "row_ops.h"
+
+namespace quantd {
+namespace {
+
+using reference::ElementPass;
+using reference::ForEachRun;
+using reference::MakeElementPass;
+using reference::Scales;
+
+absl::StatusOr<QuantLayout> CheckInput(const TensorView& input, const QuantSpec& spec) {
+  if (!IsFloatInput(input.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("input dtype ", DTypeName(input.dtype),
+                                                   " cannot be quantized; send F32, F16 or BF16"));
+  }
+  QUANTD_RETURN_IF_ERROR(CheckByteLength(input.dtype, input.shape, input.bytes));
+  return ComputeLayout(spec, input.shape);
+}
+
+class ReferenceBackend final : public Backend {
+ public:
+  explicit ReferenceBackend(Executor* executor)
+      : executor_(executor != nullptr ? executor : InlineExecutor()) {}
+
+  absl::string_view name() const override { return "cpu"; }
+
+  absl::Status Quantize(const TensorView& input, const QuantSpec& spec, const QuantizedBuffers& out,
+                        ErrorMetrics* metrics) override {
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales ||
+        (layout.code_bytes > 0 && out.codes == nullptr) || out.scales == nullptr ||
+        (spec.asymmetric != (out.zero_points != nullptr))) {
+      return absl::InternalError(absl::StrCat(
+          "Quantize output buffers do not match the layout: ", out.code_bytes, " code bytes for ",
+          layout.code_bytes, ", ", out.num_scales, " scales for ", layout.geometry.num_scales));
+    }
+    const ElementPass pass = MakeElementPass(spec);
+    QUANTD_ASSIGN_OR_RETURN(const Scales scales,
+                            reference::ComputeScales(executor_, input, spec, layout, pass));
+    std::copy(scales.scale.begin(), scales.scale.end(), out.scales);
+    if (spec.asymmetric) {
+      std::copy(scales.zero_point.begin(), scales.zero_point.end(), out.zero_points);
+    }
+    const int bits = pass.codec.bits;
+    uint8_t* codes = static_cast<uint8_t*>(out.codes);
+    // Sub-byte codes are ORed into place, and row padding must read as zero.
+    if (bits < 8 && layout.code_bytes > 0) std::memset(codes, 0, layout.code_bytes);
+    return reference::RunElementPass(
+        executor_, input, layout, pass, scales, metrics, /*need_dequantized=*/false,
+        [&](int64_t row, int64_t col, uint32_t code, float) {
+          StoreCode(codes + row * layout.code_row_bytes, col, bits, spec.packing, code);
+        });
+  }
+
+  absl::Status Dequantize(const ConstQuantizedBuffers& in, const QuantSpec& spec,
+                          const MutableTensorView& out) override {
+    if (!IsFloatInput(out.dtype)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dequantize writes F32, F16 or BF16, not ", DTypeName(out.dtype)));
+    }
+    QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, ComputeLayout(spec, out.shape));
+    if (in.code_bytes != layout.code_bytes || in.num_scales != layout.geometry.num_scales ||
+        (layout.code_bytes > 0 && in.codes == nullptr) || in.scales == nullptr ||
+        (spec.asymmetric && in.zero_points == nullptr)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("quantized tensor does not match its spec: ", in.code_bytes,
+                       " code bytes where ", layout.code_bytes, " are needed, ", in.num_scales,
+                       " scales where ", layout.geometry.num_scales, " are needed"));
+    }
+    const ElementCodec codec = MakeElementPass(spec).codec;
+    const ScaleGeometry& g = layout.geometry;
+    const uint8_t* codes = static_cast<const uint8_t*>(in.codes);
+    executor_->ParallelFor(g.rows, reference::MinRowsPerChunk(g.cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        const uint8_t* code_row = codes + row * layout.code_row_bytes;
+        ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
+          const float s = in.scales[group];
+          const int32_t zp = spec.asymmetric ? in.zero_points[group] : 0;
+          for (int64_t col = c0; col < c1; ++col) {
+            const uint32_t code = LoadCode(code_row, col, codec.bits, spec.packing);
+            StoreFromFloat(out.dtype, out.data, row * g.cols + col,
+                           DequantizeElement(codec, code, s, zp));
+          }
+        });
+      }
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status QuantDequant(const TensorView& input, const QuantSpec& spec,
+                            const MutableTensorView& out, ErrorMetrics* metrics) override {
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    if (!IsFloatInput(out.dtype) || out.shape != input.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fake quantization writes F32, F16 or BF16 shaped like the input ",
+                       ShapeToString(input.shape), ", not ", DTypeName(out.dtype), " ",
+                       ShapeToString(out.shape)));
+    }
+    QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
+    const ElementPass pass = MakeElementPass(spec);
+    QUANTD_ASSIGN_OR_RETURN(const Scales scales,
+                            reference::ComputeScales(executor_, input, spec, layout, pass));
+    const int64_t cols = layout.geometry.cols;
+    return reference::RunElementPass(executor_, input, layout, pass, scales, metrics,
+                                     /*need_dequantized=*/true,
+                                     [&](int64_t row, int64_t col, uint32_t, float x_hat) {
+                                       StoreFromFloat(out.dtype, out.data, row * cols + col, x_hat);
+                                     });
+  }
+
+  absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
+                         const CalibrationOptions& options, CalibrationResult* result) override {
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    return reference::Calibrate(executor_, input, spec, layout, options, result);
+  }
+
+ private:
+  Executor* executor_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateReferenceBackend(Executor* executor) {
+  return std::make_unique<ReferenceBackend>(executor);
+}
+
+}  // namespace quantd

@@ -1,0 +1,469 @@
+// Descriptor strings, spec resolution against the traits table, and output layouts.
+#include "quantd/spec.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "quantd/packing.h"
+#include "quantd/status.h"
+
+namespace quantd {
+namespace {
+
+absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
+
+template <typename Enum>
+bool InRange(Enum value, int count) {
+  const int v = static_cast<int>(value);
+  return v >= 0 && v < count;
+}
+
+// Checked a * b for non-negative int64s.
+absl::StatusOr<int64_t> CheckedMul(int64_t a, int64_t b, absl::string_view what) {
+  if (a != 0 && b > std::numeric_limits<int64_t>::max() / a) {
+    return Invalid(absl::StrCat(what, " overflows int64"));
+  }
+  return a * b;
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Parses the N of "g128" or the R, C of "b128x128".
+bool ParsePositive(absl::string_view text, int64_t* value) {
+  return absl::SimpleAtoi(text, value) && *value > 0;
+}
+
+}  // namespace
+
+// Grammar: <format>[-asym|-sym][-tensor|-channel|-token|-g<N>|-b<R>x<C>], e.g. "int8",
+// "int8-asym", "int4-g128", "fp8-e4m3-b128x128", "int8-token".
+absl::Status ApplyDescriptor(absl::string_view descriptor, QuantSpec* spec) {
+  const std::string text = absl::AsciiStrToLower(absl::StripAsciiWhitespace(descriptor));
+  auto unknown = [&](absl::string_view why) {
+    return Invalid(absl::StrCat("unknown descriptor \"", descriptor, "\" (", why,
+                                "); accepted: ", DescriptorHelp()));
+  };
+  // The longest format name that is a prefix ending at '-' or the end ("fp8-e4m3" before "fp8").
+  Format format = Format::kUnspecified;
+  size_t name_length = 0;
+  for (Format candidate : AllFormats()) {
+    const absl::string_view name = Traits(candidate).name;
+    if (absl::StartsWith(text, name) && (text.size() == name.size() || text[name.size()] == '-') &&
+        name.size() > name_length) {
+      format = candidate;
+      name_length = name.size();
+    }
+  }
+  if (format == Format::kUnspecified) return unknown("no such format");
+
+  QuantSpec parsed;
+  parsed.format = format;
+  bool symmetry_named = false;
+  const absl::string_view rest = absl::string_view(text).substr(name_length);
+  // Tokens after the name, e.g. "asym" and "g128" in "int4-asym-g128".
+  for (absl::string_view token : absl::StrSplit(rest, '-', absl::SkipEmpty())) {
+    int64_t a = 0, b = 0;
+    if (token == "asym" || token == "sym") {
+      if (symmetry_named) return unknown("symmetry named twice");
+      symmetry_named = true;
+      parsed.asymmetric = token == "asym";
+      continue;
+    }
+    if (parsed.granularity != Granularity::kUnspecified) {
+      return unknown(absl::StrCat("unexpected \"", token, "\" after the granularity"));
+    }
+    if (token == "tensor") {
+      parsed.granularity = Granularity::kTensor;
+    } else if (token == "channel") {
+      parsed.granularity = Granularity::kChannel;
+    } else if (token == "token") {
+      parsed.granularity = Granularity::kToken;
+    } else if (token.size() > 1 && token[0] == 'g' && ParsePositive(token.substr(1), &a)) {
+      parsed.granularity = Granularity::kGroup;
+      parsed.group_size = a;
+    } else if (std::vector<absl::string_view> rc = absl::StrSplit(token.substr(1), 'x');
+               token.size() > 1 && token[0] == 'b' && rc.size() == 2 && ParsePositive(rc[0], &a) &&
+               ParsePositive(rc[1], &b)) {
+      parsed.granularity = Granularity::kBlock;
+      parsed.block_rows = a;
+      parsed.block_cols = b;
+    } else {
+      return unknown(absl::StrCat("cannot read \"", token, "\""));
+    }
+  }
+
+  auto conflict = [&](absl::string_view field) {
+    return Invalid(absl::StrCat("descriptor \"", descriptor, "\" contradicts the spec's ", field,
+                                "; set one or the other"));
+  };
+  if (spec->format != Format::kUnspecified && spec->format != parsed.format) {
+    return conflict("format");
+  }
+  spec->format = parsed.format;
+  if (parsed.granularity != Granularity::kUnspecified) {
+    if (spec->granularity != Granularity::kUnspecified && spec->granularity != parsed.granularity) {
+      return conflict("granularity");
+    }
+    if ((spec->group_size != 0 && spec->group_size != parsed.group_size) ||
+        (spec->block_rows != 0 && spec->block_rows != parsed.block_rows) ||
+        (spec->block_cols != 0 && spec->block_cols != parsed.block_cols)) {
+      return conflict("group or block size");
+    }
+    spec->granularity = parsed.granularity;
+    spec->group_size = parsed.group_size;
+    spec->block_rows = parsed.block_rows;
+    spec->block_cols = parsed.block_cols;
+  }
+  if (symmetry_named) {
+    if (spec->asymmetric && !parsed.asymmetric) return conflict("asymmetric flag");
+    spec->asymmetric = parsed.asymmetric;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> DescriptorExamples() {
+  std::vector<std::string> examples;
+  for (Format format : AllFormats()) {
+    const FormatTraits& t = Traits(format);
+    examples.emplace_back(t.name);
+    if (t.asymmetric_ok && t.symmetric_ok) examples.push_back(absl::StrCat(t.name, "-asym"));
+  }
+  examples.emplace_back("int4-g128");
+  examples.emplace_back("int8-token");
+  examples.emplace_back("fp8-e4m3-b128x128");
+  return examples;
+}
+
+std::string DescriptorHelp() {
+  return absl::StrCat(absl::StrJoin(DescriptorExamples(), ", "),
+                      "; in general <format>[-asym|-sym][-tensor|-channel|-token|-g<N>|-b<R>x<C>]");
+}
+
+std::string DescriptorOf(const QuantSpec& spec) {
+  std::string name(FormatName(spec.format));
+  const FormatTraits& t = Traits(spec.format);
+  if (spec.asymmetric && t.symmetric_ok) absl::StrAppend(&name, "-asym");
+  switch (spec.granularity) {
+    case Granularity::kChannel:
+      absl::StrAppend(&name, "-channel");
+      break;
+    case Granularity::kToken:
+      absl::StrAppend(&name, "-token");
+      break;
+    case Granularity::kGroup:
+      absl::StrAppend(&name, "-g", spec.group_size);
+      break;
+    case Granularity::kBlock:
+      absl::StrAppend(&name, "-b", spec.block_rows, "x", spec.block_cols);
+      break;
+    default:
+      break;
+  }
+  return name;
+}
+
+absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& shape) {
+  QuantSpec spec = requested;
+  if (!IsValidFormat(static_cast<int32_t>(spec.format)) || spec.format == Format::kUnspecified) {
+    return Invalid(absl::StrCat(
+        "spec names no format; set format or descriptor (accepted: ", DescriptorHelp(), ")"));
+  }
+  const FormatTraits& t = Traits(spec.format);
+  const absl::string_view name = t.name;
+  if (!InRange(spec.granularity, kNumGranularities)) {
+    return Invalid(
+        absl::StrCat("granularity ", static_cast<int>(spec.granularity), " is not a granularity"));
+  }
+  if (!InRange(spec.rounding, 4) || !InRange(spec.overflow, 3) || !InRange(spec.nan_policy, 4) ||
+      !InRange(spec.packing, 3)) {
+    return Invalid("spec has an unknown rounding, overflow, nan_policy or packing value");
+  }
+  QUANTD_ASSIGN_OR_RETURN(const int64_t numel, NumElements(shape));
+  (void)numel;
+  const int rank = static_cast<int>(shape.size());
+
+  // Granularity and its parameters.
+  if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kTensor;
+  if (!FormatAllows(spec.format, spec.granularity)) {
+    if (spec.granularity == Granularity::kNone) {
+      return Invalid(absl::StrCat("granularity none is a plain cast for minifloat formats; ", name,
+                                  " needs a scale: use tensor, channel, token, group or block"));
+    }
+    return Invalid(
+        absl::StrCat(name, " does not support granularity ", GranularityName(spec.granularity)));
+  }
+  if (spec.granularity == Granularity::kChannel) {
+    if (rank == 0) return Invalid("granularity channel needs a tensor of rank >= 1");
+    if (spec.axis < -rank || spec.axis >= rank) {
+      return Invalid(absl::StrCat("axis ", spec.axis, " is out of range for shape ",
+                                  ShapeToString(shape), "; use -", rank, "..", rank - 1));
+    }
+    if (spec.axis < 0) spec.axis += rank;
+  } else if (spec.axis != 0) {
+    return Invalid(absl::StrCat("axis is set but granularity is ",
+                                GranularityName(spec.granularity),
+                                "; axis applies to granularity channel"));
+  }
+  if (spec.granularity == Granularity::kGroup) {
+    if (spec.group_size <= 0) {
+      return Invalid(
+          absl::StrCat("granularity group needs group_size > 0 (e.g. 128), got ", spec.group_size));
+    }
+  } else if (spec.group_size != 0) {
+    return Invalid(absl::StrCat("group_size is set but granularity is ",
+                                GranularityName(spec.granularity),
+                                "; use granularity group or drop group_size"));
+  }
+  if (spec.granularity == Granularity::kBlock) {
+    if (spec.block_rows == 0 && spec.block_cols == 0) {
+      spec.block_rows = spec.block_cols = 128;  // the DeepSeek / TE weight tile
+    }
+    if (spec.block_rows <= 0 || spec.block_cols <= 0) {
+      return Invalid(
+          absl::StrCat("granularity block needs block_rows and block_cols > 0 (e.g. "
+                       "128x128), got ",
+                       spec.block_rows, "x", spec.block_cols));
+    }
+  } else if (spec.block_rows != 0 || spec.block_cols != 0) {
+    return Invalid(absl::StrCat("block size is set but granularity is ",
+                                GranularityName(spec.granularity),
+                                "; use granularity block or drop the block size"));
+  }
+
+  // Symmetry.
+  if (spec.asymmetric && !t.asymmetric_ok) {
+    return Invalid(absl::StrCat(name, " is symmetric only; drop asymmetric"));
+  }
+  if (!spec.asymmetric && !t.symmetric_ok) {
+    return Invalid(absl::StrCat(name, " is asymmetric only (zero-point in [", t.qmin, ", ", t.qmax,
+                                "]); set asymmetric"));
+  }
+
+  // Rounding, overflow, NaN policy, packing.
+  if (spec.rounding == Rounding::kUnspecified) spec.rounding = Rounding::kNearestEven;
+  if (spec.overflow == Overflow::kUnspecified) spec.overflow = Overflow::kSaturate;
+  if (spec.overflow == Overflow::kNonfinite && !t.has_inf && !t.has_nan) {
+    return Invalid(absl::StrCat(name,
+                                " has no Inf or NaN, so overflow nonfinite cannot apply; use "
+                                "saturate"));
+  }
+  if (spec.nan_policy == NanPolicy::kUnspecified) {
+    spec.nan_policy = t.has_nan ? NanPolicy::kPropagate : NanPolicy::kReject;
+  }
+  if (spec.nan_policy == NanPolicy::kPropagate && !t.has_nan) {
+    return Invalid(absl::StrCat(name, " has no NaN to propagate; use nan_policy reject or zero"));
+  }
+  if (spec.packing == Packing::kUnspecified) spec.packing = Packing::kBitstream;
+  if (spec.packing == Packing::kInt32Offset &&
+      !(t.kind == ElementKind::kInt && t.bits == 4 && t.is_signed)) {
+    return Invalid(
+        absl::StrCat("packing int32_offset (compressed-tensors pack_to_int32) is for "
+                     "int4; ",
+                     name, " uses bitstream"));
+  }
+
+  // Clip ratio.
+  if (spec.clip_ratio == 0.0f) spec.clip_ratio = 1.0f;
+  if (!(spec.clip_ratio > 0.0f && spec.clip_ratio <= 1.0f)) {
+    return Invalid(absl::StrFormat("clip_ratio must be in (0, 1], got %g", spec.clip_ratio));
+  }
+  if (spec.clip_ratio != 1.0f &&
+      (spec.granularity == Granularity::kNone || spec.has_static_scales())) {
+    return Invalid(spec.has_static_scales()
+                       ? "clip_ratio shapes dynamic scales; with static scales leave it unset"
+                       : "clip_ratio needs a scale; granularity none is a plain cast");
+  }
+
+  // Static scales and zero-points.
+  QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, ComputeLayout(spec, shape));
+  const int64_t num_scales = layout.geometry.num_scales;
+  if (spec.has_static_scales()) {
+    if (spec.granularity == Granularity::kNone) {
+      return Invalid("static scales need a scale granularity; granularity none is a plain cast");
+    }
+    if (static_cast<int64_t>(spec.static_scales.size()) != num_scales) {
+      return Invalid(absl::StrCat("static_scales has ", spec.static_scales.size(),
+                                  " values; granularity ", GranularityName(spec.granularity),
+                                  " on shape ", ShapeToString(shape), " needs ", num_scales,
+                                  " (shaped ", ShapeToString(layout.scale_shape), ")"));
+    }
+    for (size_t i = 0; i < spec.static_scales.size(); ++i) {
+      const float s = spec.static_scales[i];
+      if (!(std::isfinite(s) && s > 0.0f)) {
+        return Invalid(
+            absl::StrFormat("static_scales[%d] = %g; scales must be finite and > 0", i, s));
+      }
+    }
+  }
+  if (!spec.static_zero_points.empty()) {
+    if (!spec.asymmetric) {
+      return Invalid(
+          "static_zero_points are for asymmetric quantization; set asymmetric or drop "
+          "them");
+    }
+    if (!spec.has_static_scales()) {
+      return Invalid("static_zero_points need static_scales too");
+    }
+    if (static_cast<int64_t>(spec.static_zero_points.size()) != num_scales) {
+      return Invalid(absl::StrCat("static_zero_points has ", spec.static_zero_points.size(),
+                                  " values; needs ", num_scales, " like static_scales"));
+    }
+    for (size_t i = 0; i < spec.static_zero_points.size(); ++i) {
+      const int32_t zp = spec.static_zero_points[i];
+      if (zp < t.qmin || zp > t.qmax) {
+        return Invalid(absl::StrCat("static_zero_points[", i, "] = ", zp, " is outside ", name,
+                                    "'s range [", t.qmin, ", ", t.qmax, "]"));
+      }
+    }
+  } else if (spec.asymmetric && spec.has_static_scales()) {
+    return Invalid("asymmetric static quantization needs static_zero_points beside static_scales");
+  }
+  return spec;
+}
+
+absl::StatusOr<QuantLayout> ComputeLayout(const QuantSpec& spec, const Shape& shape) {
+  QuantLayout layout;
+  layout.shape = shape;
+  QUANTD_ASSIGN_OR_RETURN(layout.numel, NumElements(shape));
+  const int rank = static_cast<int>(shape.size());
+  ScaleGeometry& g = layout.geometry;
+  g.granularity = spec.granularity;
+  g.cols = rank == 0 ? 1 : shape.back();
+  g.rows = 1;
+  for (int i = 0; i + 1 < rank; ++i) g.rows *= shape[i];  // ≤ numel, or a factor of 0 dims
+
+  switch (spec.granularity) {
+    case Granularity::kNone:
+    case Granularity::kTensor:
+      layout.scale_shape = {1};
+      g.num_scales = 1;
+      break;
+    case Granularity::kChannel: {
+      if (spec.axis < 0 || spec.axis >= rank) return Invalid("channel axis out of range");
+      g.channels = shape[spec.axis];
+      g.channel_is_last = spec.axis == rank - 1;
+      g.rows_per_channel = 1;
+      for (int i = spec.axis + 1; i + 1 < rank; ++i) g.rows_per_channel *= shape[i];
+      if (g.rows_per_channel == 0) g.rows_per_channel = 1;  // empty tensor: never indexed
+      if (g.channels == 0) g.channels = 1;
+      layout.scale_shape.assign(rank, 1);
+      layout.scale_shape[spec.axis] = shape[spec.axis];
+      g.num_scales = shape[spec.axis];
+      break;
+    }
+    case Granularity::kToken:
+      layout.scale_shape = {g.rows, 1};
+      g.num_scales = g.rows;
+      break;
+    case Granularity::kGroup:
+    case Granularity::kBlock: {
+      const bool block = spec.granularity == Granularity::kBlock;
+      const int64_t group_cols = block ? spec.block_cols : spec.group_size;
+      const int64_t group_rows = block ? spec.block_rows : 1;
+      if (group_cols <= 0 || group_rows <= 0) return Invalid("group or block size must be > 0");
+      g.group_cols = group_cols;
+      g.group_rows = group_rows;
+      g.groups_per_row = CeilDiv(g.cols, group_cols);
+      const int64_t scale_rows = CeilDiv(g.rows, group_rows);
+      layout.scale_shape = {scale_rows, g.groups_per_row};
+      QUANTD_ASSIGN_OR_RETURN(g.num_scales,
+                              CheckedMul(scale_rows, g.groups_per_row, "number of scales"));
+      break;
+    }
+    default:
+      return Invalid("spec granularity is unresolved");
+  }
+
+  const FormatTraits& t = Traits(spec.format);
+  const Packing packing =
+      spec.packing == Packing::kUnspecified ? Packing::kBitstream : spec.packing;
+  layout.code_row_bytes = PackedRowBytes(g.cols, t.bits, packing);
+  QUANTD_ASSIGN_OR_RETURN(layout.code_bytes,
+                          CheckedMul(g.rows, layout.code_row_bytes, "packed code size"));
+  layout.code_dtype = packing == Packing::kInt32Offset
+                          ? DType::kI32
+                          : (spec.format == Format::kInt8 ? DType::kI8 : DType::kU8);
+  if (t.bits == 8) {
+    layout.code_shape = shape;
+  } else {
+    layout.code_shape = rank == 0 ? Shape{} : Shape(shape.begin(), shape.end() - 1);
+    layout.code_shape.push_back(packing == Packing::kInt32Offset ? layout.code_row_bytes / 4
+                                                                 : layout.code_row_bytes);
+  }
+  return layout;
+}
+
+absl::string_view RoundingName(Rounding rounding) {
+  switch (rounding) {
+    case Rounding::kNearestEven:
+      return "rne";
+    case Rounding::kStochastic:
+      return "stochastic";
+    case Rounding::kNearestAway:
+      return "away";
+    default:
+      return "unspecified";
+  }
+}
+
+absl::string_view OverflowName(Overflow overflow) {
+  switch (overflow) {
+    case Overflow::kSaturate:
+      return "saturate";
+    case Overflow::kNonfinite:
+      return "nonfinite";
+    default:
+      return "unspecified";
+  }
+}
+
+absl::StatusOr<Rounding> RoundingFromName(absl::string_view name) {
+  const std::string lowered = absl::AsciiStrToLower(name);
+  if (lowered == "rne" || lowered == "nearest_even") return Rounding::kNearestEven;
+  if (lowered == "stochastic") return Rounding::kStochastic;
+  if (lowered == "away" || lowered == "nearest_away") return Rounding::kNearestAway;
+  return Invalid(absl::StrCat("unknown rounding \"", name, "\"; accepted: rne, stochastic, away"));
+}
+
+absl::StatusOr<Overflow> OverflowFromName(absl::string_view name) {
+  const std::string lowered = absl::AsciiStrToLower(name);
+  if (lowered == "saturate") return Overflow::kSaturate;
+  if (lowered == "nonfinite") return Overflow::kNonfinite;
+  return Invalid(absl::StrCat("unknown overflow \"", name, "\"; accepted: saturate, nonfinite"));
+}
+
+std::string SpecToString(const QuantSpec& spec) {
+  std::string text = absl::StrCat(FormatName(spec.format), " ", GranularityName(spec.granularity));
+  switch (spec.granularity) {
+    case Granularity::kChannel:
+      absl::StrAppend(&text, "(axis ", spec.axis, ")");
+      break;
+    case Granularity::kGroup:
+      absl::StrAppend(&text, "(", spec.group_size, ")");
+      break;
+    case Granularity::kBlock:
+      absl::StrAppend(&text, "(", spec.block_rows, "x", spec.block_cols, ")");
+      break;
+    default:
+      break;
+  }
+  absl::StrAppend(&text, spec.asymmetric ? " asymmetric " : " symmetric ",
+                  RoundingName(spec.rounding), " ", OverflowName(spec.overflow));
+  if (spec.clip_ratio != 1.0f && spec.clip_ratio != 0.0f) {
+    absl::StrAppend(&text, absl::StrFormat(" clip %g", spec.clip_ratio));
+  }
+  if (spec.has_static_scales()) absl::StrAppend(&text, " static");
+  return text;
+}
+
+}  // namespace quantd
