@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything quantd needs to build and test on Debian 12 (bookworm).
 # Idempotent: packages already present are skipped, so re-running is cheap.
-# Run as root (or with sudo available). Python test packages go into a local venv
-# under build/venv, created by tests/python/requirements.txt's consumer (see README).
+# Run as root (or with sudo available). Python test packages go into .venv beside the checkout.
 set -euo pipefail
 
 packages=(
@@ -28,4 +27,17 @@ if ((${#missing[@]})); then
   # containers, and on hosts the service is harmless but we only want the binary.
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "setup: all ${#packages[@]} packages present"
+echo "setup: all ${#packages[@]} Debian packages present"
+
+# Python packages for the tests, in a venv beside the checkout (no system pip changes).
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$repo_root/.venv"
+requirements="$repo_root/tests/python/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$requirements" | cut -d' ' -f1)
+if [[ ! -x $venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
+  echo "$want" >"$stamp"
+fi
+echo "setup: Python test packages present in $venv"

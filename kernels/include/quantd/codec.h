@@ -97,7 +97,8 @@ QUANTD_HD float RoundMagnitude(float n, Rounding rounding, uint32_t random_bits)
     default:  // nearest, ties to even
       if (fraction > 0.5f) return floor_n + 1.0f;
       if (fraction < 0.5f) return floor_n;
-      return fmodf(floor_n, 2.0f) != 0.0f ? floor_n + 1.0f : floor_n;
+      // A fraction of exactly 0.5 implies floor_n < 2^23, so the integer cast is exact.
+      return (static_cast<uint32_t>(floor_n) & 1u) ? floor_n + 1.0f : floor_n;
   }
 }
 
