@@ -1,0 +1,808 @@
+// The independent oracle (see oracle.h). Written from FORMATS.md; every formula below quotes the
+// line of the document it implements. Must be compiled with -ffp-contract=off.
+#include "oracle.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd::oracle {
+namespace {
+
+// The value magnitude code `c` would have if no code were special.
+double RawMagnitude(const Minifloat& f, uint32_t c) {
+  const uint32_t e = c >> f.man_bits;
+  const uint32_t m = c & ((1u << f.man_bits) - 1u);
+  if (e == 0) return std::ldexp(static_cast<double>(m), 1 - f.bias - f.man_bits);
+  return std::ldexp(static_cast<double>((1u << f.man_bits) + m),
+                    static_cast<int>(e) - f.bias - f.man_bits);
+}
+
+uint32_t SignBit(const Minifloat& f) { return 1u << (f.exp_bits + f.man_bits); }
+
+}  // namespace
+
+uint32_t MaxFiniteCode(const Minifloat& f) {
+  const uint32_t all = (1u << (f.exp_bits + f.man_bits)) - 1u;
+  switch (f.specials) {
+    case Specials::kFiniteOnly:
+      return all;
+    case Specials::kNanAllOnes:
+      return all - 1u;
+    case Specials::kIeee:
+      return (((1u << f.exp_bits) - 1u) << f.man_bits) - 1u;
+  }
+  return all;
+}
+
+uint32_t NanCode(const Minifloat& f) {
+  switch (f.specials) {
+    case Specials::kNanAllOnes:
+      return (1u << (f.exp_bits + f.man_bits)) - 1u;
+    case Specials::kIeee:  // quiet NaN: top mantissa bit set (E5M2 0x7E, F16 0x7E00)
+      return (((1u << f.exp_bits) - 1u) << f.man_bits) | (1u << (f.man_bits - 1));
+    default:
+      return 0;
+  }
+}
+
+uint32_t InfCode(const Minifloat& f) {
+  if (f.specials != Specials::kIeee) return 0;
+  return ((1u << f.exp_bits) - 1u) << f.man_bits;
+}
+
+double MinifloatValue(const Minifloat& f, uint32_t code) {
+  const bool negative = (code & SignBit(f)) != 0;
+  const uint32_t c = code & (SignBit(f) - 1u);
+  double v;
+  if (f.specials == Specials::kIeee && (c >> f.man_bits) == (1u << f.exp_bits) - 1u) {
+    v = (c & ((1u << f.man_bits) - 1u)) == 0 ? std::numeric_limits<double>::infinity()
+                                             : std::numeric_limits<double>::quiet_NaN();
+  } else if (f.specials == Specials::kNanAllOnes && c == SignBit(f) - 1u) {
+    v = std::numeric_limits<double>::quiet_NaN();
+  } else {
+    v = RawMagnitude(f, c);
+  }
+  return std::copysign(v, negative ? -1.0 : 1.0);
+}
+
+const std::vector<double>& FiniteMagnitudes(const Minifloat& f) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, int, int>, std::vector<double>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto key = std::make_tuple(f.exp_bits, f.man_bits, f.bias, static_cast<int>(f.specials));
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  std::vector<double> values;
+  for (uint32_t c = 0; c <= MaxFiniteCode(f); ++c) values.push_back(MinifloatValue(f, c));
+  return cache.emplace(key, std::move(values)).first->second;
+}
+
+double MaxFinite(const Minifloat& f) { return FiniteMagnitudes(f).back(); }
+
+uint32_t EncodeMinifloat(const Minifloat& f, float v, Rounding rounding, uint32_t random_bits,
+                         Overflow overflow) {
+  // "NaN keeps its sign; zero keeps its sign": the sign bit is the input's, always.
+  const uint32_t sign = std::signbit(v) ? SignBit(f) : 0u;
+  if (std::isnan(v)) return sign | NanCode(f);
+  const uint32_t max_code = MaxFiniteCode(f);
+  auto overflowed = [&]() -> uint32_t {
+    // "Overflow: saturate to ±max finite by default. Option NONFINITE: overflow becomes
+    // Inf/NaN as the format allows (ml_dtypes behaviour)."
+    if (overflow == Overflow::kNonfinite) {
+      if (f.specials == Specials::kIeee) return sign | InfCode(f);
+      if (f.specials == Specials::kNanAllOnes) return sign | NanCode(f);
+    }
+    return sign | max_code;
+  };
+  const std::vector<double>& mags = FiniteMagnitudes(f);
+  const double a = std::fabs(static_cast<double>(v));
+  // The value one step past the max finite one (480 for E4M3, 2^16 for E5M2): anything that
+  // rounds there overflowed.
+  const double past_max = RawMagnitude(f, max_code + 1u);
+  if (std::isinf(a) || a >= past_max) return overflowed();
+  const uint32_t below =
+      static_cast<uint32_t>(std::upper_bound(mags.begin(), mags.end(), a) - mags.begin() - 1);
+  const double lo = mags[below];
+  if (lo == a) return sign | below;
+  const double hi = below + 1u <= max_code ? mags[below + 1u] : past_max;
+  // Both differences are exact in fp64 (24-bit significands a few binades apart).
+  const double to_lo = a - lo, to_hi = hi - a;
+  bool up = false;
+  switch (rounding) {
+    case Rounding::kNearestAway:
+      up = to_hi <= to_lo;
+      break;
+    case Rounding::kStochastic: {
+      const double u = static_cast<double>(random_bits >> 8) * 0x1p-24;
+      up = u < to_lo / (hi - lo);
+      break;
+    }
+    default:  // RNE: ties to the even code (= the even significand)
+      up = to_hi < to_lo || (to_hi == to_lo && ((below + 1u) & 1u) == 0);
+      break;
+  }
+  const uint32_t code = up ? below + 1u : below;
+  if (code > max_code) return overflowed();
+  return sign | code;
+}
+
+float HalfBitsToFloat(uint16_t h) { return static_cast<float>(MinifloatValue(kF16, h)); }
+uint16_t FloatToHalfBits(float v) {
+  return static_cast<uint16_t>(
+      EncodeMinifloat(kF16, v, Rounding::kNearestEven, 0, Overflow::kNonfinite));
+}
+float BF16BitsToFloat(uint16_t h) { return static_cast<float>(MinifloatValue(kBF16, h)); }
+uint16_t FloatToBF16Bits(float v) {
+  return static_cast<uint16_t>(
+      EncodeMinifloat(kBF16, v, Rounding::kNearestEven, 0, Overflow::kNonfinite));
+}
+
+std::vector<uint8_t> ToBytes(const std::vector<float>& values, DType dtype) {
+  std::vector<uint8_t> bytes;
+  for (float v : values) {
+    if (dtype == DType::kF32) {
+      uint8_t b[4];
+      std::memcpy(b, &v, 4);
+      bytes.insert(bytes.end(), b, b + 4);
+    } else {
+      const uint16_t h = dtype == DType::kF16 ? FloatToHalfBits(v) : FloatToBF16Bits(v);
+      bytes.push_back(static_cast<uint8_t>(h & 0xFF));
+      bytes.push_back(static_cast<uint8_t>(h >> 8));
+    }
+  }
+  return bytes;
+}
+
+std::vector<float> FromBytes(const std::vector<uint8_t>& bytes, DType dtype) {
+  std::vector<float> values;
+  if (dtype == DType::kF32) {
+    values.resize(bytes.size() / 4);
+    if (!values.empty()) std::memcpy(values.data(), bytes.data(), bytes.size());
+    return values;
+  }
+  for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
+    const uint16_t h = static_cast<uint16_t>(bytes[i] | (bytes[i + 1] << 8));
+    values.push_back(dtype == DType::kF16 ? HalfBitsToFloat(h) : BF16BitsToFloat(h));
+  }
+  return values;
+}
+
+float RoundTrip(float v, DType dtype) {
+  if (dtype == DType::kF16) return HalfBitsToFloat(FloatToHalfBits(v));
+  if (dtype == DType::kBF16) return BF16BitsToFloat(FloatToBF16Bits(v));
+  return v;
+}
+
+// Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), Philox4x32 with the
+// Random123 multipliers and Weyl key increments.
+void Philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1) {
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      key0 += 0x9E3779B9u;
+      key1 += 0xBB67AE85u;
+    }
+    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * ctr[0];
+    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * ctr[2];
+    const uint32_t next[4] = {
+        static_cast<uint32_t>(p1 >> 32) ^ ctr[1] ^ key0, static_cast<uint32_t>(p1),
+        static_cast<uint32_t>(p0 >> 32) ^ ctr[3] ^ key1, static_cast<uint32_t>(p0)};
+    for (int k = 0; k < 4; ++k) ctr[k] = next[k];
+  }
+}
+
+uint32_t RandomBits(uint64_t seed, uint64_t flat_index) {
+  const uint64_t block = flat_index / 4;
+  uint32_t ctr[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0, 0};
+  Philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return ctr[flat_index % 4];
+}
+
+int32_t QuantizeInt(float v, int32_t zero_point, int32_t qmin, int32_t qmax, Rounding rounding,
+                    uint32_t random_bits) {
+  const double a = std::fabs(static_cast<double>(v));
+  double r = a;
+  if (!std::isinf(a)) {
+    const double whole = std::floor(a);
+    const double frac = a - whole;
+    bool up = false;
+    switch (rounding) {
+      case Rounding::kNearestAway:
+        up = frac >= 0.5;
+        break;
+      case Rounding::kStochastic:
+        up = static_cast<double>(random_bits >> 8) * 0x1p-24 < frac;
+        break;
+      default:
+        up = frac > 0.5 || (frac == 0.5 && std::fmod(whole, 2.0) == 1.0);
+        break;
+    }
+    r = up ? whole + 1.0 : whole;
+  }
+  const double q = (std::signbit(v) ? -r : r) + zero_point;
+  if (q < qmin) return qmin;
+  if (q > qmax) return qmax;
+  return static_cast<int32_t>(q);
+}
+
+const FormatInfo* FindFormat(Format format) {
+  // FORMATS.md "Integer formats" and the minifloat table.
+  static const FormatInfo kInt8Info{"int8", true,   8,    -128, 127,   {},   0,
+                                    0,      127.0f, true, true, false, false};
+  static const FormatInfo kInt4Info{"int4", true, 4,    -8,   7,     {},   0,
+                                    0,      7.0f, true, true, false, false};
+  static const FormatInfo kUint8Info{"uint8", true,   8,     0,    255,   {},   0,
+                                     0,       255.0f, false, true, false, false};
+  static const FormatInfo kUint4Info{"uint4", true,  4,     0,    15,    {},   0,
+                                     0,       15.0f, false, true, false, false};
+  static const FormatInfo kE4M3Info{"fp8-e4m3", false,  8,    0,     0,    kE4M3, 448.0,
+                                    0x1p-9,     448.0f, true, false, true, false};
+  static const FormatInfo kE5M2Info{"fp8-e5m2", false,    8,    0,     0,    kE5M2, 57344.0,
+                                    0x1p-16,    57344.0f, true, false, true, true};
+  switch (format) {
+    case Format::kInt8:
+      return &kInt8Info;
+    case Format::kInt4:
+      return &kInt4Info;
+    case Format::kUint8:
+      return &kUint8Info;
+    case Format::kUint4:
+      return &kUint4Info;
+    case Format::kFp8E4M3:
+      return &kE4M3Info;
+    case Format::kFp8E5M2:
+      return &kE5M2Info;
+    default:
+      return nullptr;
+  }
+}
+
+Metrics ComputeMetrics(const std::vector<float>& x, const std::vector<float>& x_hat) {
+  double sx2 = 0, sy2 = 0, sxy = 0, se2 = 0;
+  Metrics m;
+  bool nan_err = false;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) {
+      ++m.nonfinite_count;
+      continue;
+    }
+    const double a = x[i], b = x_hat[i], d = a - b;
+    sx2 += a * a;
+    sy2 += b * b;
+    sxy += a * b;
+    se2 += d * d;
+    if (std::isnan(d)) nan_err = true;
+    m.max_abs_err = std::max(m.max_abs_err, std::fabs(d));
+    ++m.count;
+  }
+  if (nan_err) m.max_abs_err = std::numeric_limits<double>::quiet_NaN();
+  m.mse = m.count ? se2 / static_cast<double>(m.count) : 0.0;
+  m.rmse = std::sqrt(m.mse);
+  m.sqnr_db = se2 == 0 ? std::numeric_limits<double>::infinity() : 10.0 * std::log10(sx2 / se2);
+  if (sx2 == 0 && sy2 == 0) {
+    m.cosine = 1.0;
+  } else if (sx2 == 0 || sy2 == 0) {
+    m.cosine = 0.0;
+  } else {
+    m.cosine = sxy / (std::sqrt(sx2) * std::sqrt(sy2));
+  }
+  if (se2 == 0) {
+    m.rel_fro_err = 0.0;
+  } else if (sx2 == 0) {
+    m.rel_fro_err = std::numeric_limits<double>::infinity();
+  } else {
+    m.rel_fro_err = std::sqrt(se2) / std::sqrt(sx2);
+  }
+  return m;
+}
+
+absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
+  auto refuse = [](const std::string& why) { return absl::InvalidArgumentError("oracle: " + why); };
+  Resolved r;
+  r.info = FindFormat(q.format);
+  if (r.info == nullptr) return refuse("unknown format");
+  r.format = q.format;
+  const int rank = static_cast<int>(shape.size());
+  r.granularity = q.granularity == Granularity::kUnspecified ? Granularity::kTensor : q.granularity;
+  switch (r.granularity) {
+    case Granularity::kNone:
+      // "`none` = a plain cast with scale 1 (minifloat formats only)."
+      if (r.info->is_int) return refuse("none on an integer format");
+      break;
+    case Granularity::kTensor:
+    case Granularity::kToken:
+      break;
+    case Granularity::kChannel:
+      if (q.axis < -rank || q.axis >= rank) return refuse("axis out of range");
+      r.axis = q.axis < 0 ? q.axis + rank : q.axis;
+      break;
+    case Granularity::kGroup:
+      if (q.group_size <= 0) return refuse("group size");
+      r.group = q.group_size;
+      break;
+    case Granularity::kBlock:
+      if (q.block_rows <= 0 || q.block_cols <= 0) return refuse("block size");
+      r.block_rows = q.block_rows;
+      r.block_cols = q.block_cols;
+      break;
+    default:
+      return refuse("granularity");
+  }
+  r.asymmetric = q.asymmetric;
+  if (r.asymmetric && !r.info->asymmetric_ok) return refuse("asymmetric");
+  if (!r.asymmetric && !r.info->symmetric_ok) return refuse("symmetric");
+  if (r.asymmetric && r.granularity == Granularity::kNone) return refuse("asymmetric cast");
+  switch (q.rounding) {
+    case Rounding::kUnspecified:
+    case Rounding::kNearestEven:
+      r.rounding = Rounding::kNearestEven;
+      break;
+    case Rounding::kNearestAway:
+    case Rounding::kStochastic:
+      r.rounding = q.rounding;
+      break;
+    default:
+      return refuse("rounding");
+  }
+  r.seed = q.seed;
+  switch (q.overflow) {
+    case Overflow::kUnspecified:
+    case Overflow::kSaturate:
+      r.overflow = Overflow::kSaturate;
+      break;
+    case Overflow::kNonfinite:
+      // "overflow becomes Inf/NaN as the format allows": integers allow neither.
+      if (!r.info->has_inf && !r.info->has_nan) return refuse("nonfinite overflow");
+      r.overflow = Overflow::kNonfinite;
+      break;
+    default:
+      return refuse("overflow");
+  }
+  // "clip_ratio c ∈ (0, 1]"; 0 is the proto default and means 1.
+  if (std::isnan(q.clip_ratio) || q.clip_ratio < 0.0f || q.clip_ratio > 1.0f) {
+    return refuse("clip ratio");
+  }
+  r.clip = q.clip_ratio == 0.0f ? 1.0f : q.clip_ratio;
+  // kernels/ choice: a plain cast has no amax for a clip ratio to multiply.
+  if (r.granularity == Granularity::kNone && r.clip != 1.0f) return refuse("clip without scale");
+  switch (q.nan_policy) {
+    case NanPolicy::kUnspecified:
+      r.nan_policy = r.info->has_nan ? NanPolicy::kPropagate : NanPolicy::kReject;
+      break;
+    case NanPolicy::kPropagate:
+      if (!r.info->has_nan) return refuse("propagate without NaN");
+      r.nan_policy = q.nan_policy;
+      break;
+    case NanPolicy::kReject:
+    case NanPolicy::kZero:
+      r.nan_policy = q.nan_policy;
+      break;
+    default:
+      return refuse("nan policy");
+  }
+  switch (q.packing) {
+    case Packing::kUnspecified:
+    case Packing::kBitstream:
+      r.packing = Packing::kBitstream;
+      break;
+    case Packing::kInt32Offset:
+      // "INT32_OFFSET (compressed-tensors pack_to_int32): value + 8": signed 4-bit codes.
+      if (!(r.info->is_int && r.info->bits == 4 && r.info->qmin < 0)) return refuse("packing");
+      r.packing = Packing::kInt32Offset;
+      break;
+    default:
+      return refuse("packing");
+  }
+  for (int64_t d : shape) {
+    if (d < 0) return refuse("negative dim");
+  }
+  if (rank > kMaxRank) return refuse("rank");
+  if (q.has_static_scales()) {
+    const Grouping g = GroupElements(r, shape);
+    if (static_cast<int64_t>(q.static_scales.size()) != g.num_scales) {
+      return refuse("static scale count");
+    }
+    for (float s : q.static_scales) {
+      if (!std::isfinite(s) || !(s > 0.0f)) return refuse("static scale value");
+    }
+    if (r.asymmetric) {
+      if (q.static_zero_points.size() != q.static_scales.size()) return refuse("zero points");
+      for (int32_t zp : q.static_zero_points) {
+        if (zp < r.info->qmin || zp > r.info->qmax) return refuse("zero point range");
+      }
+    } else if (!q.static_zero_points.empty()) {
+      return refuse("zero points on a symmetric spec");
+    }
+    r.static_scales = q.static_scales;
+    r.static_zero_points = q.static_zero_points;
+  } else if (!q.static_zero_points.empty()) {
+    return refuse("zero points without scales");
+  }
+  *out = r;
+  return absl::OkStatus();
+}
+
+Grouping GroupElements(const Resolved& spec, const Shape& shape) {
+  Grouping g;
+  const size_t rank = shape.size();
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  // "For token, group and block, the leading dims of an N-D input fold into rows."
+  g.cols = rank == 0 ? 1 : shape[rank - 1];
+  g.rows = 1;
+  for (size_t k = 0; k + 1 < rank; ++k) g.rows *= shape[k];
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  switch (spec.granularity) {
+    case Granularity::kChannel:
+      // "reduces over every other dim and keeps the input's rank with 1 elsewhere"
+      g.scale_shape.assign(rank, 1);
+      g.scale_shape[spec.axis] = shape[spec.axis];
+      break;
+    case Granularity::kToken:
+      g.scale_shape = {g.rows, 1};
+      break;
+    case Granularity::kGroup:
+      g.scale_shape = {g.rows, ceil_div(g.cols, spec.group)};
+      break;
+    case Granularity::kBlock:
+      g.scale_shape = {ceil_div(g.rows, spec.block_rows), ceil_div(g.cols, spec.block_cols)};
+      break;
+    default:  // tensor → [1]; none: the one scale 1
+      g.scale_shape = {1};
+      break;
+  }
+  g.num_scales = 1;
+  for (int64_t d : g.scale_shape) g.num_scales *= d;
+  g.group_of.resize(static_cast<size_t>(numel));
+  std::vector<int64_t> index(rank, 0);
+  for (int64_t i = 0; i < numel; ++i) {
+    // Multi-index of flat element i, row-major.
+    int64_t rest = i;
+    for (size_t k = rank; k-- > 0;) {
+      index[k] = rest % shape[k];
+      rest /= shape[k];
+    }
+    int64_t row = 0;
+    for (size_t k = 0; k + 1 < rank; ++k) row = row * shape[k] + index[k];
+    const int64_t col = rank == 0 ? 0 : index[rank - 1];
+    int64_t group = 0;
+    switch (spec.granularity) {
+      case Granularity::kChannel:
+        group = index[spec.axis];
+        break;
+      case Granularity::kToken:
+        group = row;
+        break;
+      case Granularity::kGroup:
+        group = row * g.scale_shape[1] + col / spec.group;
+        break;
+      case Granularity::kBlock:
+        group = (row / spec.block_rows) * g.scale_shape[1] + col / spec.block_cols;
+        break;
+      default:
+        break;
+    }
+    g.group_of[static_cast<size_t>(i)] = group;
+  }
+  return g;
+}
+
+bool ScaleOf(const FormatInfo& info, bool asymmetric, float clip, const std::vector<float>& group,
+             float* scale, int32_t* zero_point) {
+  *zero_point = 0;
+  *scale = 1.0f;
+  if (!asymmetric) {
+    // "Symmetric: s = fp32(amax / qmax)", amax times clip_ratio first.
+    float amax = 0.0f;
+    for (float v : group) amax = std::max(amax, std::fabs(v));
+    const float clipped = amax * clip;
+    float s = clipped / info.symmetric_divisor;
+    // "a scale is never 0; an all-zero group gets scale 1"
+    if (s == 0.0f) s = 1.0f;
+    *scale = s;
+    return true;
+  }
+  // "scale = (max - min) / 255 over the group (max ≥ 0 ≥ min enforced)"
+  float mx = 0.0f, mn = 0.0f;
+  for (float v : group) {
+    mx = std::max(mx, v);
+    mn = std::min(mn, v);
+  }
+  mx = mx * clip;
+  mn = mn * clip;
+  const float range = mx - mn;
+  // FORMATS.md is silent when max - min overflows fp32 (s would be Inf and every x̂ NaN);
+  // kernels/ refuses the request, and so does the oracle.
+  if (std::isinf(range)) return false;
+  float s = range / static_cast<float>(info.qmax - info.qmin);
+  if (s == 0.0f) s = 1.0f;
+  // "zp = clamp(rne(fp32(qmin - fp32(min / s))))"
+  const float shifted = mn / s;
+  const float zp_real = static_cast<float>(info.qmin) - shifted;
+  double zp = std::nearbyint(static_cast<double>(zp_real));  // default FE_TONEAREST
+  zp = std::min<double>(std::max<double>(zp, info.qmin), info.qmax);
+  *scale = s;
+  *zero_point = static_cast<int32_t>(zp);
+  return true;
+}
+
+int64_t PackedRowBytes(int64_t cols, int bits, Packing packing) {
+  if (packing == Packing::kInt32Offset) return 4 * ((cols + 7) / 8);
+  return (cols * bits + 7) / 8;
+}
+
+std::vector<uint8_t> Pack(const std::vector<uint32_t>& codes, int64_t rows, int64_t cols, int bits,
+                          Packing packing) {
+  const int64_t row_bytes = PackedRowBytes(cols, bits, packing);
+  std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      uint32_t stored = codes[static_cast<size_t>(r * cols + c)];
+      if (packing == Packing::kInt32Offset) {
+        // value + 8, where value is the signed 4-bit integer.
+        const int32_t value = static_cast<int32_t>(stored) - ((stored & 8u) ? 16 : 0);
+        stored = static_cast<uint32_t>(value + 8);
+      }
+      // "element i occupies bits [b·i, b·i + b) counting from bit 0 of byte 0"
+      for (int b = 0; b < bits; ++b) {
+        if ((stored >> b) & 1u) {
+          const int64_t bit = c * bits + b;
+          out[static_cast<size_t>(r * row_bytes + bit / 8)] |=
+              static_cast<uint8_t>(1u << (bit % 8));
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<uint32_t> Unpack(const std::vector<uint8_t>& packed, int64_t rows, int64_t cols,
+                             int bits, Packing packing) {
+  const int64_t row_bytes = PackedRowBytes(cols, bits, packing);
+  std::vector<uint32_t> codes(static_cast<size_t>(rows * cols), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      uint32_t stored = 0;
+      for (int b = 0; b < bits; ++b) {
+        const int64_t bit = c * bits + b;
+        if ((packed[static_cast<size_t>(r * row_bytes + bit / 8)] >> (bit % 8)) & 1u) {
+          stored |= 1u << b;
+        }
+      }
+      if (packing == Packing::kInt32Offset) {
+        const int32_t value = static_cast<int32_t>(stored) - 8;
+        stored = static_cast<uint32_t>(value) & 0xFu;
+      }
+      codes[static_cast<size_t>(r * cols + c)] = stored;
+    }
+  }
+  return codes;
+}
+
+float DequantizeCode(const FormatInfo& info, uint32_t code, float scale, int32_t zero_point) {
+  if (info.is_int) {
+    int32_t q = static_cast<int32_t>(code & ((1u << info.bits) - 1u));
+    if (info.qmin < 0 && (q & (1 << (info.bits - 1)))) q -= 1 << info.bits;
+    // "x̂ = fp32(s · (q - zp)) with (q - zp) an exact integer"
+    const float level = static_cast<float>(q - zero_point);
+    return scale * level;
+  }
+  const float value = static_cast<float>(MinifloatValue(info.minifloat, code));
+  return scale * value;
+}
+
+namespace {
+
+uint32_t QuantizeOne(const Resolved& spec, float x, float s, int32_t zp, uint64_t flat_index) {
+  const FormatInfo& info = *spec.info;
+  const uint32_t random_bits =
+      spec.rounding == Rounding::kStochastic ? RandomBits(spec.seed, flat_index) : 0u;
+  if (std::isnan(x)) {
+    if (spec.nan_policy == NanPolicy::kZero) {
+      x = 0.0f;  // "nan_policy = ZERO": quantized as the value 0
+    } else if (!info.is_int) {
+      return EncodeMinifloat(info.minifloat, x, spec.rounding, random_bits, spec.overflow);
+    }
+  }
+  // "x / s is a true fp32 division"
+  const float v = x / s;
+  if (info.is_int) {
+    const int32_t q = QuantizeInt(v, zp, info.qmin, info.qmax, spec.rounding, random_bits);
+    return static_cast<uint32_t>(q) & ((1u << info.bits) - 1u);
+  }
+  return EncodeMinifloat(info.minifloat, v, spec.rounding, random_bits, spec.overflow);
+}
+
+std::vector<std::vector<float>> FiniteByGroup(const std::vector<float>& x, const Grouping& g) {
+  std::vector<std::vector<float>> groups(static_cast<size_t>(g.num_scales));
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isfinite(x[i])) groups[static_cast<size_t>(g.group_of[i])].push_back(x[i]);
+  }
+  return groups;
+}
+
+absl::Status CheckNans(const std::vector<float>& x, const Resolved& spec) {
+  if (spec.nan_policy != NanPolicy::kReject) return absl::OkStatus();
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("oracle: element ", i, " is NaN"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Result Quantize(const std::vector<float>& x, const Shape& shape, const QuantSpec& requested) {
+  Result r;
+  r.status = Resolve(requested, shape, &r.spec);
+  if (!r.status.ok()) return r;
+  r.status = CheckNans(x, r.spec);
+  if (!r.status.ok()) return r;
+  const FormatInfo& info = *r.spec.info;
+  r.grouping = GroupElements(r.spec, shape);
+  const Grouping& g = r.grouping;
+  const size_t n = static_cast<size_t>(g.num_scales);
+  r.scales.assign(n, 1.0f);
+  std::vector<int32_t> zps(n, 0);
+  if (r.spec.granularity == Granularity::kNone) {
+    // plain cast: scale 1
+  } else if (!r.spec.static_scales.empty()) {
+    r.scales = r.spec.static_scales;
+    if (r.spec.asymmetric) zps = r.spec.static_zero_points;
+  } else {
+    const auto groups = FiniteByGroup(x, g);
+    for (size_t k = 0; k < n; ++k) {
+      if (!ScaleOf(info, r.spec.asymmetric, r.spec.clip, groups[k], &r.scales[k], &zps[k])) {
+        r.status = absl::InvalidArgumentError(
+            absl::StrCat("oracle: asymmetric range of scale group ", k, " overflows float32"));
+        return r;
+      }
+    }
+  }
+  if (r.spec.asymmetric) r.zero_points = zps;
+  r.codes.resize(x.size());
+  r.x_hat.resize(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const size_t k = static_cast<size_t>(g.group_of[i]);
+    r.codes[i] = QuantizeOne(r.spec, x[i], r.scales[k], zps[k], i);
+    r.x_hat[i] = DequantizeCode(info, r.codes[i], r.scales[k], zps[k]);
+  }
+  r.packed_codes = Pack(r.codes, g.rows, g.cols, info.bits, r.spec.packing);
+  r.metrics = ComputeMetrics(x, r.x_hat);
+  return r;
+}
+
+std::vector<float> Dequantize(const std::vector<uint8_t>& packed, const std::vector<float>& scales,
+                              const std::vector<int32_t>& zero_points, const Shape& shape,
+                              const Resolved& spec) {
+  const Grouping g = GroupElements(spec, shape);
+  const std::vector<uint32_t> codes = Unpack(packed, g.rows, g.cols, spec.info->bits, spec.packing);
+  std::vector<float> out(codes.size());
+  for (size_t i = 0; i < codes.size(); ++i) {
+    const size_t k = static_cast<size_t>(g.group_of[i]);
+    const int32_t zp = spec.asymmetric ? zero_points[k] : 0;
+    out[i] = DequantizeCode(*spec.info, codes[i], scales[k], zp);
+  }
+  return out;
+}
+
+double NumpyPercentile(std::vector<double> values, double q) {
+  // numpy.percentile(a, q, method='linear') (numpy >= 1.22): virtual index (n - 1)·q/100 into
+  // the sorted values, then _lerp(prev, next, gamma) which evaluates b - (b - a)·(1 - t) when
+  // t >= 0.5 (monotone and exact at the ends).
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const double n = static_cast<double>(values.size());
+  const double quantile = q / 100.0;
+  const double virtual_index = (n - 1.0) * quantile;
+  double prev_index = std::floor(virtual_index);
+  double next_index = prev_index + 1.0;
+  if (virtual_index >= n - 1.0) prev_index = next_index = n - 1.0;
+  if (virtual_index < 0.0) prev_index = next_index = 0.0;
+  const double a = values[static_cast<size_t>(prev_index)];
+  const double b = values[static_cast<size_t>(next_index)];
+  const double gamma = virtual_index - prev_index;
+  const double diff = b - a;
+  if (gamma >= 0.5) return b - diff * (1.0 - gamma);
+  return a + diff * gamma;
+}
+
+std::vector<float> MseGrid(const CalibrationOptions& options) {
+  std::vector<float> grid;
+  const int steps = options.search_steps;
+  for (int k = 0; k < steps; ++k) {
+    const double t = steps == 1 ? 0.0 : static_cast<double>(k) / (steps - 1);
+    grid.push_back(static_cast<float>(1.0 - t * (1.0 - options.search_min_ratio)));
+  }
+  return grid;
+}
+
+Calibration Calibrate(const std::vector<float>& x, const Shape& shape, const QuantSpec& requested,
+                      const CalibrationOptions& options) {
+  Calibration c;
+  Resolved spec;
+  c.status = Resolve(requested, shape, &spec);
+  if (!c.status.ok()) return c;
+  const FormatInfo& info = *spec.info;
+  const Grouping g = GroupElements(spec, shape);
+  const auto groups = FiniteByGroup(x, g);
+  // Flat indices of every finite element of each group (stochastic draws need them).
+  std::vector<std::vector<size_t>> members(static_cast<size_t>(g.num_scales));
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isfinite(x[i])) members[static_cast<size_t>(g.group_of[i])].push_back(i);
+  }
+  const size_t n = static_cast<size_t>(g.num_scales);
+  c.scales.assign(n, 1.0f);
+  c.zero_points.assign(n, 0);
+  c.amax.assign(n, 0.0f);
+  c.clip_ratios.assign(n, spec.clip);
+  c.mse_of_choice.assign(n, 0.0);
+  for (size_t k = 0; k < n; ++k) {
+    for (float v : groups[k]) c.amax[k] = std::max(c.amax[k], std::fabs(v));
+    switch (options.method) {
+      case CalibrationMethod::kPercentile: {
+        std::vector<float> stand_in;
+        if (!groups[k].empty()) {
+          if (spec.asymmetric) {
+            std::vector<double> values(groups[k].begin(), groups[k].end());
+            stand_in.push_back(static_cast<float>(NumpyPercentile(values, options.percentile)));
+            stand_in.push_back(
+                static_cast<float>(NumpyPercentile(values, 100.0 - options.percentile)));
+          } else {
+            std::vector<double> magnitudes;
+            for (float v : groups[k]) magnitudes.push_back(std::fabs(static_cast<double>(v)));
+            stand_in.push_back(static_cast<float>(NumpyPercentile(magnitudes, options.percentile)));
+          }
+        }
+        if (!ScaleOf(info, spec.asymmetric, spec.clip, stand_in, &c.scales[k], &c.zero_points[k])) {
+          c.status = absl::InvalidArgumentError("oracle: asymmetric range overflows float32");
+          return c;
+        }
+        break;
+      }
+      case CalibrationMethod::kMse: {
+        double best = std::numeric_limits<double>::infinity();
+        for (float ratio : MseGrid(options)) {
+          float s;
+          int32_t zp;
+          if (!ScaleOf(info, spec.asymmetric, ratio, groups[k], &s, &zp)) {
+            c.status = absl::InvalidArgumentError("oracle: asymmetric range overflows float32");
+            return c;
+          }
+          double err = 0.0;
+          for (size_t i : members[k]) {
+            const uint32_t code = QuantizeOne(spec, x[i], s, zp, i);
+            const double d = static_cast<double>(x[i]) - DequantizeCode(info, code, s, zp);
+            err += d * d;
+          }
+          if (err < best) {  // strict: a tie keeps the larger ratio tried first
+            best = err;
+            c.scales[k] = s;
+            c.zero_points[k] = zp;
+            c.clip_ratios[k] = ratio;
+            c.mse_of_choice[k] = err;
+          }
+        }
+        break;
+      }
+      default:
+        if (!ScaleOf(info, spec.asymmetric, spec.clip, groups[k], &c.scales[k],
+                     &c.zero_points[k])) {
+          c.status = absl::InvalidArgumentError("oracle: asymmetric range overflows float32");
+          return c;
+        }
+        break;
+    }
+  }
+  if (!spec.asymmetric) c.zero_points.clear();
+  return c;
+}
+
+}  // namespace quantd::oracle
