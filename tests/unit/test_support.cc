@@ -253,4 +253,35 @@ std::vector<float> AsFloats(const std::vector<uint8_t>& bytes) {
   return out;
 }
 
+std::vector<uint8_t> FloatBytes(const std::vector<float>& values) {
+  std::vector<uint8_t> bytes(values.size() * 4);
+  if (!bytes.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
+  return bytes;
+}
+
+Quantized QuantizeFloats(const std::vector<float>& x, const Shape& shape,
+                         const QuantSpec& requested, Executor* executor) {
+  Quantized q;
+  std::unique_ptr<Backend> backend = CreateReferenceBackend(executor);
+  absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
+  if (!spec.ok()) {
+    q.status = spec.status();
+    return q;
+  }
+  q.spec = *spec;
+  q.run = RunQuantize(*backend, FloatBytes(x), DType::kF32, shape, requested);
+  if (!q.run.status.ok()) {
+    q.status = q.run.status;
+    return q;
+  }
+  absl::StatusOr<std::vector<uint8_t>> out =
+      RunDequantize(*backend, q.spec, shape, q.run, DType::kF32);
+  if (!out.ok()) {
+    q.status = out.status();
+    return q;
+  }
+  q.x_hat = AsFloats(*out);
+  return q;
+}
+
 }  // namespace quantd::testing

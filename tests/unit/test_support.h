@@ -131,6 +131,18 @@ absl::StatusOr<std::vector<uint8_t>> RunQuantDequant(Backend& backend,
                                                      DType out_dtype, ErrorMetrics* metrics);
 
 std::vector<float> AsFloats(const std::vector<uint8_t>& bytes);
+std::vector<uint8_t> FloatBytes(const std::vector<float>& values);
+
+// Quantize + Dequantize of F32 values on a fresh CPU backend over `executor` (inline when
+// null). `status` is the first error; `x_hat` is Dequantize's F32 output.
+struct Quantized {
+  absl::Status status;
+  QuantSpec spec;  // resolved
+  BackendRun run;
+  std::vector<float> x_hat;
+};
+Quantized QuantizeFloats(const std::vector<float>& x, const Shape& shape,
+                         const QuantSpec& requested, Executor* executor = nullptr);
 
 }  // namespace quantd::testing
 
