@@ -1,0 +1,38 @@
+"""pytest fixtures of the end-to-end tests. The binaries come from QUANTCTL_BIN / QUANTD_BIN
+(CTest sets them to the targets it built) or, when unset, from build/ or build-e2e/."""
+
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import e2e_util  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def quantctl():
+    path = e2e_util.quantctl_bin()
+    if not path or not pathlib.Path(path).exists():
+        pytest.skip("quantctl is not built (set QUANTCTL_BIN)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def quantd(quantctl):
+    path = e2e_util.quantd_bin()
+    if not path or not pathlib.Path(path).exists():
+        pytest.skip("quantd is not built (set QUANTD_BIN)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(quantd, tmp_path_factory):
+    """One CPU-backend quantd for the module; it must exit 0 on SIGTERM at the end."""
+    srv = e2e_util.QuantdServer(tmp_path_factory.mktemp("quantd")).start()
+    yield srv
+    alive = srv.alive()
+    code = srv.stop()
+    assert alive, f"quantd died during the module:\n{srv.log()}"
+    assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"

@@ -1,0 +1,582 @@
+"""An independent NumPy implementation of shared/FORMATS.md (docs/FORMATS.md in a release).
+
+It shares no code with kernels/: the end-to-end tests compare what `quantctl` and the server
+answer against it bit for bit. Everything is computed the way FORMATS.md "Arithmetic" says:
+IEEE float32 with round-to-nearest, `x / s` as a true float32 division (never a reciprocal
+multiply), one rounding per operation (NumPy float32 scalar and array operations round once
+each; there is no fused multiply-add in NumPy).
+
+Where FORMATS.md leaves room, the choices below are the ones the implementation documents:
+  * amax / min / max are taken over the FINITE elements of a scale group only (Inf and NaN
+    never enter a scale); a group without a finite element counts as all-zero;
+  * a scale that comes out 0 (all-zero group, or a quotient that underflows) becomes 1;
+  * asymmetric: mx = max(max, 0)·c, mn = min(min, 0)·c, s = f32(f32(mx - mn) / (qmax - qmin)),
+    zp = clamp(rne(f32(qmin - f32(mn / s)))), q = clamp(round(x / s) + zp); a range that
+    overflows float32 is refused;
+  * integer rounding acts on |x / s| (|v| clamped to 2^20 first) and puts the sign back;
+  * uint formats are asymmetric only, fp8 formats symmetric only;
+  * integer formats refuse NaN inputs unless nan_policy is "zero" (NaN quantizes as 0);
+  * fp8: NaN becomes the NaN code with the input's sign (E4M3 0x7F|s, E5M2 0x7E|s), -0.0 keeps
+    its sign bit, SATURATE maps +-Inf and every overflow to +-max finite; NONFINITE gives
+    +-Inf (E5M2) or NaN (E4M3, which has no Inf).
+
+Element rounding of the minifloats under round-half-to-even uses ml_dtypes (its astype is RNE
+with overflow to Inf/NaN); `minifloat_encode` is a second, arithmetic implementation used for
+ties-away and stochastic rounding and cross-checked against ml_dtypes in test_oracle.py.
+
+Stochastic rounding: u = (Philox4x32-10 word (i mod 4) of counter (i // 4 as a 128-bit
+little-endian integer: [lo32, hi32, 0, 0]) under key (lo32(seed), hi32(seed))) >> 8) · 2^-24 for
+the flat element index i; the magnitude is rounded up iff u < frac(magnitude).
+
+Usage:
+    spec = Spec("int4", granularity="group", group_size=128)
+    result = quantize(x, spec)           # codes (packed as quantctl writes them), scales, ...
+    x_hat = dequantize(result)           # float32, shaped like x
+    m = metrics(x, x_hat)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import ml_dtypes
+import numpy as np
+
+F32 = np.float32
+U32_MASK = np.uint64(0xFFFFFFFF)
+
+
+class OracleError(ValueError):
+    """The spec or input is refused (what the service answers with INVALID_ARGUMENT)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatInfo:
+    name: str
+    kind: str  # "int" or "float"
+    bits: int
+    qmin: int = 0
+    qmax: int = 0
+    symmetric_ok: bool = True
+    asymmetric_ok: bool = False
+    # minifloats
+    exp_bits: int = 0
+    man_bits: int = 0
+    bias: int = 0
+    max_code: int = 0
+    max_finite: float = 0.0
+    nan_code: int = 0  # magnitude bits of the NaN it produces
+    inf_code: Optional[int] = None  # magnitude bits of Inf, None when it has none
+    ml_dtype: object = None
+
+    @property
+    def divisor(self) -> np.float32:
+        return F32(self.qmax) if self.kind == "int" else F32(self.max_finite)
+
+
+FORMATS = {
+    "int8": FormatInfo("int8", "int", 8, -128, 127, True, True),
+    "int4": FormatInfo("int4", "int", 4, -8, 7, True, True),
+    "uint8": FormatInfo("uint8", "int", 8, 0, 255, False, True),
+    "uint4": FormatInfo("uint4", "int", 4, 0, 15, False, True),
+    "fp8-e4m3": FormatInfo("fp8-e4m3", "float", 8, symmetric_ok=True, asymmetric_ok=False,
+                           exp_bits=4, man_bits=3, bias=7, max_code=0x7E, max_finite=448.0,
+                           nan_code=0x7F, inf_code=None, ml_dtype=ml_dtypes.float8_e4m3fn),
+    "fp8-e5m2": FormatInfo("fp8-e5m2", "float", 8, symmetric_ok=True, asymmetric_ok=False,
+                           exp_bits=5, man_bits=2, bias=15, max_code=0x7B, max_finite=57344.0,
+                           nan_code=0x7E, inf_code=0x7C, ml_dtype=ml_dtypes.float8_e5m2),
+}
+
+GRANULARITIES = ("none", "tensor", "channel", "token", "group", "block")
+
+
+@dataclasses.dataclass
+class Spec:
+    format: str
+    granularity: str = "tensor"
+    axis: int = 0
+    group_size: int = 0
+    block: tuple = (128, 128)  # (rows, cols) for granularity "block"
+    asymmetric: bool = False
+    rounding: str = "rne"  # rne | away | stochastic
+    seed: int = 0
+    overflow: str = "saturate"  # saturate | nonfinite
+    clip_ratio: float = 1.0
+    nan_policy: Optional[str] = None  # None (format default) | reject | zero | propagate
+    packing: str = "bitstream"  # bitstream | int32_offset
+    static_scales: Optional[np.ndarray] = None
+    static_zero_points: Optional[np.ndarray] = None
+
+    @property
+    def info(self) -> FormatInfo:
+        return FORMATS[self.format]
+
+
+@dataclasses.dataclass
+class Result:
+    spec: Spec
+    shape: tuple
+    codes: np.ndarray        # as quantctl writes them: int8 / uint8 / packed uint8 / int32
+    raw_codes: np.ndarray    # one code per element, [rows, cols] view, int64 (signed for int)
+    scales: np.ndarray       # float32, FORMATS.md shape
+    zero_points: Optional[np.ndarray]  # int32, same shape, asymmetric only
+    scale_per_element: np.ndarray  # float32 [rows, cols]
+    zp_per_element: np.ndarray     # int64 [rows, cols]
+
+
+# ---------------------------------------------------------------------------------------------
+# Philox4x32-10 (Salmon et al., SC'11), vectorized over counters.
+
+PHILOX_M0 = np.uint64(0xD2511F53)
+PHILOX_M1 = np.uint64(0xCD9E8D57)
+PHILOX_W0 = np.uint64(0x9E3779B9)
+PHILOX_W1 = np.uint64(0xBB67AE85)
+
+
+def philox4x32_10(counter, key):
+    """counter: 4 arrays (or ints) of uint32 words; key: 2 uint32 words. Returns 4 uint32
+    arrays. The 32x32->64 products are exact in uint64."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & U32_MASK for c in counter)
+    k0 = np.uint64(key[0]) & U32_MASK
+    k1 = np.uint64(key[1]) & U32_MASK
+    for round_index in range(10):
+        if round_index > 0:  # Random123 bumps the key between rounds
+            k0 = (k0 + PHILOX_W0) & U32_MASK
+            k1 = (k1 + PHILOX_W1) & U32_MASK
+        p0 = PHILOX_M0 * c0
+        p1 = PHILOX_M1 * c2
+        hi0, lo0 = p0 >> np.uint64(32), p0 & U32_MASK
+        hi1, lo1 = p1 >> np.uint64(32), p1 & U32_MASK
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return tuple(c.astype(np.uint32) for c in (c0, c1, c2, c3))
+
+
+def stochastic_uniform(seed: int, indices: np.ndarray) -> np.ndarray:
+    """The uniform draw in [0, 1) (float64, exactly k·2^-24) for flat element `indices`."""
+    indices = np.asarray(indices, dtype=np.uint64)
+    block = indices >> np.uint64(2)
+    words = philox4x32_10(
+        (block & U32_MASK, block >> np.uint64(32), np.zeros_like(block), np.zeros_like(block)),
+        (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF))
+    stacked = np.stack(words, axis=-1)  # [..., 4]
+    lane = (indices & np.uint64(3)).astype(np.int64)
+    bits = np.take_along_axis(stacked, lane[..., None], axis=-1)[..., 0]
+    return (bits >> np.uint32(8)).astype(np.float64) * 2.0 ** -24
+
+
+# ---------------------------------------------------------------------------------------------
+# Element rounding.
+
+def round_magnitude(m: np.ndarray, rounding: str, uniform: Optional[np.ndarray]) -> np.ndarray:
+    """Rounds non-negative finite magnitudes (float64 holding float32 values) to integers."""
+    m = np.asarray(m, dtype=np.float64)
+    if rounding == "rne":
+        return np.rint(m)  # round half to even
+    floor = np.floor(m)
+    frac = m - floor  # exact
+    if rounding == "away":
+        return floor + (frac >= 0.5)
+    if rounding == "stochastic":
+        return floor + (uniform < frac)
+    raise OracleError(f"unknown rounding {rounding!r}")
+
+
+def minifloat_encode(v: np.ndarray, info: FormatInfo, rounding: str, overflow: str,
+                     uniform: Optional[np.ndarray] = None) -> np.ndarray:
+    """Arithmetic minifloat encoder: float32 v -> codes (uint8), any rounding mode."""
+    v = np.asarray(v, dtype=F32)
+    bits = v.view(np.uint32)
+    sign = ((bits >> np.uint32(31)).astype(np.int64)) << (info.exp_bits + info.man_bits)
+    mag = np.abs(v.astype(np.float64))
+    nan = np.isnan(v)
+    inf = np.isinf(v)
+    emin = 1 - info.bias
+    emax = (info.max_code >> info.man_bits) - info.bias
+    safe = np.where(nan | inf | (mag == 0), 1.0, mag)
+    _, ex = np.frexp(safe)  # safe = m·2^ex, m in [0.5, 1)
+    e = np.where(mag == 0, emin, np.maximum(ex.astype(np.int64) - 1, emin))
+    over_binade = e > emax
+    e_clamped = np.minimum(e, emax)
+    n = np.ldexp(np.where(nan | inf | over_binade, 0.0, mag),
+                 (info.man_bits - e_clamped).astype(np.int32))
+    if uniform is None:
+        uniform = np.zeros(v.shape)
+    r = round_magnitude(n, rounding, uniform).astype(np.int64)
+    magnitude = ((e_clamped + info.bias - 1) << info.man_bits) + r
+    overflowed = inf | over_binade | (magnitude > info.max_code)
+    if overflow == "nonfinite":
+        over_code = info.inf_code if info.inf_code is not None else info.nan_code
+    else:
+        over_code = info.max_code
+    magnitude = np.where(overflowed, over_code, magnitude)
+    magnitude = np.where(nan, info.nan_code, magnitude)
+    return (sign | magnitude).astype(np.uint8)
+
+
+def minifloat_encode_rne_ml_dtypes(v: np.ndarray, info: FormatInfo, overflow: str) -> np.ndarray:
+    """Round-half-to-even encoding through ml_dtypes (what FORMATS.md names as the model)."""
+    v = np.asarray(v, dtype=F32)
+    nan = np.isnan(v)
+    sign = (v.view(np.uint32) >> np.uint32(31)).astype(np.uint8) << np.uint8(7)
+    if overflow == "saturate":
+        w = np.clip(v, -F32(info.max_finite), F32(info.max_finite))  # NaN stays NaN, -0 stays -0
+    else:
+        w = v
+    codes = w.astype(info.ml_dtype).view(np.uint8)
+    # NaN: the format's NaN with the input's sign (ml_dtypes' NaN sign is not part of its API).
+    return np.where(nan, sign | np.uint8(info.nan_code), codes).astype(np.uint8)
+
+
+def minifloat_decode(codes: np.ndarray, info: FormatInfo) -> np.ndarray:
+    return np.asarray(codes, dtype=np.uint8).view(info.ml_dtype).astype(F32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale groups.
+
+def view_2d(shape) -> tuple:
+    shape = tuple(int(d) for d in shape)
+    cols = shape[-1] if len(shape) else 1
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    return rows, cols
+
+
+def scale_shape(spec: Spec, shape) -> tuple:
+    rows, cols = view_2d(shape)
+    g = spec.granularity
+    if g in ("none", "tensor"):
+        return (1,)
+    if g == "channel":
+        axis = spec.axis % len(shape)
+        return tuple(shape[i] if i == axis else 1 for i in range(len(shape)))
+    if g == "token":
+        return (rows, 1)
+    if g == "group":
+        return (rows, -(-cols // spec.group_size))
+    if g == "block":
+        r, c = spec.block
+        return (-(-rows // r), -(-cols // c))
+    raise OracleError(f"unknown granularity {g!r}")
+
+
+def _group_reduce(x2d: np.ndarray, spec: Spec, shape, fill: float, op) -> np.ndarray:
+    """op (np.min / np.max) over every scale group of the [rows, cols] view, where `x2d` has
+    its non-participating elements already replaced by `fill`. Returns the scale-shaped array."""
+    rows, cols = x2d.shape
+    g = spec.granularity
+    if g in ("none", "tensor"):
+        return np.array([op(x2d) if x2d.size else fill], dtype=F32)
+    if x2d.size == 0:
+        return np.full(scale_shape(spec, shape), fill, dtype=F32)
+    if g == "token":
+        if cols == 0:
+            return np.full((rows, 1), fill, dtype=F32)
+        return op(x2d, axis=1).reshape(rows, 1).astype(F32)
+    if g == "channel":
+        full = x2d.reshape(shape)
+        axis = spec.axis % len(shape)
+        moved = np.moveaxis(full, axis, 0).reshape(shape[axis], -1)
+        out = (op(moved, axis=1) if moved.shape[1] else np.full(shape[axis], fill)).astype(F32)
+        return out.reshape(scale_shape(spec, shape))
+    if g == "group":
+        gs = spec.group_size
+        ngroups = -(-cols // gs)
+        padded = np.full((rows, ngroups * gs), fill, dtype=F32)
+        padded[:, :cols] = x2d
+        return op(padded.reshape(rows, ngroups, gs), axis=2).astype(F32)
+    if g == "block":
+        br, bc = spec.block
+        nr, nc = -(-rows // br), -(-cols // bc)
+        padded = np.full((nr * br, nc * bc), fill, dtype=F32)
+        padded[:rows, :cols] = x2d
+        return op(padded.reshape(nr, br, nc, bc), axis=(1, 3)).astype(F32)
+    raise OracleError(f"unknown granularity {g!r}")
+
+
+def expand(scales: np.ndarray, spec: Spec, shape) -> np.ndarray:
+    """Per-element [rows, cols] array of the scale-shaped `scales`."""
+    rows, cols = view_2d(shape)
+    g = spec.granularity
+    if g in ("none", "tensor"):
+        return np.broadcast_to(scales.reshape(()), (rows, cols))
+    if rows * cols == 0:
+        return np.zeros((rows, cols), dtype=scales.dtype)
+    if g == "token":
+        return np.broadcast_to(scales.reshape(rows, 1), (rows, cols))
+    if g == "channel":
+        return np.broadcast_to(scales.reshape(scale_shape(spec, shape)), shape).reshape(rows, cols)
+    if g == "group":
+        gs = spec.group_size
+        return np.repeat(scales.reshape(rows, -1), gs, axis=1)[:, :cols]
+    if g == "block":
+        br, bc = spec.block
+        s2 = scales.reshape(-(-rows // br), -(-cols // bc))
+        return np.repeat(np.repeat(s2, br, axis=0)[:rows], bc, axis=1)[:, :cols]
+    raise OracleError(f"unknown granularity {g!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec checks (the subset of refusals the tests exercise through the oracle).
+
+def check_spec(spec: Spec, shape) -> None:
+    info = spec.info
+    g = spec.granularity
+    if g not in GRANULARITIES:
+        raise OracleError(f"unknown granularity {g}")
+    if g == "none" and info.kind != "float":
+        raise OracleError("granularity none is for minifloat formats")
+    if g == "channel":
+        if len(shape) == 0 or not -len(shape) <= spec.axis < len(shape):
+            raise OracleError("axis out of range")
+    if g == "group" and spec.group_size <= 0:
+        raise OracleError("group_size must be > 0")
+    if g == "block" and (spec.block[0] <= 0 or spec.block[1] <= 0):
+        raise OracleError("block must be > 0")
+    if spec.asymmetric and not info.asymmetric_ok:
+        raise OracleError(f"{info.name} is symmetric only")
+    if not spec.asymmetric and not info.symmetric_ok:
+        raise OracleError(f"{info.name} is asymmetric only")
+    if spec.overflow == "nonfinite" and info.kind != "float":
+        raise OracleError(f"{info.name} has no Inf or NaN")
+    if spec.nan_policy == "propagate" and info.kind != "float":
+        raise OracleError(f"{info.name} has no NaN")
+    if spec.packing == "int32_offset" and info.name != "int4":
+        raise OracleError("int32_offset packing is for int4")
+    c = F32(spec.clip_ratio)
+    if not (c > 0 and c <= 1):
+        raise OracleError("clip_ratio must be in (0, 1]")
+
+
+def nan_policy(spec: Spec) -> str:
+    if spec.nan_policy:
+        return spec.nan_policy
+    return "propagate" if spec.info.kind == "float" else "reject"
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantize / dequantize.
+
+def to_f32(x: np.ndarray) -> np.ndarray:
+    """The float32 value of every input element (exact for f32, f16 and bf16)."""
+    x = np.asarray(x)
+    if x.dtype == np.dtype("V2"):
+        x = x.view(ml_dtypes.bfloat16)
+    return x.astype(F32)
+
+
+def compute_scales(x2d: np.ndarray, spec: Spec, shape):
+    """FORMATS.md scales (and zero-points) from the data: (scales, zero_points or None)."""
+    info = spec.info
+    finite = np.isfinite(x2d)
+    lo = _group_reduce(np.where(finite, x2d, F32(np.inf)), spec, shape, np.inf, np.min)
+    hi = _group_reduce(np.where(finite, x2d, F32(-np.inf)), spec, shape, -np.inf, np.max)
+    empty = ~(lo <= hi)
+    lo = np.where(empty, F32(0), lo).astype(F32)
+    hi = np.where(empty, F32(0), hi).astype(F32)
+    c = F32(spec.clip_ratio)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        if not spec.asymmetric:
+            amax = (np.maximum(hi, -lo) * c).astype(F32)
+            s = (amax / info.divisor).astype(F32)
+            s = np.where(s == 0, F32(1), s).astype(F32)
+            return s, None
+        mx = (np.maximum(hi, F32(0)) * c).astype(F32)
+        mn = (np.minimum(lo, F32(0)) * c).astype(F32)
+        rng = (mx - mn).astype(F32)
+        if not np.all(np.isfinite(rng)):
+            raise OracleError("asymmetric range overflows float32")
+        s = (rng / F32(info.qmax - info.qmin)).astype(F32)
+        s = np.where(s == 0, F32(1), s).astype(F32)
+        shifted = (F32(info.qmin) - (mn / s).astype(F32)).astype(F32)
+        zp = np.clip(np.rint(shifted.astype(np.float64)), info.qmin, info.qmax).astype(np.int32)
+        return s, zp
+
+
+def pack(raw: np.ndarray, spec: Spec, shape) -> np.ndarray:
+    """Codes as quantctl writes them, from per-element codes on the [rows, cols] view."""
+    info = spec.info
+    rows, cols = raw.shape
+    if info.bits == 8:
+        if info.name == "int8":
+            return raw.astype(np.int8).reshape(shape)
+        return (raw & 0xFF).astype(np.uint8).reshape(shape)
+    nibbles = (raw & 0xF).astype(np.uint8)
+    lead = tuple(shape[:-1]) if len(shape) else ()
+    if spec.packing == "int32_offset":
+        words = -(-cols // 8)
+        padded = np.zeros((rows, words * 8), dtype=np.uint32)
+        padded[:, :cols] = nibbles ^ 0x8  # q + 8 for q in [-8, 7]; padding stays 0
+        shifts = (np.arange(8, dtype=np.uint32) * 4)
+        packed = np.bitwise_or.reduce(padded.reshape(rows, words, 8) << shifts, axis=2)
+        return packed.astype(np.uint32).view(np.int32).reshape(lead + (words,))
+    nbytes = -(-cols // 2)
+    padded = np.zeros((rows, nbytes * 2), dtype=np.uint8)
+    padded[:, :cols] = nibbles
+    packed = padded[:, 0::2] | (padded[:, 1::2] << 4)  # element 0 in the low nibble
+    return packed.astype(np.uint8).reshape(lead + (nbytes,))
+
+
+def unpack(codes: np.ndarray, spec: Spec, shape) -> np.ndarray:
+    """Inverse of pack: per-element codes (int64, sign-extended for signed ints), [rows, cols]."""
+    info = spec.info
+    rows, cols = view_2d(shape)
+    if info.bits == 8:
+        flat = np.asarray(codes).reshape(rows, cols)
+        if info.name == "int8":
+            return flat.astype(np.int8).astype(np.int64)
+        return flat.astype(np.uint8).astype(np.int64)
+    if spec.packing == "int32_offset":
+        words = np.asarray(codes).astype(np.int32).view(np.uint32).reshape(rows, -1)
+        shifts = np.arange(8, dtype=np.uint32) * 4
+        nib = ((words[:, :, None] >> shifts) & 0xF).reshape(rows, -1)[:, :cols].astype(np.int64)
+        nib ^= 0x8
+    else:
+        b = np.asarray(codes).astype(np.uint8).reshape(rows, -1)
+        nib = np.stack([b & 0xF, b >> 4], axis=-1).reshape(rows, -1)[:, :cols].astype(np.int64)
+    if info.qmin < 0:
+        nib = np.where(nib >= 8, nib - 16, nib)
+    return nib
+
+
+def quantize(x: np.ndarray, spec: Spec) -> Result:
+    x = np.asarray(x)
+    shape = tuple(int(d) for d in x.shape)
+    check_spec(spec, shape)
+    info = spec.info
+    rows, cols = view_2d(shape)
+    x2d = to_f32(x).reshape(rows, cols)
+    policy = nan_policy(spec)
+    nan = np.isnan(x2d)
+    if policy == "reject" and nan.any():
+        raise OracleError(f"input element {int(np.flatnonzero(nan.ravel())[0])} is NaN")
+
+    sshape = scale_shape(spec, shape)
+    if spec.granularity == "none":
+        scales, zps = np.ones(1, dtype=F32), None
+    elif spec.static_scales is not None:
+        scales = np.asarray(spec.static_scales, dtype=F32).reshape(sshape)
+        if not (np.all(np.isfinite(scales)) and np.all(scales > 0)):
+            raise OracleError("static scales must be finite and > 0")
+        zps = None
+        if spec.asymmetric:
+            if spec.static_zero_points is None:
+                raise OracleError("asymmetric static quantization needs zero-points")
+            zps = np.asarray(spec.static_zero_points, dtype=np.int32).reshape(sshape)
+    else:
+        scales, zps = compute_scales(x2d, spec, shape)
+    s_el = expand(scales, spec, shape).astype(F32)
+    zp_el = (expand(zps, spec, shape).astype(np.int64) if zps is not None
+             else np.zeros((rows, cols), dtype=np.int64))
+
+    xq = x2d
+    if nan.any() and (policy == "zero" or info.kind == "int"):
+        xq = np.where(nan, F32(0), x2d)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        v = (xq / s_el).astype(F32)  # true float32 division
+    uniform = None
+    if spec.rounding == "stochastic":
+        uniform = stochastic_uniform(spec.seed, np.arange(rows * cols, dtype=np.uint64)).reshape(
+            rows, cols)
+
+    if info.kind == "int":
+        mag = np.minimum(np.abs(v.astype(np.float64)), 2.0 ** 20)
+        r = round_magnitude(mag, spec.rounding, uniform).astype(np.int64)
+        q = np.where(v < 0, -r, r) + zp_el
+        raw = np.clip(q, info.qmin, info.qmax).astype(np.int64)
+    else:
+        if spec.rounding == "rne":
+            raw = minifloat_encode_rne_ml_dtypes(v, info, spec.overflow).astype(np.int64)
+        else:
+            raw = minifloat_encode(v, info, spec.rounding, spec.overflow, uniform).astype(np.int64)
+        # A NaN input keeps the sign of x itself (v = x / s with s > 0 in any case).
+        if nan.any() and policy != "zero":
+            sign = (x2d.view(np.uint32) >> np.uint32(31)).astype(np.int64) << 7
+            raw = np.where(nan, sign | info.nan_code, raw)
+    codes = pack(raw, spec, shape)
+    return Result(spec=spec, shape=shape, codes=codes, raw_codes=raw,
+                  scales=np.asarray(scales, dtype=F32).reshape(sshape),
+                  zero_points=None if zps is None else zps.reshape(sshape),
+                  scale_per_element=s_el, zp_per_element=zp_el)
+
+
+def dequantize_codes(raw: np.ndarray, s_el: np.ndarray, zp_el: np.ndarray, spec: Spec,
+                     shape) -> np.ndarray:
+    info = spec.info
+    if info.kind == "int":
+        value = (raw - zp_el).astype(F32)  # exact integer
+    else:
+        value = minifloat_decode((raw & 0xFF).astype(np.uint8), info)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (s_el.astype(F32) * value).astype(F32).reshape(shape)
+
+
+def dequantize(result: Result) -> np.ndarray:
+    return dequantize_codes(result.raw_codes, result.scale_per_element, result.zp_per_element,
+                            result.spec, result.shape)
+
+
+def dequantize_stored(codes, scales, zero_points, spec: Spec, shape) -> np.ndarray:
+    """x̂ from stored (packed) codes, scales and zero-points: the Dequantize RPC's job."""
+    shape = tuple(int(d) for d in shape)
+    rows, cols = view_2d(shape)
+    raw = unpack(codes, spec, shape)
+    s_el = expand(np.asarray(scales, dtype=F32), spec, shape).astype(F32)
+    zp_el = (expand(np.asarray(zero_points), spec, shape).astype(np.int64)
+             if spec.asymmetric else np.zeros((rows, cols), dtype=np.int64))
+    return dequantize_codes(raw, s_el, zp_el, spec, shape)
+
+
+def cast_output(x_hat: np.ndarray, dtype: str) -> np.ndarray:
+    """x̂ as the requested output dtype (round-half-to-even from float32)."""
+    if dtype == "f32":
+        return x_hat.astype(F32)
+    if dtype == "f16":
+        with np.errstate(over="ignore"):
+            return x_hat.astype(np.float16)
+    if dtype == "bf16":
+        return x_hat.astype(ml_dtypes.bfloat16)
+    raise OracleError(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Error metrics (FORMATS.md "Error metrics"), over the finite elements of x, in float64.
+
+def metrics(x: np.ndarray, x_hat: np.ndarray) -> dict:
+    x = to_f32(x).ravel()
+    y = np.asarray(x_hat, dtype=F32).ravel()
+    finite = np.isfinite(x)
+    xd = x[finite].astype(np.float64)
+    yd = y[finite].astype(np.float64)
+    n = int(xd.size)
+    out = {"count": n, "nonfinite_count": int(x.size - n)}
+    if n == 0:
+        out.update(mse=0.0, rmse=0.0, max_abs_err=0.0, sqnr_db=math.inf, cosine=1.0,
+                   rel_fro_err=0.0)
+        return out
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = xd - yd
+        sum_x2 = float(np.sum(xd * xd))
+        sum_y2 = float(np.sum(yd * yd))
+        sum_xy = float(np.sum(xd * yd))
+        sum_e2 = float(np.sum(d * d))
+        abs_d = np.abs(d)
+    out["mse"] = sum_e2 / n
+    out["rmse"] = float(np.sqrt(np.float64(out["mse"])))
+    out["max_abs_err"] = math.nan if np.isnan(abs_d).any() else float(abs_d.max())
+    if sum_e2 == 0:
+        out["sqnr_db"], out["rel_fro_err"] = math.inf, 0.0
+    elif sum_x2 == 0:
+        out["sqnr_db"], out["rel_fro_err"] = -math.inf, math.inf
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):  # C's log10(0) = -inf
+            out["sqnr_db"] = float(10 * np.log10(np.float64(sum_x2) / np.float64(sum_e2)))
+            out["rel_fro_err"] = float(np.sqrt(np.float64(sum_e2) / np.float64(sum_x2)))
+    if sum_x2 == 0 and sum_y2 == 0:
+        out["cosine"] = 1.0
+    elif sum_x2 == 0 or sum_y2 == 0:
+        out["cosine"] = 0.0
+    else:
+        out["cosine"] = sum_xy / (math.sqrt(sum_x2) * math.sqrt(sum_y2))
+    return out
