@@ -36,3 +36,11 @@ def server(quantd, tmp_path_factory):
     code = srv.stop()
     assert alive, f"quantd died during the module:\n{srv.log()}"
     assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """(quantd_pb2, quantd_pb2_grpc) generated from proto/quantd/v1/quantd.proto."""
+    pytest.importorskip("grpc")
+    pytest.importorskip("grpc_tools")
+    return e2e_util.generate_stubs(tmp_path_factory.mktemp("stubs"))

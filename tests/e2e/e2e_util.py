@@ -278,3 +278,49 @@ def metric_samples(text: str) -> dict:
         labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
         samples.setdefault(match.group(1), []).append((labels, float(match.group(4))))
     return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Python gRPC stubs, generated at test time from the checked-in proto.
+
+def generate_stubs(out_dir: pathlib.Path):
+    """Runs grpc_tools.protoc on proto/quantd/v1/quantd.proto into `out_dir` and imports the
+    result. Returns (quantd_pb2, quantd_pb2_grpc)."""
+    import importlib
+    import sys
+
+    from grpc_tools import protoc
+    import grpc_tools
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    code = protoc.main(["grpc_tools.protoc", f"-I{REPO / 'proto'}", f"-I{well_known}",
+                        f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
+                        str(REPO / "proto/quantd/v1/quantd.proto")])
+    assert code == 0, f"grpc_tools.protoc failed with {code}"
+    if str(out_dir) not in sys.path:
+        sys.path.insert(0, str(out_dir))
+    pb2 = importlib.import_module("quantd.v1.quantd_pb2")
+    pb2_grpc = importlib.import_module("quantd.v1.quantd_pb2_grpc")
+    return pb2, pb2_grpc
+
+
+def grpc_channel(address: str):
+    import grpc
+
+    return grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
+                                                   ("grpc.max_receive_message_length", -1)])
+
+
+def health_check(channel, service: str = "", timeout: float = 10) -> int:
+    """grpc.health.v1.Health/Check with hand-encoded messages (the vendored health proto's
+    package `grpc` would clash with grpcio's). Returns the ServingStatus number (1: SERVING)."""
+    encoded = service.encode()
+    request = (b"\x0a" + bytes([len(encoded)]) + encoded) if encoded else b""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    reply = check(request, timeout=timeout)
+    if not reply:
+        return 0  # UNKNOWN (the default value is not on the wire)
+    assert reply[0] == 0x08, reply
+    return reply[1]

@@ -1,0 +1,293 @@
+"""The real quantd binary: health, capabilities, /metrics (checked with promtool), draining on
+SIGTERM with a large request in flight, several servers behind one quantctl, the README demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import e2e_util
+import oracle
+from e2e_util import QuantdServer, metric_samples, run_quantctl
+
+F32 = np.float32
+PROMTOOL = "/usr/bin/promtool"
+# Small message limits so that modest tensors already take the streamed path.
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def server(quantd, tmp_path_factory):
+    srv = QuantdServer(tmp_path_factory.mktemp("quantd"),
+                       [f"--max-message-bytes={MAX_MESSAGE_BYTES}",
+                        "--stream-chunk-bytes=262144"]).start()
+    yield srv
+    alive = srv.alive()
+    code = srv.stop()
+    assert alive, f"quantd died during the module:\n{srv.log()}"
+    assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"
+
+
+def test_health_serving(server, pb):
+    proc = run_quantctl(["health"], server=server.address)
+    assert proc.stdout.startswith("SERVING"), proc.stdout
+    import grpc
+
+    with e2e_util.grpc_channel(server.address) as channel:
+        assert e2e_util.health_check(channel) == 1  # SERVING
+        assert e2e_util.health_check(channel, "quantd.v1.Quantizer") == 1
+        with pytest.raises(grpc.RpcError) as err:
+            e2e_util.health_check(channel, "no.such.Service")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_capabilities(server):
+    proc = run_quantctl(["capabilities"], server=server.address)
+    caps = json.loads(proc.stdout)
+    names = {f["name"]: f for f in caps["formats"]}
+    assert set(names) == set(oracle.FORMATS), names.keys()
+    for name, info in oracle.FORMATS.items():
+        f = names[name]
+        assert f["bits"] == info.bits
+        assert f["supports_asymmetric"] == info.asymmetric_ok
+        want_max = info.qmax if info.kind == "int" else info.max_finite
+        assert f["max_finite"] == want_max, (name, f["max_finite"])
+        assert ("GRANULARITY_NONE" in f["granularities"]) == (info.kind == "float")
+        assert name in f["descriptors"]
+    assert names["fp8-e5m2"]["has_inf"] and not names["fp8-e4m3"]["has_inf"]
+    assert "int4-g128" in caps["descriptors"] and "int8-asym" in caps["descriptors"]
+    assert caps["active_backend"] == "cpu"
+    assert "cpu" in caps["backends"]
+    assert int(caps["limits"]["max_message_bytes"]) == MAX_MESSAGE_BYTES
+    assert int(caps["limits"]["max_rank"]) >= 4
+    assert caps["version"]
+
+
+def _request_mix(server, tmp_path):
+    """Unary and streamed calls on every RPC, one refusal, and their expected counts."""
+    rng = np.random.default_rng(8)
+    small = e2e_util.save_npy(tmp_path / "small.npy", rng.standard_normal((16, 64)).astype(F32))
+    # 2 MiB > the 1 MiB message limit: QuantizeStream / DequantizeStream.
+    big_x = rng.standard_normal((512, 1024)).astype(F32)
+    big = e2e_util.save_npy(tmp_path / "big.npy", big_x)
+    a = server.address
+    for _ in range(3):
+        run_quantctl(["quantize", "--format=int8", "--granularity=token", small,
+                      tmp_path / "q8.npz"], server=a)
+    run_quantctl(["quantize", "--format=int4", "--granularity=group", "--group_size=16", small,
+                  tmp_path / "q4.npz"], server=a)
+    run_quantctl(["dequantize", tmp_path / "q8.npz", tmp_path / "d.npy"], server=a)
+    run_quantctl(["quantdequant", "--format=fp8-e4m3", small, tmp_path / "qdq.npy"], server=a)
+    run_quantctl(["calibrate", "--format=uint8", "--asymmetric", "--method=mse", small],
+                 server=a)
+    chunk = "--chunk_bytes=262144"  # see test_stream_frames_respect_the_server_message_limit
+    proc = run_quantctl([chunk, "quantize", "--format=int8", "--granularity=token", big,
+                         tmp_path / "big.npz"], server=a)
+    want = oracle.quantize(big_x, oracle.Spec("int8", "token"))
+    e2e_util.check_quantized_npz(tmp_path / "big.npz", want, "streamed")
+    e2e_util.assert_metrics_close(e2e_util.last_json_line(proc.stdout),
+                                  oracle.metrics(big_x, oracle.dequantize(want)))
+    run_quantctl([chunk, "dequantize", tmp_path / "big.npz", tmp_path / "big_hat.npy"], server=a)
+    e2e_util.assert_same_floats(np.load(str(tmp_path / "big_hat.npy")), oracle.dequantize(want),
+                                "streamed dequantize")
+    bad = run_quantctl(["quantize", "--format=int8", "--granularity=group", small,
+                        tmp_path / "bad.npz"], server=a, check=False)
+    assert bad.returncode != 0
+
+
+def test_metrics_page_passes_promtool_and_has_the_families(server, tmp_path):
+    before = metric_samples(server.scrape())
+    _request_mix(server, tmp_path)
+    text = server.scrape()
+    (tmp_path / "metrics.txt").write_text(text)
+    if os.path.exists(PROMTOOL):
+        proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, f"promtool check metrics:\n{proc.stdout}\n{proc.stderr}"
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE"))
+    want_types = {
+        "quantd_request_duration_seconds": "histogram",
+        "quantd_queue_wait_seconds": "histogram",
+        "quantd_compute_duration_seconds": "histogram",
+        "quantd_requests_total": "counter",
+        "quantd_bytes_received_total": "counter",
+        "quantd_bytes_sent_total": "counter",
+        "quantd_requests_in_flight": "gauge",
+        "quantd_queue_depth": "gauge",
+        "quantd_stream_buffered_bytes": "gauge",
+        "quantd_sqnr_db": "histogram",
+        "quantd_build_info": "gauge",
+    }
+    for name, kind in want_types.items():
+        assert types.get(name) == kind, f"{name}: TYPE {types.get(name)}, want {kind}"
+    after = metric_samples(text)
+
+    def total(samples, name, **labels):
+        return sum(v for l, v in samples.get(name, []) if all(l.get(k) == w for k, w in
+                                                             labels.items()))
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("quantd_requests_total", method="Quantize", code="OK") >= 4
+    assert delta("quantd_requests_total", method="Quantize", code="INVALID_ARGUMENT") >= 1
+    assert delta("quantd_requests_total", method="QuantizeStream", code="OK") >= 1
+    assert delta("quantd_requests_total", method="DequantizeStream", code="OK") >= 1
+    for method in ["Dequantize", "QuantDequant", "Calibrate", "GetCapabilities"]:
+        assert delta("quantd_requests_total", method=method, code="OK") >= 1, method
+    assert delta("quantd_request_duration_seconds_count", method="Quantize", format="int8") >= 3
+    assert delta("quantd_queue_wait_seconds_count", method="Quantize", format="int8") >= 3
+    assert delta("quantd_compute_duration_seconds_count", method="QuantizeStream",
+                 format="int8") >= 1
+    assert delta("quantd_bytes_received_total", method="QuantizeStream") >= 512 * 1024 * 4
+    assert delta("quantd_bytes_sent_total", method="DequantizeStream") >= 512 * 1024 * 4
+    assert delta("quantd_sqnr_db_count", format="int8") >= 4
+    assert delta("quantd_sqnr_db_count", format="int4") >= 1
+    assert delta("quantd_sqnr_db_count", format="fp8-e4m3") >= 1
+    # 8-bit SQNR of a Gaussian lands in the 30-50 dB range.
+    assert total(after, "quantd_sqnr_db_bucket", format="int8", le="25") < total(
+        after, "quantd_sqnr_db_bucket", format="int8", le="+Inf")
+    assert total(after, "quantd_requests_in_flight") == 0
+    assert total(after, "quantd_stream_buffered_bytes") == 0
+    assert total(after, "quantd_queue_depth") == 0
+    build = after["quantd_build_info"]
+    assert build[0][1] == 1 and build[0][0]["backend"] == "cpu"
+    # Histograms are cumulative and end with +Inf == _count.
+    for labels, count in after["quantd_request_duration_seconds_count"]:
+        buckets = [(float(l["le"]), v) for l, v in after["quantd_request_duration_seconds_bucket"]
+                   if {k: v2 for k, v2 in l.items() if k != "le"} == labels]
+        buckets.sort()
+        values = [v for _, v in buckets]
+        assert values == sorted(values) and values[-1] == count, labels
+
+
+def test_stream_frames_respect_the_server_message_limit(server, tmp_path):
+    """quantctl learns the server's max_message_bytes (GetCapabilities) to decide when to stream;
+    its stream frames must then fit that limit too, whatever --chunk_bytes defaults to (4 MiB)."""
+    x = np.random.default_rng(9).standard_normal((512, 1024)).astype(F32)  # 2 MiB
+    path = e2e_util.save_npy(tmp_path / "x.npy", x)
+    proc = run_quantctl(["quantize", "--format=int8", "--granularity=token", path,
+                         tmp_path / "q.npz"], server=server.address, check=False)
+    assert proc.returncode == 0, (
+        f"a 2 MiB tensor through a server with --max-message-bytes={MAX_MESSAGE_BYTES} failed "
+        f"with quantctl's default --chunk_bytes: {proc.stderr}")
+    e2e_util.check_quantized_npz(tmp_path / "q.npz", oracle.quantize(x, oracle.Spec(
+        "int8", "token")), "streamed with default chunks")
+
+
+def _wait_for(predicate, timeout, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def test_sigterm_drains_an_in_flight_stream(quantd, tmp_path):
+    srv = QuantdServer(tmp_path / "srv").start()
+    try:
+        rows, cols = 4096, 8192  # 128 MiB: a streamed request
+        x = np.random.default_rng(21).standard_normal((rows, cols), dtype=F32)
+        x[7] *= 1000
+        path = e2e_util.save_npy(tmp_path / "x.npy", x)
+        out = tmp_path / "q.npz"
+        client = subprocess.Popen(
+            [e2e_util.quantctl_bin(), f"--server={srv.address}", "quantize", "--format=int8",
+             "--granularity=token", "--chunk_bytes=1048576", path, str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def stream_in_flight():
+            if client.poll() is not None:
+                return "client-finished"
+            samples = metric_samples(srv.scrape())
+            return sum(v for _, v in samples.get("quantd_stream_buffered_bytes", [])) > 0
+
+        seen = _wait_for(stream_in_flight, timeout=60, interval=0.005)
+        assert seen is True, f"never saw the stream in flight ({seen}); client: " \
+                             f"{client.communicate()}"
+        srv.proc.send_signal(signal.SIGTERM)
+        stdout, stderr = client.communicate(timeout=300)
+        assert client.returncode == 0, f"the in-flight call failed during the drain: {stderr}"
+        code = srv.stop()
+        assert code == 0, f"quantd exited {code}:\n{srv.log()}"
+        assert "draining" in srv.log()
+        # The answer is complete and right: per-token rows are independent, so check every
+        # scale and a sample of rows.
+        with np.load(str(out)) as z:
+            codes, scales = z["codes"], z["scales"]
+        want_scales, _ = oracle.compute_scales(x, oracle.Spec("int8", "token"), x.shape)
+        e2e_util.assert_same_bits(scales, want_scales, "scales after drain")
+        sample = np.r_[0:4, 7, rows - 3:rows]
+        want = oracle.quantize(x[sample], oracle.Spec("int8", "token"))
+        e2e_util.assert_same_bits(codes[sample], want.codes, "codes after drain")
+        del x, codes
+    finally:
+        srv.kill()
+
+
+def test_quantctl_round_robins_over_several_servers(quantd, tmp_path):
+    a = QuantdServer(tmp_path / "a", name="a").start()
+    b = QuantdServer(tmp_path / "b", name="b").start()
+    try:
+        both = f"{a.address},{b.address}"
+        rng = np.random.default_rng(2)
+        for i in range(6):
+            x = rng.standard_normal((8, 40)).astype(F32)
+            path = e2e_util.save_npy(tmp_path / f"x{i}.npy", x)
+            run_quantctl(["quantize", "--format=int4", "--granularity=group", "--group_size=8",
+                          "--asymmetric", path, tmp_path / "q.npz"], server=both)
+            want = oracle.quantize(x, oracle.Spec("int4", "group", group_size=8, asymmetric=True))
+            e2e_util.check_quantized_npz(tmp_path / "q.npz", want, f"round robin {i}")
+            run_quantctl(["quantdequant", "--format=fp8-e5m2", path, tmp_path / "o.npy"],
+                         server=both)
+
+        def served(srv):
+            samples = metric_samples(srv.scrape())
+            return sum(v for _, v in samples.get("quantd_requests_total", []))
+
+        assert served(a) > 0 and served(b) > 0, (served(a), served(b))
+        # One replica gone: the calls go to the other.
+        assert b.stop() == 0
+        for i in range(3):
+            run_quantctl(["quantize", "--format=int8", tmp_path / f"x{i}.npy", tmp_path / "q.npz"],
+                         server=both, timeout=60)
+        assert run_quantctl(["health"], server=a.address).returncode == 0
+        assert a.stop() == 0
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_bad_server_flags_exit_2(quantd):
+    for flags in [["--backend=tpu"], ["--no-such-flag=1"], ["--max-queue=-1"],
+                  ["--max-message-bytes=10"]]:
+        proc = subprocess.run([quantd, "--listen=127.0.0.1:0", "--metrics-listen=", *flags],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2, (flags, proc.returncode, proc.stderr)
+        assert proc.stderr.strip()
+
+
+def test_readme_first_command_demo(quantd, quantctl, tmp_path):
+    """README.md's first command is `scripts/setup.sh && scripts/demo.sh`; setup needs root
+    and the network, so this runs the demo half on the binaries under test."""
+    build_dir = pathlib.Path(quantd).resolve().parents[1]
+    if not (build_dir / "build.ninja").exists() or shutil.which("curl") is None:
+        pytest.skip(f"{build_dir} is not a Ninja build directory, or curl is missing")
+    env = dict(os.environ, QUANTD_BUILD_DIR=str(build_dir), QUANTD_DEMO_EXIT="1",
+               QUANTD_PORT=str(e2e_util.free_port()),
+               QUANTD_METRICS_PORT=str(e2e_util.free_port()), QUANTD_JOBS="2")
+    proc = subprocess.run([str(e2e_util.REPO / "scripts/demo.sh")], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, f"demo.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.count('"sqnr_db"') >= 3, proc.stdout
+    assert "quantd_requests_total" in proc.stdout, proc.stdout
