@@ -404,6 +404,10 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
   }
   if (rank > kMaxRank) return refuse("rank");
   if (q.has_static_scales()) {
+    // kernels/ choices: static scales replace the dynamic amax that a clip ratio would shape,
+    // and a plain cast has no scale to give.
+    if (r.clip != 1.0f) return refuse("clip ratio with static scales");
+    if (r.granularity == Granularity::kNone) return refuse("static scales on a plain cast");
     const Grouping g = GroupElements(r, shape);
     if (static_cast<int64_t>(q.static_scales.size()) != g.num_scales) {
       return refuse("static scale count");
@@ -717,9 +721,10 @@ double NumpyPercentile(std::vector<double> values, double q) {
 std::vector<float> MseGrid(const CalibrationOptions& options) {
   std::vector<float> grid;
   const int steps = options.search_steps;
-  for (int k = 0; k < steps; ++k) {
-    const double t = steps == 1 ? 0.0 : static_cast<double>(k) / (steps - 1);
-    grid.push_back(static_cast<float>(1.0 - t * (1.0 - options.search_min_ratio)));
+  grid.push_back(1.0f);
+  for (int k = 1; k < steps; ++k) {
+    grid.push_back(static_cast<float>(1.0 - static_cast<double>(k) *
+                                                (1.0 - options.search_min_ratio) / (steps - 1)));
   }
   return grid;
 }
@@ -730,6 +735,12 @@ Calibration Calibrate(const std::vector<float>& x, const Shape& shape, const Qua
   Resolved spec;
   c.status = Resolve(requested, shape, &spec);
   if (!c.status.ok()) return c;
+  c.status = CheckNans(x, spec);
+  if (!c.status.ok()) return c;
+  // kernels/ choice: MSE candidates are scored under RNE even when the spec rounds
+  // stochastically (the expected error, not one draw's, should pick the ratio).
+  Resolved scoring = spec;
+  scoring.rounding = Rounding::kNearestEven;
   const FormatInfo& info = *spec.info;
   const Grouping g = GroupElements(spec, shape);
   const auto groups = FiniteByGroup(x, g);
@@ -778,7 +789,7 @@ Calibration Calibrate(const std::vector<float>& x, const Shape& shape, const Qua
           }
           double err = 0.0;
           for (size_t i : members[k]) {
-            const uint32_t code = QuantizeOne(spec, x[i], s, zp, i);
+            const uint32_t code = QuantizeOne(scoring, x[i], s, zp, i);
             const double d = static_cast<double>(x[i]) - DequantizeCode(info, code, s, zp);
             err += d * d;
           }

@@ -177,7 +177,7 @@ double NumpyPercentile(std::vector<double> values, double q);
 // Calibration by brute force. kAmax: the dynamic scales; kPercentile: the percentile of |x|
 // (or of x for max and min) replaces the amax / max / min; kMse: every ratio of the grid is
 // tried and the one with the smallest Σ(x - x̂)² over the group's finite values wins, ties to
-// the larger ratio.
+// the larger ratio. Candidates are scored under RNE whatever the spec's rounding.
 struct Calibration {
   absl::Status status;
   std::vector<float> scales;
@@ -188,7 +188,8 @@ struct Calibration {
 };
 Calibration Calibrate(const std::vector<float>& x, const Shape& shape, const QuantSpec& requested,
                       const CalibrationOptions& options);
-// The kMse grid: search_steps ratios from 1 down to search_min_ratio.
+// The kMse grid: search_steps ratios from 1 down to search_min_ratio,
+// r_k = fp32(1 - k·(1 - min) / (steps - 1)) in fp64.
 std::vector<float> MseGrid(const CalibrationOptions& options);
 
 }  // namespace quantd::oracle

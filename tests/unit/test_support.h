@@ -25,6 +25,13 @@
 namespace quantd {
 // Readable specs in gtest messages.
 inline void PrintTo(const QuantSpec& spec, std::ostream* os) { *os << SpecToString(spec); }
+inline void PrintTo(const absl::StatusOr<QuantSpec>& spec, std::ostream* os) {
+  if (spec.ok()) {
+    *os << SpecToString(*spec);
+  } else {
+    *os << spec.status();
+  }
+}
 }  // namespace quantd
 
 namespace quantd::testing {
