@@ -9,6 +9,7 @@
 // a parameter, to keep the instance count, and CTest's one process per instance, down.)
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -51,8 +52,8 @@ constexpr GranularityCase kGranularities[] = {
     {"Block128x128", Granularity::kBlock, 0, 0, 128, 128},
 };
 
-const Shape kShapes[] = {{1, 16}, {5, 160}, {217, 256}, {3, 5, 7}, {1},
-                         {0, 4},  {2, 0},   {},         {4, 1, 33}};
+const Shape kShapes[] = {{1, 16}, {5, 160}, {217, 256}, {3, 5, 7},  {1},
+                         {0, 4},  {2, 0},   {},         {4, 1, 33}, {2, 3, 4, 5}};
 constexpr DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 
 struct Knob {
@@ -308,6 +309,136 @@ TEST_P(OracleMatrixTest, CodesScalesAndMetricsMatchOracle) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, OracleMatrixTest, ::testing::ValuesIn(AllCases()), CaseName);
+
+// ---- Caller-given scales and codes, per format. ----
+
+std::string FormatParamName(const ::testing::TestParamInfo<Format>& info) {
+  return CamelName(FormatName(info.param));
+}
+
+class OracleStaticTest : public ::testing::TestWithParam<Format> {};
+
+// Static scales spanning the fp32 range (subnormal to huge) and random in-range zero-points:
+// "used as given (same formulas, no amax pass)".
+TEST_P(OracleStaticTest, StaticScalesMatchOracle) {
+  const Format format = GetParam();
+  const FormatTraits& t = Traits(format);
+  std::unique_ptr<Backend> backend = CreateReferenceBackend(nullptr);
+  const Shape shape = {6, 21};
+  std::mt19937 rng(static_cast<uint32_t>(format) * 31u + 1u);
+  std::uniform_real_distribution<float> exponent(-140.0f, 120.0f);
+  for (const GranularityCase& g : kGranularities) {
+    if (g.granularity == Granularity::kNone) continue;
+    for (bool asymmetric : {false, true}) {
+      if (asymmetric ? !t.asymmetric_ok : !t.symmetric_ok) continue;
+      for (FillKind fill : {FillKind::kNormal, FillKind::kWideRange, FillKind::kSpecials,
+                            FillKind::kHuge, FillKind::kSubnormal}) {
+        for (Rounding rounding : {Rounding::kNearestEven, Rounding::kStochastic}) {
+          SCOPED_TRACE(absl::StrCat(g.name, " asym=", asymmetric, " ", FillName(fill), " ",
+                                    RoundingName(rounding)));
+          QuantSpec spec;
+          spec.format = format;
+          spec.granularity = g.granularity;
+          spec.axis = g.axis;
+          spec.group_size = g.group_size;
+          spec.block_rows = g.block_rows;
+          spec.block_cols = g.block_cols;
+          spec.asymmetric = asymmetric;
+          spec.rounding = rounding;
+          spec.seed = 77;
+          spec.nan_policy = t.has_nan ? NanPolicy::kPropagate : NanPolicy::kZero;
+          spec.overflow = t.has_inf || t.has_nan ? Overflow::kNonfinite : Overflow::kSaturate;
+          absl::StatusOr<QuantSpec> dynamic = ResolveSpec(spec, shape);
+          if (!dynamic.ok()) continue;  // e.g. channel axis 1 of 2 is fine; nothing else refuses
+          const QuantLayout layout = *ComputeLayout(*dynamic, shape);
+          for (int64_t k = 0; k < layout.geometry.num_scales; ++k) {
+            // Every tenth scale is 1, the rest log-uniform over 2^-140 .. 2^120.
+            spec.static_scales.push_back(k % 10 == 0 ? 1.0f : std::exp2(exponent(rng)));
+            if (asymmetric) {
+              spec.static_zero_points.push_back(
+                  t.qmin +
+                  static_cast<int32_t>(rng() % static_cast<uint32_t>(t.qmax - t.qmin + 1)));
+            }
+          }
+          const std::vector<float> x = MakeFill(fill, 6 * 21, format, asymmetric, 13);
+          const oracle::Result want = oracle::Quantize(x, shape, spec);
+          ASSERT_THAT(want.status, IsOk());
+          const BackendRun got =
+              RunQuantize(*backend, oracle::ToBytes(x, DType::kF32), DType::kF32, shape, spec);
+          ASSERT_THAT(got.status, IsOk());
+          EXPECT_EQ(got.codes, want.packed_codes);
+          EXPECT_EQ(got.scales, spec.static_scales);
+          EXPECT_EQ(got.zero_points, want.zero_points);
+          const QuantSpec resolved = *ResolveSpec(spec, shape);
+          absl::StatusOr<std::vector<uint8_t>> deq =
+              RunDequantize(*backend, resolved, shape, got, DType::kF32);
+          ASSERT_THAT(deq, IsOk());
+          const std::vector<float> x_hat = AsFloats(*deq);
+          for (size_t i = 0; i < x.size(); ++i) {
+            ASSERT_TRUE(SameFloat(x_hat[i], want.x_hat[i]))
+                << Describe(x, i) << ": backend " << x_hat[i] << ", oracle " << want.x_hat[i];
+          }
+          const oracle::Metrics& m = want.metrics;
+          ExpectMetricsNear(got.metrics, m.mse, m.rmse, m.max_abs_err, m.sqnr_db, m.cosine,
+                            m.rel_fro_err, m.count, m.nonfinite_count, 1e-9);
+        }
+      }
+    }
+  }
+}
+
+// Dequantize of arbitrary bytes (every NaN / Inf code, padding nibbles set) into every dtype.
+TEST_P(OracleStaticTest, DequantizeOfArbitraryCodesMatchesOracle) {
+  const Format format = GetParam();
+  const FormatTraits& t = Traits(format);
+  std::unique_ptr<Backend> backend = CreateReferenceBackend(nullptr);
+  std::mt19937 rng(static_cast<uint32_t>(format) + 5u);
+  for (const Shape& shape : {Shape{5, 9}, Shape{3, 16}, Shape{7}, Shape{2, 2, 3}}) {
+    for (Packing packing : {Packing::kBitstream, Packing::kInt32Offset}) {
+      if (packing == Packing::kInt32Offset && format != Format::kInt4) continue;
+      for (bool asymmetric : {false, true}) {
+        if (asymmetric ? !t.asymmetric_ok : !t.symmetric_ok) continue;
+        QuantSpec requested;
+        requested.format = format;
+        requested.granularity = Granularity::kToken;
+        requested.asymmetric = asymmetric;
+        requested.packing = packing;
+        const QuantSpec spec = *ResolveSpec(requested, shape);
+        const QuantLayout layout = *ComputeLayout(spec, shape);
+        BackendRun run;
+        for (int64_t b = 0; b < layout.code_bytes; ++b) {
+          run.codes.push_back(static_cast<uint8_t>(rng()));
+        }
+        for (int64_t k = 0; k < layout.geometry.num_scales; ++k) {
+          run.scales.push_back(std::ldexp(1.0f + static_cast<float>(rng() % 100) / 64.0f,
+                                          static_cast<int>(rng() % 40) - 20));
+          if (asymmetric) {
+            run.zero_points.push_back(
+                t.qmin + static_cast<int32_t>(rng() % static_cast<uint32_t>(t.qmax - t.qmin + 1)));
+          }
+        }
+        oracle::Resolved resolved;
+        ASSERT_THAT(oracle::Resolve(requested, shape, &resolved), IsOk());
+        const std::vector<float> want =
+            oracle::Dequantize(run.codes, run.scales, run.zero_points, shape, resolved);
+        for (DType out : kDTypes) {
+          absl::StatusOr<std::vector<uint8_t>> got = RunDequantize(*backend, spec, shape, run, out);
+          ASSERT_THAT(got, IsOk());
+          const std::vector<float> got_values = oracle::FromBytes(*got, out);
+          const std::vector<float> want_values = oracle::FromBytes(oracle::ToBytes(want, out), out);
+          for (size_t i = 0; i < want.size(); ++i) {
+            ASSERT_TRUE(SameFloat(got_values[i], want_values[i]))
+                << ShapeName(shape) << " " << DTypeName(out) << " element " << i << ": backend "
+                << got_values[i] << ", oracle " << want_values[i];
+          }
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, OracleStaticTest, ::testing::ValuesIn(AllFormats()),
+                         FormatParamName);
 
 }  // namespace
 }  // namespace quantd::testing

@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -291,6 +292,44 @@ TEST_P(PropertyTest, HalfInputsEqualTheirFloatValues) {
   }
 }
 
+TEST_P(PropertyTest, ConcurrentCallsOnOneBackendAgreeWithSerialOnes) {
+  // "Every method is thread-safe": callers share one backend and one pool.
+  const Format format = GetParam();
+  std::unique_ptr<Executor> pool = CreateThreadPoolExecutor(2);
+  std::unique_ptr<Backend> backend = CreateReferenceBackend(pool.get());
+  const Shape shape = {64, 96};
+  constexpr int kCallers = 4;
+  std::vector<std::vector<uint8_t>> inputs;
+  std::vector<BackendRun> serial;
+  QuantSpec spec =
+      MakeSpec(format, kGranularities[4], !Traits(format).symmetric_ok, Rounding::kStochastic);
+  for (int t = 0; t < kCallers; ++t) {
+    inputs.push_back(
+        FloatBytes(MakeFill(FillKind::kNormal, 64 * 96, format, spec.asymmetric, 100 + t)));
+    serial.push_back(RunQuantize(*backend, inputs.back(), DType::kF32, shape, spec));
+    ASSERT_THAT(serial.back().status, IsOk());
+  }
+  std::vector<BackendRun> concurrent(kCallers);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kCallers; ++t) {
+    threads.emplace_back([&, t]() {
+      for (int round = 0; round < 5; ++round) {
+        concurrent[static_cast<size_t>(t)] =
+            RunQuantize(*backend, inputs[static_cast<size_t>(t)], DType::kF32, shape, spec);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < kCallers; ++t) {
+    const BackendRun& a = serial[static_cast<size_t>(t)];
+    const BackendRun& b = concurrent[static_cast<size_t>(t)];
+    ASSERT_THAT(b.status, IsOk());
+    EXPECT_EQ(a.codes, b.codes);
+    EXPECT_EQ(FloatBytes(a.scales), FloatBytes(b.scales));
+    EXPECT_EQ(a.zero_points, b.zero_points);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllFormats, PropertyTest, ::testing::ValuesIn(AllFormats()),
                          FormatParamName);
 
@@ -465,6 +504,29 @@ TEST(BackendEdgeTest, MetricsOfNonfiniteOverflowShowAsInfinite) {
   ExpectMetricsNear(q.run.metrics, want.mse, want.rmse, want.max_abs_err, want.sqnr_db, want.cosine,
                     want.rel_fro_err, want.count, want.nonfinite_count, 1e-12);
   EXPECT_TRUE(std::isinf(q.run.metrics.mse));
+}
+
+TEST(BackendEdgeTest, QuantDequantMetricsDoNotDependOnTheOutputDtype) {
+  // kernels/ choice (FORMATS.md does not say): the metrics measure the quantization, i.e. the
+  // fp32 x̂, not its F16 / BF16 storage.
+  std::unique_ptr<Backend> backend = CreateReferenceBackend(nullptr);
+  QuantSpec requested;
+  requested.format = Format::kInt8;
+  requested.granularity = Granularity::kToken;
+  const Shape shape = {4, 50};
+  const QuantSpec spec = *ResolveSpec(requested, shape);
+  const std::vector<float> x = MakeFill(FillKind::kNormal, 200, Format::kInt8, false, 2);
+  ErrorMetrics f32, f16, bf16;
+  ASSERT_THAT(RunQuantDequant(*backend, FloatBytes(x), DType::kF32, shape, spec, DType::kF32, &f32),
+              IsOk());
+  ASSERT_THAT(RunQuantDequant(*backend, FloatBytes(x), DType::kF32, shape, spec, DType::kF16, &f16),
+              IsOk());
+  ASSERT_THAT(
+      RunQuantDequant(*backend, FloatBytes(x), DType::kF32, shape, spec, DType::kBF16, &bf16),
+      IsOk());
+  EXPECT_EQ(f32.mse, f16.mse);
+  EXPECT_EQ(f32.mse, bf16.mse);
+  EXPECT_EQ(f32.sqnr_db, bf16.sqnr_db);
 }
 
 TEST(BackendEdgeTest, MetricsSpecialCases) {

@@ -333,6 +333,13 @@ TEST(ShapeTest, NumElements) {
             std::numeric_limits<int64_t>::max());
 }
 
+TEST(ShapeTest, ResolveSpecChecksTheShape) {
+  EXPECT_THAT(ResolveSpec(Spec(Format::kInt8), {-1, 4}), StatusIs(kInvalid, HasSubstr("dim 0")));
+  EXPECT_THAT(ResolveSpec(Spec(Format::kInt8), Shape(17, 1)), StatusIs(kInvalid));
+  EXPECT_THAT(ResolveSpec(Spec(Format::kInt8), {int64_t{1} << 40, int64_t{1} << 40}),
+              StatusIs(kInvalid));
+}
+
 TEST(ShapeTest, CheckByteLengthSaysWhatToFix) {
   EXPECT_EQ(ShapeToString({4096, 11}), "[4096, 11]");
   EXPECT_EQ(ShapeToString({}), "[]");
