@@ -340,6 +340,70 @@ TEST(ShapeTest, ResolveSpecChecksTheShape) {
               StatusIs(kInvalid));
 }
 
+// Exact ceil(a / b) for a >= 0, b > 0, without the a + b - 1 that overflows.
+int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
+
+// Known failure (kernels/ bug): ComputeLayout's size arithmetic is not overflow-checked for
+// shapes and sizes that ResolveSpec accepts. CeilDiv(cols, G) = (cols + G - 1) / G overflows
+// (signed overflow, UB) for a group_size / block size near INT64_MAX: group_size = INT64_MAX
+// on [4, 8] resolves with scale_shape [4, 0] (0 scales for 32 elements, so the element pass
+// indexes an empty scale array), group_size = INT64_MAX - 5 with [4, -1] (-4 scales).
+// PackedRowBytes(cols, bits) = (cols · bits + 7) / 8 overflows for cols >= 2^60: int8 [2^61]
+// gets code_bytes 0, int4 [2^61] code_bytes -1152921504606846975. A server that sizes buffers
+// from a declared shape before the payload arrives (chunked streams) gets negative or zero
+// sizes. Expected: the exact sizes, or INVALID_ARGUMENT.
+TEST(ShapeTest, LayoutArithmeticDoesNotOverflow) {
+  const int64_t kMax = std::numeric_limits<int64_t>::max();
+  for (int64_t size : {int64_t{1} << 62, kMax - 5, kMax}) {
+    for (bool block : {false, true}) {
+      QuantSpec spec = Spec(Format::kInt8, block ? Granularity::kBlock : Granularity::kGroup);
+      if (block) {
+        spec.block_rows = size;
+        spec.block_cols = size;
+      } else {
+        spec.group_size = size;
+      }
+      SCOPED_TRACE(absl::StrCat(block ? "block " : "group ", size));
+      absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, {4, 8});
+      if (!resolved.ok()) {
+        EXPECT_THAT(resolved, StatusIs(kInvalid));
+        continue;
+      }
+      absl::StatusOr<QuantLayout> layout = ComputeLayout(*resolved, {4, 8});
+      ASSERT_THAT(layout, IsOk());
+      // One group per row (group) or one block for the whole tensor (block).
+      EXPECT_EQ(layout->scale_shape, block ? Shape({1, 1}) : Shape({4, 1}));
+      EXPECT_EQ(layout->geometry.num_scales, block ? 1 : 4);
+    }
+  }
+  for (int64_t cols : {int64_t{1} << 60, int64_t{1} << 61, int64_t{1} << 62, kMax - 3, kMax}) {
+    for (Format format : {Format::kInt8, Format::kInt4}) {
+      for (Packing packing : {Packing::kBitstream, Packing::kInt32Offset}) {
+        if (packing == Packing::kInt32Offset && format != Format::kInt4) continue;
+        SCOPED_TRACE(
+            absl::StrCat(FormatName(format), " [", cols, "] packing ", static_cast<int>(packing)));
+        QuantSpec spec = Spec(format);
+        spec.packing = packing;
+        absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, {cols});
+        if (!resolved.ok()) {
+          EXPECT_THAT(resolved, StatusIs(kInvalid));
+          continue;
+        }
+        absl::StatusOr<QuantLayout> layout = ComputeLayout(*resolved, {cols});
+        if (!layout.ok()) {
+          EXPECT_THAT(layout, StatusIs(kInvalid));
+          continue;
+        }
+        const int bits = Traits(format).bits;
+        const int64_t want =
+            packing == Packing::kInt32Offset ? CeilDiv(cols, 8) * 4 : CeilDiv(cols, 8 / bits);
+        EXPECT_EQ(layout->code_bytes, want);
+        EXPECT_EQ(layout->code_row_bytes, want);
+      }
+    }
+  }
+}
+
 TEST(ShapeTest, CheckByteLengthSaysWhatToFix) {
   EXPECT_EQ(ShapeToString({4096, 11}), "[4096, 11]");
   EXPECT_EQ(ShapeToString({}), "[]");
