@@ -1,0 +1,193 @@
+#include "server/metrics.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "prometheus/family.h"
+#include "server/convert.h"
+
+namespace quantd::server {
+namespace {
+
+// Request latencies span a 64-byte GetCapabilities (sub-millisecond) to a multi-GB stream
+// (tens of seconds): roughly 1-2.5-5 steps over that range.
+const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+      0.25,   0.5,     1,      2.5,   5,      10,    30,   60,    120};
+  return *buckets;
+}
+
+// SQNR in dB: 4-bit formats land around 10-25, 8-bit ones 30-50, near-lossless cases higher.
+// 5 dB steps up to 100; +Inf collects the rest (exact results are skipped, not +Inf).
+const prometheus::Histogram::BucketBoundaries& SqnrBuckets() {
+  static const auto* buckets = [] {
+    auto* b = new prometheus::Histogram::BucketBoundaries;
+    for (int db = 0; db <= 100; db += 5) b->push_back(db);
+    return b;
+  }();
+  return *buckets;
+}
+
+std::string FormatLabel(Format format) { return std::string(Traits(format).name); }
+
+bool UsesScheduler(Method method) { return method != Method::kGetCapabilities; }
+
+}  // namespace
+
+absl::string_view MethodName(Method method) {
+  switch (method) {
+    case Method::kQuantize:
+      return "Quantize";
+    case Method::kDequantize:
+      return "Dequantize";
+    case Method::kQuantDequant:
+      return "QuantDequant";
+    case Method::kCalibrate:
+      return "Calibrate";
+    case Method::kGetCapabilities:
+      return "GetCapabilities";
+    case Method::kQuantizeStream:
+      return "QuantizeStream";
+    case Method::kDequantizeStream:
+      return "DequantizeStream";
+  }
+  return "unknown";
+}
+
+Metrics::Metrics(absl::string_view backend_name, absl::string_view version)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  const std::string backend(backend_name);
+  auto& request_duration =
+      prometheus::BuildHistogram()
+          .Name("quantd_request_duration_seconds")
+          .Help("Time from a request's arrival to its final status, by RPC, format and backend.")
+          .Register(*registry_);
+  auto& queue_wait = prometheus::BuildHistogram()
+                         .Name("quantd_queue_wait_seconds")
+                         .Help("Time a validated request waited in the bounded queue for a worker.")
+                         .Register(*registry_);
+  auto& compute_duration =
+      prometheus::BuildHistogram()
+          .Name("quantd_compute_duration_seconds")
+          .Help("Time a worker spent computing a request on the backend (excluding the queue).")
+          .Register(*registry_);
+  auto& requests = prometheus::BuildCounter()
+                       .Name("quantd_requests_total")
+                       .Help("Finished requests by RPC and gRPC status code.")
+                       .Register(*registry_);
+  auto& bytes_received = prometheus::BuildCounter()
+                             .Name("quantd_bytes_received_total")
+                             .Help("Serialized request bytes received, by RPC.")
+                             .Register(*registry_);
+  auto& bytes_sent = prometheus::BuildCounter()
+                         .Name("quantd_bytes_sent_total")
+                         .Help("Serialized response bytes sent, by RPC.")
+                         .Register(*registry_);
+  auto& sqnr = prometheus::BuildHistogram()
+                   .Name("quantd_sqnr_db")
+                   .Help(
+                       "Signal-to-quantization-noise ratio of quantized tensors in dB, by "
+                       "format (exact results, SQNR +Inf, are not observed).")
+                   .Register(*registry_);
+
+  for (int m = 0; m < kNumMethods; ++m) {
+    const auto method = static_cast<Method>(m);
+    const std::string method_name(MethodName(method));
+    for (int f = 0; f < kNumFormats; ++f) {
+      const auto format = static_cast<Format>(f);
+      // GetCapabilities has no format; every other RPC may fail before its format is known.
+      if (method == Method::kGetCapabilities && format != Format::kUnspecified) continue;
+      const prometheus::Labels labels{
+          {"method", method_name}, {"format", FormatLabel(format)}, {"backend", backend}};
+      request_duration_[m][f] = &request_duration.Add(labels, LatencyBuckets());
+      // Only validated requests (format known) reach the queue.
+      if (UsesScheduler(method) && format != Format::kUnspecified) {
+        queue_wait_[m][f] = &queue_wait.Add(labels, LatencyBuckets());
+        compute_duration_[m][f] = &compute_duration.Add(labels, LatencyBuckets());
+      }
+    }
+    for (int c = 0; c < kNumStatusCodes; ++c) {
+      requests_[m][c] =
+          &requests.Add({{"method", method_name},
+                         {"code", std::string(StatusCodeName(static_cast<absl::StatusCode>(c)))}});
+    }
+    bytes_received_[m] = &bytes_received.Add({{"method", method_name}});
+    bytes_sent_[m] = &bytes_sent.Add({{"method", method_name}});
+  }
+  for (int f = 1; f < kNumFormats; ++f) {
+    sqnr_[f] = &sqnr.Add({{"format", FormatLabel(static_cast<Format>(f))}}, SqnrBuckets());
+  }
+  in_flight_ = &prometheus::BuildGauge()
+                    .Name("quantd_requests_in_flight")
+                    .Help("RPCs started and not yet finished (streams included).")
+                    .Register(*registry_)
+                    .Add({});
+  queue_depth_ = &prometheus::BuildGauge()
+                      .Name("quantd_queue_depth")
+                      .Help("Validated requests waiting in the bounded queue for a worker.")
+                      .Register(*registry_)
+                      .Add({});
+  stream_buffered_bytes_ =
+      &prometheus::BuildGauge()
+           .Name("quantd_stream_buffered_bytes")
+           .Help(
+               "Bytes reserved by in-flight streams for their tensors (capped by "
+               "--max-inflight-bytes).")
+           .Register(*registry_)
+           .Add({});
+  prometheus::BuildGauge()
+      .Name("quantd_build_info")
+      .Help("Always 1; labels name the quantd version and the active backend.")
+      .Register(*registry_)
+      .Add({{"version", std::string(version)}, {"backend", backend}})
+      .Set(1);
+}
+
+void Metrics::ObserveRequest(Method method, Format format, absl::StatusCode code, double seconds) {
+  const int m = static_cast<int>(method);
+  int f = static_cast<int>(format);
+  if (f < 0 || f >= kNumFormats || request_duration_[m][f] == nullptr) f = 0;
+  if (request_duration_[m][f] != nullptr) request_duration_[m][f]->Observe(seconds);
+  int c = static_cast<int>(code);
+  if (c < 0 || c >= kNumStatusCodes) c = static_cast<int>(absl::StatusCode::kUnknown);
+  requests_[m][c]->Increment();
+}
+
+void Metrics::ObserveQueueWait(Method method, Format format, double seconds) {
+  const int f = static_cast<int>(format);
+  if (f < 0 || f >= kNumFormats) return;
+  prometheus::Histogram* h = queue_wait_[static_cast<int>(method)][f];
+  if (h != nullptr) h->Observe(seconds);
+}
+
+void Metrics::ObserveCompute(Method method, Format format, double seconds) {
+  const int f = static_cast<int>(format);
+  if (f < 0 || f >= kNumFormats) return;
+  prometheus::Histogram* h = compute_duration_[static_cast<int>(method)][f];
+  if (h != nullptr) h->Observe(seconds);
+}
+
+void Metrics::AddBytesReceived(Method method, int64_t bytes) {
+  if (bytes > 0) bytes_received_[static_cast<int>(method)]->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::AddBytesSent(Method method, int64_t bytes) {
+  if (bytes > 0) bytes_sent_[static_cast<int>(method)]->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::IncrementInFlight() { in_flight_->Increment(); }
+void Metrics::DecrementInFlight() { in_flight_->Decrement(); }
+void Metrics::SetQueueDepth(int64_t depth) { queue_depth_->Set(static_cast<double>(depth)); }
+void Metrics::SetStreamBufferedBytes(int64_t bytes) {
+  stream_buffered_bytes_->Set(static_cast<double>(bytes));
+}
+
+void Metrics::ObserveSqnr(Format format, double sqnr_db) {
+  const int f = static_cast<int>(format);
+  if (f <= 0 || f >= kNumFormats || !std::isfinite(sqnr_db)) return;
+  sqnr_[f]->Observe(sqnr_db);
+}
+
+}  // namespace quantd::server

@@ -1,0 +1,570 @@
+#include "server/service_core.h"
+
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "quantd/cuda.h"
+#include "quantd/status.h"
+#include "server/convert.h"
+
+#ifndef QUANTD_VERSION
+#define QUANTD_VERSION "unknown"
+#endif
+
+namespace quantd::server {
+namespace {
+
+constexpr double kDefaultPercentile = 99.99;
+constexpr int kDefaultSearchSteps = 100;
+constexpr float kDefaultSearchMinRatio = 0.8f;
+
+bool IsFloatDType(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
+}
+
+std::string DimsToString(const google::protobuf::RepeatedField<int64_t>& dims) {
+  return absl::StrCat("[", absl::StrJoin(dims, ", "), "]");
+}
+
+// Shape, element count and byte size of a tensor, each overflow-checked.
+struct Extent {
+  Shape shape;
+  int64_t numel = 1;
+  int64_t bytes = 0;
+};
+
+absl::StatusOr<Extent> ExtentOf(absl::string_view field,
+                                const google::protobuf::RepeatedField<int64_t>& dims, DType dtype,
+                                int max_rank) {
+  if (dims.size() > max_rank) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " has rank ", dims.size(), "; at most ",
+                                                   max_rank, " dims are accepted"));
+  }
+  Extent extent;
+  extent.shape.assign(dims.begin(), dims.end());
+  for (int i = 0; i < dims.size(); ++i) {
+    if (dims[i] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(field, " ", DimsToString(dims),
+                                                     " has the negative dim ", dims[i],
+                                                     " at index ", i, "; dims must be >= 0"));
+    }
+  }
+  // A zero dim makes the tensor empty whatever the others say, so check for it before
+  // multiplying (an overflowing product of the others is then irrelevant).
+  bool empty = false;
+  for (int64_t d : dims) empty = empty || d == 0;
+  if (empty) {
+    extent.numel = 0;
+  } else {
+    for (int64_t d : dims) {
+      if (__builtin_mul_overflow(extent.numel, d, &extent.numel)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, " ", DimsToString(dims), " has more elements than fit in 64 bits"));
+      }
+    }
+  }
+  if (__builtin_mul_overflow(extent.numel, static_cast<int64_t>(DTypeSize(dtype)), &extent.bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " ", DimsToString(dims), " has ",
+                                                   extent.numel, " elements; as ", DTypeName(dtype),
+                                                   " that is more bytes than fit in 64 bits"));
+  }
+  return extent;
+}
+
+// The bulk bytes of one tensor against what its shape says.
+absl::Status CheckData(absl::string_view field, const std::string& data, int64_t expected,
+                       const Shape& shape, int64_t numel, DType dtype, DataCheck check) {
+  const auto have = static_cast<int64_t>(data.size());
+  if (check == DataCheck::kExact && have != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": shape ", ShapeToString(shape), " has ", numel, " elements but data holds ", have,
+        " bytes; ", DTypeName(dtype), " needs ", expected));
+  }
+  if (check == DataCheck::kAtMost && have > expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": shape ", ShapeToString(shape), " has ", numel, " elements (", expected,
+        " bytes of ", DTypeName(dtype), ") but the header's data already holds ", have, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DType> FloatDType(int value, absl::string_view field, absl::string_view purpose) {
+  QUANTD_ASSIGN_OR_RETURN(DType dtype, DTypeFromProto(value, field));
+  if (!IsFloatDType(dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " is ", dtype == DType::kUnspecified ? "not set" : DTypeName(dtype),
+                     "; ", purpose, " must be F32, F16 or BF16"));
+  }
+  return dtype;
+}
+
+std::string FormatNames() {
+  std::vector<absl::string_view> names;
+  for (const FormatTraits& row : kFormatTraits) {
+    if (row.format != Format::kUnspecified) names.push_back(row.name);
+  }
+  return absl::StrJoin(names, ", ");
+}
+
+absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+// A spec from the wire, resolved for `shape`, with its layout.
+absl::Status ResolveForShape(const v1::QuantSpec& proto, const Shape& shape,
+                             absl::string_view field, RequestPlan* plan) {
+  absl::StatusOr<QuantSpec> requested = QuantSpecFromProto(proto, field);
+  if (!requested.ok()) return requested.status();
+  if (requested->format == Format::kUnspecified) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".format (or ", field, ".descriptor_string) is required; formats: ", FormatNames(),
+        "; descriptors: ", absl::StrJoin(DescriptorExamples(), ", ")));
+  }
+  absl::StatusOr<QuantSpec> resolved = ResolveSpec(*requested, shape);
+  if (!resolved.ok()) return WithPrefix(absl::StrCat(field, ": "), resolved.status());
+  absl::StatusOr<QuantLayout> layout = ComputeLayout(*resolved, shape);
+  if (!layout.ok()) return WithPrefix(absl::StrCat(field, ": "), layout.status());
+  plan->spec = *std::move(resolved);
+  plan->layout = *std::move(layout);
+  return absl::OkStatus();
+}
+
+int64_t ScaleBytes(const RequestPlan& plan) {
+  return plan.layout.geometry.num_scales * static_cast<int64_t>(sizeof(float));
+}
+
+// Runs `fn` (a backend call or a big allocation) and turns the exceptions a request path can
+// meet into statuses: nothing on a request path may throw through.
+template <typename Fn>
+absl::Status Guarded(absl::string_view what, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": out of memory; retry later or send a smaller tensor"));
+  } catch (const std::length_error&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": buffer too large for this host; send a smaller tensor"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": unexpected exception: ", e.what()));
+  }
+}
+
+void SetTensorHeader(DType dtype, const Shape& shape, v1::Tensor* tensor) {
+  tensor->set_dtype(DTypeToProto(dtype));
+  tensor->mutable_shape()->Assign(shape.begin(), shape.end());
+}
+
+template <typename T>
+void SetTensor(DType dtype, const Shape& shape, const std::vector<T>& values, v1::Tensor* tensor) {
+  SetTensorHeader(dtype, shape, tensor);
+  tensor->set_data(values.data(), values.size() * sizeof(T));
+}
+
+template <typename T>
+std::vector<T> CopyValues(const std::string& bytes) {
+  std::vector<T> values(bytes.size() / sizeof(T));
+  if (!values.empty()) std::memcpy(values.data(), bytes.data(), values.size() * sizeof(T));
+  return values;
+}
+
+// One of the quantized tensors of a DequantizeRequest against what the layout says.
+absl::Status CheckQuantizedPart(absl::string_view field, const v1::Tensor& tensor, DType want,
+                                int64_t expected_bytes, const Shape& expected_shape, int max_rank,
+                                DataCheck check) {
+  QUANTD_ASSIGN_OR_RETURN(DType dtype,
+                          DTypeFromProto(tensor.dtype(), absl::StrCat(field, ".dtype")));
+  if (dtype != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".dtype is ", dtype == DType::kUnspecified ? "not set" : DTypeName(dtype),
+        "; this spec's ", field, " are ", DTypeName(want), " (shape ",
+        ShapeToString(expected_shape), ")"));
+  }
+  if (tensor.shape_size() > 0) {
+    QUANTD_ASSIGN_OR_RETURN(
+        Extent extent, ExtentOf(absl::StrCat(field, ".shape"), tensor.shape(), dtype, max_rank));
+    if (extent.bytes != expected_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape ", ShapeToString(extent.shape), " holds ", extent.bytes,
+                       " bytes but the spec and shape need ", expected_bytes, " (shape ",
+                       ShapeToString(expected_shape), ")"));
+    }
+  }
+  const auto have = static_cast<int64_t>(tensor.data().size());
+  if (check == DataCheck::kExact && have != expected_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".data holds ", have, " bytes; the spec and shape need ", expected_bytes,
+        " bytes of ", DTypeName(want), " (shape ", ShapeToString(expected_shape), ")"));
+  }
+  if (check == DataCheck::kAtMost && have > expected_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".data already holds ", have, " bytes in the header; the spec and shape need only ",
+        expected_bytes, " (shape ", ShapeToString(expected_shape), ")"));
+  }
+  return absl::OkStatus();
+}
+
+bool TensorIsEmpty(const v1::Tensor& tensor) {
+  return tensor.dtype() == v1::DTYPE_UNSPECIFIED && tensor.shape_size() == 0 &&
+         tensor.data().empty();
+}
+
+}  // namespace
+
+TensorView ViewOf(const v1::Tensor& tensor, const Shape& shape, DType dtype) {
+  TensorView view;
+  view.dtype = dtype;
+  view.shape = shape;
+  view.data = tensor.data().data();
+  view.bytes = static_cast<int64_t>(tensor.data().size());
+  return view;
+}
+
+QuantizerCore::QuantizerCore(Backend* backend, CoreOptions options)
+    : backend_(backend), options_(std::move(options)) {
+  if (options_.max_rank <= 0 || options_.max_rank > kMaxRank) options_.max_rank = kMaxRank;
+}
+
+absl::Status QuantizerCore::CheckTensorBytes(absl::string_view field, int64_t bytes) const {
+  if (bytes > options_.max_tensor_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " would be ", bytes, " bytes, above this server's limit of ",
+        options_.max_tensor_bytes,
+        " bytes per tensor (--max-tensor-bytes); split the tensor into smaller pieces"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RequestPlan> QuantizerCore::PlanFloatInput(const v1::Tensor& input,
+                                                          const v1::QuantSpec& spec_proto,
+                                                          DataCheck check) const {
+  RequestPlan plan;
+  QUANTD_ASSIGN_OR_RETURN(plan.input_dtype, FloatDType(input.dtype(), "input.dtype", "input"));
+  QUANTD_ASSIGN_OR_RETURN(
+      Extent extent, ExtentOf("input.shape", input.shape(), plan.input_dtype, options_.max_rank));
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("input", extent.bytes));
+  QUANTD_RETURN_IF_ERROR(CheckData("input", input.data(), extent.bytes, extent.shape, extent.numel,
+                                   plan.input_dtype, check));
+  plan.input_bytes = extent.bytes;
+  QUANTD_RETURN_IF_ERROR(ResolveForShape(spec_proto, extent.shape, "spec", &plan));
+  plan.code_bytes = plan.layout.code_bytes;
+  plan.scale_bytes = ScaleBytes(plan);
+  plan.zero_point_bytes = plan.spec.asymmetric ? plan.scale_bytes : 0;
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("codes", plan.code_bytes));
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("scales", plan.scale_bytes));
+  plan.output_bytes = plan.code_bytes + plan.scale_bytes + plan.zero_point_bytes;
+  return plan;
+}
+
+absl::StatusOr<RequestPlan> QuantizerCore::PlanQuantize(const v1::QuantizeRequest& request,
+                                                        DataCheck check) const {
+  return PlanFloatInput(request.input(), request.spec(), check);
+}
+
+absl::StatusOr<RequestPlan> QuantizerCore::PlanQuantDequant(const v1::QuantDequantRequest& request,
+                                                            DataCheck check) const {
+  QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanFloatInput(request.input(), request.spec(), check));
+  if (request.output_dtype() == v1::DTYPE_UNSPECIFIED) {
+    plan.output_dtype = plan.input_dtype;
+  } else {
+    QUANTD_ASSIGN_OR_RETURN(plan.output_dtype,
+                            FloatDType(request.output_dtype(), "output_dtype", "the output"));
+  }
+  plan.output_bytes = plan.layout.numel * DTypeSize(plan.output_dtype);
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("output", plan.output_bytes));
+  return plan;
+}
+
+absl::StatusOr<RequestPlan> QuantizerCore::PlanCalibrate(const v1::CalibrateRequest& request,
+                                                         DataCheck check) const {
+  QUANTD_RETURN_IF_ERROR(CalibrationMethodFromProto(request.method(), "method").status());
+  const double percentile = request.percentile();
+  if (percentile != 0.0 && !(percentile > 0.0 && percentile <= 100.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("percentile is ", percentile,
+                                                   "; it must be in (0, 100] (0 means ",
+                                                   kDefaultPercentile, ")"));
+  }
+  if (request.search_steps() < 0 || request.search_steps() > options_.max_search_steps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("search_steps is ", request.search_steps(), "; it must be in [1, ",
+                     options_.max_search_steps, "] (0 means ", kDefaultSearchSteps, ")"));
+  }
+  const float min_ratio = request.search_min_ratio();
+  if (min_ratio != 0.0f && !(min_ratio > 0.0f && min_ratio <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("search_min_ratio is ", min_ratio,
+                                                   "; it must be in (0, 1] (0 means ",
+                                                   kDefaultSearchMinRatio, ")"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanFloatInput(request.input(), request.spec(), check));
+  if (plan.spec.has_static_scales()) {
+    return absl::InvalidArgumentError(
+        "spec.static_scales is set, but Calibrate computes the scales: leave static_scales and "
+        "static_zero_points empty");
+  }
+  // scales, amax and clip ratios (+ zero-points): four tensors of num_scales values at most.
+  plan.output_bytes = plan.scale_bytes * 3 + plan.zero_point_bytes;
+  return plan;
+}
+
+absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRequest& request,
+                                                          DataCheck check) const {
+  const v1::QuantizedTensor& q = request.quantized();
+  RequestPlan plan;
+  if (request.output_dtype() == v1::DTYPE_UNSPECIFIED) {
+    plan.output_dtype = DType::kF32;
+  } else {
+    QUANTD_ASSIGN_OR_RETURN(plan.output_dtype,
+                            FloatDType(request.output_dtype(), "output_dtype", "the output"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(DType source, DTypeFromProto(q.source_dtype(), "quantized.source_dtype"));
+  if (source != DType::kUnspecified && !IsFloatDType(source)) {
+    return absl::InvalidArgumentError(absl::StrCat("quantized.source_dtype is ", DTypeName(source),
+                                                   "; a quantized tensor's source is F32, F16 "
+                                                   "or BF16 (or leave it unset)"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(
+      Extent extent, ExtentOf("quantized.shape", q.shape(), plan.output_dtype, options_.max_rank));
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("output", extent.bytes));
+  plan.output_bytes = extent.bytes;
+  QUANTD_RETURN_IF_ERROR(ResolveForShape(q.spec(), extent.shape, "quantized.spec", &plan));
+  plan.input_dtype = plan.layout.code_dtype;
+  plan.code_bytes = plan.layout.code_bytes;
+  plan.scale_bytes = ScaleBytes(plan);
+  plan.zero_point_bytes = plan.spec.asymmetric ? plan.scale_bytes : 0;
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("quantized.codes", plan.code_bytes));
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("quantized.scales", plan.scale_bytes));
+  plan.input_bytes = plan.code_bytes + plan.scale_bytes + plan.zero_point_bytes;
+
+  QUANTD_RETURN_IF_ERROR(CheckQuantizedPart("quantized.codes", q.codes(), plan.layout.code_dtype,
+                                            plan.code_bytes, plan.layout.code_shape,
+                                            options_.max_rank, check));
+  QUANTD_RETURN_IF_ERROR(CheckQuantizedPart("quantized.scales", q.scales(), DType::kF32,
+                                            plan.scale_bytes, plan.layout.scale_shape,
+                                            options_.max_rank, check));
+  if (plan.spec.asymmetric) {
+    QUANTD_RETURN_IF_ERROR(CheckQuantizedPart("quantized.zero_points", q.zero_points(), DType::kI32,
+                                              plan.zero_point_bytes, plan.layout.scale_shape,
+                                              options_.max_rank, check));
+  } else if (!TensorIsEmpty(q.zero_points())) {
+    return absl::InvalidArgumentError(
+        "quantized.zero_points is set but quantized.spec is symmetric: zero-points belong to "
+        "asymmetric specs only; leave zero_points empty or set spec.asymmetric");
+  }
+
+  if (check == DataCheck::kExact) {
+    // Scales from the wire are data, not trusted: a zero, negative or non-finite scale
+    // would dequantize to garbage without any error, so refuse it here.
+    const std::string& scale_data = q.scales().data();
+    for (int64_t i = 0; i < plan.layout.geometry.num_scales; ++i) {
+      float s;
+      std::memcpy(&s, scale_data.data() + i * sizeof(float), sizeof(float));
+      if (!std::isfinite(s) || !(s > 0.0f)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("quantized.scales[", i, "] is ", s, "; scales must be finite and > 0"));
+      }
+    }
+    if (plan.spec.asymmetric) {
+      const FormatTraits& traits = Traits(plan.spec.format);
+      const std::string& zp_data = q.zero_points().data();
+      for (int64_t i = 0; i < plan.layout.geometry.num_scales; ++i) {
+        int32_t zp;
+        std::memcpy(&zp, zp_data.data() + i * sizeof(int32_t), sizeof(int32_t));
+        if (zp < traits.qmin || zp > traits.qmax) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("quantized.zero_points[", i, "] is ", zp, "; ", traits.name,
+                           " zero-points must be in [", traits.qmin, ", ", traits.qmax, "]"));
+        }
+      }
+    }
+  }
+  return plan;
+}
+
+absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(
+    const v1::QuantizeRequest& request) const {
+  QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanQuantize(request, DataCheck::kExact));
+  const QuantLayout& layout = plan.layout;
+  v1::QuantizeResponse response;
+  v1::QuantizedTensor* q = response.mutable_quantized();
+  std::vector<float> scales;
+  std::vector<int32_t> zero_points;
+  ErrorMetrics metrics;
+  QUANTD_RETURN_IF_ERROR(Guarded("Quantize", [&]() -> absl::Status {
+    QuantSpecToProto(plan.spec, layout.scale_shape, q->mutable_spec());
+    q->mutable_shape()->Assign(layout.shape.begin(), layout.shape.end());
+    q->set_source_dtype(DTypeToProto(plan.input_dtype));
+    SetTensorHeader(layout.code_dtype, layout.code_shape, q->mutable_codes());
+    std::string* codes = q->mutable_codes()->mutable_data();
+    codes->resize(static_cast<size_t>(layout.code_bytes));
+    scales.resize(static_cast<size_t>(layout.geometry.num_scales));
+    if (plan.spec.asymmetric) zero_points.resize(scales.size());
+    QuantizedBuffers out;
+    out.codes = codes->data();
+    out.code_bytes = layout.code_bytes;
+    out.scales = scales.data();
+    out.num_scales = layout.geometry.num_scales;
+    out.zero_points = plan.spec.asymmetric ? zero_points.data() : nullptr;
+    return backend_->Quantize(ViewOf(request.input(), layout.shape, plan.input_dtype), plan.spec,
+                              out, request.skip_metrics() ? nullptr : &metrics);
+  }));
+  SetTensor(DType::kF32, layout.scale_shape, scales, q->mutable_scales());
+  if (plan.spec.asymmetric) {
+    SetTensor(DType::kI32, layout.scale_shape, zero_points, q->mutable_zero_points());
+  }
+  if (!request.skip_metrics()) ErrorMetricsToProto(metrics, response.mutable_metrics());
+  response.set_backend(std::string(backend_->name()));
+  return response;
+}
+
+absl::StatusOr<v1::DequantizeResponse> QuantizerCore::Dequantize(
+    const v1::DequantizeRequest& request) const {
+  QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanDequantize(request, DataCheck::kExact));
+  const QuantLayout& layout = plan.layout;
+  const v1::QuantizedTensor& q = request.quantized();
+  v1::DequantizeResponse response;
+  QUANTD_RETURN_IF_ERROR(Guarded("Dequantize", [&]() -> absl::Status {
+    // Scales and zero-points are small; copying them gives the backend aligned arrays.
+    const std::vector<float> scales = CopyValues<float>(q.scales().data());
+    const std::vector<int32_t> zero_points = CopyValues<int32_t>(q.zero_points().data());
+    v1::Tensor* output = response.mutable_output();
+    SetTensorHeader(plan.output_dtype, layout.shape, output);
+    std::string* data = output->mutable_data();
+    data->resize(static_cast<size_t>(plan.output_bytes));
+    ConstQuantizedBuffers in;
+    in.codes = q.codes().data().data();
+    in.code_bytes = plan.code_bytes;
+    in.scales = scales.data();
+    in.num_scales = layout.geometry.num_scales;
+    in.zero_points = plan.spec.asymmetric ? zero_points.data() : nullptr;
+    MutableTensorView out;
+    out.dtype = plan.output_dtype;
+    out.shape = layout.shape;
+    out.data = data->data();
+    out.bytes = plan.output_bytes;
+    return backend_->Dequantize(in, plan.spec, out);
+  }));
+  response.set_backend(std::string(backend_->name()));
+  return response;
+}
+
+absl::StatusOr<v1::QuantDequantResponse> QuantizerCore::QuantDequant(
+    const v1::QuantDequantRequest& request) const {
+  QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanQuantDequant(request, DataCheck::kExact));
+  const QuantLayout& layout = plan.layout;
+  v1::QuantDequantResponse response;
+  ErrorMetrics metrics;
+  QUANTD_RETURN_IF_ERROR(Guarded("QuantDequant", [&]() -> absl::Status {
+    QuantSpecToProto(plan.spec, layout.scale_shape, response.mutable_spec());
+    v1::Tensor* output = response.mutable_output();
+    SetTensorHeader(plan.output_dtype, layout.shape, output);
+    std::string* data = output->mutable_data();
+    data->resize(static_cast<size_t>(plan.output_bytes));
+    MutableTensorView out;
+    out.dtype = plan.output_dtype;
+    out.shape = layout.shape;
+    out.data = data->data();
+    out.bytes = plan.output_bytes;
+    return backend_->QuantDequant(ViewOf(request.input(), layout.shape, plan.input_dtype),
+                                  plan.spec, out, request.skip_metrics() ? nullptr : &metrics);
+  }));
+  if (!request.skip_metrics()) ErrorMetricsToProto(metrics, response.mutable_metrics());
+  response.set_backend(std::string(backend_->name()));
+  return response;
+}
+
+absl::StatusOr<v1::CalibrateResponse> QuantizerCore::Calibrate(
+    const v1::CalibrateRequest& request) const {
+  QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanCalibrate(request, DataCheck::kExact));
+  const QuantLayout& layout = plan.layout;
+  CalibrationOptions options;
+  options.method = request.method() == v1::CALIBRATION_METHOD_UNSPECIFIED
+                       ? CalibrationMethod::kAmax
+                       : static_cast<CalibrationMethod>(request.method());
+  options.percentile = request.percentile() == 0.0 ? kDefaultPercentile : request.percentile();
+  options.search_steps = request.search_steps() == 0 ? kDefaultSearchSteps : request.search_steps();
+  options.search_min_ratio =
+      request.search_min_ratio() == 0.0f ? kDefaultSearchMinRatio : request.search_min_ratio();
+  CalibrationResult result;
+  QUANTD_RETURN_IF_ERROR(Guarded("Calibrate", [&]() -> absl::Status {
+    return backend_->Calibrate(ViewOf(request.input(), layout.shape, plan.input_dtype), plan.spec,
+                               options, &result);
+  }));
+  const auto num_scales = static_cast<size_t>(layout.geometry.num_scales);
+  if (result.scales.size() != num_scales || result.amax.size() != num_scales ||
+      result.clip_ratios.size() != num_scales ||
+      (plan.spec.asymmetric && result.zero_points.size() != num_scales)) {
+    return absl::InternalError(absl::StrCat(
+        "backend ", backend_->name(), " calibrated ", result.scales.size(), " scales, ",
+        result.amax.size(), " amax values, ", result.clip_ratios.size(), " clip ratios and ",
+        result.zero_points.size(), " zero-points; the layout has ", num_scales, " scale groups"));
+  }
+  v1::CalibrateResponse response;
+  QuantSpec calibrated = plan.spec;
+  calibrated.static_scales = result.scales;
+  if (plan.spec.asymmetric) calibrated.static_zero_points = result.zero_points;
+  QuantSpecToProto(calibrated, layout.scale_shape, response.mutable_spec());
+  SetTensor(DType::kF32, layout.scale_shape, result.scales, response.mutable_scales());
+  if (plan.spec.asymmetric) {
+    SetTensor(DType::kI32, layout.scale_shape, result.zero_points, response.mutable_zero_points());
+  }
+  SetTensor(DType::kF32, layout.scale_shape, result.amax, response.mutable_amax());
+  SetTensor(DType::kF32, layout.scale_shape, result.clip_ratios, response.mutable_clip_ratios());
+  ErrorMetricsToProto(result.metrics, response.mutable_metrics());
+  response.set_backend(std::string(backend_->name()));
+  return response;
+}
+
+v1::GetCapabilitiesResponse QuantizerCore::GetCapabilities() const {
+  v1::GetCapabilitiesResponse response;
+  response.set_version(QUANTD_VERSION);
+  const std::vector<std::string> descriptors = DescriptorExamples();
+  for (const FormatTraits& row : kFormatTraits) {
+    if (row.format == Format::kUnspecified) continue;
+    v1::FormatInfo* info = response.add_formats();
+    info->set_format(FormatToProto(row.format));
+    info->set_name(std::string(row.name));
+    info->set_bits(row.bits);
+    info->set_element_kind(row.kind == ElementKind::kInt ? "int" : "minifloat");
+    info->set_max_finite(row.kind == ElementKind::kInt ? static_cast<double>(row.qmax)
+                                                       : static_cast<double>(row.scale_divisor));
+    for (int g = 1; g < kNumGranularities; ++g) {
+      if (FormatAllows(row.format, static_cast<Granularity>(g))) {
+        info->add_granularities(static_cast<v1::Granularity>(g));
+      }
+    }
+    info->set_supports_asymmetric(row.asymmetric_ok);
+    info->set_has_nan(row.has_nan);
+    info->set_has_inf(row.has_inf);
+    for (const std::string& descriptor : descriptors) {
+      QuantSpec spec;
+      if (ApplyDescriptor(descriptor, &spec).ok() && spec.format == row.format) {
+        info->add_descriptors(descriptor);
+      }
+    }
+  }
+  for (int g = 1; g < kNumGranularities; ++g) {
+    response.add_granularities(static_cast<v1::Granularity>(g));
+  }
+  response.add_backends("cpu");
+  if (CudaBackendBuilt()) response.add_backends("cuda");
+  response.set_active_backend(std::string(backend_->name()));
+  v1::Limits* limits = response.mutable_limits();
+  limits->set_max_message_bytes(options_.max_message_bytes);
+  limits->set_max_tensor_bytes(options_.max_tensor_bytes);
+  limits->set_max_queue(options_.max_queue);
+  limits->set_workers(options_.workers);
+  limits->set_stream_chunk_bytes(options_.stream_chunk_bytes);
+  limits->set_max_rank(options_.max_rank);
+  for (const std::string& descriptor : descriptors) response.add_descriptors(descriptor);
+  return response;
+}
+
+}  // namespace quantd::server
