@@ -255,13 +255,17 @@ class PendingParts {
   size_t offset_ = 0;
 };
 
-// Appends `piece` to `buffer` of final size `expected`, growing geometrically but never past
-// `expected` (so a 3 GiB tensor does not end in a 4 GiB buffer).
+// Appends `piece` to `buffer` of final size `expected`. Below kInitialStreamReserve the buffer
+// grows geometrically (never past `expected`); once the client has actually sent that much,
+// it has shown it means the declared size (already charged to the budget), and the buffer
+// jumps to `expected` at once, so a multi-GB tensor is not copied again at every doubling.
 absl::Status AppendBounded(std::string* buffer, const std::string& piece, int64_t expected) {
   try {
     const size_t need = buffer->size() + piece.size();
     if (buffer->capacity() < need) {
-      const size_t grown = std::max(need, buffer->capacity() * 2);
+      const size_t grown = need > static_cast<size_t>(kInitialStreamReserve)
+                               ? static_cast<size_t>(expected)
+                               : std::max(need, buffer->capacity() * 2);
       buffer->reserve(std::min(grown, static_cast<size_t>(expected)));
     }
     buffer->append(piece);

@@ -24,6 +24,8 @@ namespace {
 constexpr double kDefaultPercentile = 99.99;
 constexpr int kDefaultSearchSteps = 100;
 constexpr float kDefaultSearchMinRatio = 0.8f;
+// Largest group_size / block_rows / block_cols accepted (2^40 elements).
+constexpr int64_t kMaxGroupDim = int64_t{1} << 40;
 
 bool IsFloatDType(DType dtype) {
   return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
@@ -118,6 +120,29 @@ absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
 }
 
+// Buffers are sized from the layout before the backend writes into them, so an inconsistent
+// layout (a numerics bug) must stop the request rather than become an out-of-bounds write.
+absl::Status CheckLayout(const QuantLayout& layout, const QuantSpec& spec) {
+  const ScaleGeometry& g = layout.geometry;
+  int64_t scale_count = 1;
+  bool overflow = false;
+  for (int64_t d : layout.scale_shape) {
+    overflow = overflow || d < 0 || __builtin_mul_overflow(scale_count, d, &scale_count);
+  }
+  const bool sane = !overflow && layout.code_bytes >= 0 && g.num_scales >= 0 &&
+                    scale_count == g.num_scales &&
+                    (layout.numel == 0 ||
+                     (g.num_scales >= 1 && g.num_scales <= layout.numel && g.groups_per_row >= 1));
+  if (!sane) {
+    return absl::InternalError(
+        absl::StrCat("the numerics computed an inconsistent layout for ", SpecToString(spec),
+                     " over shape ", ShapeToString(layout.shape), " (", g.num_scales,
+                     " scales, scale shape ", ShapeToString(layout.scale_shape), ", ",
+                     layout.code_bytes, " code bytes); please report this request"));
+  }
+  return absl::OkStatus();
+}
+
 // A spec from the wire, resolved for `shape`, with its layout.
 absl::Status ResolveForShape(const v1::QuantSpec& proto, const Shape& shape,
                              absl::string_view field, RequestPlan* plan) {
@@ -128,10 +153,24 @@ absl::Status ResolveForShape(const v1::QuantSpec& proto, const Shape& shape,
         field, ".format (or ", field, ".descriptor_string) is required; formats: ", FormatNames(),
         "; descriptors: ", absl::StrJoin(DescriptorExamples(), ", ")));
   }
+  // Sizes this large describe no real tensor, and the layout arithmetic (ceil divisions over
+  // them) must never see them.
+  const std::pair<absl::string_view, int64_t> sizes[] = {{"group_size", requested->group_size},
+                                                         {"block_rows", requested->block_rows},
+                                                         {"block_cols", requested->block_cols}};
+  for (const auto& [name, value] : sizes) {
+    if (value > kMaxGroupDim) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".", name, " is ", value, "; at most ",
+                                                     kMaxGroupDim,
+                                                     " is accepted (a group larger than the "
+                                                     "tensor's dim is one ragged group anyway)"));
+    }
+  }
   absl::StatusOr<QuantSpec> resolved = ResolveSpec(*requested, shape);
   if (!resolved.ok()) return WithPrefix(absl::StrCat(field, ": "), resolved.status());
   absl::StatusOr<QuantLayout> layout = ComputeLayout(*resolved, shape);
   if (!layout.ok()) return WithPrefix(absl::StrCat(field, ": "), layout.status());
+  QUANTD_RETURN_IF_ERROR(CheckLayout(*layout, *resolved));
   plan->spec = *std::move(resolved);
   plan->layout = *std::move(layout);
   return absl::OkStatus();

@@ -201,6 +201,18 @@ TEST_F(ValidationTest, SpecAgainstFormatRules) {
   request.mutable_spec()->set_group_size(-5);
   EXPECT_EQ(Quantize(request).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 
+  for (int64_t huge : {int64_t{1} << 41, std::numeric_limits<int64_t>::max()}) {
+    request = Int8Request();
+    request.mutable_spec()->set_granularity(v1::GRANULARITY_GROUP);
+    request.mutable_spec()->set_group_size(huge);
+    EXPECT_STATUS(Quantize(request), INVALID_ARGUMENT, "spec.group_size is");
+    request.mutable_spec()->set_granularity(v1::GRANULARITY_BLOCK);
+    request.mutable_spec()->set_group_size(0);
+    request.mutable_spec()->set_block_rows(1);
+    request.mutable_spec()->set_block_cols(huge);
+    EXPECT_STATUS(Quantize(request), INVALID_ARGUMENT, "spec.block_cols is");
+  }
+
   request = Int8Request();
   request.mutable_spec()->set_granularity(v1::GRANULARITY_CHANNEL);
   request.mutable_spec()->set_axis(7);
