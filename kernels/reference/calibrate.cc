@@ -152,9 +152,12 @@ absl::Status Calibrate(Executor* executor, const TensorView& input, const QuantS
         for (int64_t i = g0; i < g1; ++i) {
           float* values = grouped.values.data() + grouped.offsets[i];
           const int64_t count = grouped.offsets[i + 1] - grouped.offsets[i];
-          const float hi = Percentile(values, count, options.percentile);
-          const float lo =
-              spec.asymmetric ? Percentile(values, count, 100.0 - options.percentile) : -hi;
+          // Asymmetric ranges take the p-th and (100 - p)-th percentiles of x, whichever order
+          // p puts them in (p = 0.01 means the same range as p = 99.99).
+          const float upper = Percentile(values, count, options.percentile);
+          const float lower =
+              spec.asymmetric ? Percentile(values, count, 100.0 - options.percentile) : -upper;
+          const float lo = std::min(lower, upper), hi = std::max(lower, upper);
           first_error.Offer(
               ScaleFromRange(spec, lo, hi, spec.clip_ratio, &scales.scale[i], zero_point(i)));
         }

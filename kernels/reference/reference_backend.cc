@@ -43,8 +43,9 @@ class ReferenceBackend final : public Backend {
                         ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
     if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales ||
-        (layout.code_bytes > 0 && out.codes == nullptr) || out.scales == nullptr ||
-        (spec.asymmetric != (out.zero_points != nullptr))) {
+        (layout.code_bytes > 0 && out.codes == nullptr) ||
+        (out.num_scales > 0 && out.scales == nullptr) ||
+        (spec.asymmetric && out.num_scales > 0 && out.zero_points == nullptr)) {
       return absl::InternalError(absl::StrCat(
           "Quantize output buffers do not match the layout: ", out.code_bytes, " code bytes for ",
           layout.code_bytes, ", ", out.num_scales, " scales for ", layout.geometry.num_scales));
@@ -76,8 +77,9 @@ class ReferenceBackend final : public Backend {
     QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, ComputeLayout(spec, out.shape));
     if (in.code_bytes != layout.code_bytes || in.num_scales != layout.geometry.num_scales ||
-        (layout.code_bytes > 0 && in.codes == nullptr) || in.scales == nullptr ||
-        (spec.asymmetric && in.zero_points == nullptr)) {
+        (layout.code_bytes > 0 && in.codes == nullptr) ||
+        (in.num_scales > 0 && in.scales == nullptr) ||
+        (spec.asymmetric && in.num_scales > 0 && in.zero_points == nullptr)) {
       return absl::InvalidArgumentError(
           absl::StrCat("quantized tensor does not match its spec: ", in.code_bytes,
                        " code bytes where ", layout.code_bytes, " are needed, ", in.num_scales,

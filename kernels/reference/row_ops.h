@@ -57,6 +57,7 @@ void ForEachRun(const ScaleGeometry& g, int64_t row, Fn&& fn) {
 
 // Row `row` of the 2-D view as fp32, into `out` (cols floats).
 inline void LoadRow(const TensorView& x, int64_t row, int64_t cols, float* out) {
+  if (cols == 0) return;  // an empty tensor may come with null data
   const int64_t base = row * cols;
   if (x.dtype == DType::kF32) {
     std::memcpy(out, static_cast<const float*>(x.data) + base, cols * sizeof(float));

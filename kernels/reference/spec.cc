@@ -36,7 +36,8 @@ absl::StatusOr<int64_t> CheckedMul(int64_t a, int64_t b, absl::string_view what)
   return a * b;
 }
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b.
+int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 // Parses the N of "g128" or the R, C of "b128x128".
 bool ParsePositive(absl::string_view text, int64_t* value) {
@@ -123,6 +124,13 @@ absl::Status ApplyDescriptor(absl::string_view descriptor, QuantSpec* spec) {
     spec->group_size = parsed.group_size;
     spec->block_rows = parsed.block_rows;
     spec->block_cols = parsed.block_cols;
+  }
+  if (!Traits(parsed.format).symmetric_ok) {
+    if (symmetry_named && !parsed.asymmetric) {
+      return unknown(absl::StrCat(Traits(parsed.format).name, " is asymmetric only"));
+    }
+    symmetry_named = true;
+    parsed.asymmetric = true;
   }
   if (symmetry_named) {
     if (spec->asymmetric && !parsed.asymmetric) return conflict("asymmetric flag");
@@ -244,10 +252,9 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   if (spec.asymmetric && !t.asymmetric_ok) {
     return Invalid(absl::StrCat(name, " is symmetric only; drop asymmetric"));
   }
-  if (!spec.asymmetric && !t.symmetric_ok) {
-    return Invalid(absl::StrCat(name, " is asymmetric only (zero-point in [", t.qmin, ", ", t.qmax,
-                                "]); set asymmetric"));
-  }
+  // Asymmetric-only formats (uint8, uint4) need no flag: proto3 cannot tell an unset bool
+  // from false, so "symmetric" is only ever the default, and the applied spec says asymmetric.
+  if (!t.symmetric_ok) spec.asymmetric = true;
 
   // Rounding, overflow, NaN policy, packing.
   if (spec.rounding == Rounding::kUnspecified) spec.rounding = Rounding::kNearestEven;
@@ -383,6 +390,11 @@ absl::StatusOr<QuantLayout> ComputeLayout(const QuantSpec& spec, const Shape& sh
     default:
       return Invalid("spec granularity is unresolved");
   }
+
+  // Scales are 4 bytes each (plus as many zero-points); their byte count must fit int64.
+  QUANTD_ASSIGN_OR_RETURN(const int64_t scale_bytes,
+                          CheckedMul(g.num_scales, 8, "size of the scales"));
+  (void)scale_bytes;
 
   const FormatTraits& t = Traits(spec.format);
   const Packing packing =

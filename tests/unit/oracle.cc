@@ -334,9 +334,10 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
     default:
       return refuse("granularity");
   }
-  r.asymmetric = q.asymmetric;
+  // Asymmetric-only formats (uint8, uint4) imply asymmetric: a proto3 bool cannot say
+  // "unset", so symmetric is only ever the default (docs/FORMATS.md, quantd's readings).
+  r.asymmetric = q.asymmetric || !r.info->symmetric_ok;
   if (r.asymmetric && !r.info->asymmetric_ok) return refuse("asymmetric");
-  if (!r.asymmetric && !r.info->symmetric_ok) return refuse("symmetric");
   if (r.asymmetric && r.granularity == Granularity::kNone) return refuse("asymmetric cast");
   switch (q.rounding) {
     case Rounding::kUnspecified:

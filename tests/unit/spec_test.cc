@@ -180,9 +180,12 @@ TEST(ResolveSpecTest, SymmetryPerFormat) {
     for (bool asymmetric : {false, true}) {
       QuantSpec spec = Spec(format);
       spec.asymmetric = asymmetric;
-      const bool allowed = asymmetric ? info->asymmetric_ok : info->symmetric_ok;
+      // Symmetric is the proto3 default, so an asymmetric-only format takes it as "unset".
+      const bool allowed = asymmetric ? info->asymmetric_ok : true;
       if (allowed) {
-        EXPECT_THAT(ResolveSpec(spec, kMatrix), IsOk());
+        absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, kMatrix);
+        ASSERT_THAT(resolved, IsOk());
+        EXPECT_EQ(resolved->asymmetric, asymmetric || !info->symmetric_ok) << FormatName(format);
       } else {
         EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid))
             << FormatName(format) << (asymmetric ? " asymmetric" : " symmetric");
@@ -190,7 +193,12 @@ TEST(ResolveSpecTest, SymmetryPerFormat) {
     }
   }
   QuantSpec u8 = Spec(Format::kUint8);
-  EXPECT_THAT(ResolveSpec(u8, kMatrix), StatusIs(kInvalid, HasSubstr("asymmetric only")));
+  absl::StatusOr<QuantSpec> u8_resolved = ResolveSpec(u8, kMatrix);
+  ASSERT_THAT(u8_resolved, IsOk());
+  EXPECT_TRUE(u8_resolved->asymmetric);
+  QuantSpec u8_sym;
+  EXPECT_THAT(ApplyDescriptor("uint8-sym", &u8_sym),
+              StatusIs(kInvalid, HasSubstr("asymmetric only")));
   QuantSpec fp8 = Spec(Format::kFp8E5M2);
   fp8.asymmetric = true;
   EXPECT_THAT(ResolveSpec(fp8, kMatrix), StatusIs(kInvalid, HasSubstr("symmetric only")));

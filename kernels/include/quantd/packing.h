@@ -19,10 +19,12 @@
 
 namespace quantd {
 
-// Bytes one row of `cols` codes of `bits` bits occupies.
+// Bytes one row of `cols` codes of `bits` (<= 8) bits occupies; written so that no
+// intermediate overflows for any cols >= 0.
 QUANTD_HD int64_t PackedRowBytes(int64_t cols, int bits, Packing packing) {
-  if (packing == Packing::kInt32Offset) return ((cols + 7) / 8) * 4;
-  return (cols * bits + 7) / 8;
+  const int64_t whole_octets = cols / 8, rest = cols % 8;
+  if (packing == Packing::kInt32Offset) return (whole_octets + (rest != 0 ? 1 : 0)) * 4;
+  return whole_octets * bits + (rest * bits + 7) / 8;
 }
 
 // The stored bits of code `code` (the format's native representation, two's complement for
