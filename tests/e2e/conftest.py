@@ -40,7 +40,8 @@ def server(quantd, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pb(tmp_path_factory):
-    """(quantd_pb2, quantd_pb2_grpc) generated from proto/quantd/v1/quantd.proto."""
+    """quantd_pb2, generated from proto/quantd/v1/quantd.proto at test time (the tests call
+    the RPCs with raw bytes through grpcio, so the _grpc stubs are generated but unused)."""
     pytest.importorskip("grpc")
     pytest.importorskip("grpc_tools")
-    return e2e_util.generate_stubs(tmp_path_factory.mktemp("stubs"))
+    return e2e_util.generate_stubs(tmp_path_factory.mktemp("stubs"))[0]
