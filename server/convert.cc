@@ -86,9 +86,9 @@ QUANTD_MIRRORS(absl::StatusCode::kUnauthenticated, grpc::StatusCode::UNAUTHENTIC
 constexpr size_t kMaxStatusMessageBytes = 4096;
 
 template <typename Enum>
-absl::StatusOr<Enum> EnumFromProto(int value, bool (*is_valid)(int),
-                                   const std::string& (*name_of)(int), int last,
-                                   absl::string_view field) {
+[[nodiscard]] absl::StatusOr<Enum> EnumFromProto(int value, bool (*is_valid)(int),
+                                                 const std::string& (*name_of)(int), int last,
+                                                 absl::string_view field) {
   if (!is_valid(value)) {
     return absl::InvalidArgumentError(absl::StrCat(
         field, " has the unknown value ", value, "; this server knows 0 (", name_of(0), ") to ",
@@ -116,8 +116,8 @@ const std::string& CalibrationMethodNameOf(int v) {
 // Copies a Tensor's bytes into `out` after checking dtype and length. Empty (no shape, no data,
 // no dtype) means "not given".
 template <typename T>
-absl::Status CopyStaticTensor(const v1::Tensor& tensor, DType want, absl::string_view field,
-                              std::vector<T>* out) {
+[[nodiscard]] absl::Status CopyStaticTensor(const v1::Tensor& tensor, DType want,
+                                            absl::string_view field, std::vector<T>* out) {
   if (tensor.dtype() == v1::DTYPE_UNSPECIFIED && tensor.shape_size() == 0 &&
       tensor.data().empty()) {
     return absl::OkStatus();

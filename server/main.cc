@@ -42,7 +42,7 @@ ABSL_FLAG(int64_t, max_tensor_bytes, int64_t{16} << 30,
 ABSL_FLAG(int64_t, stream_chunk_bytes, int64_t{4} << 20,
           "largest response frame a stream sends, in bytes");
 ABSL_FLAG(int64_t, max_inflight_bytes, int64_t{20} << 30,
-          "bytes all in-flight streams together may reserve for their tensors");
+          "bytes of tensors (input + output) all calls in flight together may hold");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "on SIGTERM, how long calls in flight may take to finish before they are cancelled");
 

@@ -129,12 +129,12 @@ Metrics::Metrics(absl::string_view backend_name, absl::string_view version)
                       .Help("Validated requests waiting in the bounded queue for a worker.")
                       .Register(*registry_)
                       .Add({});
-  stream_buffered_bytes_ =
+  inflight_bytes_ =
       &prometheus::BuildGauge()
-           .Name("quantd_stream_buffered_bytes")
+           .Name("quantd_inflight_bytes")
            .Help(
-               "Bytes reserved by in-flight streams for their tensors (capped by "
-               "--max-inflight-bytes).")
+               "Bytes of tensors (request and response) reserved by calls in flight, capped by "
+               "--max-inflight-bytes.")
            .Register(*registry_)
            .Add({});
   prometheus::BuildGauge()
@@ -180,9 +180,7 @@ void Metrics::AddBytesSent(Method method, int64_t bytes) {
 void Metrics::IncrementInFlight() { in_flight_->Increment(); }
 void Metrics::DecrementInFlight() { in_flight_->Decrement(); }
 void Metrics::SetQueueDepth(int64_t depth) { queue_depth_->Set(static_cast<double>(depth)); }
-void Metrics::SetStreamBufferedBytes(int64_t bytes) {
-  stream_buffered_bytes_->Set(static_cast<double>(bytes));
-}
+void Metrics::SetInflightBytes(int64_t bytes) { inflight_bytes_->Set(static_cast<double>(bytes)); }
 
 void Metrics::ObserveSqnr(Format format, double sqnr_db) {
   const int f = static_cast<int>(format);

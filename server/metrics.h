@@ -19,7 +19,7 @@
 //   quantd_bytes_received_total{method}, quantd_bytes_sent_total{method}   counters
 //   quantd_requests_in_flight                                gauge, RPCs started not finished
 //   quantd_queue_depth                                       gauge, tasks waiting for a worker
-//   quantd_stream_buffered_bytes                             gauge, bytes reserved by streams
+//   quantd_inflight_bytes                                    gauge, tensor bytes of calls in flight
 //   quantd_sqnr_db{format}                                   histogram, finite SQNRs only
 //   quantd_build_info{version,backend}                       gauge, always 1
 //
@@ -75,7 +75,7 @@ class Metrics {
   void IncrementInFlight();
   void DecrementInFlight();
   void SetQueueDepth(int64_t depth);
-  void SetStreamBufferedBytes(int64_t bytes);
+  void SetInflightBytes(int64_t bytes);
   // Infinite (exact) and NaN values are skipped: a histogram cannot hold them usefully.
   void ObserveSqnr(Format format, double sqnr_db);
 
@@ -91,7 +91,7 @@ class Metrics {
   std::array<prometheus::Counter*, kNumMethods> bytes_sent_{};
   prometheus::Gauge* in_flight_ = nullptr;
   prometheus::Gauge* queue_depth_ = nullptr;
-  prometheus::Gauge* stream_buffered_bytes_ = nullptr;
+  prometheus::Gauge* inflight_bytes_ = nullptr;
   std::array<prometheus::Histogram*, kNumFormats> sqnr_{};
 };
 

@@ -50,8 +50,10 @@ void Log(const std::string& line) { std::fprintf(stderr, "quantd: %s\n", line.c_
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
-// Bytes reserved by streams in flight, against --max-inflight-bytes. A mutex rather than an
-// atomic: the gauge must be updated in the same order as the count, and streams are few.
+// Bytes of tensors held by calls in flight (a unary call's request and response, a stream's
+// buffers), against --max-inflight-bytes: what keeps a burst of large requests from exhausting
+// memory while they wait in the queue. A mutex rather than an atomic: the gauge must change in
+// the same order as the count.
 class ByteBudget {
  public:
   ByteBudget(int64_t limit, Metrics* metrics) : limit_(limit), metrics_(metrics) {}
@@ -59,20 +61,19 @@ class ByteBudget {
   [[nodiscard]] absl::Status Reserve(int64_t bytes) {
     if (bytes > limit_) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "this stream needs ", bytes, " bytes of buffers (input and output), more than the ",
-          limit_,
-          " all streams together may hold on this server (--max-inflight-bytes); split "
+          "this call needs ", bytes, " bytes of tensors (input and output), more than the ", limit_,
+          " all calls together may hold on this server (--max-inflight-bytes); split "
           "the tensor"));
     }
     absl::MutexLock lock(&mu_);
     if (used_ + bytes > limit_) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("streams in flight already hold ", used_, " of the ", limit_,
+          absl::StrCat("calls in flight already hold ", used_, " of the ", limit_,
                        " bytes this server allows (--max-inflight-bytes) and this one needs ",
                        bytes, " more; back off and retry"));
     }
     used_ += bytes;
-    metrics_->SetStreamBufferedBytes(used_);
+    metrics_->SetInflightBytes(used_);
     return absl::OkStatus();
   }
 
@@ -80,7 +81,7 @@ class ByteBudget {
     if (bytes == 0) return;
     absl::MutexLock lock(&mu_);
     used_ -= bytes;
-    metrics_->SetStreamBufferedBytes(used_);
+    metrics_->SetInflightBytes(used_);
   }
 
  private:
@@ -100,7 +101,8 @@ struct ServiceState {
   int64_t frame_data_bytes = 0;  // data bytes per response frame
 };
 
-// The metrics of one RPC: in-flight from construction, duration and code at Done.
+// The metrics of one RPC (in-flight from construction, duration and code at Done) and, for a
+// unary call, its share of the byte budget (released at Done).
 class CallRecord {
  public:
   CallRecord(Metrics* metrics, Method method)
@@ -115,9 +117,17 @@ class CallRecord {
   void Received(size_t bytes) { metrics_->AddBytesReceived(method_, static_cast<int64_t>(bytes)); }
   void Sent(size_t bytes) { metrics_->AddBytesSent(method_, static_cast<int64_t>(bytes)); }
 
+  [[nodiscard]] absl::Status Reserve(ByteBudget* budget, int64_t bytes) {
+    QUANTD_RETURN_IF_ERROR(budget->Reserve(bytes));
+    budget_ = budget;
+    reserved_ = bytes;
+    return absl::OkStatus();
+  }
+
   // The first call counts; later ones are ignored.
   void Done(const absl::Status& status) {
     if (done_.exchange(true)) return;
+    if (budget_ != nullptr) budget_->Release(reserved_);
     metrics_->ObserveRequest(method_, format(), status.code(), Seconds(absl::Now() - start_));
     metrics_->DecrementInFlight();
   }
@@ -128,6 +138,8 @@ class CallRecord {
   const absl::Time start_;
   std::atomic<Format> format_{Format::kUnspecified};
   std::atomic<bool> done_{false};
+  ByteBudget* budget_ = nullptr;
+  int64_t reserved_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -176,6 +188,14 @@ grpc::ServerUnaryReactor* ServeUnary(const ServiceState& state,
             " bytes, above this server's message limit of ", state.options->max_message_bytes,
             " bytes (--max-message-bytes); use QuantizeStream / DequantizeStream or "
             "send a smaller tensor")));
+    return reactor;
+  }
+
+  // gRPC has the request in memory already; charging it (and the response to come) keeps a
+  // burst of large requests from piling up in the queue beyond --max-inflight-bytes.
+  if (absl::Status reserved = record->Reserve(state.budget, plan->input_bytes + plan->output_bytes);
+      !reserved.ok()) {
+    FinishUnary(reactor, record.get(), reserved);
     return reactor;
   }
 
@@ -259,7 +279,8 @@ class PendingParts {
 // grows geometrically (never past `expected`); once the client has actually sent that much,
 // it has shown it means the declared size (already charged to the budget), and the buffer
 // jumps to `expected` at once, so a multi-GB tensor is not copied again at every doubling.
-absl::Status AppendBounded(std::string* buffer, const std::string& piece, int64_t expected) {
+[[nodiscard]] absl::Status AppendBounded(std::string* buffer, const std::string& piece,
+                                         int64_t expected) {
   try {
     const size_t need = buffer->size() + piece.size();
     if (buffer->capacity() < need) {
@@ -343,17 +364,17 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
  protected:
   // Validates the header frame (Plan*, kAtMost), charges the budget via Reserve() and takes
   // the header's data as the first pieces.
-  virtual absl::Status AcceptHeader(Request& frame) = 0;
-  virtual absl::Status AcceptData(Request& frame) = 0;
+  [[nodiscard]] virtual absl::Status AcceptHeader(Request& frame) = 0;
+  [[nodiscard]] virtual absl::Status AcceptData(Request& frame) = 0;
   virtual bool Complete() const = 0;
   // "12 of 40 bytes of codes" for an incomplete stream.
   virtual std::string Progress() const = 0;
   virtual std::string ExpectedBytesDescription() const = 0;
   // On a worker: compute, then fill the response header and the parts to send.
-  virtual absl::Status Compute(Response* header, PendingParts* parts) = 0;
+  [[nodiscard]] virtual absl::Status Compute(Response* header, PendingParts* parts) = 0;
   virtual void SetDataFrame(v1::Part part, const char* data, size_t size, Response* out) = 0;
 
-  absl::Status Reserve(int64_t bytes) {
+  [[nodiscard]] absl::Status Reserve(int64_t bytes) {
     QUANTD_RETURN_IF_ERROR(state_.budget->Reserve(bytes));
     reserved_ = bytes;
     return absl::OkStatus();
@@ -438,7 +459,7 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
     this->StartWrite(&out_);
   }
 
-  absl::Status LateError() {
+  [[nodiscard]] absl::Status LateError() {
     absl::MutexLock lock(&mu_);
     return late_error_;
   }
@@ -748,7 +769,7 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   const ServiceState& state_;
 };
 
-absl::Status CheckOptions(const ServerOptions& o) {
+[[nodiscard]] absl::Status CheckOptions(const ServerOptions& o) {
   if (o.listen_address.empty()) {
     return absl::InvalidArgumentError("--listen is empty; give HOST:PORT (port 0: any free port)");
   }
@@ -811,7 +832,7 @@ class Server::Impl {
 
   ~Impl() { Shutdown(absl::Now()); }
 
-  absl::Status Init() {
+  [[nodiscard]] absl::Status Init() {
     QUANTD_RETURN_IF_ERROR(CheckOptions(options_));
     QUANTD_RETURN_IF_ERROR(CreateBackend());
     metrics_ = std::make_unique<Metrics>(backend_->name(), QUANTD_VERSION);
@@ -844,7 +865,7 @@ class Server::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status Start() {
+  [[nodiscard]] absl::Status Start() {
     absl::MutexLock lock(&mu_);
     if (started_) return absl::FailedPreconditionError("Start was already called");
     if (shutdown_started_) return absl::FailedPreconditionError("the server was shut down");
@@ -937,7 +958,7 @@ class Server::Impl {
   const ServerOptions& options() const { return options_; }
 
  private:
-  absl::Status CreateBackend() {
+  [[nodiscard]] absl::Status CreateBackend() {
     const int devices = CudaDeviceCount();
     if (options_.backend == BackendChoice::kCuda ||
         (options_.backend == BackendChoice::kAuto && devices > 0)) {

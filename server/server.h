@@ -20,7 +20,7 @@
 // Status codes. INVALID_ARGUMENT: the request is malformed or can never succeed on this server
 // (including a tensor above --max-tensor-bytes or a unary response above --max-message-bytes:
 // retrying will not help, the message says what to change). RESOURCE_EXHAUSTED: a transient
-// capacity limit (queue full, stream bytes in flight above --max-inflight-bytes, out of memory):
+// capacity limit (queue full, tensor bytes in flight above --max-inflight-bytes, out of memory):
 // back off and retry. gRPC itself answers RESOURCE_EXHAUSTED for a unary request above
 // --max-message-bytes. DEADLINE_EXCEEDED / CANCELLED: the call died before a worker took it.
 // UNAVAILABLE: the server is shutting down.
@@ -68,8 +68,8 @@ struct ServerOptions {
   int64_t max_tensor_bytes = int64_t{16} << 30;
   // Largest response frame a stream sends (4 MiB fits a default gRPC client's receive limit).
   int64_t stream_chunk_bytes = int64_t{4} << 20;
-  // Bytes all in-flight streams together may reserve for their tensors (input + output); a
-  // stream whose header would exceed it is refused with RESOURCE_EXHAUSTED.
+  // Bytes of tensors (input + output) all calls in flight together may hold: a unary call is
+  // charged when validated, a stream when its header is; beyond, RESOURCE_EXHAUSTED.
   int64_t max_inflight_bytes = int64_t{20} << 30;
   // CUDA backend: streams per device.
   int cuda_streams_per_device = 4;

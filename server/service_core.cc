@@ -42,9 +42,9 @@ struct Extent {
   int64_t bytes = 0;
 };
 
-absl::StatusOr<Extent> ExtentOf(absl::string_view field,
-                                const google::protobuf::RepeatedField<int64_t>& dims, DType dtype,
-                                int max_rank) {
+[[nodiscard]] absl::StatusOr<Extent> ExtentOf(absl::string_view field,
+                                              const google::protobuf::RepeatedField<int64_t>& dims,
+                                              DType dtype, int max_rank) {
   if (dims.size() > max_rank) {
     return absl::InvalidArgumentError(absl::StrCat(field, " has rank ", dims.size(), "; at most ",
                                                    max_rank, " dims are accepted"));
@@ -81,8 +81,9 @@ absl::StatusOr<Extent> ExtentOf(absl::string_view field,
 }
 
 // The bulk bytes of one tensor against what its shape says.
-absl::Status CheckData(absl::string_view field, const std::string& data, int64_t expected,
-                       const Shape& shape, int64_t numel, DType dtype, DataCheck check) {
+[[nodiscard]] absl::Status CheckData(absl::string_view field, const std::string& data,
+                                     int64_t expected, const Shape& shape, int64_t numel,
+                                     DType dtype, DataCheck check) {
   const auto have = static_cast<int64_t>(data.size());
   if (check == DataCheck::kExact && have != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -97,7 +98,8 @@ absl::Status CheckData(absl::string_view field, const std::string& data, int64_t
   return absl::OkStatus();
 }
 
-absl::StatusOr<DType> FloatDType(int value, absl::string_view field, absl::string_view purpose) {
+[[nodiscard]] absl::StatusOr<DType> FloatDType(int value, absl::string_view field,
+                                               absl::string_view purpose) {
   QUANTD_ASSIGN_OR_RETURN(DType dtype, DTypeFromProto(value, field));
   if (!IsFloatDType(dtype)) {
     return absl::InvalidArgumentError(
@@ -115,14 +117,14 @@ std::string FormatNames() {
   return absl::StrJoin(names, ", ");
 }
 
-absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
+[[nodiscard]] absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
   if (status.ok()) return status;
   return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
 }
 
 // Buffers are sized from the layout before the backend writes into them, so an inconsistent
 // layout (a numerics bug) must stop the request rather than become an out-of-bounds write.
-absl::Status CheckLayout(const QuantLayout& layout, const QuantSpec& spec) {
+[[nodiscard]] absl::Status CheckLayout(const QuantLayout& layout, const QuantSpec& spec) {
   const ScaleGeometry& g = layout.geometry;
   int64_t scale_count = 1;
   bool overflow = false;
@@ -144,8 +146,8 @@ absl::Status CheckLayout(const QuantLayout& layout, const QuantSpec& spec) {
 }
 
 // A spec from the wire, resolved for `shape`, with its layout.
-absl::Status ResolveForShape(const v1::QuantSpec& proto, const Shape& shape,
-                             absl::string_view field, RequestPlan* plan) {
+[[nodiscard]] absl::Status ResolveForShape(const v1::QuantSpec& proto, const Shape& shape,
+                                           absl::string_view field, RequestPlan* plan) {
   absl::StatusOr<QuantSpec> requested = QuantSpecFromProto(proto, field);
   if (!requested.ok()) return requested.status();
   if (requested->format == Format::kUnspecified) {
@@ -183,7 +185,7 @@ int64_t ScaleBytes(const RequestPlan& plan) {
 // Runs `fn` (a backend call or a big allocation) and turns the exceptions a request path can
 // meet into statuses: nothing on a request path may throw through.
 template <typename Fn>
-absl::Status Guarded(absl::string_view what, Fn&& fn) {
+[[nodiscard]] absl::Status Guarded(absl::string_view what, Fn&& fn) {
   try {
     return fn();
   } catch (const std::bad_alloc&) {
@@ -216,9 +218,10 @@ std::vector<T> CopyValues(const std::string& bytes) {
 }
 
 // One of the quantized tensors of a DequantizeRequest against what the layout says.
-absl::Status CheckQuantizedPart(absl::string_view field, const v1::Tensor& tensor, DType want,
-                                int64_t expected_bytes, const Shape& expected_shape, int max_rank,
-                                DataCheck check) {
+[[nodiscard]] absl::Status CheckQuantizedPart(absl::string_view field, const v1::Tensor& tensor,
+                                              DType want, int64_t expected_bytes,
+                                              const Shape& expected_shape, int max_rank,
+                                              DataCheck check) {
   QUANTD_ASSIGN_OR_RETURN(DType dtype,
                           DTypeFromProto(tensor.dtype(), absl::StrCat(field, ".dtype")));
   if (dtype != want) {

@@ -3,7 +3,7 @@
 // to 100, random bytes, random specs and calibration options, mutated quantized tensors, raw
 // garbage instead of protobuf, and broken streams (no header, two headers, data before header,
 // truncated, overlong, wrong parts, cancelled mid-way). Afterwards the server must answer a
-// normal request, report SERVING, and hold nothing (in-flight gauge and stream budget at 0).
+// normal request, report SERVING, and hold nothing (in-flight gauge and byte budget at 0).
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -451,13 +451,13 @@ TEST_F(AdversarialTest, BurstOfMalformedRequestsLeavesServerHealthy) {
   for (int i = 0; i < 200; ++i) {
     page = ScrapeMetrics(ts_.server->metrics_port());
     if (SampleValue(page, "quantd_requests_in_flight") == 0 &&
-        SampleValue(page, "quantd_stream_buffered_bytes") == 0) {
+        SampleValue(page, "quantd_inflight_bytes") == 0) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(SampleValue(page, "quantd_requests_in_flight"), 0);
-  EXPECT_EQ(SampleValue(page, "quantd_stream_buffered_bytes"), 0);
+  EXPECT_EQ(SampleValue(page, "quantd_inflight_bytes"), 0);
 }
 
 }  // namespace

@@ -74,7 +74,7 @@ class MetricsTest : public ::testing::Test {
     // just after the client has its status.
     for (int i = 0; i < 200; ++i) {
       page_ = ScrapeMetrics(ts_.server->metrics_port());
-      if (SampleValue(page_, "quantd_stream_buffered_bytes") == 0) break;
+      if (SampleValue(page_, "quantd_inflight_bytes") == 0) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     ASSERT_FALSE(page_.empty());
@@ -90,7 +90,7 @@ TEST_F(MetricsTest, EveryFamilyIsExported) {
        {"quantd_request_duration_seconds", "quantd_queue_wait_seconds",
         "quantd_compute_duration_seconds", "quantd_requests_total", "quantd_bytes_received_total",
         "quantd_bytes_sent_total", "quantd_requests_in_flight", "quantd_queue_depth",
-        "quantd_stream_buffered_bytes", "quantd_sqnr_db", "quantd_build_info"}) {
+        "quantd_inflight_bytes", "quantd_sqnr_db", "quantd_build_info"}) {
     EXPECT_THAT(page_, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
     EXPECT_THAT(page_, HasSubstr(absl::StrCat("# HELP ", family, " "))) << family;
   }
@@ -140,7 +140,7 @@ TEST_F(MetricsTest, RequestsAreCounted) {
   EXPECT_EQ(SampleValue(page_, R"(quantd_sqnr_db_count{format="fp8-e4m3"})"), 1);
   EXPECT_EQ(SampleValue(page_, "quantd_requests_in_flight"), 0);
   EXPECT_EQ(SampleValue(page_, "quantd_queue_depth"), 0);
-  EXPECT_EQ(SampleValue(page_, "quantd_stream_buffered_bytes"), 0);
+  EXPECT_EQ(SampleValue(page_, "quantd_inflight_bytes"), 0);
   EXPECT_EQ(SampleValue(page_, R"(quantd_build_info{backend="cpu",version="0.1.0"})"), 1);
 }
 

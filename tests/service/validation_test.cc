@@ -543,14 +543,23 @@ TEST(SmallLimitsTest, MessageAndBudgetLimits) {
     ASSERT_TRUE(holder->Write(QuantizeFrames(big, 60 << 10).front()));  // header only
     // Wait until the server charged the header.
     for (int i = 0; i < 500; ++i) {
-      if (SampleValue(ScrapeMetrics(ts.server->metrics_port()), "quantd_stream_buffered_bytes") >
-          0) {
+      if (SampleValue(ScrapeMetrics(ts.server->metrics_port()), "quantd_inflight_bytes") > 0) {
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     EXPECT_STATUS(RunQuantizeStream(ts.stub.get(), QuantizeFrames(big, 60 << 10)).status,
                   RESOURCE_EXHAUSTED, "--max-inflight-bytes");
+    // Unary calls share the budget: 600 KB in + 600 KB out do not fit beside the stream.
+    {
+      v1::QuantDequantRequest request;
+      *request.mutable_input() = RandomTensor({300, 512});
+      request.mutable_spec()->set_descriptor_string("int8");
+      grpc::ClientContext context;
+      v1::QuantDequantResponse response;
+      EXPECT_STATUS(ts.stub->QuantDequant(&context, request, &response), RESOURCE_EXHAUSTED,
+                    "calls in flight already hold");
+    }
     holder_context.TryCancel();
     holder->Finish();
     // The budget comes back: the same stream now succeeds.
@@ -565,8 +574,7 @@ TEST(SmallLimitsTest, MessageAndBudgetLimits) {
     // its status.
     double buffered = -1;
     for (int i = 0; i < 200 && buffered != 0; ++i) {
-      buffered =
-          SampleValue(ScrapeMetrics(ts.server->metrics_port()), "quantd_stream_buffered_bytes");
+      buffered = SampleValue(ScrapeMetrics(ts.server->metrics_port()), "quantd_inflight_bytes");
       if (buffered != 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     EXPECT_EQ(buffered, 0);
