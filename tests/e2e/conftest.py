@@ -1,6 +1,7 @@
 """pytest fixtures of the end-to-end tests. The binaries come from QUANTCTL_BIN / QUANTD_BIN
 (CTest sets them to the targets it built) or, when unset, from build/ or build-e2e/."""
 
+import os
 import pathlib
 import sys
 
@@ -11,20 +12,22 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import e2e_util  # noqa: E402
 
 
+def _binary(path, env):
+    if path and pathlib.Path(path).exists():
+        return path
+    if os.environ.get(env):  # CTest names the binary: its absence is a failure, not a skip
+        pytest.fail(f"{env}={os.environ[env]} does not exist")
+    pytest.skip(f"not built (set {env})")
+
+
 @pytest.fixture(scope="session")
 def quantctl():
-    path = e2e_util.quantctl_bin()
-    if not path or not pathlib.Path(path).exists():
-        pytest.skip("quantctl is not built (set QUANTCTL_BIN)")
-    return path
+    return _binary(e2e_util.quantctl_bin(), "QUANTCTL_BIN")
 
 
 @pytest.fixture(scope="session")
 def quantd(quantctl):
-    path = e2e_util.quantd_bin()
-    if not path or not pathlib.Path(path).exists():
-        pytest.skip("quantd is not built (set QUANTD_BIN)")
-    return path
+    return _binary(e2e_util.quantd_bin(), "QUANTD_BIN")
 
 
 @pytest.fixture(scope="module")

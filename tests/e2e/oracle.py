@@ -14,7 +14,8 @@ Where FORMATS.md leaves room, the choices below are the ones the implementation 
     zp = clamp(rne(f32(qmin - f32(mn / s)))), q = clamp(round(x / s) + zp); a range that
     overflows float32 is refused;
   * integer rounding acts on |x / s| (|v| clamped to 2^20 first) and puts the sign back;
-  * uint formats are asymmetric only, fp8 formats symmetric only;
+  * uint formats are asymmetric only (a spec naming one implies it), fp8 formats symmetric
+    only;
   * integer formats refuse NaN inputs unless nan_policy is "zero" (NaN quantizes as 0);
   * fp8: NaN becomes the NaN code with the input's sign (E4M3 0x7F|s, E5M2 0x7E|s), -0.0 keeps
     its sign bit, SATURATE maps +-Inf and every overflow to +-max finite; NONFINITE gives
@@ -336,8 +337,6 @@ def check_spec(spec: Spec, shape) -> None:
         raise OracleError("block must be > 0")
     if spec.asymmetric and not info.asymmetric_ok:
         raise OracleError(f"{info.name} is symmetric only")
-    if not spec.asymmetric and not info.symmetric_ok:
-        raise OracleError(f"{info.name} is asymmetric only")
     if spec.overflow == "nonfinite" and info.kind != "float":
         raise OracleError(f"{info.name} has no Inf or NaN")
     if spec.nan_policy == "propagate" and info.kind != "float":
@@ -441,6 +440,10 @@ def unpack(codes: np.ndarray, spec: Spec, shape) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, spec: Spec) -> Result:
+    if not spec.info.symmetric_ok and not spec.asymmetric:
+        # uint8 / uint4 are asymmetric only: the spec implies it (proto3 cannot tell an unset
+        # bool from false).
+        spec = dataclasses.replace(spec, asymmetric=True)
     x = np.asarray(x)
     shape = tuple(int(d) for d in x.shape)
     check_spec(spec, shape)

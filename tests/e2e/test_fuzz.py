@@ -209,12 +209,8 @@ def _other_format_descriptor(pb, req, base, rng):
 
 def _sym_violation(pb, req, base, rng):
     if base.is_int:
-        req.spec.format = 3  # UINT8, symmetric: refused
-        req.spec.asymmetric = False
-        if req.spec.granularity == 1:
-            return False
-    else:
-        req.spec.asymmetric = True
+        return False  # uint8 / uint4 without the flag imply asymmetric; "uint8-sym" is refused
+    req.spec.asymmetric = True
     return True
 
 
@@ -866,7 +862,7 @@ class _Held:
 
 def _buffered_bytes(server):
     samples = e2e_util.metric_samples(server.scrape())
-    return sum(v for _, v in samples.get("quantd_stream_buffered_bytes", []))
+    return sum(v for _, v in samples.get("quantd_inflight_bytes", []))
 
 
 def test_cancel_mid_stream_and_budget_exhaustion(pb, channel, bases, fuzz_server):
@@ -952,7 +948,7 @@ def test_zz_server_survived(pb, channel, bases, fuzz_server):
     TALLY.assert_clean()
     samples = e2e_util.metric_samples(fuzz_server.scrape())
     assert sum(v for _, v in samples["quantd_requests_in_flight"]) == 0
-    assert sum(v for _, v in samples["quantd_stream_buffered_bytes"]) == 0
+    assert sum(v for _, v in samples["quantd_inflight_bytes"]) == 0
     assert sum(v for _, v in samples["quantd_queue_depth"]) == 0
     codes = collections.Counter()
     for labels, value in samples["quantd_requests_total"]:

@@ -519,7 +519,7 @@ def test_int8_with_nan_input_is_refused(quantctl, tmp_path):
 
 
 @pytest.mark.parametrize("flags,words", [
-    (["--format=uint8"], ["asym"]),
+    (["--format=uint8-sym"], ["asym"]),
     (["--format=fp8-e4m3", "--asymmetric"], ["symmetric"]),
     (["--format=int8", "--granularity=none"], ["none"]),
     (["--format=int8", "--granularity=channel", "--axis=2"], ["axis"]),
@@ -541,6 +541,15 @@ def test_int8_with_nan_input_is_refused(quantctl, tmp_path):
 ], ids=lambda v: "_".join(v) if isinstance(v, list) else None)
 def test_bad_specs_are_refused(quantctl, normal_npy, tmp_path, flags, words):
     _expect_failure(["quantize", *flags, normal_npy, tmp_path / "q.npz"], words)
+
+
+def test_uint_formats_imply_asymmetric(quantctl, normal_npy, tmp_path):
+    for fmt in ["uint8", "uint4"]:
+        run_quantctl(["quantize", f"--format={fmt}", "--granularity=token", normal_npy,
+                      tmp_path / "q.npz"])
+        want = oracle.quantize(np.load(normal_npy), oracle.Spec(fmt, "token", asymmetric=True))
+        got = e2e_util.check_quantized_npz(tmp_path / "q.npz", want, fmt)
+        assert json.loads(got["spec"].tobytes())["asymmetric"] is True
 
 
 def test_bad_static_scales_are_refused(quantctl, normal_npy, tmp_path):

@@ -122,7 +122,7 @@ def test_metrics_page_passes_promtool_and_has_the_families(server, tmp_path):
         "quantd_bytes_sent_total": "counter",
         "quantd_requests_in_flight": "gauge",
         "quantd_queue_depth": "gauge",
-        "quantd_stream_buffered_bytes": "gauge",
+        "quantd_inflight_bytes": "gauge",
         "quantd_sqnr_db": "histogram",
         "quantd_build_info": "gauge",
     }
@@ -156,7 +156,7 @@ def test_metrics_page_passes_promtool_and_has_the_families(server, tmp_path):
     assert total(after, "quantd_sqnr_db_bucket", format="int8", le="25") < total(
         after, "quantd_sqnr_db_bucket", format="int8", le="+Inf")
     assert total(after, "quantd_requests_in_flight") == 0
-    assert total(after, "quantd_stream_buffered_bytes") == 0
+    assert total(after, "quantd_inflight_bytes") == 0
     assert total(after, "quantd_queue_depth") == 0
     build = after["quantd_build_info"]
     assert build[0][1] == 1 and build[0][0]["backend"] == "cpu"
@@ -210,7 +210,8 @@ def test_sigterm_drains_an_in_flight_stream(quantd, tmp_path):
             if client.poll() is not None:
                 return "client-finished"
             samples = metric_samples(srv.scrape())
-            return sum(v for _, v in samples.get("quantd_stream_buffered_bytes", [])) > 0
+            # The stream's reservation (input + codes, 160 MiB) is in the budget gauge.
+            return sum(v for _, v in samples.get("quantd_inflight_bytes", [])) > 100 << 20
 
         seen = _wait_for(stream_in_flight, timeout=60, interval=0.005)
         assert seen is True, f"never saw the stream in flight ({seen}); client: " \
@@ -278,14 +279,26 @@ def test_bad_server_flags_exit_2(quantd):
 
 
 def test_readme_first_command_demo(quantd, quantctl, tmp_path):
-    """README.md's first command is `scripts/setup.sh && scripts/demo.sh`; setup needs root
-    and the network, so this runs the demo half on the binaries under test."""
-    build_dir = pathlib.Path(quantd).resolve().parents[1]
-    if not (build_dir / "build.ninja").exists() or shutil.which("curl") is None:
-        pytest.skip(f"{build_dir} is not a Ninja build directory, or curl is missing")
-    env = dict(os.environ, QUANTD_BUILD_DIR=str(build_dir), QUANTD_DEMO_EXIT="1",
+    """README.md's first command is `scripts/setup.sh && scripts/demo.sh`. setup.sh needs root
+    and the network, so this runs demo.sh, on the binaries under test: a build directory of
+    links to them, and a `cmake` first on PATH whose `--build` does nothing (the binaries are
+    built; a second build in the real directory while CTest runs could race with it)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is missing")
+    build = tmp_path / "build"
+    (build / "server").mkdir(parents=True)
+    (build / "client").mkdir()
+    (build / "build.ninja").write_text("# built elsewhere\n")
+    (build / "server/quantd").symlink_to(pathlib.Path(quantd).resolve())
+    (build / "client/quantctl").symlink_to(pathlib.Path(quantctl).resolve())
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "cmake").write_text('#!/bin/sh\n[ "$1" = --build ] && exit 0\nexec /usr/bin/cmake "$@"\n')
+    (shim / "cmake").chmod(0o755)
+    env = dict(os.environ, QUANTD_BUILD_DIR=str(build), QUANTD_DEMO_EXIT="1",
                QUANTD_PORT=str(e2e_util.free_port()),
-               QUANTD_METRICS_PORT=str(e2e_util.free_port()), QUANTD_JOBS="2")
+               QUANTD_METRICS_PORT=str(e2e_util.free_port()),
+               PATH=f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}")
     proc = subprocess.run([str(e2e_util.REPO / "scripts/demo.sh")], capture_output=True,
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, f"demo.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
