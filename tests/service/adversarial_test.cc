@@ -169,7 +169,7 @@ bool Acceptable(const grpc::Status& status) {
 class AdversarialTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions options = TestOptions();
+    server::ServerOptions options = TestOptions(/*with_metrics=*/true);
     options.max_message_bytes = 1 << 20;
     options.max_tensor_bytes = int64_t{256} << 20;
     options.max_inflight_bytes = int64_t{512} << 20;

@@ -21,7 +21,7 @@ using ::testing::HasSubstr;
 class MetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ts_ = TestServer::Start(TestOptions());
+    ts_ = TestServer::Start(TestOptions(/*with_metrics=*/true));
     // A successful request of each kind, a refused one, and two streams.
     v1::QuantizeRequest quantize = QuantizeRequestFor(RandomTensor({16, 64}), "int8");
     v1::QuantizeResponse quantized;

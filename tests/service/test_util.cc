@@ -19,10 +19,10 @@
 
 namespace quantd::testing {
 
-server::ServerOptions TestOptions() {
+server::ServerOptions TestOptions(bool with_metrics) {
   server::ServerOptions options;
   options.listen_address = "127.0.0.1:0";
-  options.metrics_address = "127.0.0.1:0";
+  options.metrics_address = with_metrics ? "127.0.0.1:0" : "";
   options.backend = server::BackendChoice::kCpu;
   options.workers = 2;
   options.threads = 2;

@@ -28,8 +28,9 @@ namespace quantd::testing {
 
 namespace v1 = ::quantd::v1;
 
-// Loopback, ephemeral ports, CPU backend, 2 workers, quiet.
-server::ServerOptions TestOptions();
+// Loopback, ephemeral ports, CPU backend, 2 workers, quiet. /metrics only when asked for: its
+// HTTP server takes a second or two to stop, which each test process would pay.
+server::ServerOptions TestOptions(bool with_metrics = false);
 
 struct TestServer {
   std::unique_ptr<server::Server> server;

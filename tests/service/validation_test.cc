@@ -504,7 +504,7 @@ TEST_F(ValidationTest, DequantizeStreamProtocol) {
 // ---- Limits that need their own server ----
 
 TEST(SmallLimitsTest, MessageAndBudgetLimits) {
-  server::ServerOptions options = TestOptions();
+  server::ServerOptions options = TestOptions(/*with_metrics=*/true);
   options.max_message_bytes = 1 << 20;
   options.stream_chunk_bytes = 64 << 10;
   options.max_inflight_bytes = 2 << 20;
