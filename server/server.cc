@@ -890,6 +890,9 @@ class Server::Impl {
     builder.RegisterService(service_.get());
     builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
     builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+    // gRPC sets SO_REUSEPORT by default: a second quantd on the same port would start fine and
+    // silently take half the traffic. A busy address must be an error instead.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr || bound_port_ == 0) {
       grpc_server_.reset();

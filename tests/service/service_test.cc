@@ -1,14 +1,18 @@
 // Happy paths of every RPC against the Backend called directly, plus capabilities, health and
 // reflection, on an in-process server with real gRPC stubs.
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/client_callback.h"
 #include "gtest/gtest.h"
+#include "quantd/cuda.h"
 #include "quantd/format.h"
 #include "tests/service/test_util.h"
 
@@ -364,6 +368,63 @@ TEST_F(ServiceTest, ReflectionListsTheService) {
   const std::string answer = call.Await();
   EXPECT_NE(answer.find("quantd.v1.Quantizer"), std::string::npos) << answer;
   EXPECT_NE(answer.find("grpc.health.v1.Health"), std::string::npos) << answer;
+}
+
+}  // namespace
+}  // namespace quantd::testing
+
+namespace quantd::testing {
+namespace {
+
+TEST(ServerLifecycleTest, BadOptionsAreInvalidArgument) {
+  const std::vector<std::function<void(server::ServerOptions*)>> breakers = {
+      [](server::ServerOptions* o) { o->listen_address = ""; },
+      [](server::ServerOptions* o) { o->max_queue = -1; },
+      [](server::ServerOptions* o) { o->workers = -2; },
+      [](server::ServerOptions* o) { o->max_message_bytes = 10; },
+      [](server::ServerOptions* o) { o->stream_chunk_bytes = 0; },
+      [](server::ServerOptions* o) { o->stream_chunk_bytes = o->max_message_bytes + 1; },
+      [](server::ServerOptions* o) { o->max_tensor_bytes = 0; },
+      [](server::ServerOptions* o) { o->max_inflight_bytes = -1; },
+  };
+  for (size_t i = 0; i < breakers.size(); ++i) {
+    server::ServerOptions options = TestOptions();
+    breakers[i](&options);
+    absl::StatusOr<std::unique_ptr<server::Server>> created = server::Server::Create(options);
+    EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << i;
+    EXPECT_THAT(std::string(created.status().message()), ::testing::HasSubstr("--")) << i;
+  }
+}
+
+TEST(ServerLifecycleTest, BackendChoice) {
+  EXPECT_EQ(*server::ParseBackendChoice("cpu"), server::BackendChoice::kCpu);
+  EXPECT_EQ(*server::ParseBackendChoice("auto"), server::BackendChoice::kAuto);
+  EXPECT_EQ(*server::ParseBackendChoice("cuda"), server::BackendChoice::kCuda);
+  EXPECT_EQ(server::ParseBackendChoice("gpu").status().code(), absl::StatusCode::kInvalidArgument);
+  server::ServerOptions options = TestOptions();
+  options.backend = server::BackendChoice::kAuto;
+  absl::StatusOr<std::unique_ptr<server::Server>> created = server::Server::Create(options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  // Without a visible GPU, auto chooses the CPU and says why.
+  if (quantd::CudaDeviceCount() == 0) {
+    EXPECT_EQ((*created)->backend_name(), "cpu");
+    EXPECT_THAT((*created)->backend_note(), ::testing::HasSubstr("using cpu"));
+    options.backend = server::BackendChoice::kCuda;
+    EXPECT_EQ(server::Server::Create(options).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+TEST(ServerLifecycleTest, BusyAddressIsUnavailable) {
+  TestServer first = TestServer::Start(TestOptions());
+  server::ServerOptions options = TestOptions();
+  options.listen_address = absl::StrCat("127.0.0.1:", first.server->bound_port());
+  absl::StatusOr<std::unique_ptr<server::Server>> second = server::Server::Create(options);
+  ASSERT_TRUE(second.ok());
+  absl::Status started = (*second)->Start();
+  EXPECT_EQ(started.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(started.message()), ::testing::HasSubstr("--listen"));
+  first.server->Shutdown(absl::Now() + absl::Seconds(5));
 }
 
 }  // namespace
