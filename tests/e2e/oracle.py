@@ -365,16 +365,16 @@ def to_f32(x: np.ndarray) -> np.ndarray:
     return x.astype(F32)
 
 
-def compute_scales(x2d: np.ndarray, spec: Spec, shape):
-    """FORMATS.md scales (and zero-points) from the data: (scales, zero_points or None)."""
+def scales_from_range(lo: np.ndarray, hi: np.ndarray, spec: Spec, clip) -> tuple:
+    """FORMATS.md scales (and zero-points) of groups whose finite elements span [lo, hi]
+    (lo > hi: no finite element, an all-zero group), after multiplying the range by `clip`."""
     info = spec.info
-    finite = np.isfinite(x2d)
-    lo = _group_reduce(np.where(finite, x2d, F32(np.inf)), spec, shape, np.inf, np.min)
-    hi = _group_reduce(np.where(finite, x2d, F32(-np.inf)), spec, shape, -np.inf, np.max)
+    lo = np.asarray(lo, dtype=F32)
+    hi = np.asarray(hi, dtype=F32)
     empty = ~(lo <= hi)
     lo = np.where(empty, F32(0), lo).astype(F32)
     hi = np.where(empty, F32(0), hi).astype(F32)
-    c = F32(spec.clip_ratio)
+    c = F32(clip)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         if not spec.asymmetric:
             amax = (np.maximum(hi, -lo) * c).astype(F32)
@@ -391,6 +391,20 @@ def compute_scales(x2d: np.ndarray, spec: Spec, shape):
         shifted = (F32(info.qmin) - (mn / s).astype(F32)).astype(F32)
         zp = np.clip(np.rint(shifted.astype(np.float64)), info.qmin, info.qmax).astype(np.int32)
         return s, zp
+
+
+def group_min_max(x2d: np.ndarray, spec: Spec, shape) -> tuple:
+    """Per scale group: min and max over the finite elements (+inf / -inf when none)."""
+    finite = np.isfinite(x2d)
+    lo = _group_reduce(np.where(finite, x2d, F32(np.inf)), spec, shape, np.inf, np.min)
+    hi = _group_reduce(np.where(finite, x2d, F32(-np.inf)), spec, shape, -np.inf, np.max)
+    return lo, hi
+
+
+def compute_scales(x2d: np.ndarray, spec: Spec, shape):
+    """FORMATS.md scales (and zero-points) from the data: (scales, zero_points or None)."""
+    lo, hi = group_min_max(x2d, spec, shape)
+    return scales_from_range(lo, hi, spec, spec.clip_ratio)
 
 
 def pack(raw: np.ndarray, spec: Spec, shape) -> np.ndarray:
@@ -583,3 +597,97 @@ def metrics(x: np.ndarray, x_hat: np.ndarray) -> dict:
     else:
         out["cosine"] = sum_xy / (math.sqrt(sum_x2) * math.sqrt(sum_y2))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration (docs/FORMATS.md "Readings quantd chose": percentile and MSE).
+
+def group_values(x: np.ndarray, spec: Spec) -> list:
+    """The finite elements of every scale group, in flat order within the group."""
+    shape = tuple(int(d) for d in np.asarray(x).shape)
+    rows, cols = view_2d(shape)
+    x2d = to_f32(x).reshape(rows, cols)
+    sshape = scale_shape(spec, shape)
+    ids = expand(np.arange(int(np.prod(sshape)), dtype=np.int64).reshape(sshape), spec, shape)
+    finite = np.isfinite(x2d)
+    flat_ids = ids[finite]
+    flat_values = x2d[finite]
+    return [flat_values[flat_ids == g] for g in range(int(np.prod(sshape)))]
+
+
+def _quantize_values(values: np.ndarray, s, zp, spec: Spec) -> np.ndarray:
+    """x̂ of finite `values` under one scale (and zero-point), round-half-to-even."""
+    info = spec.info
+    v = (values.astype(F32) / F32(s)).astype(F32)
+    if info.kind == "int":
+        r = np.rint(np.minimum(np.abs(v.astype(np.float64)), 2.0 ** 20)).astype(np.int64)
+        q = np.clip(np.where(v < 0, -r, r) + int(zp), info.qmin, info.qmax)
+        return (F32(s) * (q - int(zp)).astype(F32)).astype(F32)
+    codes = minifloat_encode_rne_ml_dtypes(v, info, spec.overflow)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (F32(s) * minifloat_decode(codes, info)).astype(F32)
+
+
+def calibrate(x: np.ndarray, spec: Spec, method: str = "amax", percentile: float = 99.99,
+              search_steps: int = 100, search_min_ratio: float = 0.8) -> dict:
+    """scales, zero_points (asymmetric), amax and clip_ratios as quantd's Calibrate returns
+    them. percentile: numpy's default (linear) percentile of |x| (of x at p and 100 - p when
+    asymmetric), fp64, rounded to fp32. mse: clip ratios fp32(1 - i·(1 - min)/(steps - 1)),
+    each scored by the sequential fp64 sum of (x - x̂)² under round-half-to-even; the first
+    minimum wins."""
+    if not spec.info.symmetric_ok and not spec.asymmetric:
+        spec = dataclasses.replace(spec, asymmetric=True)
+    shape = tuple(int(d) for d in np.asarray(x).shape)
+    rows, cols = view_2d(shape)
+    x2d = to_f32(x).reshape(rows, cols)
+    sshape = scale_shape(spec, shape)
+    lo, hi = group_min_max(x2d, spec, shape)
+    lo, hi = lo.ravel(), hi.ravel()
+    n = lo.size
+    amax = np.where(lo <= hi, np.maximum(hi, -lo), F32(0)).astype(F32)
+    clip_ratios = np.full(n, F32(spec.clip_ratio), dtype=F32)
+    if method == "amax":
+        s, zp = scales_from_range(lo, hi, spec, spec.clip_ratio)
+    elif method == "percentile":
+        groups = group_values(x, spec)
+        plo = np.zeros(n, F32)
+        phi = np.zeros(n, F32)
+        for g, values in enumerate(groups):
+            if values.size == 0:
+                continue
+            if spec.asymmetric:
+                a = F32(np.percentile(values.astype(np.float64), percentile))
+                b = F32(np.percentile(values.astype(np.float64), 100.0 - percentile))
+            else:
+                a = F32(np.percentile(np.abs(values).astype(np.float64), percentile))
+                b = -a
+            plo[g], phi[g] = min(a, b), max(a, b)
+        s, zp = scales_from_range(plo, phi, spec, spec.clip_ratio)
+    elif method == "mse":
+        m = float(F32(search_min_ratio))
+        grid = [F32(1.0)] + [F32(1.0 - i * (1.0 - m) / (search_steps - 1))
+                             for i in range(1, search_steps)]
+        groups = group_values(x, spec)
+        s = np.ones(n, F32)
+        zp = np.zeros(n, np.int32) if spec.asymmetric else None
+        for g, values in enumerate(groups):
+            best = math.inf
+            for ratio in grid:
+                sg, zg = scales_from_range(lo[g:g + 1], hi[g:g + 1], spec, ratio)
+                x_hat = _quantize_values(values, sg[0], 0 if zg is None else zg[0], spec)
+                d = values.astype(np.float64) - x_hat.astype(np.float64)
+                error = float(np.cumsum(d * d)[-1]) if d.size else 0.0  # sequential sum
+                if error < best:
+                    best = error
+                    s[g] = sg[0]
+                    if zp is not None:
+                        zp[g] = zg[0]
+                    clip_ratios[g] = ratio
+    else:
+        raise OracleError(f"unknown calibration method {method!r}")
+    return {"scales": np.asarray(s, F32).reshape(sshape),
+            "zero_points": None if zp is None else np.asarray(zp, np.int32).reshape(sshape),
+            "amax": amax.reshape(sshape), "clip_ratios": clip_ratios.reshape(sshape),
+            "spec": dataclasses.replace(spec, static_scales=np.asarray(s, F32).reshape(sshape),
+                                        static_zero_points=None if zp is None else
+                                        np.asarray(zp, np.int32).reshape(sshape))}

@@ -453,6 +453,50 @@ def test_calibrate_amax_equals_quantize_scales(quantctl, spec, tmp_path):
     assert np.all(cal["clip_ratios"] == 1)
 
 
+CALIBRATE_SEARCH = [
+    (oracle.Spec("int4", "token"), "mse", ["--search_steps=21", "--search_min_ratio=0.5"]),
+    (oracle.Spec("int4", "group", group_size=16, asymmetric=True), "mse",
+     ["--search_steps=9", "--search_min_ratio=0.3"]),
+    (oracle.Spec("uint4", "channel", axis=-1), "mse", ["--search_steps=5"]),
+    (oracle.Spec("fp8-e4m3", "block", block=(3, 16)), "mse", ["--search_steps=13"]),
+    (oracle.Spec("int8", "tensor"), "mse", ["--search_steps=1"]),
+    (oracle.Spec("int8", "channel"), "percentile", ["--percentile=99.5"]),
+    (oracle.Spec("int8", "token", asymmetric=True), "percentile", ["--percentile=90"]),
+    (oracle.Spec("int4", "group", group_size=7), "percentile", ["--percentile=50"]),
+    (oracle.Spec("uint8", "token"), "percentile", ["--percentile=0.5"]),
+    (oracle.Spec("fp8-e5m2", "tensor"), "percentile", ["--percentile=100"]),
+    (oracle.Spec("int8", "block", block=(4, 8)), "percentile", []),  # default 99.99
+]
+
+
+@pytest.mark.parametrize("spec,method,flags", CALIBRATE_SEARCH,
+                         ids=[f"{m}-{s.format}-{s.granularity}{'-asym' if s.asymmetric else ''}"
+                              f"{''.join(f)}" for s, m, f in CALIBRATE_SEARCH])
+def test_calibrate_percentile_and_mse_match_the_oracle(quantctl, spec, method, flags, tmp_path):
+    rng = np.random.default_rng(hash(method + spec.format) % 1000)
+    x = (rng.standard_t(3, (12, 48)) * 2).astype(F32)  # heavy tails: clipping pays
+    x[5, 7] = np.inf  # never enters a percentile or a search
+    x_path = e2e_util.save_npy(tmp_path / "x.npy", x)
+    proc = run_quantctl(["calibrate", *e2e_util.spec_flags(spec), f"--method={method}", *flags,
+                         f"--save={tmp_path / 'cal.npz'}", x_path])
+    report = e2e_util.last_json_line(proc.stdout)
+    options = {}
+    for flag in flags:
+        name, value = flag[2:].split("=")
+        options[name] = float(value) if "." in value or name == "percentile" else int(value)
+    want = oracle.calibrate(x, spec, method, **options)
+    cal = np.load(str(tmp_path / "cal.npz"))
+    for name in ["scales", "amax", "clip_ratios"] + (
+            ["zero_points"] if want["zero_points"] is not None else []):
+        e2e_util.assert_same_bits(cal[name], want[name], f"calibrate {method} {name}")
+    # The metrics are those of quantizing x with the calibrated scales.
+    static = want["spec"]
+    x_hat = oracle.dequantize(oracle.quantize(x, static))
+    e2e_util.assert_metrics_close(report["metrics"], oracle.metrics(x, x_hat))
+    if method == "mse" and spec.format == "int4" and spec.granularity == "token":
+        assert np.any(cal["clip_ratios"] < 1), "the search never clipped: a weak test input"
+
+
 @pytest.mark.parametrize("spec", [
     oracle.Spec("int8", "channel"),
     oracle.Spec("int4", "group", group_size=8, asymmetric=True),
