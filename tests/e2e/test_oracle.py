@@ -201,7 +201,21 @@ def make_input(shape, dtype: str, fill: str, fmt: str, asymmetric: bool, seed: i
             x[:, 2::4] = -pin
         x = x.ravel()
     x = np.asarray(x, dtype=F32).reshape(shape)
-    return cast_input(x, dtype)
+    x = cast_input(x, dtype)
+    if fill == "nan_payloads":
+        # NaNs of every kind, written as bits of the input dtype: quiet and signalling, with
+        # payloads, both signs.
+        bits = x.view({"f32": np.uint32, "f16": np.uint16, "bf16": np.uint16}[dtype]).ravel()
+        if dtype == "f32":
+            pool = [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF, 0x7FC12345,
+                    0xFFFFFFFF]
+        elif dtype == "f16":
+            pool = [0x7E00, 0xFE00, 0x7C01, 0xFC01, 0x7DFF, 0x7FFF, 0xFFFF]
+        else:
+            pool = [0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FBF, 0x7FFF, 0xFFFF]
+        pos = np.flatnonzero(rng.random(n) < 0.2)
+        bits[pos] = np.array(pool, dtype=bits.dtype)[rng.integers(len(pool), size=pos.size)]
+    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,11 +316,20 @@ def special_cases() -> list:
         add(f"{fmt}-nanpropagate-none", (3, 40), "f16", "nan",
             oracle.Spec(fmt, "none", nan_policy="propagate"))
         add(f"{fmt}-ties-none", (10, 64), "f32", "ties", oracle.Spec(fmt, "none"))
+        for dtype in DTYPES:
+            add(f"{fmt}-nan-payloads-{dtype}", (6, 33), dtype, "nan_payloads",
+                oracle.Spec(fmt, "channel"))
+        add(f"{fmt}-nan-payloads-nanzero", (6, 33), "f32", "nan_payloads",
+            oracle.Spec(fmt, "token", nan_policy="zero"))
         add(f"{fmt}-stochastic-none", (10, 64), "f32", "ties",
             oracle.Spec(fmt, "none", rounding="stochastic", seed=3))
     for cols in [1, 7, 8, 9, 17, 64]:
         add(f"int4-int32_offset-{cols}", (5, cols), "f32", "normal",
             oracle.Spec("int4", "token", packing="int32_offset"))
+    add("int8-nan-payloads-nanzero", (6, 33), "bf16", "nan_payloads",
+        oracle.Spec("int8", "group", group_size=8, nan_policy="zero"))
+    add("uint4-nan-payloads-nanzero", (6, 33), "f16", "nan_payloads",
+        oracle.Spec("uint4", "block", block=(4, 4), asymmetric=True, nan_policy="zero"))
     add("int4-asym-int32_offset-group", (3, 2, 21), "bf16", "normal",
         oracle.Spec("int4", "group", group_size=8, asymmetric=True, packing="int32_offset"))
     # Edge shapes.
