@@ -239,6 +239,10 @@ class RemoteClient final : public Client {
     return unary_limit_;
   }
 
+  // Payload bytes per stream frame: the configured chunk, but never more than one message of
+  // the server's may carry.
+  int64_t FrameBytes() { return std::min(options_.chunk_bytes, UnaryLimit()); }
+
   bool NeedsStream(size_t request_bytes, int64_t response_payload_bytes) {
     const int64_t limit = UnaryLimit();
     return static_cast<int64_t>(request_bytes) > limit || response_payload_bytes > limit;
@@ -255,8 +259,9 @@ class RemoteClient final : public Client {
     v1::QuantizeStreamRequest frame;
     *frame.mutable_header() = std::move(request);
     bool open = stream->Write(frame);
-    for (size_t offset = 0; open && offset < payload.size(); offset += options_.chunk_bytes) {
-      frame.set_data(payload.substr(offset, options_.chunk_bytes));
+    const int64_t frame_bytes = FrameBytes();
+    for (size_t offset = 0; open && offset < payload.size(); offset += frame_bytes) {
+      frame.set_data(payload.substr(offset, frame_bytes));
       open = stream->Write(frame);
     }
     if (open) stream->WritesDone();
@@ -319,10 +324,11 @@ class RemoteClient final : public Client {
     v1::DequantizeStreamRequest frame;
     *frame.mutable_header() = std::move(request);
     bool open = stream->Write(frame);
+    const int64_t frame_bytes = FrameBytes();
     for (const auto& [part, payload] : parts) {
-      for (size_t offset = 0; open && offset < payload.size(); offset += options_.chunk_bytes) {
+      for (size_t offset = 0; open && offset < payload.size(); offset += frame_bytes) {
         frame.mutable_data()->set_part(part);
-        frame.mutable_data()->set_data(payload.substr(offset, options_.chunk_bytes));
+        frame.mutable_data()->set_data(payload.substr(offset, frame_bytes));
         open = stream->Write(frame);
       }
     }

@@ -9,6 +9,7 @@
 //
 // Results that a script reads go to stdout, the error metrics as one JSON object on the last
 // line; errors go to stderr with a non-zero exit (1: the operation failed, 2: bad usage).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -490,7 +491,19 @@ absl::Status Run(const std::vector<char*>& args) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(quantd::kUsage);
-  const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  // The documented spellings are dashed (--group-size); absl flags are named with underscores.
+  // Rewrite the name part of every --flag argument before absl parses them.
+  std::vector<std::string> spelled(argv, argv + argc);
+  std::vector<char*> normalized;
+  for (std::string& arg : spelled) {
+    if (arg.rfind("--", 0) == 0) {
+      const size_t name_end = std::min(arg.find('='), arg.size());
+      std::replace(arg.begin() + 2, arg.begin() + name_end, '-', '_');
+    }
+    normalized.push_back(arg.data());
+  }
+  const std::vector<char*> args =
+      absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
   const absl::Status status = quantd::Run(args);
   if (status.ok()) return 0;
   std::cerr << "quantctl: " << status.message() << " (" << absl::StatusCodeToString(status.code())

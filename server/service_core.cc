@@ -22,7 +22,8 @@ namespace quantd::server {
 namespace {
 
 constexpr double kDefaultPercentile = 99.99;
-constexpr int kDefaultSearchSteps = 100;
+// Clip ratios 1.00, 0.99, ..., 0.80: llm-compressor's MSE observer grid (0.01 apart, 20% shrink).
+constexpr int kDefaultSearchSteps = 21;
 constexpr float kDefaultSearchMinRatio = 0.8f;
 // Largest group_size / block_rows / block_cols accepted (2^40 elements).
 constexpr int64_t kMaxGroupDim = int64_t{1} << 40;

@@ -29,7 +29,7 @@ GroupedValues GroupFiniteValues(const TensorView& x, const QuantLayout& layout, 
   GroupedValues grouped;
   grouped.offsets.assign(g.num_scales + 1, 0);
   std::vector<float> row_values(g.cols);
-  for (int64_t row = 0; row < g.rows; ++row) {
+  for (int64_t row = 0; row < RowsToVisit(g); ++row) {
     LoadRow(x, row, g.cols, row_values.data());
     ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
       for (int64_t col = c0; col < c1; ++col) {
@@ -40,7 +40,7 @@ GroupedValues GroupFiniteValues(const TensorView& x, const QuantLayout& layout, 
   for (int64_t i = 0; i < g.num_scales; ++i) grouped.offsets[i + 1] += grouped.offsets[i];
   grouped.values.resize(grouped.offsets.back());
   std::vector<int64_t> cursor(grouped.offsets.begin(), grouped.offsets.end() - 1);
-  for (int64_t row = 0; row < g.rows; ++row) {
+  for (int64_t row = 0; row < RowsToVisit(g); ++row) {
     LoadRow(x, row, g.cols, row_values.data());
     ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
       for (int64_t col = c0; col < c1; ++col) {

@@ -88,20 +88,21 @@ class ReferenceBackend final : public Backend {
     const ElementCodec codec = MakeElementPass(spec).codec;
     const ScaleGeometry& g = layout.geometry;
     const uint8_t* codes = static_cast<const uint8_t*>(in.codes);
-    executor_->ParallelFor(g.rows, reference::MinRowsPerChunk(g.cols), [&](int64_t r0, int64_t r1) {
-      for (int64_t row = r0; row < r1; ++row) {
-        const uint8_t* code_row = codes + row * layout.code_row_bytes;
-        ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
-          const float s = in.scales[group];
-          const int32_t zp = spec.asymmetric ? in.zero_points[group] : 0;
-          for (int64_t col = c0; col < c1; ++col) {
-            const uint32_t code = LoadCode(code_row, col, codec.bits, spec.packing);
-            StoreFromFloat(out.dtype, out.data, row * g.cols + col,
-                           DequantizeElement(codec, code, s, zp));
+    executor_->ParallelFor(
+        reference::RowsToVisit(g), reference::MinRowsPerChunk(g.cols), [&](int64_t r0, int64_t r1) {
+          for (int64_t row = r0; row < r1; ++row) {
+            const uint8_t* code_row = codes + row * layout.code_row_bytes;
+            ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
+              const float s = in.scales[group];
+              const int32_t zp = spec.asymmetric ? in.zero_points[group] : 0;
+              for (int64_t col = c0; col < c1; ++col) {
+                const uint32_t code = LoadCode(code_row, col, codec.bits, spec.packing);
+                StoreFromFloat(out.dtype, out.data, row * g.cols + col,
+                               DequantizeElement(codec, code, s, zp));
+              }
+            });
           }
         });
-      }
-    });
     return absl::OkStatus();
   }
 

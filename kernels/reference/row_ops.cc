@@ -37,7 +37,8 @@ GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const Quan
   const bool private_arrays = GroupsSpanChunks(g.granularity);
   // Block rows move together so that no block straddles two chunks.
   const int64_t rows_per_unit = g.granularity == Granularity::kBlock ? g.group_rows : 1;
-  const int64_t units = (g.rows + rows_per_unit - 1) / rows_per_unit;
+  const int64_t rows = RowsToVisit(g);
+  const int64_t units = rows / rows_per_unit + (rows % rows_per_unit != 0 ? 1 : 0);
   FirstNan first_nan;
   std::mutex merge_mu;
   executor->ParallelFor(units, std::max<int64_t>(1, MinRowsPerChunk(g.cols) / rows_per_unit),
@@ -50,7 +51,7 @@ GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const Quan
                           float* mins = private_arrays ? local_min.data() : stats.min.data();
                           float* maxs = private_arrays ? local_max.data() : stats.max.data();
                           std::vector<float> row_values(g.cols);
-                          const int64_t row_end = std::min(g.rows, u1 * rows_per_unit);
+                          const int64_t row_end = std::min(rows, u1 * rows_per_unit);
                           for (int64_t row = u0 * rows_per_unit; row < row_end; ++row) {
                             LoadRow(x, row, g.cols, row_values.data());
                             ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {

@@ -25,6 +25,10 @@ inline int64_t MinRowsPerChunk(int64_t cols) {
   return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(cols, 1));
 }
 
+// Rows that hold elements. An empty tensor can still have 2^62 rows of zero columns: visiting
+// them would take forever, so every row loop runs to this bound instead of g.rows.
+inline int64_t RowsToVisit(const ScaleGeometry& g) { return g.cols == 0 ? 0 : g.rows; }
+
 // Calls fn(col_begin, col_end, scale_index) over the runs of columns of `row` that share one
 // scale, in column order.
 template <typename Fn>
@@ -143,7 +147,7 @@ absl::Status RunElementPass(Executor* executor, const TensorView& x, const Quant
   MetricSums total;
   std::mutex merge_mu;
   FirstNan first_nan;
-  executor->ParallelFor(g.rows, MinRowsPerChunk(g.cols), [&](int64_t r0, int64_t r1) {
+  executor->ParallelFor(RowsToVisit(g), MinRowsPerChunk(g.cols), [&](int64_t r0, int64_t r1) {
     MetricSums sums;
     std::vector<float> row_values(g.cols);
     for (int64_t row = r0; row < r1; ++row) {
