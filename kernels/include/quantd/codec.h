@@ -87,7 +87,9 @@ QUANTD_HD float UniformFromBits(uint32_t bits) {
 // Rounds a finite n >= 0 to an integer-valued float. Stochastic rounding goes up when the
 // uniform draw is below the fractional part (both exact in fp32), so E[result] = n to 2^-24.
 QUANTD_HD float RoundMagnitude(float n, Rounding rounding, uint32_t random_bits) {
-  float floor_n = floorf(n);
+  if (!(n < 8388608.0f)) return n;  // 2^23 and up are integers already
+  // Truncation is floor for n >= 0; unlike floorf it needs no libm call without SSE4.1.
+  const float floor_n = static_cast<float>(static_cast<int32_t>(n));
   float fraction = n - floor_n;  // exact
   switch (rounding) {
     case Rounding::kStochastic:
@@ -103,6 +105,16 @@ QUANTD_HD float RoundMagnitude(float n, Rounding rounding, uint32_t random_bits)
 }
 
 // ---- The minifloat engine. ----
+
+// 2^k for k in [-126, 127], built from its bits.
+QUANTD_HD float Pow2(int k) { return BitsToFloat(static_cast<uint32_t>(k + 127) << 23); }
+
+// x · 2^k for |k| <= 252, exact whenever the result is representable: the two factors keep
+// every intermediate normal. (ldexpf does the same, but as a library call.)
+QUANTD_HD float ScaleByPow2(float x, int k) {
+  const int half = k / 2;
+  return x * Pow2(half) * Pow2(k - half);
+}
 
 QUANTD_HD uint32_t MinifloatSignBit(const MinifloatParams& p) {
   return 1u << (p.exp_bits + p.man_bits);
@@ -145,7 +157,7 @@ QUANTD_HD uint32_t MinifloatEncode(const MinifloatParams& p, float v, Rounding r
     if (e > emax) {
       overflowed = true;
     } else {
-      float n = ldexpf(BitsToFloat(magnitude_bits), p.man_bits - e);  // exact, < 2^(M+1)
+      float n = ScaleByPow2(BitsToFloat(magnitude_bits), p.man_bits - e);  // exact, < 2^(M+1)
       uint32_t r = static_cast<uint32_t>(RoundMagnitude(n, rounding, random_bits));
       magnitude = (static_cast<uint32_t>(e + p.bias - 1) << p.man_bits) + r;
       overflowed = magnitude > p.max_code;
@@ -174,10 +186,10 @@ QUANTD_HD float MinifloatDecode(const MinifloatParams& p, uint32_t code) {
   } else if (p.nan_encoding == NanEncoding::kIeee && exponent_field == all_ones_exponent) {
     value = BitsToFloat(mantissa ? 0x7FC00000u : 0x7F800000u);
   } else if (exponent_field == 0) {
-    value = ldexpf(static_cast<float>(mantissa), 1 - p.bias - p.man_bits);
+    value = ScaleByPow2(static_cast<float>(mantissa), 1 - p.bias - p.man_bits);
   } else {
-    value = ldexpf(static_cast<float>(mantissa | (1u << p.man_bits)),
-                   static_cast<int>(exponent_field) - p.bias - p.man_bits);
+    value = ScaleByPow2(static_cast<float>(mantissa | (1u << p.man_bits)),
+                        static_cast<int>(exponent_field) - p.bias - p.man_bits);
   }
   return (code & sign_bit) ? -value : value;
 }
