@@ -3,6 +3,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,9 @@ struct QuantizeCase {
   Shape shape;
   DType dtype;
 };
+
+// What CTest prints for each instance (instead of the parameter's bytes).
+void PrintTo(const QuantizeCase& c, std::ostream* os) { *os << c.name; }
 
 class QuantizeTest : public ServiceTest, public ::testing::WithParamInterface<QuantizeCase> {};
 

@@ -23,7 +23,11 @@
 #include "quantd/spec.h"
 
 namespace quantd {
-// Readable specs in gtest messages.
+// Readable formats, granularities and specs in gtest messages and CTest names.
+inline void PrintTo(Format format, std::ostream* os) { *os << FormatName(format); }
+inline void PrintTo(Granularity granularity, std::ostream* os) {
+  *os << GranularityName(granularity);
+}
 inline void PrintTo(const QuantSpec& spec, std::ostream* os) { *os << SpecToString(spec); }
 inline void PrintTo(const absl::StatusOr<QuantSpec>& spec, std::ostream* os) {
   if (spec.ok()) {
