@@ -57,7 +57,10 @@ GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const Quan
                             ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
                               float lo = mins[group], hi = maxs[group];
                               for (int64_t col = c0; col < c1; ++col) {
-                                const float v = row_values[col];
+                                // + 0.0f turns -0 into +0: min / max (and amax) must not depend on
+                                // which zero a reduction met first, since the GPU reduces in
+                                // another order.
+                                const float v = row_values[col] + 0.0f;
                                 if (std::isnan(v)) {
                                   first_nan.Offer(row * g.cols + col);
                                 } else if (std::isfinite(v)) {
@@ -83,28 +86,13 @@ GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const Quan
 
 absl::Status ScaleFromRange(const QuantSpec& spec, float lo, float hi, float clip, float* scale,
                             int32_t* zero_point) {
-  const FormatTraits& t = Traits(spec.format);
-  if (!(lo <= hi)) lo = hi = 0.0f;  // no finite element
-  if (!spec.asymmetric) {
-    const float amax = std::max(hi, -lo) * clip;
-    const float s = amax / t.scale_divisor;
-    *scale = s == 0.0f ? 1.0f : s;
-    return absl::OkStatus();
-  }
-  // max >= 0 >= min, so that 0 is exactly representable (zero padding stays zero).
-  const float mx = std::max(hi, 0.0f) * clip;
-  const float mn = std::min(lo, 0.0f) * clip;
-  const float range = mx - mn;
-  if (!std::isfinite(range)) {
+  int32_t unused_zero_point = 0;
+  if (!quantd::ScaleFromRange(MakeScaleRule(Traits(spec.format), spec.asymmetric), lo, hi, clip,
+                              scale, zero_point != nullptr ? zero_point : &unused_zero_point)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "asymmetric range max - min = %g - (%g) overflows float32; use symmetric quantization", mx,
-        mn));
+        "asymmetric range max - min = %g - (%g) overflows float32; use symmetric quantization",
+        std::max(hi, 0.0f) * clip, std::min(lo, 0.0f) * clip));
   }
-  float s = range / static_cast<float>(t.qmax - t.qmin);
-  if (s == 0.0f) s = 1.0f;
-  *scale = s;
-  const float shifted = static_cast<float>(t.qmin) - mn / s;
-  *zero_point = IntQuantize(shifted, 0, t.qmin, t.qmax, Rounding::kNearestEven, 0u);
   return absl::OkStatus();
 }
 

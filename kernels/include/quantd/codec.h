@@ -208,6 +208,54 @@ QUANTD_HD int32_t IntQuantize(float v, int32_t zero_point, int32_t qmin, int32_t
   return q < qmin ? qmin : (q > qmax ? qmax : q);
 }
 
+// ---- Scales. ----
+
+// What a group's scale depends on besides its data, as a plain struct kernels take by value.
+struct ScaleRule {
+  bool asymmetric = false;
+  float divisor = 1.0f;  // symmetric: s = amax / divisor (qmax, or the max finite minifloat)
+  int32_t qmin = 0;      // asymmetric: the code range
+  int32_t qmax = 0;
+};
+
+inline ScaleRule MakeScaleRule(const FormatTraits& traits, bool asymmetric) {
+  ScaleRule rule;
+  rule.asymmetric = asymmetric;
+  rule.divisor = traits.scale_divisor;
+  rule.qmin = traits.qmin;
+  rule.qmax = traits.qmax;
+  return rule;
+}
+
+// The scale (and, asymmetric, the zero-point) of a group whose finite elements span [lo, hi]
+// (lo > hi: no finite element, treated as all zero), after multiplying the range by `clip`.
+// FORMATS.md's formulas in fp32: s = fp32(fp32(amax · clip) / divisor); asymmetric
+// mx = max(hi, 0)·clip, mn = min(lo, 0)·clip, s = fp32(fp32(mx - mn) / (qmax - qmin)),
+// zp = clamp(rne(fp32(qmin - fp32(mn / s)))). A zero scale (all-zero group, or a quotient that
+// underflows) becomes 1: a scale is never 0. Returns false, and leaves the outputs alone, when
+// an asymmetric range overflows fp32.
+QUANTD_HD bool ScaleFromRange(const ScaleRule& rule, float lo, float hi, float clip, float* scale,
+                              int32_t* zero_point) {
+  if (!(lo <= hi)) lo = hi = 0.0f;
+  if (!rule.asymmetric) {
+    const float amax = fmaxf(hi, -lo) * clip;
+    const float s = amax / rule.divisor;
+    *scale = s == 0.0f ? 1.0f : s;
+    return true;
+  }
+  // max >= 0 >= min, so that 0 is exactly representable (zero padding stays zero).
+  const float mx = fmaxf(hi, 0.0f) * clip;
+  const float mn = fminf(lo, 0.0f) * clip;
+  const float range = mx - mn;
+  if ((FloatToBits(range) & 0x7F800000u) == 0x7F800000u) return false;
+  float s = range / static_cast<float>(rule.qmax - rule.qmin);
+  if (s == 0.0f) s = 1.0f;
+  *scale = s;
+  const float shifted = static_cast<float>(rule.qmin) - mn / s;
+  *zero_point = IntQuantize(shifted, 0, rule.qmin, rule.qmax, Rounding::kNearestEven, 0u);
+  return true;
+}
+
 // ---- One element of any format. ----
 
 // Everything the per-element functions need, as a plain struct that kernels take by value.
@@ -242,11 +290,16 @@ inline ElementCodec MakeElementCodec(const FormatTraits& traits, Rounding roundi
 QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s, int32_t zero_point,
                                    uint32_t random_bits) {
   const bool is_minifloat = codec.kind == ElementKind::kMinifloat;
-  // A NaN that got this far in a format without NaN (its request was not rejected: nan_policy
-  // ZERO) quantizes as 0, as it does on request in any format.
-  if (x != x &&
-      (codec.nan_to_zero || !is_minifloat || codec.minifloat.nan_encoding == NanEncoding::kNone)) {
-    x = 0.0f;
+  if (x != x) {
+    // A NaN that got this far in a format without NaN (its request was not rejected:
+    // nan_policy ZERO) quantizes as 0, as it does on request in any format.
+    if (codec.nan_to_zero || !is_minifloat || codec.minifloat.nan_encoding == NanEncoding::kNone) {
+      x = 0.0f;
+    } else {
+      // Encoded from x itself: x / s would drop the NaN's sign on GPUs, which return the
+      // canonical NaN from arithmetic on a NaN where x86 keeps the operand's payload.
+      return MinifloatEncode(codec.minifloat, x, codec.rounding, random_bits, codec.overflow);
+    }
   }
   const float v = x / s;  // s > 0 and finite, so v is NaN only when x is
   if (is_minifloat) {
@@ -268,10 +321,13 @@ QUANTD_HD float DecodeElement(const ElementCodec& codec, uint32_t code, int32_t 
   return static_cast<float>(q - zero_point);  // exact: |q - zp| < 2^9
 }
 
-// x̂ = fp32(s · decode(code)).
+// x̂ = fp32(s · decode(code)). A NaN code gives the one canonical NaN (0x7FC00000): what
+// s · NaN returns differs between x86 (the operand's payload and sign) and GPUs (canonical).
 QUANTD_HD float DequantizeElement(const ElementCodec& codec, uint32_t code, float s,
                                   int32_t zero_point) {
-  return s * DecodeElement(codec, code, zero_point);
+  const float decoded = DecodeElement(codec, code, zero_point);
+  if (decoded != decoded) return BitsToFloat(0x7FC00000u);
+  return s * decoded;
 }
 
 }  // namespace quantd

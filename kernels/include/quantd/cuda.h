@@ -23,11 +23,14 @@ int CudaDeviceCount();
 std::string CudaDeviceSummary();
 
 struct CudaBackendOptions {
+  // Requests computed at once per GPU, each on its own stream.
   int streams_per_device = 4;
+  // Device memory the backend may hold per GPU; 0: 90% of what is free when it starts.
+  int64_t device_memory_cap = 0;
 };
 
 // The CUDA backend over every visible device. FailedPrecondition without a device or a CUDA
-// build, Unimplemented while its kernels have not landed.
+// build.
 [[nodiscard]] absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
     const CudaBackendOptions& options);
 

@@ -1,0 +1,123 @@
+// Internal to the CUDA backend: the launchers of its kernels.
+//
+// Every launcher takes device pointers, sizes, a stream and caller-owned workspace, enqueues
+// its kernels and returns the launch status. None allocates and none synchronizes: the
+// backend (cuda_backend.cu) owns memory and streams. The per-element arithmetic is codec.h,
+// shared with the CPU backend, which is what makes the two agree bit for bit.
+//
+//   ElementParams p = MakeElementParams(spec, layout, d_input, DType::kF32, max_blocks);
+//   LaunchInitStats(stats, layout.geometry.num_scales, stream);
+//   LaunchGroupStats(p, stats, stream);
+//   LaunchScales(rule, clip, stats, n, d_scales, d_zero_points, stream);
+//   LaunchQuantize(p, d_scales, d_zero_points, d_codes, /*output=*/nullptr, DType::kF32,
+//                  partials, stats.flags, stream);
+#ifndef QUANTD_KERNELS_CUDA_KERNELS_H_
+#define QUANTD_KERNELS_CUDA_KERNELS_H_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "quantd/codec.h"
+#include "quantd/metrics.h"
+#include "quantd/spec.h"
+#include "quantd/tensor.h"
+
+namespace quantd::cuda {
+
+// What an element kernel needs to know, passed by value.
+struct ElementParams {
+  const void* input = nullptr;  // F32 / F16 / BF16, row-major [rows, cols]
+  DType input_dtype = DType::kF32;
+  ScaleGeometry geometry;
+  ElementCodec codec;
+  Packing packing = Packing::kBitstream;
+  int64_t code_row_bytes = 0;
+  bool stochastic = false;
+  uint64_t seed = 0;
+  bool reject_nan = false;
+  int max_blocks = 1024;  // grid size cap (a few waves of the device's SMs)
+};
+
+ElementParams MakeElementParams(const QuantSpec& spec, const QuantLayout& layout, const void* input,
+                                DType input_dtype, int max_blocks);
+
+// Flags a launch raises for the host to turn into a Status after the stream synchronizes.
+struct DeviceFlags {
+  unsigned long long first_nan;  // flat index of the first NaN a NaN-rejecting pass saw
+  long long bad_scale_group;     // a group whose asymmetric range overflowed fp32
+};
+inline constexpr unsigned long long kNoNan = ~0ull;
+inline constexpr long long kNoBadGroup = -1;
+
+// Per-group statistics as order-preserving int keys, so that atomics take min / max.
+struct StatsBuffers {
+  int32_t* min_keys = nullptr;  // num_scales of them
+  int32_t* max_keys = nullptr;
+  DeviceFlags* flags = nullptr;
+};
+
+// fp64 sums of one block of an element pass; FinalizeMetrics turns their total into metrics.
+struct MetricPartial {
+  double sum_x2;
+  double sum_y2;
+  double sum_xy;
+  double sum_err2;
+  double max_abs_err;
+  unsigned long long count;
+  unsigned long long nonfinite_count;
+  unsigned long long nan_error;
+};
+
+// Upper bound of metric partials an element launch writes (its grid size).
+inline constexpr int kMaxMetricBlocks = 4096;
+
+// Workspace bytes of one quantization over `layout`: stats keys, flags and metric partials.
+int64_t WorkspaceBytes(const QuantLayout& layout);
+
+// Carves StatsBuffers and the metric partials (kMaxMetricBlocks + 1: the last is the total)
+// out of `workspace`, which must hold WorkspaceBytes(layout).
+void SplitWorkspace(void* workspace, const QuantLayout& layout, StatsBuffers* stats,
+                    MetricPartial** partials);
+
+// Sets every key to "no element yet" and clears the flags.
+cudaError_t LaunchInitStats(const StatsBuffers& stats, int64_t num_scales, cudaStream_t stream);
+
+// min / max per scale group over finite elements (-0 counted as +0); flags the first NaN
+// when p.reject_nan.
+cudaError_t LaunchGroupStats(const ElementParams& p, const StatsBuffers& stats,
+                             cudaStream_t stream);
+
+// scales[g] (and zero_points[g] when rule.asymmetric) from the statistics, via
+// ScaleFromRange; flags a group whose asymmetric range overflows.
+cudaError_t LaunchScales(const ScaleRule& rule, float clip, const StatsBuffers& stats,
+                         int64_t num_scales, float* scales, int32_t* zero_points,
+                         cudaStream_t stream);
+
+// The element pass: quantizes every element with its group's scale. Writes packed codes when
+// `codes` is set, x̂ in `output_dtype` when `output` is set, and per-block metric partials
+// (then their total into partials[kMaxMetricBlocks]) when `partials` is set.
+cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const int32_t* zero_points,
+                           uint8_t* codes, void* output, DType output_dtype,
+                           MetricPartial* partials, DeviceFlags* flags, cudaStream_t stream);
+
+// x̂ = s · decode(code) for every element, into `output` (F32 / F16 / BF16).
+cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const float* scales,
+                             const int32_t* zero_points, void* output, DType output_dtype,
+                             cudaStream_t stream);
+
+// Host side: the metrics from the total partial (copied back from partials[kMaxMetricBlocks]).
+ErrorMetrics MetricsFromPartial(const MetricPartial& total);
+
+// Order-preserving float <-> int keys: a < b as floats iff Key(a) < Key(b) as ints.
+QUANTD_HD int32_t FloatKey(float f) {
+  const int32_t bits = static_cast<int32_t>(FloatToBits(f));
+  return bits >= 0 ? bits : bits ^ 0x7FFFFFFF;
+}
+QUANTD_HD float KeyFloat(int32_t key) {
+  return BitsToFloat(static_cast<uint32_t>(key >= 0 ? key : key ^ 0x7FFFFFFF));
+}
+
+}  // namespace quantd::cuda
+
+#endif  // QUANTD_KERNELS_CUDA_KERNELS_H_

@@ -1,0 +1,462 @@
+// The CUDA backend's kernels: group statistics, scales, and the element passes.
+//
+// The arithmetic of every element is codec.h's, the same functions the CPU backend calls, and
+// this file is compiled without FMA contraction (--fmad=false), so codes, scales and x̂ come
+// out bit for bit as on the CPU. What differs is only the order of reductions: min / max are
+// order-independent (and -0 is counted as +0 on both sides), and metric sums are allowed to
+// differ in their last bits.
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+
+#include "kernels.h"
+#include "quantd/codec.h"
+#include "quantd/packing.h"
+
+namespace quantd::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+// Elements one warp reduces per statistics unit: long rows split into chunks this long, so that
+// a 1-row tensor of 10^9 elements still spreads over the whole device.
+constexpr int64_t kStatsChunk = 4096;
+// Rows a thread walks per column in the column statistics kernel.
+constexpr int64_t kColumnTileRows = 256;
+
+__device__ __forceinline__ bool IsFinite(float v) { return fabsf(v) <= FLT_MAX; }
+
+template <DType kDType>
+__device__ __forceinline__ float Load(const void* data, int64_t i) {
+  return LoadAsFloat(kDType, data, i);
+}
+
+__device__ __forceinline__ void OfferNan(DeviceFlags* flags, int64_t index) {
+  atomicMin(&flags->first_nan, static_cast<unsigned long long>(index));
+}
+
+__device__ __forceinline__ void MergeRange(const StatsBuffers& stats, int64_t group, float lo,
+                                           float hi) {
+  if (lo <= hi) {
+    atomicMin(&stats.min_keys[group], FloatKey(lo));
+    atomicMax(&stats.max_keys[group], FloatKey(hi));
+  }
+}
+
+int GridFor(int64_t work_items, int max_blocks) {
+  const int64_t blocks = (work_items + kThreads - 1) / kThreads;
+  return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
+}
+
+// ---- Statistics. ----
+
+__global__ void InitStatsKernel(StatsBuffers stats, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    stats.min_keys[i] = FloatKey(__int_as_float(0x7F800000));  // +inf: no element yet
+    stats.max_keys[i] = FloatKey(__int_as_float(0xFF800000));  // -inf
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    stats.flags->first_nan = kNoNan;
+    stats.flags->bad_scale_group = kNoBadGroup;
+  }
+}
+
+// One warp per (row, run of one scale, chunk of kStatsChunk columns): lanes stride over the
+// chunk, the warp reduces, lane 0 merges into the group with two atomics.
+template <DType kDType>
+__global__ void GroupStatsKernel(ElementParams p, StatsBuffers stats, int64_t units,
+                                 int64_t units_per_row, int64_t chunks_per_run, int64_t run_len) {
+  const ScaleGeometry& g = p.geometry;
+  const int lane = threadIdx.x & 31;
+  const int64_t first_warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5;
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t u = first_warp; u < units; u += warps) {  // uniform across the warp
+    const int64_t row = u / units_per_row, in_row = u % units_per_row;
+    const int64_t run = in_row / chunks_per_run, chunk = in_row % chunks_per_run;
+    const int64_t run_begin = run * run_len;
+    const int64_t c0 = run_begin + chunk * kStatsChunk;
+    const int64_t c1 = min(min(c0 + kStatsChunk, run_begin + run_len), g.cols);
+    if (c0 >= c1) continue;
+    const int64_t base = row * g.cols;
+    float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+    for (int64_t c = c0 + lane; c < c1; c += 32) {
+      const float v = Load<kDType>(p.input, base + c) + 0.0f;  // -0 counts as +0
+      if (v != v) {
+        if (p.reject_nan) OfferNan(stats.flags, base + c);
+      } else if (IsFinite(v)) {
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+      }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
+      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
+    }
+    if (lane == 0) MergeRange(stats, g.Index(row, c0), lo, hi);
+  }
+}
+
+// Channel on the last axis: every column is a group. A thread owns one column and walks a tile
+// of rows (coalesced across the warp), then merges once.
+template <DType kDType>
+__global__ void ColumnStatsKernel(ElementParams p, StatsBuffers stats) {
+  const ScaleGeometry& g = p.geometry;
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= g.cols) return;
+  for (int64_t tile = blockIdx.y; tile * kColumnTileRows < g.rows; tile += gridDim.y) {
+    const int64_t r1 = min(g.rows, (tile + 1) * kColumnTileRows);
+    float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+    for (int64_t r = tile * kColumnTileRows; r < r1; ++r) {
+      const float v = Load<kDType>(p.input, r * g.cols + c) + 0.0f;
+      if (v != v) {
+        if (p.reject_nan) OfferNan(stats.flags, r * g.cols + c);
+      } else if (IsFinite(v)) {
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+      }
+    }
+    MergeRange(stats, c, lo, hi);
+  }
+}
+
+__global__ void ScalesKernel(ScaleRule rule, float clip, StatsBuffers stats, int64_t n,
+                             float* scales, int32_t* zero_points) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    float s = 1.0f;
+    int32_t zp = 0;
+    if (!ScaleFromRange(rule, KeyFloat(stats.min_keys[i]), KeyFloat(stats.max_keys[i]), clip, &s,
+                        &zp)) {
+      atomicMax(&stats.flags->bad_scale_group, static_cast<long long>(i));
+    }
+    scales[i] = s;
+    if (zero_points != nullptr) zero_points[i] = zp;
+  }
+}
+
+// ---- Element passes. ----
+
+struct MetricAccumulator {
+  MetricPartial sums = {0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0};
+
+  __device__ __forceinline__ void Add(float x, float x_hat) {
+    if (!IsFinite(x)) {
+      ++sums.nonfinite_count;
+      return;
+    }
+    const double xd = x, yd = x_hat, d = xd - yd;
+    sums.sum_x2 += xd * xd;
+    sums.sum_y2 += yd * yd;
+    sums.sum_xy += xd * yd;
+    sums.sum_err2 += d * d;
+    const double abs_d = fabs(d);
+    if (abs_d != abs_d) {
+      sums.nan_error = 1;
+    } else if (abs_d > sums.max_abs_err) {
+      sums.max_abs_err = abs_d;
+    }
+    ++sums.count;
+  }
+};
+
+__device__ __forceinline__ void MergeInto(MetricPartial& a, const MetricPartial& b) {
+  a.sum_x2 += b.sum_x2;
+  a.sum_y2 += b.sum_y2;
+  a.sum_xy += b.sum_xy;
+  a.sum_err2 += b.sum_err2;
+  a.max_abs_err = fmax(a.max_abs_err, b.max_abs_err);
+  a.count += b.count;
+  a.nonfinite_count += b.nonfinite_count;
+  a.nan_error |= b.nan_error;
+}
+
+__device__ __forceinline__ MetricPartial WarpReduce(MetricPartial a) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    MetricPartial b;
+    b.sum_x2 = __shfl_xor_sync(0xFFFFFFFFu, a.sum_x2, offset);
+    b.sum_y2 = __shfl_xor_sync(0xFFFFFFFFu, a.sum_y2, offset);
+    b.sum_xy = __shfl_xor_sync(0xFFFFFFFFu, a.sum_xy, offset);
+    b.sum_err2 = __shfl_xor_sync(0xFFFFFFFFu, a.sum_err2, offset);
+    b.max_abs_err = __shfl_xor_sync(0xFFFFFFFFu, a.max_abs_err, offset);
+    b.count = __shfl_xor_sync(0xFFFFFFFFu, a.count, offset);
+    b.nonfinite_count = __shfl_xor_sync(0xFFFFFFFFu, a.nonfinite_count, offset);
+    b.nan_error = __shfl_xor_sync(0xFFFFFFFFu, a.nan_error, offset);
+    MergeInto(a, b);
+  }
+  return a;
+}
+
+// Block-wide reduction; thread 0 writes the block's partial.
+__device__ void WriteBlockPartial(const MetricPartial& mine, MetricPartial* partials) {
+  __shared__ MetricPartial warp_sums[kWarps];
+  const MetricPartial warp_sum = WarpReduce(mine);
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) warp_sums[warp] = warp_sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    MetricPartial total = warp_sums[0];
+    for (int w = 1; w < kWarps; ++w) MergeInto(total, warp_sums[w]);
+    partials[blockIdx.x] = total;
+  }
+}
+
+// Elements per thread: one 32-bit word of codes (4 bytes, or 8 nibbles).
+__host__ __device__ constexpr int ElementsPerUnit(int bits) { return 32 / bits; }
+
+// One thread per unit of ElementsPerUnit consecutive elements of a row: quantizes them,
+// assembles their codes into one 32-bit word and stores it (byte by byte at a row's ragged
+// end). kCodes / kOutput / kMetrics choose what the pass produces.
+template <DType kDType, bool kCodes, bool kOutput, bool kMetrics>
+__global__ void __launch_bounds__(kThreads)
+    ElementKernel(ElementParams p, const float* scales, const int32_t* zero_points, uint8_t* codes,
+                  void* output, DType output_dtype, MetricPartial* partials, DeviceFlags* flags,
+                  int64_t units_per_row) {
+  const ScaleGeometry& g = p.geometry;
+  const int bits = p.codec.bits;
+  const int per_unit = ElementsPerUnit(bits);
+  const int64_t units = g.rows * units_per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  MetricAccumulator acc;
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < units;
+       u += stride) {
+    const int64_t row = u / units_per_row, k = u % units_per_row;
+    const int64_t c0 = k * per_unit;
+    const int n = static_cast<int>(min(static_cast<int64_t>(per_unit), g.cols - c0));
+    const int64_t base = row * g.cols + c0;
+    uint32_t word = 0;
+    for (int j = 0; j < n; ++j) {
+      const int64_t index = base + j;
+      const int64_t group = g.Index(row, c0 + j);
+      const float s = scales[group];
+      const int32_t zp = zero_points != nullptr ? zero_points[group] : 0;
+      const float x = Load<kDType>(p.input, index);
+      if (p.reject_nan && x != x) OfferNan(flags, index);
+      const uint32_t code =
+          QuantizeElement(p.codec, x, s, zp, p.stochastic ? StochasticBits(p.seed, index) : 0u);
+      if (kCodes) word |= PackingTransform(code, bits, p.packing) << (j * bits);
+      if (kOutput || kMetrics) {
+        const float x_hat = DequantizeElement(p.codec, code, s, zp);
+        if (kOutput) StoreFromFloat(output_dtype, output, index, x_hat);
+        if (kMetrics) acc.Add(x, x_hat);
+      }
+    }
+    if (kCodes) {
+      const int64_t offset = row * p.code_row_bytes + k * 4;
+      const int64_t bytes = min(static_cast<int64_t>(4), p.code_row_bytes - k * 4);
+      if (bytes == 4 && (offset & 3) == 0) {
+        *reinterpret_cast<uint32_t*>(codes + offset) = word;
+      } else {
+        for (int64_t b = 0; b < bytes; ++b)
+          codes[offset + b] = static_cast<uint8_t>(word >> (8 * b));
+      }
+    }
+  }
+  if (kMetrics) WriteBlockPartial(acc.sums, partials);
+}
+
+// Sums the per-block partials in a fixed order into partials[kMaxMetricBlocks].
+__global__ void FinalizeMetricsKernel(MetricPartial* partials, int blocks) {
+  MetricAccumulator acc;
+  for (int b = threadIdx.x; b < blocks; b += 32) MergeInto(acc.sums, partials[b]);
+  const MetricPartial total = WarpReduce(acc.sums);
+  if (threadIdx.x == 0) partials[kMaxMetricBlocks] = total;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    DequantizeKernel(ElementParams p, const uint8_t* codes, const float* scales,
+                     const int32_t* zero_points, void* output, DType output_dtype,
+                     int64_t units_per_row) {
+  const ScaleGeometry& g = p.geometry;
+  const int bits = p.codec.bits;
+  const int per_unit = ElementsPerUnit(bits);
+  const uint32_t mask = bits >= 32 ? 0xFFFFFFFFu : ((1u << bits) - 1u);
+  const int64_t units = g.rows * units_per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < units;
+       u += stride) {
+    const int64_t row = u / units_per_row, k = u % units_per_row;
+    const int64_t c0 = k * per_unit;
+    const int n = static_cast<int>(min(static_cast<int64_t>(per_unit), g.cols - c0));
+    const int64_t offset = row * p.code_row_bytes + k * 4;
+    const int64_t bytes = min(static_cast<int64_t>(4), p.code_row_bytes - k * 4);
+    uint32_t word = 0;
+    if (bytes == 4 && (offset & 3) == 0) {
+      word = *reinterpret_cast<const uint32_t*>(codes + offset);
+    } else {
+      for (int64_t b = 0; b < bytes; ++b)
+        word |= static_cast<uint32_t>(codes[offset + b]) << (8 * b);
+    }
+    const int64_t base = row * g.cols + c0;
+    for (int j = 0; j < n; ++j) {
+      const int64_t group = g.Index(row, c0 + j);
+      const int32_t zp = zero_points != nullptr ? zero_points[group] : 0;
+      const uint32_t code = PackingTransform((word >> (j * bits)) & mask, bits, p.packing);
+      StoreFromFloat(output_dtype, output, base + j,
+                     DequantizeElement(p.codec, code, scales[group], zp));
+    }
+  }
+}
+
+template <template <DType> class Launch, typename... Args>
+cudaError_t ForInputDType(DType dtype, Args&&... args) {
+  switch (dtype) {
+    case DType::kF16:
+      return Launch<DType::kF16>::Run(args...);
+    case DType::kBF16:
+      return Launch<DType::kBF16>::Run(args...);
+    default:
+      return Launch<DType::kF32>::Run(args...);
+  }
+}
+
+template <DType kDType>
+struct GroupStatsLaunch {
+  static cudaError_t Run(const ElementParams& p, const StatsBuffers& stats, cudaStream_t stream) {
+    const ScaleGeometry& g = p.geometry;
+    if (g.granularity == Granularity::kChannel && g.channel_is_last) {
+      const dim3 grid(static_cast<unsigned>((g.cols + kThreads - 1) / kThreads),
+                      static_cast<unsigned>(std::min<int64_t>(
+                          65535, (g.rows + kColumnTileRows - 1) / kColumnTileRows)));
+      ColumnStatsKernel<kDType><<<grid, kThreads, 0, stream>>>(p, stats);
+      return cudaGetLastError();
+    }
+    const bool runs = g.granularity == Granularity::kGroup || g.granularity == Granularity::kBlock;
+    const int64_t run_len = runs ? g.group_cols : g.cols;
+    const int64_t runs_per_row = runs ? g.groups_per_row : 1;
+    const int64_t chunks_per_run = (run_len + kStatsChunk - 1) / kStatsChunk;
+    const int64_t units_per_row = runs_per_row * chunks_per_run;
+    const int64_t units = g.rows * units_per_row;
+    GroupStatsKernel<kDType><<<GridFor(units * 32, p.max_blocks), kThreads, 0, stream>>>(
+        p, stats, units, units_per_row, chunks_per_run, run_len);
+    return cudaGetLastError();
+  }
+};
+
+template <DType kDType>
+struct ElementLaunch {
+  static cudaError_t Run(const ElementParams& p, const float* scales, const int32_t* zero_points,
+                         uint8_t* codes, void* output, DType output_dtype, MetricPartial* partials,
+                         DeviceFlags* flags, cudaStream_t stream) {
+    const int64_t units_per_row =
+        (p.geometry.cols + ElementsPerUnit(p.codec.bits) - 1) / ElementsPerUnit(p.codec.bits);
+    const int grid = GridFor(p.geometry.rows * units_per_row,
+                             p.max_blocks < kMaxMetricBlocks ? p.max_blocks : kMaxMetricBlocks);
+    const bool metrics = partials != nullptr;
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream>>>(p, scales, zero_points, codes, output, output_dtype,
+                                            partials, flags, units_per_row);
+    };
+    if (codes != nullptr && output == nullptr) {
+      metrics ? launch(ElementKernel<kDType, true, false, true>)
+              : launch(ElementKernel<kDType, true, false, false>);
+    } else if (codes == nullptr && output != nullptr) {
+      metrics ? launch(ElementKernel<kDType, false, true, true>)
+              : launch(ElementKernel<kDType, false, true, false>);
+    } else {
+      launch(ElementKernel<kDType, false, false, true>);  // metrics only
+    }
+    if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
+    if (metrics) {
+      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
+      return cudaGetLastError();
+    }
+    return cudaSuccess;
+  }
+};
+
+}  // namespace
+
+ElementParams MakeElementParams(const QuantSpec& spec, const QuantLayout& layout, const void* input,
+                                DType input_dtype, int max_blocks) {
+  ElementParams p;
+  p.input = input;
+  p.input_dtype = input_dtype;
+  p.geometry = layout.geometry;
+  p.codec = MakeElementCodec(Traits(spec.format), spec.rounding, spec.overflow,
+                             /*nan_to_zero=*/spec.nan_policy == NanPolicy::kZero);
+  p.packing = spec.packing;
+  p.code_row_bytes = layout.code_row_bytes;
+  p.stochastic = spec.rounding == Rounding::kStochastic;
+  p.seed = spec.seed;
+  p.reject_nan = spec.nan_policy == NanPolicy::kReject;
+  p.max_blocks = max_blocks;
+  return p;
+}
+
+int64_t WorkspaceBytes(const QuantLayout& layout) {
+  const int64_t keys = 2 * layout.geometry.num_scales * static_cast<int64_t>(sizeof(int32_t));
+  const int64_t keys_aligned = (keys + 255) / 256 * 256;
+  return keys_aligned + 256 + (kMaxMetricBlocks + 1) * static_cast<int64_t>(sizeof(MetricPartial));
+}
+
+void SplitWorkspace(void* workspace, const QuantLayout& layout, StatsBuffers* stats,
+                    MetricPartial** partials) {
+  uint8_t* bytes = static_cast<uint8_t*>(workspace);
+  const int64_t n = layout.geometry.num_scales;
+  const int64_t keys_aligned = (2 * n * static_cast<int64_t>(sizeof(int32_t)) + 255) / 256 * 256;
+  stats->min_keys = reinterpret_cast<int32_t*>(bytes);
+  stats->max_keys = stats->min_keys + n;
+  stats->flags = reinterpret_cast<DeviceFlags*>(bytes + keys_aligned);
+  *partials = reinterpret_cast<MetricPartial*>(bytes + keys_aligned + 256);
+}
+
+cudaError_t LaunchInitStats(const StatsBuffers& stats, int64_t num_scales, cudaStream_t stream) {
+  InitStatsKernel<<<GridFor(num_scales, 1024), kThreads, 0, stream>>>(stats, num_scales);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGroupStats(const ElementParams& p, const StatsBuffers& stats,
+                             cudaStream_t stream) {
+  if (p.geometry.rows == 0 || p.geometry.cols == 0) return cudaSuccess;
+  return ForInputDType<GroupStatsLaunch>(p.input_dtype, p, stats, stream);
+}
+
+cudaError_t LaunchScales(const ScaleRule& rule, float clip, const StatsBuffers& stats,
+                         int64_t num_scales, float* scales, int32_t* zero_points,
+                         cudaStream_t stream) {
+  if (num_scales == 0) return cudaSuccess;
+  ScalesKernel<<<GridFor(num_scales, 1024), kThreads, 0, stream>>>(rule, clip, stats, num_scales,
+                                                                   scales, zero_points);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const int32_t* zero_points,
+                           uint8_t* codes, void* output, DType output_dtype,
+                           MetricPartial* partials, DeviceFlags* flags, cudaStream_t stream) {
+  if (p.geometry.rows == 0 || p.geometry.cols == 0) {
+    if (partials == nullptr) return cudaSuccess;
+    // No element: the total is all zeros.
+    return cudaMemsetAsync(partials + kMaxMetricBlocks, 0, sizeof(MetricPartial), stream);
+  }
+  return ForInputDType<ElementLaunch>(p.input_dtype, p, scales, zero_points, codes, output,
+                                      output_dtype, partials, flags, stream);
+}
+
+cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const float* scales,
+                             const int32_t* zero_points, void* output, DType output_dtype,
+                             cudaStream_t stream) {
+  if (p.geometry.rows == 0 || p.geometry.cols == 0) return cudaSuccess;
+  const int64_t units_per_row =
+      (p.geometry.cols + ElementsPerUnit(p.codec.bits) - 1) / ElementsPerUnit(p.codec.bits);
+  DequantizeKernel<<<GridFor(p.geometry.rows * units_per_row, p.max_blocks), kThreads, 0, stream>>>(
+      p, codes, scales, zero_points, output, output_dtype, units_per_row);
+  return cudaGetLastError();
+}
+
+ErrorMetrics MetricsFromPartial(const MetricPartial& total) {
+  MetricSums sums;
+  sums.sum_x2 = total.sum_x2;
+  sums.sum_y2 = total.sum_y2;
+  sums.sum_xy = total.sum_xy;
+  sums.sum_err2 = total.sum_err2;
+  sums.max_abs_err = total.max_abs_err;
+  sums.nan_error = total.nan_error != 0;
+  sums.count = static_cast<int64_t>(total.count);
+  sums.nonfinite_count = static_cast<int64_t>(total.nonfinite_count);
+  return FinalizeMetrics(sums);
+}
+
+}  // namespace quantd::cuda

@@ -1,0 +1,214 @@
+// CUDA kernel benchmark: per op and size, the median time of the backend's launchers on
+// device-resident data, GB/s counted as minimum bytes (input read once, outputs written once),
+// and that as a share of the device-to-device copy bandwidth measured in the same run.
+//
+//   quantd_cuda_bench [--max-elements=N] [--csv=FILE]
+//
+// Speed is never a test assertion; docs/PERFORMANCE.md records this table with the command.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "quantd/spec.h"
+
+namespace quantd::cuda {
+namespace {
+
+#define CHECK(expr)                                                                                \
+  do {                                                                                             \
+    const cudaError_t error_ = (expr);                                                             \
+    if (error_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #expr, cudaGetErrorString(error_), __FILE__, \
+                   __LINE__);                                                                      \
+      std::exit(1);                                                                                \
+    }                                                                                              \
+  } while (false)
+
+__global__ void FillNormalish(float* x, int64_t n, uint64_t seed) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    // Sum of four uniforms: roughly normal, cheap, never all-zero.
+    float s = 0.0f;
+    for (int k = 0; k < 4; ++k) s += UniformFromBits(StochasticBits(seed + k, i)) - 0.5f;
+    x[i] = s * 1.7f;
+  }
+}
+
+struct Op {
+  const char* name;
+  Format format;
+  Granularity granularity;
+  int64_t group_size;
+  int64_t block;
+  bool asymmetric;
+  bool static_scales;  // scales given: one pass
+  bool dequantize;     // time the dequantization instead
+};
+
+const Op kOps[] = {
+    {"quantize int8 token", Format::kInt8, Granularity::kToken, 0, 0, false, false, false},
+    {"quantize int8 channel", Format::kInt8, Granularity::kChannel, 0, 0, false, false, false},
+    {"quantize int8 tensor static", Format::kInt8, Granularity::kTensor, 0, 0, false, true, false},
+    {"quantize int8 tensor dynamic", Format::kInt8, Granularity::kTensor, 0, 0, false, false,
+     false},
+    {"quantize int4 group128", Format::kInt4, Granularity::kGroup, 128, 0, false, false, false},
+    {"quantize uint4 group128 asym", Format::kUint4, Granularity::kGroup, 128, 0, true, false,
+     false},
+    {"quantize fp8e4m3 token", Format::kFp8E4M3, Granularity::kToken, 0, 0, false, false, false},
+    {"quantize fp8e4m3 block128", Format::kFp8E4M3, Granularity::kBlock, 0, 128, false, false,
+     false},
+    {"quantize fp8e4m3 tensor dynamic", Format::kFp8E4M3, Granularity::kTensor, 0, 0, false, false,
+     false},
+    {"dequantize int8 token", Format::kInt8, Granularity::kToken, 0, 0, false, false, true},
+    {"dequantize int4 group128", Format::kInt4, Granularity::kGroup, 128, 0, false, false, true},
+    {"dequantize fp8e4m3 token", Format::kFp8E4M3, Granularity::kToken, 0, 0, false, false, true},
+};
+
+template <typename Fn>
+float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  fn();  // warm-up
+  CHECK(cudaStreamSynchronize(stream));
+  std::vector<float> times;
+  for (int r = 0; r < reps; ++r) {
+    CHECK(cudaEventRecord(start, stream));
+    fn();
+    CHECK(cudaEventRecord(stop, stream));
+    CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+int Main(int argc, char** argv) {
+  int64_t max_elements = int64_t{1} << 30;
+  std::string csv_path;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--max-elements=", 15) == 0) max_elements = std::atoll(argv[i] + 15);
+    if (std::strncmp(argv[i], "--csv=", 6) == 0) csv_path = argv[i] + 6;
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  int sms = prop.multiProcessorCount;
+  cudaStream_t stream;
+  CHECK(cudaStreamCreate(&stream));
+
+  // Device copy bandwidth on the largest size: bytes read + bytes written.
+  const int64_t copy_bytes = std::min<int64_t>(max_elements * 4, int64_t{4} << 30);
+  void *copy_src, *copy_dst;
+  CHECK(cudaMalloc(&copy_src, copy_bytes));
+  CHECK(cudaMalloc(&copy_dst, copy_bytes));
+  CHECK(cudaMemset(copy_src, 1, copy_bytes));
+  const float copy_ms = MedianMs(
+      [&] {
+        CHECK(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream));
+      },
+      20, stream);
+  const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
+  CHECK(cudaFree(copy_src));
+  CHECK(cudaFree(copy_dst));
+  std::printf("device: %s, %d SMs; device-to-device copy of %lld MiB: %.1f GB/s (read + write)\n",
+              prop.name, sms, static_cast<long long>(copy_bytes >> 20), copy_gbs);
+
+  FILE* csv = csv_path.empty() ? nullptr : std::fopen(csv_path.c_str(), "w");
+  if (csv != nullptr) std::fprintf(csv, "op,elements,ms,gb_per_s,pct_of_copy\n");
+  std::printf("%-34s %12s %11s %10s %9s\n", "op", "elements", "time", "GB/s", "% copy");
+
+  const int64_t cols = 4096;
+  for (int64_t elements = 1 << 10; elements <= max_elements; elements *= 16) {
+    const int64_t rows = std::max<int64_t>(1, elements / cols);
+    const Shape shape = elements < cols ? Shape{1, elements} : Shape{rows, cols};
+    const int64_t numel = elements < cols ? elements : rows * cols;
+    float* x;
+    CHECK(cudaMalloc(&x, numel * 4));
+    FillNormalish<<<1024, 256, 0, stream>>>(x, numel, 42);
+    CHECK(cudaGetLastError());
+    for (const Op& op : kOps) {
+      QuantSpec requested;
+      requested.format = op.format;
+      requested.granularity = op.granularity;
+      requested.group_size = op.group_size;
+      requested.block_rows = requested.block_cols = op.block;
+      requested.asymmetric = op.asymmetric;
+      QuantSpec spec = *ResolveSpec(requested, shape);
+      const QuantLayout layout = *ComputeLayout(spec, shape);
+      const int64_t n = layout.geometry.num_scales;
+      void *codes, *scales, *zero_points, *workspace, *output = nullptr;
+      CHECK(cudaMalloc(&codes, std::max<int64_t>(layout.code_bytes, 1)));
+      CHECK(cudaMalloc(&scales, 4 * n));
+      CHECK(cudaMalloc(&zero_points, 4 * n));
+      CHECK(cudaMalloc(&workspace, WorkspaceBytes(layout)));
+      if (op.dequantize) CHECK(cudaMalloc(&output, numel * 4));
+      StatsBuffers stats;
+      MetricPartial* partials;
+      SplitWorkspace(workspace, layout, &stats, &partials);
+      const ElementParams p = MakeElementParams(spec, layout, x, DType::kF32, sms * 8);
+      int32_t* zps = op.asymmetric ? static_cast<int32_t*>(zero_points) : nullptr;
+      auto dynamic_scales = [&] {
+        CHECK(LaunchInitStats(stats, n, stream));
+        CHECK(LaunchGroupStats(p, stats, stream));
+        CHECK(LaunchScales(MakeScaleRule(Traits(spec.format), spec.asymmetric), spec.clip_ratio,
+                           stats, n, static_cast<float*>(scales), zps, stream));
+      };
+      dynamic_scales();  // scales (and codes) to start from
+      CHECK(LaunchQuantize(p, static_cast<float*>(scales), zps, static_cast<uint8_t*>(codes),
+                           nullptr, DType::kF32, nullptr, stats.flags, stream));
+      const int reps = numel >= (int64_t{1} << 28) ? 5 : 20;
+      float ms;
+      int64_t bytes;
+      if (op.dequantize) {
+        ms = MedianMs(
+            [&] {
+              CHECK(LaunchDequantize(p, static_cast<uint8_t*>(codes), static_cast<float*>(scales),
+                                     zps, output, DType::kF32, stream));
+            },
+            reps, stream);
+        bytes = layout.code_bytes + 4 * n + numel * 4;
+      } else {
+        ms = MedianMs(
+            [&] {
+              if (!op.static_scales) dynamic_scales();
+              CHECK(LaunchQuantize(p, static_cast<float*>(scales), zps,
+                                   static_cast<uint8_t*>(codes), nullptr, DType::kF32, nullptr,
+                                   stats.flags, stream));
+            },
+            reps, stream);
+        bytes = numel * 4 + layout.code_bytes + 4 * n;
+      }
+      const double gbs = bytes / (ms * 1e-3) / 1e9;
+      std::printf("%-34s %12lld %9.4f ms %10.1f %8.1f%%\n", op.name, static_cast<long long>(numel),
+                  ms, gbs, 100.0 * gbs / copy_gbs);
+      if (csv != nullptr) {
+        std::fprintf(csv, "%s,%lld,%.6f,%.2f,%.2f\n", op.name, static_cast<long long>(numel), ms,
+                     gbs, 100.0 * gbs / copy_gbs);
+      }
+      CHECK(cudaFree(codes));
+      CHECK(cudaFree(scales));
+      CHECK(cudaFree(zero_points));
+      CHECK(cudaFree(workspace));
+      if (output != nullptr) CHECK(cudaFree(output));
+    }
+    CHECK(cudaFree(x));
+  }
+  if (csv != nullptr) std::fclose(csv);
+  return 0;
+}
+
+}  // namespace
+}  // namespace quantd::cuda
+
+int main(int argc, char** argv) { return quantd::cuda::Main(argc, argv); }

@@ -1,0 +1,342 @@
+// The CUDA backend against the CPU backend (the oracle): codes, scales and zero-points bit for
+// bit over the traits table × granularities × F32/F16/BF16 × ragged shapes × nasty fills,
+// fresh random data each run (the seed is printed on failure), outputs poisoned before every
+// launch. Metrics within fp64-reordering tolerance. Skips itself without a GPU.
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "quantd/backend.h"
+#include "quantd/cuda.h"
+#include "quantd/executor.h"
+#include "quantd/spec.h"
+#include "test_support.h"
+
+namespace quantd {
+namespace {
+
+using ::quantd::testing::FillKind;
+using ::quantd::testing::FillName;
+using ::quantd::testing::MakeFill;
+using ::quantd::testing::NearRel;
+using ::quantd::testing::SameFloat;
+
+// A fresh seed per process, printed with every failure.
+uint64_t RunSeed() {
+  static const uint64_t seed =
+      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  return seed;
+}
+
+class GpuBackendTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!CudaBackendBuilt() || CudaDeviceCount() == 0) return;
+    pool_ = CreateThreadPoolExecutor(0).release();
+    cpu_ = CreateReferenceBackend(pool_).release();
+    absl::StatusOr<std::unique_ptr<Backend>> gpu = CreateCudaBackend(CudaBackendOptions{});
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = gpu->release();
+  }
+
+  void SetUp() override {
+    if (gpu_ == nullptr) GTEST_SKIP() << "no CUDA device visible (or a build without CUDA)";
+  }
+
+  static Executor* pool_;
+  static Backend* cpu_;
+  static Backend* gpu_;
+};
+Executor* GpuBackendTest::pool_ = nullptr;
+Backend* GpuBackendTest::cpu_ = nullptr;
+Backend* GpuBackendTest::gpu_ = nullptr;
+
+struct Outputs {
+  absl::Status status;
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  std::vector<int32_t> zero_points;
+  ErrorMetrics metrics;
+};
+
+// Quantize with outputs poisoned first, so that an element the kernel skipped shows.
+Outputs Quantize(Backend& backend, const std::vector<uint8_t>& bytes, DType dtype,
+                 const Shape& shape, const QuantSpec& spec, const QuantLayout& layout) {
+  Outputs o;
+  o.codes.assign(layout.code_bytes, 0xA5);
+  o.scales.assign(layout.geometry.num_scales, std::numeric_limits<float>::quiet_NaN());
+  o.zero_points.assign(spec.asymmetric ? layout.geometry.num_scales : 0, 0x5A5A5A5A);
+  o.metrics.mse = -1.0;
+  const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
+  o.status = backend.Quantize(
+      input, spec,
+      {o.codes.data(), layout.code_bytes, o.scales.data(), layout.geometry.num_scales,
+       spec.asymmetric ? o.zero_points.data() : nullptr},
+      &o.metrics);
+  return o;
+}
+
+void ExpectMetricsClose(const ErrorMetrics& gpu, const ErrorMetrics& cpu) {
+  // Both sum in fp64; only the order differs.
+  EXPECT_TRUE(NearRel(gpu.mse, cpu.mse, 1e-9, 1e-300)) << gpu.mse << " vs " << cpu.mse;
+  EXPECT_TRUE(NearRel(gpu.max_abs_err, cpu.max_abs_err, 0.0)) << gpu.max_abs_err;
+  EXPECT_TRUE(NearRel(gpu.sqnr_db, cpu.sqnr_db, 1e-9, 1e-9))
+      << gpu.sqnr_db << " vs " << cpu.sqnr_db;
+  EXPECT_TRUE(NearRel(gpu.cosine, cpu.cosine, 1e-9, 1e-12)) << gpu.cosine << " vs " << cpu.cosine;
+  EXPECT_TRUE(NearRel(gpu.rel_fro_err, cpu.rel_fro_err, 1e-9, 1e-300));
+  EXPECT_EQ(gpu.count, cpu.count);
+  EXPECT_EQ(gpu.nonfinite_count, cpu.nonfinite_count);
+}
+
+std::vector<uint8_t> Encode(const std::vector<float>& values, DType dtype) {
+  std::vector<uint8_t> bytes(values.size() * DTypeSize(dtype));
+  for (size_t i = 0; i < values.size(); ++i) StoreFromFloat(dtype, bytes.data(), i, values[i]);
+  return bytes;
+}
+
+struct GranularityCase {
+  const char* name;
+  Granularity granularity;
+  int axis;
+  int64_t group_size;
+  int64_t block_rows, block_cols;
+};
+
+constexpr GranularityCase kGranularities[] = {
+    {"none", Granularity::kNone, 0, 0, 0, 0},
+    {"tensor", Granularity::kTensor, 0, 0, 0, 0},
+    {"channel0", Granularity::kChannel, 0, 0, 0, 0},
+    {"channel_last", Granularity::kChannel, -1, 0, 0, 0},
+    {"token", Granularity::kToken, 0, 0, 0, 0},
+    {"group7", Granularity::kGroup, 0, 7, 0, 0},
+    {"group32", Granularity::kGroup, 0, 32, 0, 0},
+    {"group128", Granularity::kGroup, 0, 128, 0, 0},
+    {"block16x32", Granularity::kBlock, 0, 0, 16, 32},
+    {"block128x128", Granularity::kBlock, 0, 0, 128, 128},
+};
+
+const Shape kShapes[] = {{1, 16}, {5, 160}, {217, 256}, {3, 5, 7},  {1},        {0, 4},
+                         {2, 0},  {},       {4, 1, 33}, {64, 4096}, {3, 70000}, {1, 1000003}};
+
+struct Knob {
+  const char* name;
+  Rounding rounding;
+  Overflow overflow;
+  NanPolicy nan_policy;
+  float clip;
+};
+constexpr Knob kKnobs[] = {
+    {"rne", Rounding::kNearestEven, Overflow::kUnspecified, NanPolicy::kUnspecified, 0.0f},
+    {"away_nonfinite", Rounding::kNearestAway, Overflow::kNonfinite, NanPolicy::kUnspecified, 0.0f},
+    {"stochastic_clip", Rounding::kStochastic, Overflow::kUnspecified, NanPolicy::kZero, 0.7f},
+};
+
+class GpuMatrixTest : public GpuBackendTest,
+                      public ::testing::WithParamInterface<std::tuple<Format, int>> {};
+
+TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
+  const Format format = std::get<0>(GetParam());
+  const GranularityCase& gc = kGranularities[std::get<1>(GetParam())];
+  const FillKind fills[] = {FillKind::kNormal,    FillKind::kZeros,    FillKind::kSubnormal,
+                            FillKind::kMaxNormal, FillKind::kTies,     FillKind::kSpecials,
+                            FillKind::kHuge,      FillKind::kWideRange};
+  int compared = 0;
+  for (const Shape& shape : kShapes) {
+    const int64_t numel = *NumElements(shape);
+    for (bool asymmetric : {false, true}) {
+      for (const Knob& knob : kKnobs) {
+        QuantSpec requested;
+        requested.format = format;
+        requested.granularity = gc.granularity;
+        requested.axis = gc.axis;
+        requested.group_size = gc.group_size;
+        requested.block_rows = gc.block_rows;
+        requested.block_cols = gc.block_cols;
+        requested.asymmetric = asymmetric;
+        requested.rounding = knob.rounding;
+        requested.overflow = knob.overflow;
+        requested.nan_policy = knob.nan_policy;
+        requested.clip_ratio = knob.clip;
+        requested.seed = RunSeed();
+        absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
+        if (!spec.ok()) continue;  // a combination the format refuses: the CPU tests cover it
+        const QuantLayout layout = *ComputeLayout(*spec, shape);
+        for (FillKind fill : fills) {
+          // Big shapes with a few fills only: the small ones carry the corner cases.
+          if (numel > 100000 && fill != FillKind::kNormal && fill != FillKind::kSpecials) continue;
+          const uint64_t seed = RunSeed() ^ (static_cast<uint64_t>(fill) << 40) ^ numel;
+          const std::vector<float> values = MakeFill(fill, numel, format, asymmetric, seed);
+          for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+            SCOPED_TRACE(absl::StrCat(FormatName(format), " ", gc.name, " ", ShapeToString(shape),
+                                      asymmetric ? " asym " : " sym ", knob.name, " ",
+                                      FillName(fill), " ", DTypeName(dtype), " seed=", RunSeed()));
+            const std::vector<uint8_t> bytes = Encode(values, dtype);
+            const Outputs cpu = Quantize(*cpu_, bytes, dtype, shape, *spec, layout);
+            const Outputs gpu = Quantize(*gpu_, bytes, dtype, shape, *spec, layout);
+            ASSERT_EQ(gpu.status.code(), cpu.status.code()) << gpu.status << " vs " << cpu.status;
+            if (!cpu.status.ok()) continue;
+            ++compared;
+            ASSERT_EQ(gpu.codes, cpu.codes);
+            for (size_t i = 0; i < cpu.scales.size(); ++i) {
+              ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i]))
+                  << "scale " << i;
+            }
+            ASSERT_EQ(gpu.zero_points, cpu.zero_points);
+            ExpectMetricsClose(gpu.metrics, cpu.metrics);
+
+            // Dequantize and fake-quantize, each into a dtype of its own.
+            const DType out_dtype = dtype == DType::kF32 ? DType::kBF16 : DType::kF32;
+            std::vector<uint8_t> cpu_out(numel * DTypeSize(out_dtype), 0x7F);
+            std::vector<uint8_t> gpu_out(cpu_out.size(), 0xC3);
+            const ConstQuantizedBuffers in{cpu.codes.data(), layout.code_bytes, cpu.scales.data(),
+                                           layout.geometry.num_scales,
+                                           spec->asymmetric ? cpu.zero_points.data() : nullptr};
+            const MutableTensorView cpu_view{out_dtype, shape, cpu_out.data(),
+                                             static_cast<int64_t>(cpu_out.size())};
+            const MutableTensorView gpu_view{out_dtype, shape, gpu_out.data(),
+                                             static_cast<int64_t>(gpu_out.size())};
+            ASSERT_TRUE(cpu_->Dequantize(in, *spec, cpu_view).ok());
+            ASSERT_TRUE(gpu_->Dequantize(in, *spec, gpu_view).ok());
+            ASSERT_EQ(gpu_out, cpu_out) << "dequantize";
+
+            std::fill(cpu_out.begin(), cpu_out.end(), 0x11);
+            std::fill(gpu_out.begin(), gpu_out.end(), 0xEE);
+            const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
+            ErrorMetrics cpu_metrics, gpu_metrics;
+            ASSERT_TRUE(cpu_->QuantDequant(input, *spec, cpu_view, &cpu_metrics).ok());
+            ASSERT_TRUE(gpu_->QuantDequant(input, *spec, gpu_view, &gpu_metrics).ok());
+            ASSERT_EQ(gpu_out, cpu_out) << "quant-dequant";
+            ExpectMetricsClose(gpu_metrics, cpu_metrics);
+          }
+        }
+      }
+    }
+  }
+  if (FormatAllows(format, gc.granularity)) {
+    EXPECT_GT(compared, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllFormats, GpuMatrixTest,
+    ::testing::Combine(::testing::ValuesIn(AllFormats()),
+                       ::testing::Range(0, static_cast<int>(std::size(kGranularities)))),
+    [](const ::testing::TestParamInfo<std::tuple<Format, int>>& param_info) {
+      return testing::CamelName(FormatName(std::get<0>(param_info.param))) + "_" +
+             kGranularities[std::get<1>(param_info.param)].name;
+    });
+
+TEST_F(GpuBackendTest, CalibrateAmaxMatchesTheCpu) {
+  for (Format format : AllFormats()) {
+    for (const GranularityCase& gc : kGranularities) {
+      QuantSpec requested;
+      requested.format = format;
+      requested.granularity = gc.granularity;
+      requested.axis = gc.axis;
+      requested.group_size = gc.group_size;
+      requested.block_rows = gc.block_rows;
+      requested.block_cols = gc.block_cols;
+      const Shape shape = {37, 300};
+      absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
+      if (!spec.ok() || spec->granularity == Granularity::kNone) continue;
+      SCOPED_TRACE(absl::StrCat(FormatName(format), " ", gc.name, " seed=", RunSeed()));
+      const std::vector<float> values =
+          MakeFill(FillKind::kSpecials, 37 * 300, format, spec->asymmetric, RunSeed());
+      const TensorView input{DType::kF32, shape, values.data(),
+                             static_cast<int64_t>(values.size() * 4)};
+      CalibrationResult cpu, gpu;
+      const absl::Status cpu_status = cpu_->Calibrate(input, *spec, {}, &cpu);
+      const absl::Status gpu_status = gpu_->Calibrate(input, *spec, {}, &gpu);
+      ASSERT_EQ(gpu_status.code(), cpu_status.code()) << gpu_status << " vs " << cpu_status;
+      if (!cpu_status.ok()) continue;
+      ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
+      for (size_t i = 0; i < cpu.scales.size(); ++i) {
+        ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << i;
+        ASSERT_EQ(testing::Bits(gpu.amax[i]), testing::Bits(cpu.amax[i])) << i;
+      }
+      EXPECT_EQ(gpu.zero_points, cpu.zero_points);
+      EXPECT_EQ(gpu.clip_ratios, cpu.clip_ratios);
+      ExpectMetricsClose(gpu.metrics, cpu.metrics);
+    }
+  }
+}
+
+TEST_F(GpuBackendTest, NanRejectionMatchesTheCpu) {
+  std::vector<float> values(4096, 1.5f);
+  values[1234] = std::numeric_limits<float>::quiet_NaN();
+  values[3000] = std::numeric_limits<float>::quiet_NaN();
+  const Shape shape = {4, 1024};
+  QuantSpec requested;
+  requested.format = Format::kInt8;
+  requested.granularity = Granularity::kToken;
+  const QuantSpec spec = *ResolveSpec(requested, shape);
+  const QuantLayout layout = *ComputeLayout(spec, shape);
+  const std::vector<uint8_t> bytes = Encode(values, DType::kF32);
+  const Outputs cpu = Quantize(*cpu_, bytes, DType::kF32, shape, spec, layout);
+  const Outputs gpu = Quantize(*gpu_, bytes, DType::kF32, shape, spec, layout);
+  EXPECT_EQ(cpu.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu.status, cpu.status);  // same message: the first NaN is element 1234
+}
+
+TEST_F(GpuBackendTest, OutOfDeviceMemoryIsResourceExhaustedAndTheBackendKeepsWorking) {
+  CudaBackendOptions options;
+  options.device_memory_cap = int64_t{64} << 20;
+  absl::StatusOr<std::unique_ptr<Backend>> small = CreateCudaBackend(options);
+  ASSERT_TRUE(small.ok()) << small.status();
+  const Shape big = {64, 1 << 20};  // 256 MiB of F32: above the cap
+  std::vector<float> values(64 << 20, 0.25f);
+  QuantSpec requested;
+  requested.format = Format::kInt8;
+  const QuantSpec spec = *ResolveSpec(requested, big);
+  const QuantLayout layout = *ComputeLayout(spec, big);
+  const std::vector<uint8_t> bytes(
+      reinterpret_cast<const uint8_t*>(values.data()),
+      reinterpret_cast<const uint8_t*>(values.data()) + values.size() * 4);
+  const Outputs refused = Quantize(**small, bytes, DType::kF32, big, spec, layout);
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kResourceExhausted) << refused.status;
+
+  const Shape fits = {4, 1024};
+  const QuantSpec small_spec = *ResolveSpec(requested, fits);
+  const QuantLayout small_layout = *ComputeLayout(small_spec, fits);
+  const std::vector<uint8_t> few(bytes.begin(), bytes.begin() + 4 * 4096);
+  const Outputs ok = Quantize(**small, few, DType::kF32, fits, small_spec, small_layout);
+  EXPECT_TRUE(ok.status.ok()) << ok.status;
+}
+
+TEST_F(GpuBackendTest, ConcurrentCallsAgreeWithTheCpu) {
+  const Shape shape = {333, 1000};
+  const std::vector<float> values =
+      MakeFill(FillKind::kNormal, 333 * 1000, Format::kInt8, false, RunSeed());
+  const std::vector<uint8_t> bytes = Encode(values, DType::kF32);
+  QuantSpec requested;
+  requested.format = Format::kInt4;
+  requested.granularity = Granularity::kGroup;
+  requested.group_size = 64;
+  const QuantSpec spec = *ResolveSpec(requested, shape);
+  const QuantLayout layout = *ComputeLayout(spec, shape);
+  const Outputs expected = Quantize(*cpu_, bytes, DType::kF32, shape, spec, layout);
+  ASSERT_TRUE(expected.status.ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 16; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 8; ++i) {
+        const Outputs got = Quantize(*gpu_, bytes, DType::kF32, shape, spec, layout);
+        if (!got.status.ok() || got.codes != expected.codes) ++mismatches;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+}  // namespace
+}  // namespace quantd
