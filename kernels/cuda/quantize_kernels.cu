@@ -9,6 +9,8 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "device_common.cuh"
+#include "fast_path.h"
 #include "kernels.h"
 #include "quantd/codec.h"
 #include "quantd/packing.h"
@@ -16,37 +18,11 @@
 namespace quantd::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 // Elements one warp reduces per statistics unit: long rows split into chunks this long, so that
 // a 1-row tensor of 10^9 elements still spreads over the whole device.
 constexpr int64_t kStatsChunk = 4096;
 // Rows a thread walks per column in the column statistics kernel.
 constexpr int64_t kColumnTileRows = 256;
-
-__device__ __forceinline__ bool IsFinite(float v) { return fabsf(v) <= FLT_MAX; }
-
-template <DType kDType>
-__device__ __forceinline__ float Load(const void* data, int64_t i) {
-  return LoadAsFloat(kDType, data, i);
-}
-
-__device__ __forceinline__ void OfferNan(DeviceFlags* flags, int64_t index) {
-  atomicMin(&flags->first_nan, static_cast<unsigned long long>(index));
-}
-
-__device__ __forceinline__ void MergeRange(const StatsBuffers& stats, int64_t group, float lo,
-                                           float hi) {
-  if (lo <= hi) {
-    atomicMin(&stats.min_keys[group], FloatKey(lo));
-    atomicMax(&stats.max_keys[group], FloatKey(hi));
-  }
-}
-
-int GridFor(int64_t work_items, int max_blocks) {
-  const int64_t blocks = (work_items + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
-}
 
 // ---- Statistics. ----
 
@@ -138,70 +114,6 @@ __global__ void ScalesKernel(ScaleRule rule, float clip, StatsBuffers stats, int
 }
 
 // ---- Element passes. ----
-
-struct MetricAccumulator {
-  MetricPartial sums = {0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0};
-
-  __device__ __forceinline__ void Add(float x, float x_hat) {
-    if (!IsFinite(x)) {
-      ++sums.nonfinite_count;
-      return;
-    }
-    const double xd = x, yd = x_hat, d = xd - yd;
-    sums.sum_x2 += xd * xd;
-    sums.sum_y2 += yd * yd;
-    sums.sum_xy += xd * yd;
-    sums.sum_err2 += d * d;
-    const double abs_d = fabs(d);
-    if (abs_d != abs_d) {
-      sums.nan_error = 1;
-    } else if (abs_d > sums.max_abs_err) {
-      sums.max_abs_err = abs_d;
-    }
-    ++sums.count;
-  }
-};
-
-__device__ __forceinline__ void MergeInto(MetricPartial& a, const MetricPartial& b) {
-  a.sum_x2 += b.sum_x2;
-  a.sum_y2 += b.sum_y2;
-  a.sum_xy += b.sum_xy;
-  a.sum_err2 += b.sum_err2;
-  a.max_abs_err = fmax(a.max_abs_err, b.max_abs_err);
-  a.count += b.count;
-  a.nonfinite_count += b.nonfinite_count;
-  a.nan_error |= b.nan_error;
-}
-
-__device__ __forceinline__ MetricPartial WarpReduce(MetricPartial a) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    MetricPartial b;
-    b.sum_x2 = __shfl_xor_sync(0xFFFFFFFFu, a.sum_x2, offset);
-    b.sum_y2 = __shfl_xor_sync(0xFFFFFFFFu, a.sum_y2, offset);
-    b.sum_xy = __shfl_xor_sync(0xFFFFFFFFu, a.sum_xy, offset);
-    b.sum_err2 = __shfl_xor_sync(0xFFFFFFFFu, a.sum_err2, offset);
-    b.max_abs_err = __shfl_xor_sync(0xFFFFFFFFu, a.max_abs_err, offset);
-    b.count = __shfl_xor_sync(0xFFFFFFFFu, a.count, offset);
-    b.nonfinite_count = __shfl_xor_sync(0xFFFFFFFFu, a.nonfinite_count, offset);
-    b.nan_error = __shfl_xor_sync(0xFFFFFFFFu, a.nan_error, offset);
-    MergeInto(a, b);
-  }
-  return a;
-}
-
-// Block-wide reduction; thread 0 writes the block's partial.
-__device__ void WriteBlockPartial(const MetricPartial& mine, MetricPartial* partials) {
-  __shared__ MetricPartial warp_sums[kWarps];
-  const MetricPartial warp_sum = WarpReduce(mine);
-  const int warp = threadIdx.x >> 5;
-  if ((threadIdx.x & 31) == 0) warp_sums[warp] = warp_sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    MetricPartial total = warp_sums[0];
-    for (int w = 1; w < kWarps; ++w) MergeInto(total, warp_sums[w]);
-    partials[blockIdx.x] = total;
-  }
-}
 
 // Elements per thread: one 32-bit word of codes (4 bytes, or 8 nibbles).
 __host__ __device__ constexpr int ElementsPerUnit(int bits) { return 32 / bits; }
@@ -340,11 +252,21 @@ struct ElementLaunch {
   static cudaError_t Run(const ElementParams& p, const float* scales, const int32_t* zero_points,
                          uint8_t* codes, void* output, DType output_dtype, MetricPartial* partials,
                          DeviceFlags* flags, cudaStream_t stream) {
+    const bool metrics = partials != nullptr;
+    if (VectorPathApplies(p)) {
+      const int grid = std::min(VectorGrid(p), kMaxMetricBlocks);
+      if (cudaError_t error = LaunchQuantizeVector(p, scales, zero_points, codes, output,
+                                                   output_dtype, partials, flags, grid, stream);
+          error != cudaSuccess || !metrics) {
+        return error;
+      }
+      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
+      return cudaGetLastError();
+    }
     const int64_t units_per_row =
         (p.geometry.cols + ElementsPerUnit(p.codec.bits) - 1) / ElementsPerUnit(p.codec.bits);
     const int grid = GridFor(p.geometry.rows * units_per_row,
                              p.max_blocks < kMaxMetricBlocks ? p.max_blocks : kMaxMetricBlocks);
-    const bool metrics = partials != nullptr;
     auto launch = [&](auto kernel) {
       kernel<<<grid, kThreads, 0, stream>>>(p, scales, zero_points, codes, output, output_dtype,
                                             partials, flags, units_per_row);
@@ -411,6 +333,13 @@ cudaError_t LaunchInitStats(const StatsBuffers& stats, int64_t num_scales, cudaS
 cudaError_t LaunchGroupStats(const ElementParams& p, const StatsBuffers& stats,
                              cudaStream_t stream) {
   if (p.geometry.rows == 0 || p.geometry.cols == 0) return cudaSuccess;
+  if (VectorPathApplies(p)) {
+    if (p.geometry.granularity == Granularity::kTensor)
+      return LaunchTensorStatsVector(p, stats, stream);
+    if (!(p.geometry.granularity == Granularity::kChannel && p.geometry.channel_is_last)) {
+      return LaunchRowStatsVector(p, stats, stream);
+    }
+  }
   return ForInputDType<GroupStatsLaunch>(p.input_dtype, p, stats, stream);
 }
 
@@ -439,6 +368,9 @@ cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const
                              const int32_t* zero_points, void* output, DType output_dtype,
                              cudaStream_t stream) {
   if (p.geometry.rows == 0 || p.geometry.cols == 0) return cudaSuccess;
+  if (VectorPathApplies(p)) {
+    return LaunchDequantizeVector(p, codes, scales, zero_points, output, output_dtype, stream);
+  }
   const int64_t units_per_row =
       (p.geometry.cols + ElementsPerUnit(p.codec.bits) - 1) / ElementsPerUnit(p.codec.bits);
   DequantizeKernel<<<GridFor(p.geometry.rows * units_per_row, p.max_blocks), kThreads, 0, stream>>>(

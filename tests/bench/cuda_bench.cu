@@ -2,7 +2,7 @@
 // device-resident data, GB/s counted as minimum bytes (input read once, outputs written once),
 // and that as a share of the device-to-device copy bandwidth measured in the same run.
 //
-//   quantd_cuda_bench [--max-elements=N] [--csv=FILE]
+//   quantd_cuda_bench [--min-elements=N] [--max-elements=N] [--only=SUBSTRING] [--csv=FILE]
 //
 // Speed is never a test assertion; docs/PERFORMANCE.md records this table with the command.
 #include <cuda_runtime.h>
@@ -96,10 +96,13 @@ float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
 
 int Main(int argc, char** argv) {
   int64_t max_elements = int64_t{1} << 30;
-  std::string csv_path;
+  int64_t min_elements = int64_t{1} << 10;
+  std::string csv_path, only;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--max-elements=", 15) == 0) max_elements = std::atoll(argv[i] + 15);
+    if (std::strncmp(argv[i], "--min-elements=", 15) == 0) min_elements = std::atoll(argv[i] + 15);
     if (std::strncmp(argv[i], "--csv=", 6) == 0) csv_path = argv[i] + 6;
+    if (std::strncmp(argv[i], "--only=", 7) == 0) only = argv[i] + 7;  // ops whose name has it
   }
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -129,7 +132,7 @@ int Main(int argc, char** argv) {
   std::printf("%-34s %12s %11s %10s %9s\n", "op", "elements", "time", "GB/s", "% copy");
 
   const int64_t cols = 4096;
-  for (int64_t elements = 1 << 10; elements <= max_elements; elements *= 16) {
+  for (int64_t elements = min_elements; elements <= max_elements; elements *= 16) {
     const int64_t rows = std::max<int64_t>(1, elements / cols);
     const Shape shape = elements < cols ? Shape{1, elements} : Shape{rows, cols};
     const int64_t numel = elements < cols ? elements : rows * cols;
@@ -138,6 +141,7 @@ int Main(int argc, char** argv) {
     FillNormalish<<<1024, 256, 0, stream>>>(x, numel, 42);
     CHECK(cudaGetLastError());
     for (const Op& op : kOps) {
+      if (!only.empty() && std::string(op.name).find(only) == std::string::npos) continue;
       QuantSpec requested;
       requested.format = op.format;
       requested.granularity = op.granularity;

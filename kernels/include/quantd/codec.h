@@ -72,11 +72,19 @@ QUANTD_HD void Philox4x32_10(uint32_t counter[4], uint32_t key0, uint32_t key1) 
 // The 32 random bits stochastic rounding uses for flat element `index` under `seed`: word
 // (index mod 4) of Philox4x32-10 with counter (index / 4, 0) as a 128-bit little-endian
 // integer and key (seed low 32 bits, seed high 32 bits), the cuRAND layout.
+// The four words of one counter: the random bits of elements 4·block .. 4·block + 3.
+QUANTD_HD void StochasticBlock(uint64_t seed, uint64_t block, uint32_t words[4]) {
+  words[0] = static_cast<uint32_t>(block);
+  words[1] = static_cast<uint32_t>(block >> 32);
+  words[2] = 0u;
+  words[3] = 0u;
+  Philox4x32_10(words, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
 QUANTD_HD uint32_t StochasticBits(uint64_t seed, uint64_t index) {
-  uint64_t block = index >> 2;
-  uint32_t counter[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u};
-  Philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  return counter[index & 3];
+  uint32_t words[4];
+  StochasticBlock(seed, index >> 2, words);
+  return words[index & 3];
 }
 
 // A uniform draw in [0, 1) with 24 bits: (bits >> 8) · 2^-24, exact in fp32.
@@ -87,6 +95,11 @@ QUANTD_HD float UniformFromBits(uint32_t bits) {
 // Rounds a finite n >= 0 to an integer-valued float. Stochastic rounding goes up when the
 // uniform draw is below the fractional part (both exact in fp32), so E[result] = n to 2^-24.
 QUANTD_HD float RoundMagnitude(float n, Rounding rounding, uint32_t random_bits) {
+#if defined(__CUDA_ARCH__)
+  // The GPU rounds half to even in one instruction (cvt.rni): the same IEEE operation as the
+  // portable code below, so the same bits, at a tenth of the cost.
+  if (rounding == Rounding::kNearestEven) return rintf(n);
+#endif
   if (!(n < 8388608.0f)) return n;  // 2^23 and up are integers already
   // Truncation is floor for n >= 0; unlike floorf it needs no libm call without SSE4.1.
   const float floor_n = static_cast<float>(static_cast<int32_t>(n));
@@ -201,6 +214,13 @@ QUANTD_HD float MinifloatDecode(const MinifloatParams& p, uint32_t code) {
 // symmetric about zero). |v| is clamped to 2^20 first so that ±Inf and huge values saturate.
 QUANTD_HD int32_t IntQuantize(float v, int32_t zero_point, int32_t qmin, int32_t qmax,
                               Rounding rounding, uint32_t random_bits) {
+#if defined(__CUDA_ARCH__)
+  if (rounding == Rounding::kNearestEven) {
+    // rne(-v) = -rne(v), so rounding v directly (one cvt.rni) equals the magnitude form below.
+    int32_t q = __float2int_rn(fminf(fmaxf(v, -1048576.0f), 1048576.0f)) + zero_point;
+    return q < qmin ? qmin : (q > qmax ? qmax : q);
+  }
+#endif
   float magnitude = fminf(fabsf(v), 1048576.0f);
   int32_t q = static_cast<int32_t>(RoundMagnitude(magnitude, rounding, random_bits));
   if (v < 0.0f) q = -q;
@@ -256,6 +276,36 @@ QUANTD_HD bool ScaleFromRange(const ScaleRule& rule, float lo, float hi, float c
   return true;
 }
 
+// ---- Division by a scale. ----
+
+// RN(1/s) when s lies where DivideByScale's fast step is exact ([2^-90, 2^90]), else 0.
+QUANTD_HD float ScaleReciprocal(float s) {
+  return (s >= 0x1p-90f && s <= 0x1p90f) ? 1.0f / s : 0.0f;
+}
+
+// x / s, correctly rounded (FORMATS.md: a true division). Given reciprocal = ScaleReciprocal(s)
+// (0: none), the GPU takes Markstein's division step instead of its division routine:
+// q0 = RN(x·r) is within one ulp of x/s because r = RN(1/s); the remainder x - s·q0 is exact in
+// one FMA; and RN(q0 + remainder·r) is then RN(x/s) (Markstein 1990; Muller et al., Handbook of
+// Floating-Point Arithmetic, the FMA-based division theorem), as long as nothing over- or
+// underflows, which the range checks guarantee; anything outside them divides.
+// tests/gpu checks the step against the division on 2^30 random pairs.
+QUANTD_HD float DivideByScale(float x, float s, float reciprocal) {
+#if defined(__CUDA_ARCH__)
+  const float ax = fabsf(x);
+  if (reciprocal != 0.0f && ax >= 0x1p-90f && ax <= 0x1p90f) {
+    const float q0 = __fmul_rn(x, reciprocal);
+    const float remainder = __fmaf_rn(-s, q0, x);
+    const float q1 = __fmaf_rn(remainder, reciprocal, q0);
+    const float aq = fabsf(q1);
+    if (aq >= 0x1p-100f && aq <= 0x1p100f) return q1;
+  }
+#else
+  (void)reciprocal;
+#endif
+  return x / s;
+}
+
 // ---- One element of any format. ----
 
 // Everything the per-element functions need, as a plain struct that kernels take by value.
@@ -284,12 +334,14 @@ inline ElementCodec MakeElementCodec(const FormatTraits& traits, Rounding roundi
   return codec;
 }
 
-// Quantizes input x with dequantization scale s (zero_point: asymmetric integers, else 0).
-// Returns the code in the low `bits` bits (two's complement for signed integers).
-// `random_bits` is StochasticBits(seed, flat index) under stochastic rounding, else unused.
-QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s, int32_t zero_point,
-                                   uint32_t random_bits) {
-  const bool is_minifloat = codec.kind == ElementKind::kMinifloat;
+// QuantizeElement with the element kind and rounding mode given separately: kernels pass them as
+// compile-time constants, and once inlined the branches of the other kinds and modes fold away.
+// Everyone else calls QuantizeElement, which reads them from the codec.
+// `reciprocal` is ScaleReciprocal(s), or 0 to divide plainly (the result is the same).
+QUANTD_HD uint32_t QuantizeElementAs(ElementKind kind, Rounding rounding, const ElementCodec& codec,
+                                     float x, float s, float reciprocal, int32_t zero_point,
+                                     uint32_t random_bits) {
+  const bool is_minifloat = kind == ElementKind::kMinifloat;
   if (x != x) {
     // A NaN that got this far in a format without NaN (its request was not rejected:
     // nan_policy ZERO) quantizes as 0, as it does on request in any format.
@@ -298,21 +350,31 @@ QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s, 
     } else {
       // Encoded from x itself: x / s would drop the NaN's sign on GPUs, which return the
       // canonical NaN from arithmetic on a NaN where x86 keeps the operand's payload.
-      return MinifloatEncode(codec.minifloat, x, codec.rounding, random_bits, codec.overflow);
+      return MinifloatEncode(codec.minifloat, x, rounding, random_bits, codec.overflow);
     }
   }
-  const float v = x / s;  // s > 0 and finite, so v is NaN only when x is
+  const float v = DivideByScale(x, s, reciprocal);  // s > 0 and finite: NaN only if x is
   if (is_minifloat) {
-    return MinifloatEncode(codec.minifloat, v, codec.rounding, random_bits, codec.overflow);
+    return MinifloatEncode(codec.minifloat, v, rounding, random_bits, codec.overflow);
   }
   const uint32_t mask = (codec.bits >= 32) ? 0xFFFFFFFFu : ((1u << codec.bits) - 1u);
-  const int32_t q = IntQuantize(v, zero_point, codec.qmin, codec.qmax, codec.rounding, random_bits);
+  const int32_t q = IntQuantize(v, zero_point, codec.qmin, codec.qmax, rounding, random_bits);
   return static_cast<uint32_t>(q) & mask;
 }
 
+// Quantizes input x with dequantization scale s (zero_point: asymmetric integers, else 0).
+// Returns the code in the low `bits` bits (two's complement for signed integers).
+// `random_bits` is StochasticBits(seed, flat index) under stochastic rounding, else unused.
+QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s, int32_t zero_point,
+                                   uint32_t random_bits) {
+  return QuantizeElementAs(codec.kind, codec.rounding, codec, x, s, /*reciprocal=*/0.0f, zero_point,
+                           random_bits);
+}
+
 // Value of an element code before scaling: the integer (sign-extended) or the minifloat.
-QUANTD_HD float DecodeElement(const ElementCodec& codec, uint32_t code, int32_t zero_point) {
-  if (codec.kind == ElementKind::kMinifloat) return MinifloatDecode(codec.minifloat, code);
+QUANTD_HD float DecodeElementAs(ElementKind kind, const ElementCodec& codec, uint32_t code,
+                                int32_t zero_point) {
+  if (kind == ElementKind::kMinifloat) return MinifloatDecode(codec.minifloat, code);
   int32_t q = static_cast<int32_t>(code);
   if (codec.qmin < 0 && codec.bits < 32) {
     const uint32_t sign_bit = 1u << (codec.bits - 1);
@@ -321,13 +383,22 @@ QUANTD_HD float DecodeElement(const ElementCodec& codec, uint32_t code, int32_t 
   return static_cast<float>(q - zero_point);  // exact: |q - zp| < 2^9
 }
 
+QUANTD_HD float DecodeElement(const ElementCodec& codec, uint32_t code, int32_t zero_point) {
+  return DecodeElementAs(codec.kind, codec, code, zero_point);
+}
+
 // x̂ = fp32(s · decode(code)). A NaN code gives the one canonical NaN (0x7FC00000): what
 // s · NaN returns differs between x86 (the operand's payload and sign) and GPUs (canonical).
-QUANTD_HD float DequantizeElement(const ElementCodec& codec, uint32_t code, float s,
-                                  int32_t zero_point) {
-  const float decoded = DecodeElement(codec, code, zero_point);
+QUANTD_HD float DequantizeElementAs(ElementKind kind, const ElementCodec& codec, uint32_t code,
+                                    float s, int32_t zero_point) {
+  const float decoded = DecodeElementAs(kind, codec, code, zero_point);
   if (decoded != decoded) return BitsToFloat(0x7FC00000u);
   return s * decoded;
+}
+
+QUANTD_HD float DequantizeElement(const ElementCodec& codec, uint32_t code, float s,
+                                  int32_t zero_point) {
+  return DequantizeElementAs(codec.kind, codec, code, s, zero_point);
 }
 
 }  // namespace quantd

@@ -1,0 +1,457 @@
+// The CUDA backend's fast element passes, for rows whose length is a multiple of 8 (the
+// shapes of real weights and activations): each thread takes 8 consecutive elements of one row
+// with 16-byte loads, looks the scale up once per run of elements sharing it, draws one Philox
+// block per 4 elements, and stores its codes as one 4- or 8-byte word. The arithmetic per
+// element is still codec.h's, so the results are those of the generic kernels, bit for bit.
+#include <cstdint>
+
+#include "device_common.cuh"
+#include "fast_path.h"
+#include "quantd/codec.h"
+#include "quantd/packing.h"
+
+namespace quantd::cuda {
+namespace {
+
+constexpr int kVector = 8;  // elements per thread
+
+// a / b and a % b in 32 bits when both fit: 64-bit division is a long software sequence.
+__device__ __forceinline__ int64_t Div(int64_t a, int64_t b) {
+  if (((a | b) >> 32) == 0) return static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
+  return a / b;
+}
+
+// Which scale the elements from (row, col) on use, and for how many of them.
+struct GroupCursor {
+  int64_t group;
+  int64_t run_left;  // elements, from col on, still in `group`
+  int64_t run;       // length of every following run (group size along the row)
+
+  __device__ __forceinline__ GroupCursor(const ScaleGeometry& g, int64_t row, int64_t col) {
+    constexpr int64_t kEndless = int64_t{1} << 62;
+    run = kEndless;
+    run_left = kEndless;
+    switch (g.granularity) {
+      case Granularity::kToken:
+        group = row;
+        break;
+      case Granularity::kChannel:
+        if (g.channel_is_last) {
+          group = col;
+          run = run_left = 1;
+        } else {
+          const int64_t run_index = Div(row, g.rows_per_channel);
+          group = run_index - Div(run_index, g.channels) * g.channels;
+        }
+        break;
+      case Granularity::kGroup:
+      case Granularity::kBlock: {
+        const int64_t block_row =
+            g.granularity == Granularity::kBlock ? Div(row, g.group_rows) : row;
+        const int64_t k = Div(col, g.group_cols);
+        group = block_row * g.groups_per_row + k;
+        run = g.group_cols;
+        run_left = (k + 1) * g.group_cols - col;
+        break;
+      }
+      default:
+        group = 0;
+        break;
+    }
+  }
+
+  // Moves to the next element; true when it starts a new group.
+  __device__ __forceinline__ bool Step() {
+    if (--run_left > 0) return false;
+    ++group;
+    run_left = run;
+    return true;
+  }
+};
+
+template <DType kDType>
+__device__ __forceinline__ void LoadVector(const void* data, int64_t first, float x[kVector]) {
+  if (kDType == DType::kF32) {
+    const float4* v = reinterpret_cast<const float4*>(static_cast<const float*>(data) + first);
+    const float4 a = v[0], b = v[1];
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+  } else {
+    const uint4 v = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + first);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    for (int j = 0; j < kVector; ++j) {
+      const uint16_t h = static_cast<uint16_t>(words[j / 2] >> (16 * (j % 2)));
+      x[j] = kDType == DType::kF16 ? HalfToFloat(h) : BF16ToFloat(h);
+    }
+  }
+}
+
+__device__ __forceinline__ void StoreVector(void* data, DType dtype, int64_t first,
+                                            const float y[kVector]) {
+  if (dtype == DType::kF32) {
+    float4* v = reinterpret_cast<float4*>(static_cast<float*>(data) + first);
+    v[0] = make_float4(y[0], y[1], y[2], y[3]);
+    v[1] = make_float4(y[4], y[5], y[6], y[7]);
+  } else {
+    uint32_t words[4] = {0, 0, 0, 0};
+    for (int j = 0; j < kVector; ++j) {
+      const uint16_t h = dtype == DType::kF16 ? FloatToHalf(y[j]) : FloatToBF16(y[j]);
+      words[j / 2] |= static_cast<uint32_t>(h) << (16 * (j % 2));
+    }
+    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(data) + first) =
+        make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+// Row and column of a vector's first element.
+__device__ __forceinline__ void RowCol(int64_t first, int64_t cols, int64_t* row, int64_t* col) {
+  *row = Div(first, cols);
+  *col = first - *row * cols;
+}
+
+// kKind and kRounding are the codec's, as constants: the codec's branches for the other element
+// kinds and rounding modes fold away. kCodes / kOutput choose what the pass writes; metrics are
+// a run-time choice (a uniform branch) to keep the number of instantiations down.
+template <DType kDType, ElementKind kKind, Rounding kRounding, bool kCodes, bool kOutput>
+__global__ void __launch_bounds__(kThreads)
+    QuantizeVectorKernel(ElementParams p, const float* __restrict__ scales,
+                         const int32_t* __restrict__ zero_points, uint8_t* __restrict__ codes,
+                         void* __restrict__ output, DType output_dtype, MetricPartial* partials,
+                         DeviceFlags* flags, int64_t vectors) {
+  constexpr bool kStochastic = kRounding == Rounding::kStochastic;
+  const bool metrics = partials != nullptr;
+  const ScaleGeometry& g = p.geometry;
+  const int bits = p.codec.bits;
+  MetricAccumulator acc;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < vectors;
+       v += stride) {
+    const int64_t first = v * kVector;
+    int64_t row, col;
+    RowCol(first, g.cols, &row, &col);
+    float x[kVector];
+    LoadVector<kDType>(p.input, first, x);
+    uint32_t random[kVector];
+    if (kStochastic) {
+      StochasticBlock(p.seed, static_cast<uint64_t>(first) >> 2, random);
+      StochasticBlock(p.seed, (static_cast<uint64_t>(first) >> 2) + 1, random + 4);
+    }
+    GroupCursor cursor(g, row, col);
+    float s = scales[cursor.group];
+    float reciprocal = ScaleReciprocal(s);
+    int32_t zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
+    uint64_t packed = 0;
+    float x_hat[kVector];
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) {
+      if (j > 0 && cursor.Step()) {
+        s = scales[cursor.group];
+        reciprocal = ScaleReciprocal(s);
+        zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
+      }
+      if (p.reject_nan && x[j] != x[j]) OfferNan(flags, first + j);
+      const uint32_t code = QuantizeElementAs(kKind, kRounding, p.codec, x[j], s, reciprocal, zp,
+                                              kStochastic ? random[j] : 0u);
+      if (kCodes) {
+        packed |= static_cast<uint64_t>(PackingTransform(code, bits, p.packing)) << (j * bits);
+      }
+      if (kOutput || metrics) {
+        x_hat[j] = DequantizeElementAs(kKind, p.codec, code, s, zp);
+        if (metrics) acc.Add(x[j], x_hat[j]);
+      }
+    }
+    if (kCodes) {
+      // cols % 8 == 0: a row's codes start on an 8-byte (8-bit) or 4-byte (4-bit) boundary.
+      uint8_t* out = codes + row * p.code_row_bytes + col * bits / 8;
+      if (bits == 8) {
+        *reinterpret_cast<uint2*>(out) =
+            make_uint2(static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32));
+      } else {
+        *reinterpret_cast<uint32_t*>(out) = static_cast<uint32_t>(packed);
+      }
+    }
+    if (kOutput) StoreVector(output, output_dtype, first, x_hat);
+  }
+  if (metrics) WriteBlockPartial(acc.sums, partials);
+}
+
+template <ElementKind kKind>
+__global__ void __launch_bounds__(kThreads)
+    DequantizeVectorKernel(ElementParams p, const uint8_t* __restrict__ codes,
+                           const float* __restrict__ scales,
+                           const int32_t* __restrict__ zero_points, void* __restrict__ output,
+                           DType output_dtype, int64_t vectors) {
+  const ScaleGeometry& g = p.geometry;
+  const int bits = p.codec.bits;
+  const uint32_t mask = (1u << bits) - 1u;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < vectors;
+       v += stride) {
+    const int64_t first = v * kVector;
+    int64_t row, col;
+    RowCol(first, g.cols, &row, &col);
+    const uint8_t* in = codes + row * p.code_row_bytes + col * bits / 8;
+    uint64_t packed;
+    if (bits == 8) {
+      const uint2 w = *reinterpret_cast<const uint2*>(in);
+      packed = w.x | (static_cast<uint64_t>(w.y) << 32);
+    } else {
+      packed = *reinterpret_cast<const uint32_t*>(in);
+    }
+    GroupCursor cursor(g, row, col);
+    float s = scales[cursor.group];
+    int32_t zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
+    float y[kVector];
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) {
+      if (j > 0 && cursor.Step()) {
+        s = scales[cursor.group];
+        zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
+      }
+      const uint32_t code =
+          PackingTransform(static_cast<uint32_t>(packed >> (j * bits)) & mask, bits, p.packing);
+      y[j] = DequantizeElementAs(kKind, p.codec, code, s, zp);
+    }
+    StoreVector(output, output_dtype, first, y);
+  }
+}
+
+// Per-tensor statistics: every thread folds its share of the tensor into one range, the block
+// reduces, and one atomic pair per block merges: no contention on the single group.
+template <DType kDType>
+__global__ void __launch_bounds__(kThreads)
+    TensorStatsVectorKernel(ElementParams p, StatsBuffers stats, int64_t vectors) {
+  float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < vectors;
+       v += stride) {
+    float x[kVector];
+    LoadVector<kDType>(p.input, v * kVector, x);
+    for (int j = 0; j < kVector; ++j) {
+      const float value = x[j] + 0.0f;  // -0 counts as +0
+      if (value != value) {
+        if (p.reject_nan) OfferNan(stats.flags, v * kVector + j);
+      } else if (IsFinite(value)) {
+        lo = fminf(lo, value);
+        hi = fmaxf(hi, value);
+      }
+    }
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
+    hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
+  }
+  __shared__ float block_lo[kWarps], block_hi[kWarps];
+  if ((threadIdx.x & 31) == 0) {
+    block_lo[threadIdx.x >> 5] = lo;
+    block_hi[threadIdx.x >> 5] = hi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w) {
+      lo = fminf(lo, block_lo[w]);
+      hi = fmaxf(hi, block_hi[w]);
+    }
+    MergeRange(stats, 0, lo, hi);
+  }
+}
+
+// Statistics of the row-based granularities (token, leading-axis channel, group, block): each
+// thread folds its 8 elements into per-run ranges with the same GroupCursor as the element
+// pass, and lanes sharing one group combine in the warp before a single atomic pair: the whole
+// warp when it covers one group (token rows), power-of-two lane segments when groups are
+// aligned runs of `segment` lanes (group or block sizes of 16..256), each lane alone otherwise.
+template <DType kDType>
+__global__ void __launch_bounds__(kThreads)
+    RowStatsVectorKernel(ElementParams p, StatsBuffers stats, int64_t vectors, int segment) {
+  const ScaleGeometry& g = p.geometry;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  // Every lane of a warp runs the same number of iterations, so the shuffles below see all 32.
+  const int64_t warp_first = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) & ~31;
+  for (int64_t base = warp_first; base < vectors; base += stride) {
+    const int64_t v = base + (threadIdx.x & 31);
+    const bool active = v < vectors;
+    float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+    int64_t group = -1;
+    if (active) {
+      int64_t row, col;
+      RowCol(v * kVector, g.cols, &row, &col);
+      float x[kVector];
+      LoadVector<kDType>(p.input, v * kVector, x);
+      GroupCursor cursor(g, row, col);
+      group = cursor.group;
+#pragma unroll
+      for (int j = 0; j < kVector; ++j) {
+        if (j > 0 && cursor.Step()) {  // a run ends inside the vector: merge it alone
+          MergeRange(stats, group, lo, hi);
+          lo = __int_as_float(0x7F800000);
+          hi = __int_as_float(0xFF800000);
+          group = cursor.group;
+        }
+        const float value = x[j] + 0.0f;  // -0 counts as +0
+        if (value != value) {
+          if (p.reject_nan) OfferNan(stats.flags, v * kVector + j);
+        } else if (IsFinite(value)) {
+          lo = fminf(lo, value);
+          hi = fmaxf(hi, value);
+        }
+      }
+    }
+    const int64_t lane0_group = __shfl_sync(0xFFFFFFFFu, group, 0);
+    if (__all_sync(0xFFFFFFFFu, group == lane0_group)) {
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
+        hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
+      }
+      if ((threadIdx.x & 31) == 0 && group >= 0) MergeRange(stats, group, lo, hi);
+    } else if (segment > 1) {
+      for (int offset = segment / 2; offset > 0; offset >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset, segment));
+        hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset, segment));
+      }
+      if ((threadIdx.x & (segment - 1)) == 0 && group >= 0) MergeRange(stats, group, lo, hi);
+    } else if (group >= 0) {
+      MergeRange(stats, group, lo, hi);
+    }
+  }
+}
+
+template <DType kDType, ElementKind kKind, Rounding kRounding>
+cudaError_t LaunchQuantizeVectorAs(const ElementParams& p, const float* scales,
+                                   const int32_t* zero_points, uint8_t* codes, void* output,
+                                   DType output_dtype, MetricPartial* partials, DeviceFlags* flags,
+                                   int grid, cudaStream_t stream) {
+  const int64_t vectors = p.geometry.rows * p.geometry.cols / kVector;
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream>>>(p, scales, zero_points, codes, output, output_dtype,
+                                          partials, flags, vectors);
+  };
+  if (codes != nullptr) {
+    launch(QuantizeVectorKernel<kDType, kKind, kRounding, true, false>);
+  } else if (output != nullptr) {
+    launch(QuantizeVectorKernel<kDType, kKind, kRounding, false, true>);
+  } else {
+    launch(QuantizeVectorKernel<kDType, kKind, kRounding, false, false>);  // metrics only
+  }
+  return cudaGetLastError();
+}
+
+template <DType kDType, ElementKind kKind>
+cudaError_t LaunchQuantizeVectorKind(const ElementParams& p, const float* scales,
+                                     const int32_t* zero_points, uint8_t* codes, void* output,
+                                     DType output_dtype, MetricPartial* partials,
+                                     DeviceFlags* flags, int grid, cudaStream_t stream) {
+  switch (p.codec.rounding) {
+    case Rounding::kStochastic:
+      return LaunchQuantizeVectorAs<kDType, kKind, Rounding::kStochastic>(
+          p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+    case Rounding::kNearestAway:
+      return LaunchQuantizeVectorAs<kDType, kKind, Rounding::kNearestAway>(
+          p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+    default:
+      return LaunchQuantizeVectorAs<kDType, kKind, Rounding::kNearestEven>(
+          p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+  }
+}
+
+template <DType kDType>
+cudaError_t LaunchQuantizeVectorTyped(const ElementParams& p, const float* scales,
+                                      const int32_t* zero_points, uint8_t* codes, void* output,
+                                      DType output_dtype, MetricPartial* partials,
+                                      DeviceFlags* flags, int grid, cudaStream_t stream) {
+  if (p.codec.kind == ElementKind::kMinifloat) {
+    return LaunchQuantizeVectorKind<kDType, ElementKind::kMinifloat>(
+        p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+  }
+  return LaunchQuantizeVectorKind<kDType, ElementKind::kInt>(
+      p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+}
+
+}  // namespace
+
+bool VectorPathApplies(const ElementParams& p) {
+  return p.geometry.cols > 0 && p.geometry.cols % kVector == 0 && p.geometry.rows > 0 &&
+         (p.codec.bits == 8 || p.codec.bits == 4);
+}
+
+int VectorGrid(const ElementParams& p) {
+  return GridFor(p.geometry.rows * p.geometry.cols / kVector, p.max_blocks);
+}
+
+cudaError_t LaunchQuantizeVector(const ElementParams& p, const float* scales,
+                                 const int32_t* zero_points, uint8_t* codes, void* output,
+                                 DType output_dtype, MetricPartial* partials, DeviceFlags* flags,
+                                 int grid, cudaStream_t stream) {
+  switch (p.input_dtype) {
+    case DType::kF16:
+      return LaunchQuantizeVectorTyped<DType::kF16>(p, scales, zero_points, codes, output,
+                                                    output_dtype, partials, flags, grid, stream);
+    case DType::kBF16:
+      return LaunchQuantizeVectorTyped<DType::kBF16>(p, scales, zero_points, codes, output,
+                                                     output_dtype, partials, flags, grid, stream);
+    default:
+      return LaunchQuantizeVectorTyped<DType::kF32>(p, scales, zero_points, codes, output,
+                                                    output_dtype, partials, flags, grid, stream);
+  }
+}
+
+cudaError_t LaunchDequantizeVector(const ElementParams& p, const uint8_t* codes,
+                                   const float* scales, const int32_t* zero_points, void* output,
+                                   DType output_dtype, cudaStream_t stream) {
+  const int64_t vectors = p.geometry.rows * p.geometry.cols / kVector;
+  if (p.codec.kind == ElementKind::kMinifloat) {
+    DequantizeVectorKernel<ElementKind::kMinifloat><<<VectorGrid(p), kThreads, 0, stream>>>(
+        p, codes, scales, zero_points, output, output_dtype, vectors);
+  } else {
+    DequantizeVectorKernel<ElementKind::kInt><<<VectorGrid(p), kThreads, 0, stream>>>(
+        p, codes, scales, zero_points, output, output_dtype, vectors);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRowStatsVector(const ElementParams& p, const StatsBuffers& stats,
+                                 cudaStream_t stream) {
+  const ScaleGeometry& g = p.geometry;
+  const int64_t vectors = g.rows * g.cols / kVector;
+  // Lanes per group when every group is an aligned run of a power-of-two number of vectors that
+  // divides the warp (and rows hold whole groups, so no run is ragged): then a lane segment
+  // never mixes groups.
+  int segment = 1;
+  if ((g.granularity == Granularity::kGroup || g.granularity == Granularity::kBlock) &&
+      g.group_cols % kVector == 0 && g.cols % g.group_cols == 0) {
+    const int64_t lanes = g.group_cols / kVector;
+    if (lanes <= 32 && (lanes & (lanes - 1)) == 0) segment = static_cast<int>(lanes);
+  }
+  const int grid = VectorGrid(p);
+  switch (p.input_dtype) {
+    case DType::kF16:
+      RowStatsVectorKernel<DType::kF16><<<grid, kThreads, 0, stream>>>(p, stats, vectors, segment);
+      break;
+    case DType::kBF16:
+      RowStatsVectorKernel<DType::kBF16><<<grid, kThreads, 0, stream>>>(p, stats, vectors, segment);
+      break;
+    default:
+      RowStatsVectorKernel<DType::kF32><<<grid, kThreads, 0, stream>>>(p, stats, vectors, segment);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchTensorStatsVector(const ElementParams& p, const StatsBuffers& stats,
+                                    cudaStream_t stream) {
+  const int64_t vectors = p.geometry.rows * p.geometry.cols / kVector;
+  const int grid = VectorGrid(p);
+  switch (p.input_dtype) {
+    case DType::kF16:
+      TensorStatsVectorKernel<DType::kF16><<<grid, kThreads, 0, stream>>>(p, stats, vectors);
+      break;
+    case DType::kBF16:
+      TensorStatsVectorKernel<DType::kBF16><<<grid, kThreads, 0, stream>>>(p, stats, vectors);
+      break;
+    default:
+      TensorStatsVectorKernel<DType::kF32><<<grid, kThreads, 0, stream>>>(p, stats, vectors);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace quantd::cuda
