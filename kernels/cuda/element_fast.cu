@@ -141,14 +141,14 @@ __global__ void __launch_bounds__(kThreads)
     int32_t zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
     uint64_t packed = 0;
     float x_hat[kVector];
+    if (p.reject_nan) {
 #pragma unroll
-    for (int j = 0; j < kVector; ++j) {
-      if (j > 0 && cursor.Step()) {
-        s = scales[cursor.group];
-        reciprocal = ScaleReciprocal(s);
-        zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
+      for (int j = 0; j < kVector; ++j) {
+        if (x[j] != x[j]) OfferNan(flags, first + j);
       }
-      if (p.reject_nan && x[j] != x[j]) OfferNan(flags, first + j);
+    }
+    // One element's work with the current scale.
+    auto quantize = [&](int j) {
       const uint32_t code = QuantizeElementAs(kKind, kRounding, p.codec, x[j], s, reciprocal, zp,
                                               kStochastic ? random[j] : 0u);
       if (kCodes) {
@@ -157,6 +157,22 @@ __global__ void __launch_bounds__(kThreads)
       if (kOutput || metrics) {
         x_hat[j] = DequantizeElementAs(kKind, p.codec, code, s, zp);
         if (metrics) acc.Add(x[j], x_hat[j]);
+      }
+    };
+    if (cursor.run_left >= kVector) {
+      // The whole vector shares one scale (token, tensor, channel, groups of 8 and more): no
+      // group bookkeeping inside the loop.
+#pragma unroll
+      for (int j = 0; j < kVector; ++j) quantize(j);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVector; ++j) {
+        if (j > 0 && cursor.Step()) {
+          s = scales[cursor.group];
+          reciprocal = ScaleReciprocal(s);
+          zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
+        }
+        quantize(j);
       }
     }
     if (kCodes) {
