@@ -151,7 +151,7 @@ class CudaBackend final : public Backend {
 
   absl::Status Quantize(const TensorView& input, const QuantSpec& spec, const QuantizedBuffers& out,
                         ErrorMetrics* metrics) override {
-    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales) {
       return absl::InternalError("Quantize output buffers do not match the layout");
     }
@@ -209,7 +209,7 @@ class CudaBackend final : public Backend {
 
   absl::Status QuantDequant(const TensorView& input, const QuantSpec& spec,
                             const MutableTensorView& out, ErrorMetrics* metrics) override {
-    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     if (!IsFloatInput(out.dtype) || out.shape != input.shape) {
       return absl::InvalidArgumentError(
           "fake quantization writes F32, F16 or BF16 shaped like the input");
@@ -237,15 +237,8 @@ class CudaBackend final : public Backend {
       // result, computed where it is defined.
       return fallback_->Calibrate(input, spec, options, result);
     }
-    if (spec.granularity == Granularity::kNone) {
-      return absl::InvalidArgumentError(
-          "granularity none is a plain cast with no scale to calibrate; use tensor, channel, "
-          "token, group or block");
-    }
-    if (spec.has_static_scales()) {
-      return absl::InvalidArgumentError("calibrate computes scales; drop static_scales");
-    }
-    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    QUANTD_RETURN_IF_ERROR(CheckCalibration(spec, options));
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     std::unique_ptr<Lease> lease = Acquire();
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
@@ -289,15 +282,6 @@ class CudaBackend final : public Backend {
     MetricPartial total;  // host copy of partials[kMaxMetricBlocks]
     DeviceFlags flags;    // host copy of stats.flags
   };
-
-  static absl::StatusOr<QuantLayout> CheckInput(const TensorView& input, const QuantSpec& spec) {
-    if (!IsFloatInput(input.dtype)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input dtype ", DTypeName(input.dtype), " cannot be quantized; send F32, F16 or BF16"));
-    }
-    QUANTD_RETURN_IF_ERROR(CheckByteLength(input.dtype, input.shape, input.bytes));
-    return ComputeLayout(spec, input.shape);
-  }
 
   // Copies the input in and computes the scales (statistics + ScaleFromRange, or the static
   // ones, or 1 for a plain cast).
@@ -345,16 +329,10 @@ class CudaBackend final : public Backend {
     }
     QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     if (pass.flags.first_nan != kNoNan) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input element ", pass.flags.first_nan, " is NaN and ", FormatName(spec.format),
-          Traits(spec.format).has_nan ? " was asked to reject NaN (nan_policy reject)"
-                                      : " has no NaN",
-          "; clean the input or set nan_policy zero to quantize NaN as 0"));
+      return NanRejectedError(spec.format, static_cast<int64_t>(pass.flags.first_nan));
     }
     if (pass.flags.bad_scale_group != kNoBadGroup) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the asymmetric range max - min of scale group ", pass.flags.bad_scale_group,
-                       " overflows float32; use symmetric quantization"));
+      return RangeOverflowError(pass.flags.bad_scale_group);
     }
     if (metrics != nullptr) *metrics = MetricsFromPartial(pass.total);
     return absl::OkStatus();

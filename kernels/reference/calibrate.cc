@@ -10,12 +10,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "quantd/status.h"
 #include "row_ops.h"
 
 namespace quantd::reference {
 namespace {
-
-absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
 
 // The finite elements of every scale group, contiguous per group and in flat order within
 // it: group g holds values[offsets[g] .. offsets[g + 1]).
@@ -96,38 +95,14 @@ class FirstError {
 absl::Status Calibrate(Executor* executor, const TensorView& input, const QuantSpec& spec,
                        const QuantLayout& layout, const CalibrationOptions& options,
                        CalibrationResult* result) {
-  if (spec.granularity == Granularity::kNone) {
-    return Invalid(
-        "granularity none is a plain cast with no scale to calibrate; use tensor, channel, "
-        "token, group or block");
-  }
-  if (spec.has_static_scales()) return Invalid("calibrate computes scales; drop static_scales");
+  QUANTD_RETURN_IF_ERROR(CheckCalibration(spec, options));
   const CalibrationMethod method =
       options.method == CalibrationMethod::kUnspecified ? CalibrationMethod::kAmax : options.method;
-  if (method == CalibrationMethod::kPercentile &&
-      !(options.percentile > 0.0 && options.percentile <= 100.0)) {
-    return Invalid(absl::StrFormat("percentile must be in (0, 100], got %g", options.percentile));
-  }
-  if (method == CalibrationMethod::kMse) {
-    if (options.search_steps < 1 || options.search_steps > 1000) {
-      return Invalid(absl::StrCat("search_steps must be in [1, 1000], got ", options.search_steps));
-    }
-    if (!(options.search_min_ratio > 0.0f && options.search_min_ratio <= 1.0f)) {
-      return Invalid(
-          absl::StrFormat("search_min_ratio must be in (0, 1], got %g", options.search_min_ratio));
-    }
-    if (spec.clip_ratio != 1.0f) {
-      return Invalid("MSE calibration searches for the clip ratio; leave clip_ratio unset");
-    }
-  }
-  if (method != CalibrationMethod::kAmax && method != CalibrationMethod::kPercentile &&
-      method != CalibrationMethod::kMse) {
-    return Invalid(absl::StrCat("unknown calibration method ", static_cast<int>(method)));
-  }
 
   const ElementPass pass = MakeElementPass(spec);
   const GroupStats stats = ComputeGroupStats(executor, input, layout);
-  if (pass.reject_nan && stats.first_nan >= 0) return NanRejected(spec.format, stats.first_nan);
+  if (pass.reject_nan && stats.first_nan >= 0)
+    return NanRejectedError(spec.format, stats.first_nan);
 
   const int64_t n = layout.geometry.num_scales;
   Scales scales;
@@ -142,8 +117,8 @@ absl::Status Calibrate(Executor* executor, const TensorView& input, const QuantS
   switch (method) {
     case CalibrationMethod::kAmax:
       for (int64_t i = 0; i < n; ++i) {
-        first_error.Offer(ScaleFromRange(spec, stats.min[i], stats.max[i], spec.clip_ratio,
-                                         &scales.scale[i], zero_point(i)));
+        first_error.Offer(GroupScale(spec, i, stats.min[i], stats.max[i], spec.clip_ratio,
+                                     &scales.scale[i], zero_point(i)));
       }
       break;
     case CalibrationMethod::kPercentile: {
@@ -159,7 +134,7 @@ absl::Status Calibrate(Executor* executor, const TensorView& input, const QuantS
               spec.asymmetric ? Percentile(values, count, 100.0 - options.percentile) : -upper;
           const float lo = std::min(lower, upper), hi = std::max(lower, upper);
           first_error.Offer(
-              ScaleFromRange(spec, lo, hi, spec.clip_ratio, &scales.scale[i], zero_point(i)));
+              GroupScale(spec, i, lo, hi, spec.clip_ratio, &scales.scale[i], zero_point(i)));
         }
       });
       break;
@@ -179,7 +154,7 @@ absl::Status Calibrate(Executor* executor, const TensorView& input, const QuantS
           for (const float ratio : grid) {
             float s = 1.0f;
             int32_t zp = 0;
-            absl::Status status = ScaleFromRange(spec, stats.min[i], stats.max[i], ratio, &s, &zp);
+            absl::Status status = GroupScale(spec, i, stats.min[i], stats.max[i], ratio, &s, &zp);
             if (!status.ok()) {
               first_error.Offer(std::move(status));
               return;

@@ -23,15 +23,6 @@ using reference::ForEachRun;
 using reference::MakeElementPass;
 using reference::Scales;
 
-absl::StatusOr<QuantLayout> CheckInput(const TensorView& input, const QuantSpec& spec) {
-  if (!IsFloatInput(input.dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat("input dtype ", DTypeName(input.dtype),
-                                                   " cannot be quantized; send F32, F16 or BF16"));
-  }
-  QUANTD_RETURN_IF_ERROR(CheckByteLength(input.dtype, input.shape, input.bytes));
-  return ComputeLayout(spec, input.shape);
-}
-
 class ReferenceBackend final : public Backend {
  public:
   explicit ReferenceBackend(Executor* executor)
@@ -41,7 +32,7 @@ class ReferenceBackend final : public Backend {
 
   absl::Status Quantize(const TensorView& input, const QuantSpec& spec, const QuantizedBuffers& out,
                         ErrorMetrics* metrics) override {
-    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales ||
         (layout.code_bytes > 0 && out.codes == nullptr) ||
         (out.num_scales > 0 && out.scales == nullptr) ||
@@ -108,7 +99,7 @@ class ReferenceBackend final : public Backend {
 
   absl::Status QuantDequant(const TensorView& input, const QuantSpec& spec,
                             const MutableTensorView& out, ErrorMetrics* metrics) override {
-    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     if (!IsFloatInput(out.dtype) || out.shape != input.shape) {
       return absl::InvalidArgumentError(
           absl::StrCat("fake quantization writes F32, F16 or BF16 shaped like the input ",
@@ -129,7 +120,7 @@ class ReferenceBackend final : public Backend {
 
   absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
                          const CalibrationOptions& options, CalibrationResult* result) override {
-    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, CheckInput(input, spec));
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     return reference::Calibrate(executor_, input, spec, layout, options, result);
   }
 

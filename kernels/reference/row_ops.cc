@@ -22,13 +22,6 @@ bool GroupsSpanChunks(Granularity granularity) {
 
 }  // namespace
 
-absl::Status NanRejected(Format format, int64_t index) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "input element ", index, " is NaN and ", FormatName(format),
-      Traits(format).has_nan ? " was asked to reject NaN (nan_policy reject)" : " has no NaN",
-      "; clean the input or set nan_policy zero to quantize NaN as 0"));
-}
-
 GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const QuantLayout& layout) {
   const ScaleGeometry& g = layout.geometry;
   GroupStats stats;
@@ -84,14 +77,12 @@ GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const Quan
   return stats;
 }
 
-absl::Status ScaleFromRange(const QuantSpec& spec, float lo, float hi, float clip, float* scale,
-                            int32_t* zero_point) {
+absl::Status GroupScale(const QuantSpec& spec, int64_t group, float lo, float hi, float clip,
+                        float* scale, int32_t* zero_point) {
   int32_t unused_zero_point = 0;
-  if (!quantd::ScaleFromRange(MakeScaleRule(Traits(spec.format), spec.asymmetric), lo, hi, clip,
-                              scale, zero_point != nullptr ? zero_point : &unused_zero_point)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "asymmetric range max - min = %g - (%g) overflows float32; use symmetric quantization",
-        std::max(hi, 0.0f) * clip, std::min(lo, 0.0f) * clip));
+  if (!ScaleFromRange(MakeScaleRule(Traits(spec.format), spec.asymmetric), lo, hi, clip, scale,
+                      zero_point != nullptr ? zero_point : &unused_zero_point)) {
+    return RangeOverflowError(group);
   }
   return absl::OkStatus();
 }
@@ -124,14 +115,15 @@ absl::StatusOr<Scales> ComputeScales(Executor* executor, const TensorView& x, co
     return scales;
   }
   const GroupStats stats = ComputeGroupStats(executor, x, layout);
-  if (pass.reject_nan && stats.first_nan >= 0) return NanRejected(spec.format, stats.first_nan);
+  if (pass.reject_nan && stats.first_nan >= 0)
+    return NanRejectedError(spec.format, stats.first_nan);
   const int64_t n = layout.geometry.num_scales;
   scales.scale.resize(n);
   if (spec.asymmetric) scales.zero_point.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     absl::Status status =
-        ScaleFromRange(spec, stats.min[i], stats.max[i], spec.clip_ratio, &scales.scale[i],
-                       spec.asymmetric ? &scales.zero_point[i] : nullptr);
+        GroupScale(spec, i, stats.min[i], stats.max[i], spec.clip_ratio, &scales.scale[i],
+                   spec.asymmetric ? &scales.zero_point[i] : nullptr);
     if (!status.ok()) return status;
   }
   return scales;

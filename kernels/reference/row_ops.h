@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "quantd/backend.h"
 #include "quantd/codec.h"
 #include "quantd/executor.h"
 #include "quantd/metrics.h"
@@ -84,9 +85,6 @@ class FirstNan {
   std::atomic<int64_t> first_{-1};
 };
 
-// INVALID_ARGUMENT for a NaN the spec's nan_policy rejects.
-absl::Status NanRejected(Format format, int64_t index);
-
 // Per scale group: min and max over the group's finite elements (+inf / -inf when it has
 // none). Inf and NaN never enter a scale: one bad value must not flatten its whole group.
 struct GroupStats {
@@ -102,12 +100,10 @@ struct GroupStats {
 
 GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const QuantLayout& layout);
 
-// The scale (and zero-point) of a group whose finite elements span [lo, hi], after
-// multiplying the range by `clip`: FORMATS.md's formulas in fp32. A zero scale (all-zero
-// group, or a quotient that underflows) becomes 1: a scale is never 0. InvalidArgument when an
-// asymmetric range overflows fp32.
-absl::Status ScaleFromRange(const QuantSpec& spec, float lo, float hi, float clip, float* scale,
-                            int32_t* zero_point);
+// ScaleFromRange (codec.h) for scale group `group` of `spec`, with the overflow of an
+// asymmetric range as InvalidArgument naming the group.
+absl::Status GroupScale(const QuantSpec& spec, int64_t group, float lo, float hi, float clip,
+                        float* scale, int32_t* zero_point);
 
 // How the element pass treats one element: the codec plus the stochastic-rounding key.
 struct ElementPass {
@@ -174,7 +170,7 @@ absl::Status RunElementPass(Executor* executor, const TensorView& x, const Quant
       total.Merge(sums);
     }
   });
-  if (first_nan.get() >= 0) return NanRejected(pass.format, first_nan.get());
+  if (first_nan.get() >= 0) return NanRejectedError(pass.format, first_nan.get());
   if (metrics != nullptr) *metrics = FinalizeMetrics(total);
   return absl::OkStatus();
 }

@@ -99,6 +99,20 @@ class Backend {
                                                CalibrationResult* result) = 0;
 };
 
+// ---- Shared by every backend, so that each refuses the same requests in the same words. ----
+
+// The layout of quantizing `input` with `spec`, after checking that the input is F32, F16 or
+// BF16 and holds as many bytes as its shape says.
+[[nodiscard]] absl::StatusOr<QuantLayout> LayoutOfFloatInput(const TensorView& input,
+                                                             const QuantSpec& spec);
+// Whether `spec` and `options` describe a calibration that can run.
+[[nodiscard]] absl::Status CheckCalibration(const QuantSpec& spec,
+                                            const CalibrationOptions& options);
+// InvalidArgument for flat input element `index` being NaN where the spec rejects NaN.
+absl::Status NanRejectedError(Format format, int64_t index);
+// InvalidArgument for an asymmetric range (max - min) of scale group `group` overflowing fp32.
+absl::Status RangeOverflowError(int64_t group);
+
 // The CPU backend. Runs its loops on `executor` (InlineExecutor() when null), which must
 // outlive it.
 std::unique_ptr<Backend> CreateReferenceBackend(Executor* executor);

@@ -1,0 +1,67 @@
+// The refusals every backend shares, so that a request gets the same answer on each.
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "quantd/backend.h"
+#include "quantd/status.h"
+
+namespace quantd {
+
+absl::StatusOr<QuantLayout> LayoutOfFloatInput(const TensorView& input, const QuantSpec& spec) {
+  if (!IsFloatInput(input.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("input dtype ", DTypeName(input.dtype),
+                                                   " cannot be quantized; send F32, F16 or BF16"));
+  }
+  QUANTD_RETURN_IF_ERROR(CheckByteLength(input.dtype, input.shape, input.bytes));
+  return ComputeLayout(spec, input.shape);
+}
+
+absl::Status CheckCalibration(const QuantSpec& spec, const CalibrationOptions& options) {
+  auto invalid = [](std::string message) { return absl::InvalidArgumentError(message); };
+  if (spec.granularity == Granularity::kNone) {
+    return invalid(
+        "granularity none is a plain cast with no scale to calibrate; use tensor, channel, "
+        "token, group or block");
+  }
+  if (spec.has_static_scales()) return invalid("calibrate computes scales; drop static_scales");
+  switch (options.method) {
+    case CalibrationMethod::kUnspecified:
+    case CalibrationMethod::kAmax:
+      return absl::OkStatus();
+    case CalibrationMethod::kPercentile:
+      if (!(options.percentile > 0.0 && options.percentile <= 100.0)) {
+        return invalid(
+            absl::StrFormat("percentile must be in (0, 100], got %g", options.percentile));
+      }
+      return absl::OkStatus();
+    case CalibrationMethod::kMse:
+      if (options.search_steps < 1 || options.search_steps > 1000) {
+        return invalid(
+            absl::StrCat("search_steps must be in [1, 1000], got ", options.search_steps));
+      }
+      if (!(options.search_min_ratio > 0.0f && options.search_min_ratio <= 1.0f)) {
+        return invalid(absl::StrFormat("search_min_ratio must be in (0, 1], got %g",
+                                       options.search_min_ratio));
+      }
+      if (spec.clip_ratio != 1.0f) {
+        return invalid("MSE calibration searches for the clip ratio; leave clip_ratio unset");
+      }
+      return absl::OkStatus();
+  }
+  return invalid(absl::StrCat("unknown calibration method ", static_cast<int>(options.method)));
+}
+
+absl::Status NanRejectedError(Format format, int64_t index) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "input element ", index, " is NaN and ", FormatName(format),
+      Traits(format).has_nan ? " was asked to reject NaN (nan_policy reject)" : " has no NaN",
+      "; clean the input or set nan_policy zero to quantize NaN as 0"));
+}
+
+absl::Status RangeOverflowError(int64_t group) {
+  return absl::InvalidArgumentError(absl::StrCat("the asymmetric range max - min of scale group ",
+                                                 group,
+                                                 " overflows float32; use symmetric quantization"));
+}
+
+}  // namespace quantd
