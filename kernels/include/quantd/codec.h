@@ -153,8 +153,8 @@ QUANTD_HD uint32_t MinifloatInfMagnitude(const MinifloatParams& p) {
 // finite value (CUDA satfinite, TE, vLLM); NONFINITE gives Inf where the format has one and NaN
 // otherwise (ml_dtypes). ±Inf inputs overflow the same way. NaN keeps its sign (ml_dtypes and
 // PyTorch); zero keeps its sign.
-QUANTD_HD uint32_t MinifloatEncode(const MinifloatParams& p, float v, Rounding rounding,
-                                   uint32_t random_bits, Overflow overflow) {
+QUANTD_HD uint32_t MinifloatEncodePortable(const MinifloatParams& p, float v, Rounding rounding,
+                                           uint32_t random_bits, Overflow overflow) {
   const uint32_t bits = FloatToBits(v);
   const uint32_t sign = (bits >> 31) ? MinifloatSignBit(p) : 0u;
   const uint32_t magnitude_bits = bits & 0x7FFFFFFFu;
@@ -184,6 +184,34 @@ QUANTD_HD uint32_t MinifloatEncode(const MinifloatParams& p, float v, Rounding r
     magnitude = p.max_code;
   }
   return sign | magnitude;
+}
+
+// MinifloatEncode: the portable engine above, except where a GPU converts the same way in
+// hardware. Hopper and Ada's cvt.rn.satfinite.{e4m3,e5m2}x2.f32 round to nearest even and
+// saturate (±Inf included) exactly as the engine does with RNE + SATURATE for every non-NaN
+// input; NaN never reaches it (the engine's own NaN rule answers first). tests/gpu compares
+// the two on all 2^32 float bit patterns.
+QUANTD_HD uint32_t MinifloatEncode(const MinifloatParams& p, float v, Rounding rounding,
+                                   uint32_t random_bits, Overflow overflow) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  if (rounding == Rounding::kNearestEven && overflow != Overflow::kNonfinite &&
+      (FloatToBits(v) & 0x7FFFFFFFu) <= 0x7F800000u) {
+    const bool e4m3 = p.exp_bits == 4 && p.man_bits == 3 && p.bias == 7 && p.max_code == 0x7E &&
+                      p.nan_encoding == NanEncoding::kAllOnes;
+    const bool e5m2 = p.exp_bits == 5 && p.man_bits == 2 && p.bias == 15 && p.max_code == 0x7B &&
+                      p.nan_encoding == NanEncoding::kIeee;
+    unsigned short pair;
+    if (e4m3) {
+      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
+      return pair & 0xFFu;
+    }
+    if (e5m2) {
+      asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
+      return pair & 0xFFu;
+    }
+  }
+#endif
+  return MinifloatEncodePortable(p, v, rounding, random_bits, overflow);
 }
 
 // Decodes a minifloat code (exact in fp32 for every format with E <= 8, M <= 23).

@@ -1,5 +1,8 @@
-// DivideByScale's fast step (codec.h) against the IEEE division it replaces, on the GPU:
-// 2^30 random (x, s) pairs in each of three distributions must give the same bits.
+// The GPU-only paths of codec.h against what they replace, on the GPU itself:
+// - DivideByScale's fast step against IEEE division, 2^30 random (x, s) pairs in each of three
+//   distributions;
+// - MinifloatEncode's hardware FP8 conversion against the portable engine, on every one of the
+//   2^32 float bit patterns, for E4M3 and E5M2.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -7,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "quantd/codec.h"
 #include "quantd/cuda.h"
+#include "quantd/format.h"
 
 namespace quantd {
 namespace {
@@ -71,6 +75,42 @@ TEST(DivisionTest, FastStepEqualsIeeeDivision) {
                              << result[2];
     // The step must actually be exercised, not skipped by its range checks.
     EXPECT_GT(result[1], static_cast<unsigned long long>(n / 4)) << "distribution " << distribution;
+  }
+  cudaFree(counters);
+}
+
+__global__ void CompareFp8Conversion(MinifloatParams params, unsigned long long* mismatches,
+                                     unsigned long long* first_bad) {
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x;
+       i < (uint64_t{1} << 32); i += stride) {
+    const uint32_t bits = static_cast<uint32_t>(i);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) continue;  // NaN is answered before either path
+    const float v = BitsToFloat(bits);
+    const uint32_t hardware =
+        MinifloatEncode(params, v, Rounding::kNearestEven, 0u, Overflow::kSaturate);
+    const uint32_t portable =
+        MinifloatEncodePortable(params, v, Rounding::kNearestEven, 0u, Overflow::kSaturate);
+    if (hardware != portable) {
+      atomicAdd(mismatches, 1ull);
+      atomicMin(first_bad, static_cast<unsigned long long>(bits));
+    }
+  }
+}
+
+TEST(Fp8ConversionTest, HardwareEqualsThePortableEngineOnEveryFloat) {
+  if (!CudaBackendBuilt() || CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible";
+  unsigned long long* counters = nullptr;
+  ASSERT_EQ(cudaMalloc(&counters, 2 * sizeof(unsigned long long)), cudaSuccess);
+  for (Format format : {Format::kFp8E4M3, Format::kFp8E5M2}) {
+    const unsigned long long init[2] = {0, ~0ull};
+    ASSERT_EQ(cudaMemcpy(counters, init, sizeof(init), cudaMemcpyHostToDevice), cudaSuccess);
+    CompareFp8Conversion<<<2048, 256>>>(Traits(format).minifloat, counters, counters + 1);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    unsigned long long result[2];
+    ASSERT_EQ(cudaMemcpy(result, counters, sizeof(result), cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(result[0], 0u) << FormatName(format) << ": first mismatch at float bits 0x"
+                             << std::hex << result[1];
   }
   cudaFree(counters);
 }
