@@ -160,9 +160,10 @@ class CudaBackend final : public Backend {
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
     QUANTD_ASSIGN_OR_RETURN(void* codes, arena.Allocate(layout.code_bytes));
-    QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantize(
-        pass.params, pass.scales, pass.zero_points, static_cast<uint8_t*>(codes), nullptr,
-        DType::kF32, metrics != nullptr ? pass.partials : nullptr, pass.stats.flags, stream));
+    QUANTD_CUDA_RETURN_IF_ERROR(
+        LaunchQuantizePass(pass.params, spec, pass.scales_ready, pass.stats, pass.scales,
+                           pass.zero_points, static_cast<uint8_t*>(codes), nullptr, DType::kF32,
+                           metrics != nullptr ? pass.partials : nullptr, stream));
     QUANTD_RETURN_IF_ERROR(CopyOut(out.codes, codes, layout.code_bytes, stream));
     QUANTD_RETURN_IF_ERROR(
         CopyOut(out.scales, pass.scales, 4 * layout.geometry.num_scales, stream));
@@ -220,9 +221,9 @@ class CudaBackend final : public Backend {
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
     QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
-    QUANTD_CUDA_RETURN_IF_ERROR(
-        LaunchQuantize(pass.params, pass.scales, pass.zero_points, nullptr, output, out.dtype,
-                       metrics != nullptr ? pass.partials : nullptr, pass.stats.flags, stream));
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
+        pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points, nullptr,
+        output, out.dtype, metrics != nullptr ? pass.partials : nullptr, stream));
     QUANTD_RETURN_IF_ERROR(CopyOut(out.data, output, out.bytes, stream));
     return Finish(spec, pass, metrics, stream);
   }
@@ -243,6 +244,11 @@ class CudaBackend final : public Backend {
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
+    // Statistics as their own pass: the amax of each group is part of the answer.
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchGroupStats(pass.params, pass.stats, stream));
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchScales(
+        MakeScaleRule(Traits(spec.format), spec.asymmetric), spec.clip_ratio, pass.stats,
+        layout.geometry.num_scales, pass.scales, pass.zero_points, stream));
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantize(pass.params, pass.scales, pass.zero_points, nullptr,
                                                nullptr, DType::kF32, pass.partials,
                                                pass.stats.flags, stream));
@@ -279,12 +285,13 @@ class CudaBackend final : public Backend {
     MetricPartial* partials = nullptr;
     float* scales = nullptr;
     int32_t* zero_points = nullptr;
-    MetricPartial total;  // host copy of partials[kMaxMetricBlocks]
-    DeviceFlags flags;    // host copy of stats.flags
+    bool scales_ready = false;  // static scales, or 1 for a plain cast, already in place
+    MetricPartial total;        // host copy of partials[kMaxMetricBlocks]
+    DeviceFlags flags;          // host copy of stats.flags
   };
 
-  // Copies the input in and computes the scales (statistics + ScaleFromRange, or the static
-  // ones, or 1 for a plain cast).
+  // Copies the input in, initializes the statistics and puts static scales (or 1 for a plain
+  // cast) in place; dynamic scales are the quantization pass's own first step.
   absl::StatusOr<Pass> Prepare(const TensorView& input, const QuantSpec& spec,
                                const QuantLayout& layout, const Lease& lease, DeviceArena& arena) {
     cudaStream_t stream = lease.stream();
@@ -310,12 +317,8 @@ class CudaBackend final : public Backend {
         QUANTD_RETURN_IF_ERROR(
             CopyIn(pass.zero_points, spec.static_zero_points.data(), 4 * n, stream));
       }
-    } else {
-      QUANTD_CUDA_RETURN_IF_ERROR(LaunchGroupStats(pass.params, pass.stats, stream));
-      QUANTD_CUDA_RETURN_IF_ERROR(LaunchScales(MakeScaleRule(Traits(spec.format), spec.asymmetric),
-                                               spec.clip_ratio, pass.stats, n, pass.scales,
-                                               pass.zero_points, stream));
     }
+    pass.scales_ready = spec.granularity == Granularity::kNone || spec.has_static_scales();
     return pass;
   }
 

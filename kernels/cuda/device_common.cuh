@@ -88,15 +88,19 @@ __device__ __forceinline__ MetricPartial WarpReduce(MetricPartial a) {
 }
 
 // Block-wide reduction; thread 0 writes the block's partial.
-__device__ __forceinline__ void WriteBlockPartial(const MetricPartial& mine, MetricPartial* partials) {
-  __shared__ MetricPartial warp_sums[kWarps];
+// kBlockThreads: the launch's block size (a multiple of 32).
+template <int kBlockThreads = kThreads>
+__device__ __forceinline__ void WriteBlockPartial(const MetricPartial& mine,
+                                                  MetricPartial* partials) {
+  constexpr int kBlockWarps = kBlockThreads / 32;
+  __shared__ MetricPartial warp_sums[kBlockWarps];
   const MetricPartial warp_sum = WarpReduce(mine);
   const int warp = threadIdx.x >> 5;
   if ((threadIdx.x & 31) == 0) warp_sums[warp] = warp_sum;
   __syncthreads();
   if (threadIdx.x == 0) {
     MetricPartial total = warp_sums[0];
-    for (int w = 1; w < kWarps; ++w) MergeInto(total, warp_sums[w]);
+    for (int w = 1; w < kBlockWarps; ++w) MergeInto(total, warp_sums[w]);
     partials[blockIdx.x] = total;
   }
 }

@@ -25,6 +25,16 @@ cudaError_t LaunchDequantizeVector(const ElementParams& p, const uint8_t* codes,
                                    const float* scales, const int32_t* zero_points, void* output,
                                    DType output_dtype, cudaStream_t stream);
 
+// Dynamic per-token quantization in one pass (statistics, scales and the element pass), for
+// rows of at most 8192 elements, a multiple of 8. Writes scales (and zero-points), then codes
+// or output as LaunchQuantize does; `flags` must be initialized (LaunchInitStats).
+bool TokenFusedApplies(const ElementParams& p);
+int TokenFusedGrid(const ElementParams& p);
+cudaError_t LaunchQuantizeTokenFused(const ElementParams& p, const ScaleRule& rule, float clip,
+                                     float* scales, int32_t* zero_points, uint8_t* codes,
+                                     void* output, DType output_dtype, MetricPartial* partials,
+                                     DeviceFlags* flags, int grid, cudaStream_t stream);
+
 // Statistics of the row-based granularities (token, channel on a leading axis, group, block).
 cudaError_t LaunchRowStatsVector(const ElementParams& p, const StatsBuffers& stats,
                                  cudaStream_t stream);

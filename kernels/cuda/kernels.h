@@ -101,6 +101,16 @@ cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const in
                            uint8_t* codes, void* output, DType output_dtype,
                            MetricPartial* partials, DeviceFlags* flags, cudaStream_t stream);
 
+// A whole quantization pass over device-resident input, as Backend::Quantize (codes) or
+// QuantDequant (output) needs it: unless `scales_ready` (static scales, or 1 for a plain cast,
+// already in `scales`), the statistics and scales first, then the element pass. Dynamic
+// per-token quantization runs as one fused pass where a kernel for it applies. `stats` must
+// have been initialized by LaunchInitStats.
+cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bool scales_ready,
+                               const StatsBuffers& stats, float* scales, int32_t* zero_points,
+                               uint8_t* codes, void* output, DType output_dtype,
+                               MetricPartial* partials, cudaStream_t stream);
+
 // x̂ = s · decode(code) for every element, into `output` (F32 / F16 / BF16).
 cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const float* scales,
                              const int32_t* zero_points, void* output, DType output_dtype,

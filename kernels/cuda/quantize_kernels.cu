@@ -364,6 +364,34 @@ cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const in
                                       output_dtype, partials, flags, stream);
 }
 
+cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bool scales_ready,
+                               const StatsBuffers& stats, float* scales, int32_t* zero_points,
+                               uint8_t* codes, void* output, DType output_dtype,
+                               MetricPartial* partials, cudaStream_t stream) {
+  if (!scales_ready) {
+    const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric);
+    if (TokenFusedApplies(p)) {
+      const int grid = TokenFusedGrid(p);
+      if (cudaError_t error =
+              LaunchQuantizeTokenFused(p, rule, spec.clip_ratio, scales, zero_points, codes, output,
+                                       output_dtype, partials, stats.flags, grid, stream);
+          error != cudaSuccess || partials == nullptr) {
+        return error;
+      }
+      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
+      return cudaGetLastError();
+    }
+    if (cudaError_t error = LaunchGroupStats(p, stats, stream); error != cudaSuccess) return error;
+    if (cudaError_t error = LaunchScales(rule, spec.clip_ratio, stats, p.geometry.num_scales,
+                                         scales, zero_points, stream);
+        error != cudaSuccess) {
+      return error;
+    }
+  }
+  return LaunchQuantize(p, scales, zero_points, codes, output, output_dtype, partials, stats.flags,
+                        stream);
+}
+
 cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const float* scales,
                              const int32_t* zero_points, void* output, DType output_dtype,
                              cudaStream_t stream) {

@@ -162,15 +162,15 @@ int Main(int argc, char** argv) {
       SplitWorkspace(workspace, layout, &stats, &partials);
       const ElementParams p = MakeElementParams(spec, layout, x, DType::kF32, sms * 8);
       int32_t* zps = op.asymmetric ? static_cast<int32_t*>(zero_points) : nullptr;
-      auto dynamic_scales = [&] {
+      // What Backend::Quantize runs on the device: statistics and scales (fused into the
+      // element pass where a kernel for that exists) unless the scales are static.
+      auto quantize = [&](bool scales_ready) {
         CHECK(LaunchInitStats(stats, n, stream));
-        CHECK(LaunchGroupStats(p, stats, stream));
-        CHECK(LaunchScales(MakeScaleRule(Traits(spec.format), spec.asymmetric), spec.clip_ratio,
-                           stats, n, static_cast<float*>(scales), zps, stream));
+        CHECK(LaunchQuantizePass(p, spec, scales_ready, stats, static_cast<float*>(scales), zps,
+                                 static_cast<uint8_t*>(codes), nullptr, DType::kF32, nullptr,
+                                 stream));
       };
-      dynamic_scales();  // scales (and codes) to start from
-      CHECK(LaunchQuantize(p, static_cast<float*>(scales), zps, static_cast<uint8_t*>(codes),
-                           nullptr, DType::kF32, nullptr, stats.flags, stream));
+      quantize(/*scales_ready=*/false);  // scales (and codes) to start from
       const int reps = numel >= (int64_t{1} << 28) ? 5 : 20;
       float ms;
       int64_t bytes;
@@ -183,14 +183,7 @@ int Main(int argc, char** argv) {
             reps, stream);
         bytes = layout.code_bytes + 4 * n + numel * 4;
       } else {
-        ms = MedianMs(
-            [&] {
-              if (!op.static_scales) dynamic_scales();
-              CHECK(LaunchQuantize(p, static_cast<float*>(scales), zps,
-                                   static_cast<uint8_t*>(codes), nullptr, DType::kF32, nullptr,
-                                   stats.flags, stream));
-            },
-            reps, stream);
+        ms = MedianMs([&] { quantize(/*scales_ready=*/op.static_scales); }, reps, stream);
         bytes = numel * 4 + layout.code_bytes + 4 * n;
       }
       const double gbs = bytes / (ms * 1e-3) / 1e9;
