@@ -1,0 +1,133 @@
+"""PyTorch peers of quantd's kernel benchmark: the same ops, eager and torch.compile.
+
+Each op is the PyTorch sequence a user would write for what quantd_cuda_bench times (same
+shapes, [rows, 4096] float32 from a normal distribution, the same minimum-byte count for
+GB/s), timed with CUDA events as the median of repeats after a warm-up.
+
+    python3 tests/bench/peers.py [--max-elements=N] [--csv=FILE]
+
+Run it in the same job as `quantd_cuda_bench` so both tables come from one machine state
+(docs/PERFORMANCE.md). Speed is never a test assertion.
+"""
+import argparse
+import csv
+import statistics
+
+import torch
+
+
+def int8_token(x):
+    s = x.abs().amax(dim=-1, keepdim=True) / 127.0
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    return torch.clamp(torch.round(x / s), -128, 127).to(torch.int8), s
+
+
+def int8_tensor_static(x, s):
+    return torch.clamp(torch.round(x / s), -128, 127).to(torch.int8)
+
+
+def int8_tensor_dynamic(x):
+    s = x.abs().amax() / 127.0
+    return torch.clamp(torch.round(x / s), -128, 127).to(torch.int8), s
+
+
+def int4_group128(x):
+    g = x.view(x.shape[0], -1, 128)
+    s = g.abs().amax(dim=-1, keepdim=True) / 7.0
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    q = torch.clamp(torch.round(g / s), -8, 7).to(torch.int8).view(x.shape[0], -1)
+    packed = (q[:, 0::2] & 0xF) | ((q[:, 1::2] & 0xF) << 4)  # element 0 in the low nibble
+    return packed.to(torch.uint8), s
+
+
+def fp8_token(x):
+    s = x.abs().amax(dim=-1, keepdim=True) / 448.0
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    return torch.clamp(x / s, -448.0, 448.0).to(torch.float8_e4m3fn), s
+
+
+def fp8_tensor_dynamic(x):
+    s = x.abs().amax() / 448.0
+    return torch.clamp(x / s, -448.0, 448.0).to(torch.float8_e4m3fn), s
+
+
+def dequantize_int8_token(q, s):
+    return q.to(torch.float32) * s
+
+
+def median_ms(fn, reps):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-elements", type=int, default=1 << 30)
+    parser.add_argument("--min-elements", type=int, default=1 << 22)
+    parser.add_argument("--csv", default="")
+    args = parser.parse_args()
+
+    device = torch.device("cuda")
+    copy_n = min(args.max_elements, 1 << 30)
+    src = torch.empty(copy_n, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src), 20)
+    copy_gbs = 2 * src.numel() * 4 / (copy_ms * 1e-3) / 1e9
+    del src, dst
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; "
+          f"device copy {copy_gbs:.1f} GB/s (read + write)")
+
+    rows_out = []
+    print(f"{'op':34s} {'elements':>12s} {'eager':>10s} {'compile':>10s} {'GB/s eager':>11s} "
+          f"{'GB/s compile':>13s}")
+    n = args.min_elements
+    while n <= args.max_elements:
+        rows = n // 4096
+        x = torch.randn(rows, 4096, device=device, dtype=torch.float32)
+        s_static = (x.abs().amax() / 127.0).reshape(1)
+        q8, s8 = int8_token(x)
+        numel = rows * 4096
+        ops = [
+            ("quantize int8 token", lambda f: f(x), int8_token, numel * 5 + rows * 4),
+            ("quantize int8 tensor static", lambda f: f(x, s_static), int8_tensor_static,
+             numel * 5 + 4),
+            ("quantize int8 tensor dynamic", lambda f: f(x), int8_tensor_dynamic, numel * 5 + 4),
+            ("quantize int4 group128", lambda f: f(x), int4_group128,
+             numel * 4 + numel // 2 + numel // 128 * 4),
+            ("quantize fp8e4m3 token", lambda f: f(x), fp8_token, numel * 5 + rows * 4),
+            ("quantize fp8e4m3 tensor dynamic", lambda f: f(x), fp8_tensor_dynamic,
+             numel * 5 + 4),
+            ("dequantize int8 token", lambda f: f(q8, s8), dequantize_int8_token,
+             numel * 5 + rows * 4),
+        ]
+        reps = 5 if numel >= (1 << 28) else 20
+        for name, call, fn, nbytes in ops:
+            eager = median_ms(lambda: call(fn), reps)
+            compiled_fn = torch.compile(fn, dynamic=False)
+            compiled = median_ms(lambda: call(compiled_fn), reps)
+            e_gbs, c_gbs = nbytes / (eager * 1e-3) / 1e9, nbytes / (compiled * 1e-3) / 1e9
+            print(f"{name:34s} {numel:12d} {eager:8.4f}ms {compiled:8.4f}ms {e_gbs:11.1f} "
+                  f"{c_gbs:13.1f}")
+            rows_out.append([name, numel, eager, compiled, e_gbs, c_gbs, copy_gbs])
+        del x, q8, s8
+        torch.cuda.empty_cache()
+        n *= 16
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["op", "elements", "eager_ms", "compile_ms", "eager_gb_per_s",
+                             "compile_gb_per_s", "copy_gb_per_s"])
+            writer.writerows(rows_out)
+
+
+if __name__ == "__main__":
+    main()
