@@ -12,6 +12,7 @@
 #include "device_common.cuh"
 #include "fast_path.h"
 #include "kernels.h"
+#include "lean_path.h"
 #include "quantd/codec.h"
 #include "quantd/packing.h"
 
@@ -253,6 +254,16 @@ struct ElementLaunch {
                          uint8_t* codes, void* output, DType output_dtype, MetricPartial* partials,
                          DeviceFlags* flags, cudaStream_t stream) {
     const bool metrics = partials != nullptr;
+    if (LeanPathApplies(p, codes, output)) {
+      const int grid = LeanGrid(p);
+      if (cudaError_t error = LaunchQuantizeLean(p, scales, zero_points, codes, output,
+                                                 output_dtype, partials, flags, grid, stream);
+          error != cudaSuccess || !metrics) {
+        return error;
+      }
+      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
+      return cudaGetLastError();
+    }
     if (VectorPathApplies(p)) {
       const int grid = std::min(VectorGrid(p), kMaxMetricBlocks);
       if (cudaError_t error = LaunchQuantizeVector(p, scales, zero_points, codes, output,
@@ -370,6 +381,17 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
                                MetricPartial* partials, cudaStream_t stream) {
   if (!scales_ready) {
     const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric);
+    if (LeanFusedApplies(p, codes, output)) {
+      const int grid = LeanFusedGrid(p);
+      if (cudaError_t error =
+              LaunchQuantizeLeanFused(p, rule, spec.clip_ratio, scales, zero_points, codes, output,
+                                      output_dtype, partials, stats.flags, grid, stream);
+          error != cudaSuccess || partials == nullptr) {
+        return error;
+      }
+      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
+      return cudaGetLastError();
+    }
     if (TokenFusedApplies(p)) {
       const int grid = TokenFusedGrid(p);
       if (cudaError_t error =
@@ -396,6 +418,9 @@ cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const
                              const int32_t* zero_points, void* output, DType output_dtype,
                              cudaStream_t stream) {
   if (p.geometry.rows == 0 || p.geometry.cols == 0) return cudaSuccess;
+  if (LeanDequantizeApplies(p, output_dtype)) {
+    return LaunchDequantizeLean(p, codes, scales, zero_points, output, output_dtype, stream);
+  }
   if (VectorPathApplies(p)) {
     return LaunchDequantizeVector(p, codes, scales, zero_points, output, output_dtype, stream);
   }

@@ -4,9 +4,11 @@
 // launch. Metrics within fp64-reordering tolerance. Skips itself without a GPU.
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -233,6 +235,132 @@ INSTANTIATE_TEST_SUITE_P(
       return testing::CamelName(FormatName(std::get<0>(param_info.param))) + "_" +
              kGranularities[std::get<1>(param_info.param)].name;
     });
+
+// Caller-given scales reach what dynamic ones never do: quotients far beyond the code range
+// (the clamp before the division), scales at and beyond every bound of the GPU's fast division
+// (2^-60, 2^90, subnormal, FLT_MAX), both packings, and every output dtype. Static scales are
+// per format, so the same matrix runs over every format the traits table has.
+class GpuStaticScalesTest : public GpuBackendTest, public ::testing::WithParamInterface<Format> {};
+
+TEST_P(GpuStaticScalesTest, CodesAndOutputsMatchTheCpuBitForBit) {
+  const Format format = GetParam();
+  const float kEdgeScales[] = {0x1p-149f,
+                               0x1p-127f,
+                               0x1.8p-61f,
+                               0x1p-60f,
+                               0x1.fffffep-61f,
+                               0x1p-20f,
+                               1.0f,
+                               3.0f,
+                               0x1p89f,
+                               0x1p90f,
+                               0x1.000002p90f,
+                               0x1p100f,
+                               std::numeric_limits<float>::max()};
+  const Shape shapes[] = {{5, 160}, {3, 5, 8}, {64, 4096}, {4, 1, 33}};
+  const GranularityCase* cases[] = {&kGranularities[1], &kGranularities[2], &kGranularities[4],
+                                    &kGranularities[6], &kGranularities[7], &kGranularities[8]};
+  std::mt19937 rng(static_cast<uint32_t>(RunSeed()));
+  std::uniform_real_distribution<float> log2_scale(-40.0f, 40.0f);
+  int compared = 0;
+  for (const Shape& shape : shapes) {
+    const int64_t numel = *NumElements(shape);
+    for (const GranularityCase* gc : cases) {
+      for (bool asymmetric : {false, true}) {
+        for (Packing packing : {Packing::kBitstream, Packing::kInt32Offset}) {
+          QuantSpec requested;
+          requested.format = format;
+          requested.granularity = gc->granularity;
+          requested.axis = gc->axis;
+          requested.group_size = gc->group_size;
+          requested.block_rows = gc->block_rows;
+          requested.block_cols = gc->block_cols;
+          requested.asymmetric = asymmetric;
+          requested.packing = packing;
+          absl::StatusOr<QuantSpec> dynamic = ResolveSpec(requested, shape);
+          if (!dynamic.ok() || dynamic->granularity == Granularity::kNone) continue;
+          const int64_t num_scales = ComputeLayout(*dynamic, shape)->geometry.num_scales;
+          const bool asym = dynamic->asymmetric;  // uint formats imply it
+          const FormatTraits& traits = Traits(format);
+          for (int trial = 0; trial < 3; ++trial) {
+            // Edge scales spread over the groups (trial 0), then log-uniform ones.
+            requested.static_scales.resize(num_scales);
+            requested.static_zero_points.assign(asym ? num_scales : 0, 0);
+            for (int64_t g = 0; g < num_scales; ++g) {
+              requested.static_scales[g] =
+                  trial == 0 ? kEdgeScales[(g + trial) % std::size(kEdgeScales)]
+                             : std::exp2(log2_scale(rng)) * (trial == 2 ? 1e-3f : 1.0f);
+              if (asym) {
+                requested.static_zero_points[g] =
+                    std::uniform_int_distribution<int32_t>(traits.qmin, traits.qmax)(rng);
+              }
+            }
+            absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
+            ASSERT_TRUE(spec.ok()) << spec.status();
+            const QuantLayout layout = *ComputeLayout(*spec, shape);
+            for (FillKind fill : testing::kAllFills) {
+              if (numel > 100000 && fill != FillKind::kWideRange && fill != FillKind::kSpecials) {
+                continue;
+              }
+              const std::vector<float> values =
+                  MakeFill(fill, numel, format, asymmetric, RunSeed() ^ numel ^ trial);
+              for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+                SCOPED_TRACE(absl::StrCat(FormatName(format), " ", gc->name, " ",
+                                          ShapeToString(shape), asymmetric ? " asym" : " sym",
+                                          " packing=", static_cast<int>(packing), " trial=", trial,
+                                          " ", FillName(fill), " ", DTypeName(dtype),
+                                          " seed=", RunSeed()));
+                const std::vector<uint8_t> bytes = Encode(values, dtype);
+                const Outputs cpu = Quantize(*cpu_, bytes, dtype, shape, *spec, layout);
+                const Outputs gpu = Quantize(*gpu_, bytes, dtype, shape, *spec, layout);
+                ASSERT_EQ(gpu.status.code(), cpu.status.code())
+                    << gpu.status << " vs " << cpu.status;
+                if (!cpu.status.ok()) continue;
+                ++compared;
+                ASSERT_EQ(gpu.codes, cpu.codes);
+                ExpectMetricsClose(gpu.metrics, cpu.metrics);
+                for (DType out_dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+                  std::vector<uint8_t> cpu_out(numel * DTypeSize(out_dtype), 0x7F);
+                  std::vector<uint8_t> gpu_out(cpu_out.size(), 0xC3);
+                  const MutableTensorView cpu_view{out_dtype, shape, cpu_out.data(),
+                                                   static_cast<int64_t>(cpu_out.size())};
+                  const MutableTensorView gpu_view{out_dtype, shape, gpu_out.data(),
+                                                   static_cast<int64_t>(gpu_out.size())};
+                  const ConstQuantizedBuffers in{cpu.codes.data(), layout.code_bytes,
+                                                 cpu.scales.data(), num_scales,
+                                                 asym ? cpu.zero_points.data() : nullptr};
+                  ASSERT_TRUE(cpu_->Dequantize(in, *spec, cpu_view).ok());
+                  ASSERT_TRUE(gpu_->Dequantize(in, *spec, gpu_view).ok());
+                  ASSERT_EQ(gpu_out, cpu_out) << "dequantize to " << DTypeName(out_dtype);
+
+                  std::fill(cpu_out.begin(), cpu_out.end(), 0x11);
+                  std::fill(gpu_out.begin(), gpu_out.end(), 0xEE);
+                  const TensorView input{dtype, shape, bytes.data(),
+                                         static_cast<int64_t>(bytes.size())};
+                  // With metrics, then without: the element passes differ.
+                  ErrorMetrics cpu_metrics, gpu_metrics;
+                  ASSERT_TRUE(cpu_->QuantDequant(input, *spec, cpu_view, &cpu_metrics).ok());
+                  ASSERT_TRUE(gpu_->QuantDequant(input, *spec, gpu_view, &gpu_metrics).ok());
+                  ASSERT_EQ(gpu_out, cpu_out) << "quant-dequant to " << DTypeName(out_dtype);
+                  ExpectMetricsClose(gpu_metrics, cpu_metrics);
+                  std::fill(gpu_out.begin(), gpu_out.end(), 0xEE);
+                  ASSERT_TRUE(gpu_->QuantDequant(input, *spec, gpu_view, nullptr).ok());
+                  ASSERT_EQ(gpu_out, cpu_out) << "quant-dequant without metrics";
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(compared, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, GpuStaticScalesTest, ::testing::ValuesIn(AllFormats()),
+                         [](const ::testing::TestParamInfo<Format>& param_info) {
+                           return testing::CamelName(FormatName(param_info.param));
+                         });
 
 TEST_F(GpuBackendTest, CalibrateAmaxMatchesTheCpu) {
   for (Format format : AllFormats()) {

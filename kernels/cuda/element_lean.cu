@@ -1,0 +1,551 @@
+// The CUDA backend's lean element passes: the formats the service moves most bytes of (INT8,
+// INT4, UINT8/UINT4 asymmetric, FP8 E4M3/E5M2), rounded to nearest even and saturating, with a
+// scale shared by at least 8 consecutive elements (tensor, token, channel on a leading axis,
+// group and block). element_fast.cu's vector kernels call codec.h once per element, with every
+// range check and the format read at run time: about 47 instructions per element, which caps
+// INT8 quantization near 60% of copy bandwidth on an H200. Here the format is a template
+// argument and the checks move to one test per vector and one per scale, about a dozen
+// instructions per element.
+// The arithmetic, and why it gives codec.h's bits, is in lean_codec.cuh.
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "device_common.cuh"
+#include "lean_codec.cuh"
+#include "lean_path.h"
+#include "quantd/codec.h"
+#include "quantd/fast_divmod.h"
+#include "quantd/packing.h"
+
+namespace quantd::cuda {
+namespace {
+
+using namespace lean;  // NOLINT: this file is the lean codec's only user
+
+// The scale group of vector v (32-bit indices: LeanPathApplies checks the sizes).
+__device__ __forceinline__ uint32_t LeanGroup(const LeanGeometry& g, uint32_t v) {
+  if (g.granularity == Granularity::kTensor) return 0;
+  const uint32_t row = g.vectors_per_row.Div(v);
+  switch (g.granularity) {
+    case Granularity::kToken:
+      return row;
+    case Granularity::kChannel: {
+      const uint32_t run = g.rows_per_step.Div(row);
+      return run - g.channels.Div(run) * g.channels.divisor;
+    }
+    default: {  // kGroup, kBlock
+      const uint32_t vcol = v - row * g.vectors_per_row.divisor;
+      const uint32_t group_row =
+          g.granularity == Granularity::kBlock ? g.rows_per_step.Div(row) : row;
+      return group_row * g.groups_per_row + g.vectors_per_group.Div(vcol);
+    }
+  }
+}
+
+// The element pass with scales already in memory (static, or from a statistics pass).
+template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
+__global__ void __launch_bounds__(kThreads)
+    LeanQuantizeKernel(ElementParams p, LeanGeometry lg, const float* __restrict__ scales,
+                       const int32_t* __restrict__ zero_points, uint8_t* __restrict__ codes_out,
+                       void* __restrict__ output, DType output_dtype, MetricPartial* partials,
+                       DeviceFlags* flags, uint32_t code_xor, uint32_t vectors) {
+  MetricAccumulator acc;
+  uint32_t cached_group = ~0u;
+  LeanScale scale;
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t v = blockIdx.x * blockDim.x + threadIdx.x; v < vectors; v += stride) {
+    const int64_t first = static_cast<int64_t>(v) * kVector;
+    float x[kVector];
+    LoadLean<kDType>(p.input, first, x);
+    const uint32_t group = LeanGroup(lg, v);
+    if (group != cached_group) {
+      cached_group = group;
+      scale =
+          MakeLeanScale(p.codec, scales[group], zero_points != nullptr ? zero_points[group] : 0);
+    }
+    uint32_t codes[kVector];
+    float x_hat[kVector];
+    QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x, scale, flags, codes, x_hat);
+    if (kMetrics) {
+#pragma unroll
+      for (int j = 0; j < kVector; ++j) acc.Add(x[j], x_hat[j]);
+    }
+    if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
+    if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+  }
+  if (kMetrics) WriteBlockPartial(acc.sums, partials);
+}
+
+// Folds x's finite values into [lo, hi] (-0 as +0, as the statistics pass does) and flags NaNs
+// the request rejects.
+__device__ __forceinline__ void FoldRange(const ElementParams& p, const float x[kVector],
+                                          int64_t first, DeviceFlags* flags, float* lo, float* hi) {
+#pragma unroll
+  for (int j = 0; j < kVector; ++j) {
+    const float value = x[j] + 0.0f;
+    if (value != value) {
+      if (p.reject_nan) OfferNan(flags, first + j);
+    } else if (IsFinite(value)) {
+      *lo = fminf(*lo, value);
+      *hi = fmaxf(*hi, value);
+    }
+  }
+}
+
+// The scale (and zero-point) of one group from its range, as LaunchScales computes it; the
+// caller's `writer` thread stores them.
+__device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const ScaleRule& rule,
+                                                  float clip, float lo, float hi, uint32_t group,
+                                                  bool writer, float* scales, int32_t* zero_points,
+                                                  DeviceFlags* flags) {
+  float s = 1.0f;
+  int32_t zp = 0;
+  const bool range_ok = ScaleFromRange(rule, lo, hi, clip, &s, &zp);
+  if (writer) {
+    if (!range_ok) atomicMax(&flags->bad_scale_group, static_cast<long long>(group));
+    scales[group] = s;
+    if (zero_points != nullptr) zero_points[group] = zp;
+  }
+  return MakeLeanScale(p.codec, s, zero_points != nullptr ? zp : 0);
+}
+
+// Dynamic quantization in one pass for groups of 8·L elements, L = 1..32 a power of two (groups
+// up to 256 elements, and token rows that short): the L lanes holding a group reduce its range
+// with shuffles, every lane computes the group's scale, and each quantizes from registers.
+template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
+__global__ void __launch_bounds__(kThreads)
+    LeanLaneGroupKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
+                        int32_t* __restrict__ zero_points, uint8_t* __restrict__ codes_out,
+                        void* __restrict__ output, DType output_dtype, MetricPartial* partials,
+                        DeviceFlags* flags, uint32_t code_xor, uint32_t vectors, int lanes,
+                        int log2_lanes) {
+  MetricAccumulator acc;
+  const uint32_t stride = gridDim.x * blockDim.x;
+  // Every lane of a warp runs the same iterations (the shuffles need all 32), and a group's
+  // lanes are all in range or all out: vectors is a multiple of `lanes`, which divides 32.
+  for (uint32_t base = (blockIdx.x * blockDim.x + threadIdx.x) & ~31u; base < vectors;
+       base += stride) {
+    const uint32_t v = base + (threadIdx.x & 31);
+    const bool active = v < vectors;
+    const int64_t first = static_cast<int64_t>(v) * kVector;
+    float x[kVector];
+    float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+    if (active) {
+      LoadLean<kDType>(p.input, first, x);
+      FoldRange(p, x, first, flags, &lo, &hi);
+    }
+    for (int offset = lanes / 2; offset > 0; offset >>= 1) {
+      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset, lanes));
+      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset, lanes));
+    }
+    if (!active) continue;
+    const LeanScale scale = ScaleOfRange(p, rule, clip, lo, hi, v >> log2_lanes,
+                                         (v & (lanes - 1)) == 0, scales, zero_points, flags);
+    uint32_t codes[kVector];
+    float x_hat[kVector];
+    QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x, scale, flags, codes, x_hat);
+    if (kMetrics) {
+#pragma unroll
+      for (int j = 0; j < kVector; ++j) acc.Add(x[j], x_hat[j]);
+    }
+    if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
+    if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+  }
+  if (kMetrics) WriteBlockPartial(acc.sums, partials);
+}
+
+// Dynamic per-row quantization in one pass (token, or a leading-axis channel that is the row)
+// for rows of 264..8192 elements: a block holds a row in registers, reduces its range, and
+// quantizes it.
+constexpr int kRowThreads = 256;
+constexpr int kRowSlots = 4;  // vectors per thread: rows up to 256 · 4 · 8 = 8192 elements
+constexpr int kRowWarps = kRowThreads / 32;
+
+template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
+__global__ void __launch_bounds__(kRowThreads)
+    LeanRowKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
+                  int32_t* __restrict__ zero_points, uint8_t* __restrict__ codes_out,
+                  void* __restrict__ output, DType output_dtype, MetricPartial* partials,
+                  DeviceFlags* flags, uint32_t code_xor, uint32_t row_vectors, uint32_t rows) {
+  __shared__ float warp_lo[2][kRowWarps], warp_hi[2][kRowWarps];
+  MetricAccumulator acc;
+  int parity = 0;  // alternate shared slots, so one barrier per row suffices
+  for (uint32_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    float x[kRowSlots][kVector];
+    float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+#pragma unroll
+    for (int k = 0; k < kRowSlots; ++k) {
+      const uint32_t c = threadIdx.x + k * kRowThreads;
+      if (c < row_vectors) {
+        const int64_t first = (static_cast<int64_t>(row) * row_vectors + c) * kVector;
+        LoadLean<kDType>(p.input, first, x[k]);
+        FoldRange(p, x[k], first, flags, &lo, &hi);
+      }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
+      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
+    }
+    if ((threadIdx.x & 31) == 0) {
+      warp_lo[parity][threadIdx.x >> 5] = lo;
+      warp_hi[parity][threadIdx.x >> 5] = hi;
+    }
+    __syncthreads();
+    // Every thread folds the warp partials itself: min / max are order-independent, so all
+    // compute the same scale, with no serial step and no second barrier.
+    lo = warp_lo[parity][0];
+    hi = warp_hi[parity][0];
+#pragma unroll
+    for (int w = 1; w < kRowWarps; ++w) {
+      lo = fminf(lo, warp_lo[parity][w]);
+      hi = fmaxf(hi, warp_hi[parity][w]);
+    }
+    parity ^= 1;
+    const LeanScale scale =
+        ScaleOfRange(p, rule, clip, lo, hi, row, threadIdx.x == 0, scales, zero_points, flags);
+#pragma unroll
+    for (int k = 0; k < kRowSlots; ++k) {
+      const uint32_t c = threadIdx.x + k * kRowThreads;
+      if (c >= row_vectors) break;
+      const uint32_t v = row * row_vectors + c;
+      const int64_t first = static_cast<int64_t>(v) * kVector;
+      uint32_t codes[kVector];
+      float x_hat[kVector];
+      QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x[k], scale, flags, codes,
+                                                           x_hat);
+      if (kMetrics) {
+#pragma unroll
+        for (int j = 0; j < kVector; ++j) acc.Add(x[k][j], x_hat[j]);
+      }
+      if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
+      if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+    }
+  }
+  if (kMetrics) WriteBlockPartial<kRowThreads>(acc.sums, partials);
+}
+
+// Dequantization, 4 vectors per thread and iteration: the loads of all four are in flight
+// before the first store (one 8-byte load per iteration left the memory system idle).
+constexpr int kDequantizeUnroll = 4;
+
+template <LeanFormat kFormat, DType kOut>
+__global__ void __launch_bounds__(kThreads)
+    LeanDequantizeKernel(ElementParams p, LeanGeometry lg, const uint8_t* __restrict__ codes,
+                         const float* __restrict__ scales, const int32_t* __restrict__ zero_points,
+                         void* __restrict__ output, uint32_t code_xor, float offset,
+                         uint32_t vectors) {
+  constexpr int kBits = Lean<kFormat>::kBits;
+  uint32_t cached_group = ~0u;
+  float s = 1.0f, bias = 0.0f;
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t base = blockIdx.x * blockDim.x + threadIdx.x; base < vectors;
+       base += kDequantizeUnroll * stride) {
+    uint64_t packed[kDequantizeUnroll];
+#pragma unroll
+    for (int u = 0; u < kDequantizeUnroll; ++u) {
+      const uint32_t v = base + u * stride;
+      if (v >= vectors) break;
+      if (kBits == 8) {
+        const uint2 w = reinterpret_cast<const uint2*>(codes)[v];
+        packed[u] = (w.x ^ code_xor) | (static_cast<uint64_t>(w.y ^ code_xor) << 32);
+      } else {
+        packed[u] = reinterpret_cast<const uint32_t*>(codes)[v] ^ code_xor;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kDequantizeUnroll; ++u) {
+      const uint32_t v = base + u * stride;
+      if (v >= vectors) break;
+      const uint32_t group = LeanGroup(lg, v);
+      if (group != cached_group) {
+        cached_group = group;
+        s = scales[group];
+        // 1.5·2^23 + offset + zp: exact (integers below 2^24).
+        bias = kRoundingMagic + offset +
+               static_cast<float>(zero_points != nullptr ? zero_points[group] : 0);
+      }
+      float y[kVector];
+      LeanDecode<kFormat>(packed[u], s, bias, y);
+      StoreDecoded<kOut>(output, static_cast<int64_t>(v) * kVector, y);
+    }
+  }
+}
+
+bool IsE4M3(const MinifloatParams& m) {
+  return m.exp_bits == 4 && m.man_bits == 3 && m.bias == 7 && m.max_code == 0x7E &&
+         m.nan_encoding == NanEncoding::kAllOnes;
+}
+bool IsE5M2(const MinifloatParams& m) {
+  return m.exp_bits == 5 && m.man_bits == 2 && m.bias == 15 && m.max_code == 0x7B &&
+         m.nan_encoding == NanEncoding::kIeee;
+}
+
+// The lean format of a codec LeanPathApplies / LeanDequantizeApplies accepted.
+LeanFormat LeanFormatOf(const ElementCodec& c) {
+  if (c.kind == ElementKind::kInt) return c.bits == 8 ? LeanFormat::kInt8 : LeanFormat::kInt4;
+  return IsE4M3(c.minifloat) ? LeanFormat::kE4M3 : LeanFormat::kE5M2;
+}
+
+// A quantizing launch's compile-time choices.
+template <DType kD, LeanFormat kF, bool kC, bool kM>
+struct LeanConfig {
+  static constexpr DType kDType = kD;
+  static constexpr LeanFormat kFormat = kF;
+  static constexpr bool kCodes = kC;  // else x̂ in `output`
+  static constexpr bool kOutput = !kC;
+  static constexpr bool kMetrics = kM;
+};
+
+template <auto kValue>
+using Constant = std::integral_constant<decltype(kValue), kValue>;
+
+// Calls visit(LeanConfig<...>{}) with the constants of this launch: the one place that turns
+// run-time choices into kernel instantiations.
+template <typename Visit>
+void VisitLeanConfig(const ElementParams& p, bool codes, bool metrics, Visit&& visit) {
+  const auto with_format = [&](auto dtype, auto format) {
+    constexpr DType kD = decltype(dtype)::value;
+    constexpr LeanFormat kF = decltype(format)::value;
+    if (codes) {
+      metrics ? visit(LeanConfig<kD, kF, true, true>{}) : visit(LeanConfig<kD, kF, true, false>{});
+    } else {
+      metrics ? visit(LeanConfig<kD, kF, false, true>{})
+              : visit(LeanConfig<kD, kF, false, false>{});
+    }
+  };
+  const auto with_dtype = [&](auto dtype) {
+    switch (LeanFormatOf(p.codec)) {
+      case LeanFormat::kInt8:
+        return with_format(dtype, Constant<LeanFormat::kInt8>{});
+      case LeanFormat::kInt4:
+        return with_format(dtype, Constant<LeanFormat::kInt4>{});
+      case LeanFormat::kE4M3:
+        return with_format(dtype, Constant<LeanFormat::kE4M3>{});
+      case LeanFormat::kE5M2:
+        return with_format(dtype, Constant<LeanFormat::kE5M2>{});
+    }
+  };
+  switch (p.input_dtype) {
+    case DType::kF16:
+      return with_dtype(Constant<DType::kF16>{});
+    case DType::kBF16:
+      return with_dtype(Constant<DType::kBF16>{});
+    default:
+      return with_dtype(Constant<DType::kF32>{});
+  }
+}
+
+// INT32_OFFSET stores every code with its top bit flipped: one XOR per packed word.
+uint32_t StoredCodeXor(const ElementParams& p) {
+  if (p.packing != Packing::kInt32Offset) return 0;
+  return p.codec.bits == 4 ? 0x88888888u : 0x80808080u;
+}
+
+// Vectors per scale group when one-pass dynamic quantization applies, else 0: token rows, rows
+// that are a leading-axis channel each, and groups along the row.
+uint32_t FusedGroupVectors(const ScaleGeometry& g) {
+  switch (g.granularity) {
+    case Granularity::kToken:
+      return static_cast<uint32_t>(g.cols / kVector);
+    case Granularity::kChannel:
+      return !g.channel_is_last && g.rows_per_channel == 1 && g.channels == g.rows
+                 ? static_cast<uint32_t>(g.cols / kVector)
+                 : 0;
+    case Granularity::kGroup:
+      return static_cast<uint32_t>(g.group_cols / kVector);
+    default:
+      return 0;
+  }
+}
+
+bool IsPowerOfTwo(uint32_t n) { return n != 0 && (n & (n - 1)) == 0; }
+
+// Whether every scale run is made of whole 8-element vectors.
+bool LeanGranularity(const ScaleGeometry& g) {
+  switch (g.granularity) {
+    case Granularity::kTensor:
+    case Granularity::kToken:
+      return true;
+    case Granularity::kChannel:
+      return !g.channel_is_last;
+    case Granularity::kGroup:
+    case Granularity::kBlock:
+      return g.group_cols % kVector == 0 && g.cols % g.group_cols == 0;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* output) {
+  const ScaleGeometry& g = p.geometry;
+  const ElementCodec& c = p.codec;
+  if ((codes == nullptr) == (output == nullptr)) return false;  // one of the two, not both
+  if (g.rows <= 0 || g.cols <= 0 || g.cols % kVector != 0) return false;
+  if (g.rows * g.cols / kVector >= (int64_t{1} << 31) || g.num_scales >= (int64_t{1} << 31)) {
+    return false;
+  }
+  if (p.stochastic || c.rounding != Rounding::kNearestEven) return false;
+  if (c.kind == ElementKind::kInt) {
+    if (c.bits != 8 && c.bits != 4) return false;
+  } else if (c.kind == ElementKind::kMinifloat) {
+    if (!(IsE4M3(c.minifloat) || IsE5M2(c.minifloat)) || c.overflow == Overflow::kNonfinite) {
+      return false;
+    }
+  } else {
+    return false;
+  }
+  if (codes != nullptr && p.code_row_bytes != g.cols * c.bits / 8) return false;
+  return LeanGranularity(g);
+}
+
+LeanGeometry MakeLeanGeometry(const ScaleGeometry& g) {
+  LeanGeometry lg;
+  lg.granularity = g.granularity;
+  lg.vectors_per_row = FastDivmod(static_cast<uint32_t>(g.cols / kVector));
+  if (g.granularity == Granularity::kChannel) {
+    lg.rows_per_step = FastDivmod(static_cast<uint32_t>(g.rows_per_channel));
+    lg.channels = FastDivmod(static_cast<uint32_t>(g.channels));
+  } else if (g.granularity == Granularity::kGroup || g.granularity == Granularity::kBlock) {
+    lg.rows_per_step = FastDivmod(static_cast<uint32_t>(g.group_rows));
+    lg.vectors_per_group = FastDivmod(static_cast<uint32_t>(g.group_cols / kVector));
+    lg.groups_per_row = static_cast<uint32_t>(g.groups_per_row);
+  }
+  return lg;
+}
+
+int LeanGrid(const ElementParams& p) {
+  return GridFor(p.geometry.rows * p.geometry.cols / kVector,
+                 p.max_blocks < kMaxMetricBlocks ? p.max_blocks : kMaxMetricBlocks);
+}
+
+cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
+                               const int32_t* zero_points, uint8_t* codes, void* output,
+                               DType output_dtype, MetricPartial* partials, DeviceFlags* flags,
+                               int grid, cudaStream_t stream) {
+  const LeanGeometry lg = MakeLeanGeometry(p.geometry);
+  const uint32_t vectors = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kVector);
+  const uint32_t code_xor = StoredCodeXor(p);
+  VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
+    using C = decltype(config);
+    LeanQuantizeKernel<C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
+        <<<grid, kThreads, 0, stream>>>(p, lg, scales, zero_points, codes, output, output_dtype,
+                                        partials, flags, code_xor, vectors);
+  });
+  return cudaGetLastError();
+}
+
+bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output) {
+  if (!LeanPathApplies(p, codes, output)) return false;
+  const uint32_t group_vectors = FusedGroupVectors(p.geometry);
+  if (group_vectors == 0) return false;
+  if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) return true;
+  return p.geometry.granularity != Granularity::kGroup &&
+         group_vectors <= static_cast<uint32_t>(kRowThreads * kRowSlots);
+}
+
+int LeanFusedGrid(const ElementParams& p) {
+  const uint32_t group_vectors = FusedGroupVectors(p.geometry);
+  const int cap = std::min(p.max_blocks, kMaxMetricBlocks);
+  if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) return LeanGrid(p);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.geometry.rows, cap)));
+}
+
+cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rule, float clip,
+                                    float* scales, int32_t* zero_points, uint8_t* codes,
+                                    void* output, DType output_dtype, MetricPartial* partials,
+                                    DeviceFlags* flags, int grid, cudaStream_t stream) {
+  const uint32_t vectors = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kVector);
+  const uint32_t group_vectors = FusedGroupVectors(p.geometry);
+  const uint32_t code_xor = StoredCodeXor(p);
+  if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) {
+    int log2_lanes = 0;
+    while ((1u << log2_lanes) < group_vectors) ++log2_lanes;
+    VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
+      using C = decltype(config);
+      LeanLaneGroupKernel<C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
+          <<<grid, kThreads, 0, stream>>>(p, rule, clip, scales, zero_points, codes, output,
+                                          output_dtype, partials, flags, code_xor, vectors,
+                                          static_cast<int>(group_vectors), log2_lanes);
+    });
+  } else {
+    const uint32_t rows = static_cast<uint32_t>(p.geometry.rows);
+    VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
+      using C = decltype(config);
+      LeanRowKernel<C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
+          <<<grid, kRowThreads, 0, stream>>>(p, rule, clip, scales, zero_points, codes, output,
+                                             output_dtype, partials, flags, code_xor, group_vectors,
+                                             rows);
+    });
+  }
+  return cudaGetLastError();
+}
+
+bool LeanDequantizeApplies(const ElementParams& p, DType output_dtype) {
+  const ScaleGeometry& g = p.geometry;
+  const ElementCodec& c = p.codec;
+  if (output_dtype != DType::kF32 && output_dtype != DType::kF16 && output_dtype != DType::kBF16) {
+    return false;
+  }
+  if (g.rows <= 0 || g.cols <= 0 || g.cols % kVector != 0) return false;
+  if (g.rows * g.cols / kVector >= (int64_t{1} << 31) || g.num_scales >= (int64_t{1} << 31)) {
+    return false;
+  }
+  if (c.kind == ElementKind::kInt) {
+    if (c.bits != 8 && c.bits != 4) return false;
+  } else if (c.kind != ElementKind::kMinifloat || !(IsE4M3(c.minifloat) || IsE5M2(c.minifloat))) {
+    return false;
+  }
+  if (p.code_row_bytes != g.cols * c.bits / 8) return false;
+  return LeanGranularity(g);
+}
+
+cudaError_t LaunchDequantizeLean(const ElementParams& p, const uint8_t* codes, const float* scales,
+                                 const int32_t* zero_points, void* output, DType output_dtype,
+                                 cudaStream_t stream) {
+  const LeanGeometry lg = MakeLeanGeometry(p.geometry);
+  const uint32_t vectors = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kVector);
+  const int grid = LeanGrid(p);
+  // Stored bits → offset binary: undo INT32_OFFSET's flip, then flip signed codes' top bit.
+  uint32_t code_xor = p.packing == Packing::kInt32Offset ? 0x88888888u : 0u;
+  float offset = 0.0f;
+  if (p.codec.kind == ElementKind::kInt && p.codec.qmin < 0) {
+    code_xor ^= 0x88888888u;
+    offset = static_cast<float>(1 << (p.codec.bits - 1));
+  }
+  if (p.codec.bits == 8) code_xor &= 0x80808080u;
+  const auto launch = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream>>>(p, lg, codes, scales, zero_points, output, code_xor,
+                                          offset, vectors);
+  };
+  const auto for_output = [&](auto format) {
+    constexpr LeanFormat kF = decltype(format)::value;
+    switch (output_dtype) {
+      case DType::kF16:
+        return launch(LeanDequantizeKernel<kF, DType::kF16>);
+      case DType::kBF16:
+        return launch(LeanDequantizeKernel<kF, DType::kBF16>);
+      default:
+        return launch(LeanDequantizeKernel<kF, DType::kF32>);
+    }
+  };
+  switch (LeanFormatOf(p.codec)) {
+    case LeanFormat::kInt8:
+      for_output(Constant<LeanFormat::kInt8>{});
+      break;
+    case LeanFormat::kInt4:
+      for_output(Constant<LeanFormat::kInt4>{});
+      break;
+    case LeanFormat::kE4M3:
+      for_output(Constant<LeanFormat::kE4M3>{});
+      break;
+    case LeanFormat::kE5M2:
+      for_output(Constant<LeanFormat::kE5M2>{});
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace quantd::cuda
