@@ -77,20 +77,31 @@ __global__ void __launch_bounds__(kThreads)
   if (kMetrics) WriteBlockPartial(acc.sums, partials);
 }
 
-// Folds x's finite values into [lo, hi] (-0 as +0, as the statistics pass does) and flags NaNs
-// the request rejects.
-__device__ __forceinline__ void FoldRange(const ElementParams& p, const float x[kVector],
-                                          int64_t first, DeviceFlags* flags, float* lo, float* hi) {
+// Folds x's finite values into [lo, hi], as the statistics pass does, in two instructions per
+// element: fminf / fmaxf skip NaN, and a vector whose extremes come out infinite (rare) is
+// folded again without its infinities. -0 versus +0 is settled once per group (ScaleOfRange).
+// NaNs a request rejects are flagged by QuantizeVector, which sees every vector.
+__device__ __forceinline__ void FoldRange(const float x[kVector], float* lo, float* hi) {
+  float vector_lo = x[0], vector_hi = x[0];
 #pragma unroll
-  for (int j = 0; j < kVector; ++j) {
-    const float value = x[j] + 0.0f;
-    if (value != value) {
-      if (p.reject_nan) OfferNan(flags, first + j);
-    } else if (IsFinite(value)) {
-      *lo = fminf(*lo, value);
-      *hi = fmaxf(*hi, value);
+  for (int j = 1; j < kVector; ++j) {
+    vector_lo = fminf(vector_lo, x[j]);
+    vector_hi = fmaxf(vector_hi, x[j]);
+  }
+  if (fabsf(vector_lo) == __int_as_float(0x7F800000) ||
+      fabsf(vector_hi) == __int_as_float(0x7F800000)) {
+    vector_lo = __int_as_float(0x7F800000);
+    vector_hi = __int_as_float(0xFF800000);
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) {
+      if (IsFinite(x[j])) {
+        vector_lo = fminf(vector_lo, x[j]);
+        vector_hi = fmaxf(vector_hi, x[j]);
+      }
     }
   }
+  *lo = fminf(*lo, vector_lo);
+  *hi = fmaxf(*hi, vector_hi);
 }
 
 // The scale (and zero-point) of one group from its range, as LaunchScales computes it; the
@@ -101,7 +112,8 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
                                                   DeviceFlags* flags) {
   float s = 1.0f;
   int32_t zp = 0;
-  const bool range_ok = ScaleFromRange(rule, lo, hi, clip, &s, &zp);
+  // The statistics pass counts -0 as +0; a zero extreme of either sign becomes +0 here.
+  const bool range_ok = ScaleFromRange(rule, lo + 0.0f, hi + 0.0f, clip, &s, &zp);
   if (writer) {
     if (!range_ok) atomicMax(&flags->bad_scale_group, static_cast<long long>(group));
     scales[group] = s;
@@ -133,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
     float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
     if (active) {
       LoadLean<kDType>(p.input, first, x);
-      FoldRange(p, x, first, flags, &lo, &hi);
+      FoldRange(x, &lo, &hi);
     }
     for (int offset = lanes / 2; offset > 0; offset >>= 1) {
       lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset, lanes));
@@ -180,7 +192,7 @@ __global__ void __launch_bounds__(kRowThreads)
       if (c < row_vectors) {
         const int64_t first = (static_cast<int64_t>(row) * row_vectors + c) * kVector;
         LoadLean<kDType>(p.input, first, x[k]);
-        FoldRange(p, x[k], first, flags, &lo, &hi);
+        FoldRange(x[k], &lo, &hi);
       }
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
@@ -225,8 +237,11 @@ __global__ void __launch_bounds__(kRowThreads)
   if (kMetrics) WriteBlockPartial<kRowThreads>(acc.sums, partials);
 }
 
-// Dequantization, 4 vectors per thread and iteration: the loads of all four are in flight
-// before the first store (one 8-byte load per iteration left the memory system idle).
+// Dequantization in units of 4 elements, 4 units per thread and iteration. With 4 elements
+// per thread each warp-wide 16-byte store covers 512 contiguous bytes; with 8 (two stores of
+// every other 16 bytes) the writes reached only ~50% of copy bandwidth on the H200. The loads
+// of all 4 units are in flight before the first store.
+constexpr int kUnit = 4;
 constexpr int kDequantizeUnroll = 4;
 
 template <LeanFormat kFormat, DType kOut>
@@ -234,29 +249,28 @@ __global__ void __launch_bounds__(kThreads)
     LeanDequantizeKernel(ElementParams p, LeanGeometry lg, const uint8_t* __restrict__ codes,
                          const float* __restrict__ scales, const int32_t* __restrict__ zero_points,
                          void* __restrict__ output, uint32_t code_xor, float offset,
-                         uint32_t vectors) {
+                         uint32_t units) {
   constexpr int kBits = Lean<kFormat>::kBits;
   uint32_t cached_group = ~0u;
   float s = 1.0f, bias = 0.0f;
   const uint32_t stride = gridDim.x * blockDim.x;
-  for (uint32_t base = blockIdx.x * blockDim.x + threadIdx.x; base < vectors;
+  for (uint32_t base = blockIdx.x * blockDim.x + threadIdx.x; base < units;
        base += kDequantizeUnroll * stride) {
-    uint64_t packed[kDequantizeUnroll];
+    uint32_t packed[kDequantizeUnroll];
 #pragma unroll
     for (int u = 0; u < kDequantizeUnroll; ++u) {
       const uint32_t v = base + u * stride;
-      if (v >= vectors) break;
+      if (v >= units) break;
       if (kBits == 8) {
-        const uint2 w = reinterpret_cast<const uint2*>(codes)[v];
-        packed[u] = (w.x ^ code_xor) | (static_cast<uint64_t>(w.y ^ code_xor) << 32);
-      } else {
         packed[u] = reinterpret_cast<const uint32_t*>(codes)[v] ^ code_xor;
+      } else {
+        packed[u] = reinterpret_cast<const uint16_t*>(codes)[v] ^ (code_xor & 0xFFFFu);
       }
     }
 #pragma unroll
     for (int u = 0; u < kDequantizeUnroll; ++u) {
       const uint32_t v = base + u * stride;
-      if (v >= vectors) break;
+      if (v >= units) break;
       const uint32_t group = LeanGroup(lg, v);
       if (group != cached_group) {
         cached_group = group;
@@ -265,9 +279,9 @@ __global__ void __launch_bounds__(kThreads)
         bias = kRoundingMagic + offset +
                static_cast<float>(zero_points != nullptr ? zero_points[group] : 0);
       }
-      float y[kVector];
-      LeanDecode<kFormat>(packed[u], s, bias, y);
-      StoreDecoded<kOut>(output, static_cast<int64_t>(v) * kVector, y);
+      float y[kUnit];
+      LeanDecode<kFormat, kUnit>(packed[u], s, bias, y);
+      StoreDecoded<kOut, kUnit>(output, static_cast<int64_t>(v) * kUnit, y);
     }
   }
 }
@@ -401,16 +415,17 @@ bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* o
   return LeanGranularity(g);
 }
 
-LeanGeometry MakeLeanGeometry(const ScaleGeometry& g) {
+// `unit`: elements per vector index (8, or 4 for dequantization).
+LeanGeometry MakeLeanGeometry(const ScaleGeometry& g, int unit = kVector) {
   LeanGeometry lg;
   lg.granularity = g.granularity;
-  lg.vectors_per_row = FastDivmod(static_cast<uint32_t>(g.cols / kVector));
+  lg.vectors_per_row = FastDivmod(static_cast<uint32_t>(g.cols / unit));
   if (g.granularity == Granularity::kChannel) {
     lg.rows_per_step = FastDivmod(static_cast<uint32_t>(g.rows_per_channel));
     lg.channels = FastDivmod(static_cast<uint32_t>(g.channels));
   } else if (g.granularity == Granularity::kGroup || g.granularity == Granularity::kBlock) {
     lg.rows_per_step = FastDivmod(static_cast<uint32_t>(g.group_rows));
-    lg.vectors_per_group = FastDivmod(static_cast<uint32_t>(g.group_cols / kVector));
+    lg.vectors_per_group = FastDivmod(static_cast<uint32_t>(g.group_cols / unit));
     lg.groups_per_row = static_cast<uint32_t>(g.groups_per_row);
   }
   return lg;
@@ -490,7 +505,7 @@ bool LeanDequantizeApplies(const ElementParams& p, DType output_dtype) {
     return false;
   }
   if (g.rows <= 0 || g.cols <= 0 || g.cols % kVector != 0) return false;
-  if (g.rows * g.cols / kVector >= (int64_t{1} << 31) || g.num_scales >= (int64_t{1} << 31)) {
+  if (g.rows * g.cols / kUnit >= (int64_t{1} << 31) || g.num_scales >= (int64_t{1} << 31)) {
     return false;
   }
   if (c.kind == ElementKind::kInt) {
@@ -505,9 +520,9 @@ bool LeanDequantizeApplies(const ElementParams& p, DType output_dtype) {
 cudaError_t LaunchDequantizeLean(const ElementParams& p, const uint8_t* codes, const float* scales,
                                  const int32_t* zero_points, void* output, DType output_dtype,
                                  cudaStream_t stream) {
-  const LeanGeometry lg = MakeLeanGeometry(p.geometry);
-  const uint32_t vectors = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kVector);
-  const int grid = LeanGrid(p);
+  const LeanGeometry lg = MakeLeanGeometry(p.geometry, kUnit);
+  const uint32_t units = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kUnit);
+  const int grid = GridFor(units, std::min(p.max_blocks, kMaxMetricBlocks));
   // Stored bits → offset binary: undo INT32_OFFSET's flip, then flip signed codes' top bit.
   uint32_t code_xor = p.packing == Packing::kInt32Offset ? 0x88888888u : 0u;
   float offset = 0.0f;
@@ -518,7 +533,7 @@ cudaError_t LaunchDequantizeLean(const ElementParams& p, const uint8_t* codes, c
   if (p.codec.bits == 8) code_xor &= 0x80808080u;
   const auto launch = [&](auto kernel) {
     kernel<<<grid, kThreads, 0, stream>>>(p, lg, codes, scales, zero_points, output, code_xor,
-                                          offset, vectors);
+                                          offset, units);
   };
   const auto for_output = [&](auto format) {
     constexpr LeanFormat kF = decltype(format)::value;

@@ -225,12 +225,12 @@ __device__ __forceinline__ void StoreCodes(uint8_t* out, uint32_t v, const uint3
 // of 1.5·2^23 (after one XOR per word turns signed codes into offset binary), so the float is
 // 1.5·2^23 + 128 + q exactly and one subtraction leaves q − zp. FP8: the f16x2 conversion, then
 // f16 → f32, both exact. A NaN code gives codec.h's canonical NaN.
-template <LeanFormat kFormat>
-__device__ __forceinline__ void LeanDecode(uint64_t packed, float s, float bias, float y[kVector]) {
+template <LeanFormat kFormat, int kCount>
+__device__ __forceinline__ void LeanDecode(uint64_t packed, float s, float bias, float y[kCount]) {
   if constexpr (kFormat == LeanFormat::kInt8) {
     const uint32_t words[2] = {static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32)};
 #pragma unroll
-    for (int j = 0; j < kVector; ++j) {
+    for (int j = 0; j < kCount; ++j) {
       // Selector: byte j%4 of the word in byte 0, then 0x00, 0x40, 0x4B from the magic's bytes.
       const float f =
           __uint_as_float(__byte_perm(words[j / 4], kRoundingMagicBits, (j % 4) | 0x7650));
@@ -239,14 +239,14 @@ __device__ __forceinline__ void LeanDecode(uint64_t packed, float s, float bias,
   } else if constexpr (kFormat == LeanFormat::kInt4) {
     const uint32_t word = static_cast<uint32_t>(packed);
 #pragma unroll
-    for (int j = 0; j < kVector; ++j) {
+    for (int j = 0; j < kCount; ++j) {
       const float f = __uint_as_float(kRoundingMagicBits | ((word >> (4 * j)) & 0xFu));
       y[j] = __fmul_rn(s, __fsub_rn(f, bias));
     }
   } else {
     const uint32_t words[2] = {static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32)};
 #pragma unroll
-    for (int j = 0; j < kVector; j += 2) {
+    for (int j = 0; j < kCount; j += 2) {
       const unsigned short pair = static_cast<unsigned short>(words[j / 4] >> (8 * (j % 4)));
       uint32_t halves;
       if (kFormat == LeanFormat::kE4M3) {
@@ -262,17 +262,20 @@ __device__ __forceinline__ void LeanDecode(uint64_t packed, float s, float bias,
   }
 }
 
-// Stores 8 dequantized values; NaN (only ever the canonical one) as tensor.h converts it.
-template <DType kOut>
-__device__ __forceinline__ void StoreDecoded(void* data, int64_t first, const float y[kVector]) {
+// Stores kCount (4 or 8) dequantized values; NaN (only ever the canonical one) as tensor.h
+// converts it.
+template <DType kOut, int kCount>
+__device__ __forceinline__ void StoreDecoded(void* data, int64_t first, const float y[kCount]) {
   if constexpr (kOut == DType::kF32) {
     float4* v = reinterpret_cast<float4*>(static_cast<float*>(data) + first);
-    v[0] = make_float4(y[0], y[1], y[2], y[3]);
-    v[1] = make_float4(y[4], y[5], y[6], y[7]);
-  } else {
-    uint32_t words[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < kCount / 4; ++k) {
+      v[k] = make_float4(y[4 * k], y[4 * k + 1], y[4 * k + 2], y[4 * k + 3]);
+    }
+  } else {
+    uint32_t words[kCount / 2];
+#pragma unroll
+    for (int k = 0; k < kCount / 2; ++k) {
       uint32_t h[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
@@ -286,8 +289,12 @@ __device__ __forceinline__ void StoreDecoded(void* data, int64_t first, const fl
       }
       words[k] = h[0] | (h[1] << 16);
     }
-    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(data) + first) =
-        make_uint4(words[0], words[1], words[2], words[3]);
+    uint16_t* out = static_cast<uint16_t*>(data) + first;
+    if constexpr (kCount == 8) {
+      *reinterpret_cast<uint4*>(out) = make_uint4(words[0], words[1], words[2], words[3]);
+    } else {
+      *reinterpret_cast<uint2*>(out) = make_uint2(words[0], words[1]);
+    }
   }
 }
 
@@ -295,13 +302,13 @@ __device__ __forceinline__ void StoreAs(void* data, DType dtype, int64_t first,
                                         const float y[kVector]) {
   switch (dtype) {
     case DType::kF16:
-      StoreDecoded<DType::kF16>(data, first, y);
+      StoreDecoded<DType::kF16, kVector>(data, first, y);
       break;
     case DType::kBF16:
-      StoreDecoded<DType::kBF16>(data, first, y);
+      StoreDecoded<DType::kBF16, kVector>(data, first, y);
       break;
     default:
-      StoreDecoded<DType::kF32>(data, first, y);
+      StoreDecoded<DType::kF32, kVector>(data, first, y);
       break;
   }
 }
