@@ -43,6 +43,25 @@ __device__ __forceinline__ uint32_t LeanGroup(const LeanGeometry& g, uint32_t v)
   }
 }
 
+// Quantizes vector v (loaded in x) with `scale` and writes what the launch asks for: codes,
+// x̂, and the vector's share of the metrics. Every lean quantizing kernel ends its loop here.
+template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
+__device__ __forceinline__ void EmitVector(const ElementParams& p, uint32_t v, float x[kVector],
+                                           const LeanScale& scale, DeviceFlags* flags,
+                                           uint32_t code_xor, uint8_t* codes_out, void* output,
+                                           DType output_dtype, MetricAccumulator* acc) {
+  const int64_t first = static_cast<int64_t>(v) * kVector;
+  uint32_t codes[kVector];
+  float x_hat[kVector];
+  QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x, scale, flags, codes, x_hat);
+  if (kMetrics) {
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) acc->Add(x[j], x_hat[j]);
+  }
+  if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
+  if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+}
+
 // The element pass with scales already in memory (static, or from a statistics pass).
 template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
 __global__ void __launch_bounds__(kThreads)
@@ -64,15 +83,8 @@ __global__ void __launch_bounds__(kThreads)
       scale =
           MakeLeanScale(p.codec, scales[group], zero_points != nullptr ? zero_points[group] : 0);
     }
-    uint32_t codes[kVector];
-    float x_hat[kVector];
-    QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x, scale, flags, codes, x_hat);
-    if (kMetrics) {
-#pragma unroll
-      for (int j = 0; j < kVector; ++j) acc.Add(x[j], x_hat[j]);
-    }
-    if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
-    if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+    EmitVector<kDType, kFormat, kCodes, kOutput, kMetrics>(p, v, x, scale, flags, code_xor,
+                                                           codes_out, output, output_dtype, &acc);
   }
   if (kMetrics) WriteBlockPartial(acc.sums, partials);
 }
@@ -154,15 +166,8 @@ __global__ void __launch_bounds__(kThreads)
     if (!active) continue;
     const LeanScale scale = ScaleOfRange(p, rule, clip, lo, hi, v >> log2_lanes,
                                          (v & (lanes - 1)) == 0, scales, zero_points, flags);
-    uint32_t codes[kVector];
-    float x_hat[kVector];
-    QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x, scale, flags, codes, x_hat);
-    if (kMetrics) {
-#pragma unroll
-      for (int j = 0; j < kVector; ++j) acc.Add(x[j], x_hat[j]);
-    }
-    if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
-    if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+    EmitVector<kDType, kFormat, kCodes, kOutput, kMetrics>(p, v, x, scale, flags, code_xor,
+                                                           codes_out, output, output_dtype, &acc);
   }
   if (kMetrics) WriteBlockPartial(acc.sums, partials);
 }
@@ -221,17 +226,8 @@ __global__ void __launch_bounds__(kRowThreads)
       const uint32_t c = threadIdx.x + k * kRowThreads;
       if (c >= row_vectors) break;
       const uint32_t v = row * row_vectors + c;
-      const int64_t first = static_cast<int64_t>(v) * kVector;
-      uint32_t codes[kVector];
-      float x_hat[kVector];
-      QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x[k], scale, flags, codes,
-                                                           x_hat);
-      if (kMetrics) {
-#pragma unroll
-        for (int j = 0; j < kVector; ++j) acc.Add(x[k][j], x_hat[j]);
-      }
-      if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
-      if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+      EmitVector<kDType, kFormat, kCodes, kOutput, kMetrics>(p, v, x[k], scale, flags, code_xor,
+                                                             codes_out, output, output_dtype, &acc);
     }
   }
   if (kMetrics) WriteBlockPartial<kRowThreads>(acc.sums, partials);

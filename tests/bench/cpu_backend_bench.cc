@@ -102,10 +102,10 @@ void BM_Dequantize(benchmark::State& state, const Case& c) {
   const TensorView input{DType::kF32, shape, x.data(), static_cast<int64_t>(x.size() * 4)};
   int32_t* zp = spec.asymmetric ? zero_points.data() : nullptr;
   if (!backend
-           ->Quantize(input, spec,
-                      {codes.data(), layout.code_bytes, scales.data(), layout.geometry.num_scales,
-                       zp},
-                      nullptr)
+           ->Quantize(
+               input, spec,
+               {codes.data(), layout.code_bytes, scales.data(), layout.geometry.num_scales, zp},
+               nullptr)
            .ok()) {
     abort();
   }
