@@ -31,8 +31,6 @@
 namespace quantd {
 namespace {
 
-// Bytes kept free below the server's message limit for the non-payload fields.
-constexpr int64_t kMessageMargin = 64 << 10;
 // What gRPC accepts when a server does not say.
 constexpr int64_t kDefaultMessageLimit = 4 << 20;
 
@@ -180,7 +178,7 @@ class RemoteClient final : public Client {
     if (static_cast<int64_t>(request.ByteSizeLong()) > limit) {
       return absl::FailedPreconditionError(absl::StrCat(
           "Calibrate has no streamed form and this request is ", request.ByteSizeLong(),
-          " bytes, above the server's message limit of ", limit + kMessageMargin,
+          " bytes, above the server's message limit of ", limit + kMessageMarginBytes,
           "; calibrate a representative slice, or start quantd with a larger "
           "--max-message-bytes"));
     }
@@ -197,6 +195,14 @@ class RemoteClient final : public Client {
     v1::GetCapabilitiesResponse response;
     QUANTD_RETURN_IF_ERROR(
         FromGrpc(stub_->GetCapabilities(&context, v1::GetCapabilitiesRequest(), &response)));
+    return response;
+  }
+
+  absl::StatusOr<v1::EchoResponse> Echo(v1::EchoRequest request) override {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::EchoResponse response;
+    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->Echo(&context, request, &response)));
     return response;
   }
 
@@ -234,7 +240,7 @@ class RemoteClient final : public Client {
           capabilities.ok() && capabilities->limits().max_message_bytes() > 0
               ? capabilities->limits().max_message_bytes()
               : kDefaultMessageLimit;
-      unary_limit_ = std::max<int64_t>(server_limit - kMessageMargin, 1 << 10);
+      unary_limit_ = std::max<int64_t>(server_limit - kMessageMarginBytes, 1 << 10);
     }
     return unary_limit_;
   }
@@ -388,6 +394,22 @@ class EmbeddedClient final : public Client {
   absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() override {
     return core_.GetCapabilities();
   }
+  absl::StatusOr<v1::EchoResponse> Echo(v1::EchoRequest request) override {
+    const int64_t asked = request.response_bytes();
+    const int64_t limit = core_.options().max_tensor_bytes;
+    if (asked < 0 || asked > limit) {
+      return absl::InvalidArgumentError(absl::StrCat("response_bytes is ", asked,
+                                                     "; it must be in [0, ", limit,
+                                                     "]; 0 echoes the payload back"));
+    }
+    v1::EchoResponse response;
+    if (asked == 0) {
+      *response.mutable_payload() = std::move(*request.mutable_payload());
+    } else {
+      response.mutable_payload()->assign(static_cast<size_t>(asked), '\0');
+    }
+    return response;
+  }
   absl::Status Health() override { return absl::OkStatus(); }
   std::string description() const override {
     return absl::StrCat("embedded (", backend_->name(), ")");
@@ -412,14 +434,23 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
     if (backend == nullptr) backend = CreateReferenceBackend(pool.get());
     return std::unique_ptr<Client>(new EmbeddedClient(std::move(pool), std::move(backend)));
   }
+  QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, CreateChannel(options));
+  return std::unique_ptr<Client>(new RemoteClient(std::move(channel), options));
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ClientOptions& options) {
+  if (options.target.empty()) {
+    return absl::InvalidArgumentError("no server to connect to: the target is empty");
+  }
   QUANTD_ASSIGN_OR_RETURN(const std::string target, ChannelTarget(options.target));
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(-1);
   arguments.SetMaxSendMessageSize(-1);
   arguments.SetServiceConfigJSON(R"({"loadBalancingConfig": [{"round_robin": {}}]})");
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), arguments);
-  return std::unique_ptr<Client>(new RemoteClient(std::move(channel), options));
+  // Subchannels (connections) come from a pool shared by every channel of the process unless
+  // the channel keeps a pool of its own.
+  if (options.dedicated_connection) arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), arguments);
 }
 
 }  // namespace quantd

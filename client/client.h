@@ -25,6 +25,10 @@
 #include "absl/time/time.h"
 #include "quantd/v1/quantd.pb.h"
 
+namespace grpc {
+class Channel;
+}  // namespace grpc
+
 namespace quantd {
 
 struct ClientOptions {
@@ -40,7 +44,14 @@ struct ClientOptions {
   int64_t unary_limit_bytes = 0;
   // Embedded mode: compute threads (0: one per hardware thread).
   int embedded_threads = 0;
+  // A TCP connection of this client's own. gRPC otherwise lets every channel to the same
+  // target share one connection (one HTTP/2 session for all of a process's clients).
+  bool dedicated_connection = false;
 };
+
+// A request or response within this many bytes of the server's message limit is streamed:
+// room for the fields around the payload.
+inline constexpr int64_t kMessageMarginBytes = int64_t{64} << 10;
 
 class Client {
  public:
@@ -58,12 +69,24 @@ class Client {
   [[nodiscard]] virtual absl::StatusOr<v1::CalibrateResponse> Calibrate(
       v1::CalibrateRequest request) = 0;
   [[nodiscard]] virtual absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() = 0;
+  // The transport alone (see EchoRequest): the payload there and `response_bytes` bytes back,
+  // no quantization work. Unary only: gRPC refuses a request above the server's message limit
+  // (RESOURCE_EXHAUSTED), the server a response above it (INVALID_ARGUMENT). Embedded, it is
+  // answered in this process.
+  [[nodiscard]] virtual absl::StatusOr<v1::EchoResponse> Echo(v1::EchoRequest request) = 0;
   // OK when the server reports SERVING (always, embedded).
   [[nodiscard]] virtual absl::Status Health() = 0;
 
   // "embedded" or the target.
   virtual std::string description() const = 0;
 };
+
+// The channel a remote Client talks through (round-robin over `options.target`, no message size
+// limits, a connection of its own when `options.dedicated_connection`), for callers that drive
+// the generated stubs themselves, as `quantctl bench` does so that requests are sent from one
+// buffer instead of moved into each call. InvalidArgument for an empty target.
+[[nodiscard]] absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
+    const ClientOptions& options);
 
 }  // namespace quantd
 

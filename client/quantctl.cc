@@ -6,6 +6,7 @@
 //   quantctl --server=a:50051,b:50051 quantdequant --format=fp8-e4m3 x.npy x_hat.npy
 //   quantctl calibrate --format=int8 --granularity=channel --method=mse w.npy
 //   quantctl --server=localhost:50051 capabilities | health
+//   quantctl --server=localhost:50051 bench --format=int8 --sizes=4K,1M --concurrency=1,4
 //
 // Results that a script reads go to stdout, the error metrics as one JSON object on the last
 // line; errors go to stderr with a non-zero exit (1: the operation failed, 2: bad usage).
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <random>
 #include <string>
@@ -31,6 +33,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "bench.h"
 #include "client.h"
 #include "convert.h"
 #include "npy.h"
@@ -72,8 +75,17 @@ ABSL_FLAG(double, search_min_ratio, 0.0, "calibrate --method=mse: smallest ratio
 ABSL_FLAG(std::string, save, "", "calibrate: also write scales/zero_points/amax/clip_ratios .npz");
 
 ABSL_FLAG(std::string, shape, "", "random: shape of the tensor, e.g. 512,4096");
-ABSL_FLAG(std::string, dtype, "f32", "random: f32 | f16 | bf16");
+ABSL_FLAG(std::string, dtype, "f32", "random, bench: f32 | f16 | bf16");
 ABSL_FLAG(double, stddev, 1.0, "random: standard deviation of the normal distribution");
+
+ABSL_FLAG(std::string, op, "quantize", "bench: quantize | dequantize | quantdequant");
+ABSL_FLAG(std::string, sizes, "4K,64K,1M,16M,64M", "bench: bytes of the input tensor per call");
+ABSL_FLAG(std::string, concurrency, "1,4,16", "bench: client threads, one call in flight each");
+ABSL_FLAG(int32_t, connections, 0,
+          "bench: connections the client threads share (0: one per thread)");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(2), "bench: measured time per op / echo phase");
+ABSL_FLAG(absl::Duration, warmup, absl::Milliseconds(200), "bench: warm-up before each phase");
+ABSL_FLAG(std::string, json, "", "bench: also write the results as JSON to this file");
 
 namespace quantd {
 namespace {
@@ -88,10 +100,15 @@ constexpr char kUsage[] = R"(quantctl: the quantd command line
   quantctl [--server=...] calibrate --format=F ... [--method=amax|percentile|mse] IN.npy
   quantctl --server=... capabilities | health
   quantctl random --shape=D0,D1,... [--dtype=f32] [--seed=S] OUT.npy
+  quantctl --server=... bench [--format=F ...] [--op=quantize|dequantize|quantdequant]
+           [--sizes=4K,64K,1M,16M,64M] [--concurrency=1,4,16] [--connections=0]
+           [--duration=2s] [--warmup=200ms] [--dtype=f32|f16|bf16] [--json=FILE]
 
 Without --server the numerics run in this process. quantize writes codes, scales,
 zero_points (asymmetric), shape, spec (JSON text as uint8) and source_dtype; it prints the
-error metrics as one JSON object on the last line of stdout.)";
+error metrics as one JSON object on the last line of stdout. bench measures latency and
+throughput of an op against an Echo of the same bytes (the bare transport) per size and
+concurrency, and prints a markdown table (format int8 unless --format says otherwise).)";
 
 absl::Status Usage(std::string message) { return absl::InvalidArgumentError(message); }
 
@@ -464,10 +481,48 @@ absl::Status RunRandom(const std::vector<char*>& args) {
   return npy::WriteNpy(args[2], array);
 }
 
+absl::Status RunBenchCommand(const std::vector<char*>& args) {
+  QUANTD_RETURN_IF_ERROR(CheckArgs(args, 0, "[--format=F ...] [--op=...] [--sizes=...] ..."));
+  BenchOptions options;
+  options.target = absl::GetFlag(FLAGS_server);
+  if (options.target.empty()) {
+    return Usage(
+        "bench measures a server: give --server=HOST:PORT (scripts/service_bench.sh starts one)");
+  }
+  if (absl::GetFlag(FLAGS_format).empty()) absl::SetFlag(&FLAGS_format, "int8");
+  QUANTD_ASSIGN_OR_RETURN(options.spec, SpecFromFlags());
+  QUANTD_ASSIGN_OR_RETURN(options.op, BenchOpFromName(absl::GetFlag(FLAGS_op)));
+  QUANTD_ASSIGN_OR_RETURN(options.dtype, DTypeFromFlag(absl::GetFlag(FLAGS_dtype)));
+  options.skip_metrics = absl::GetFlag(FLAGS_no_metrics);
+  QUANTD_ASSIGN_OR_RETURN(options.sizes, ParseByteSizes(absl::GetFlag(FLAGS_sizes)));
+  QUANTD_ASSIGN_OR_RETURN(options.concurrency, ParseConcurrency(absl::GetFlag(FLAGS_concurrency)));
+  options.connections = absl::GetFlag(FLAGS_connections);
+  options.duration = absl::GetFlag(FLAGS_duration);
+  options.warmup = absl::GetFlag(FLAGS_warmup);
+  options.timeout = absl::GetFlag(FLAGS_timeout);
+  options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+  options.progress = [](const std::string& line) { std::cerr << "bench: " << line << std::endl; };
+  const std::string json_path = absl::GetFlag(FLAGS_json);
+  if (!json_path.empty()) {
+    // Before minutes of measuring: a path that cannot be written is a usage error now.
+    std::ofstream probe(json_path, std::ios::app);
+    if (!probe) return Usage(absl::StrCat("--json=", json_path, " cannot be written"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(const BenchReport report, RunBench(options));
+  std::cout << BenchMarkdown(report) << std::flush;
+  if (!json_path.empty()) {
+    std::ofstream json(json_path, std::ios::trunc);
+    json << BenchJson(report);
+    if (!json.flush()) return absl::InternalError(absl::StrCat("cannot write ", json_path));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::vector<char*>& args) {
   if (args.size() < 2) return Usage(kUsage);
   const std::string command = args[1];
   if (command == "random") return RunRandom(args);
+  if (command == "bench") return RunBenchCommand(args);
   using Command = absl::Status (*)(Client&, const std::vector<char*>&);
   const std::pair<const char*, Command> commands[] = {
       {"quantize", RunQuantize},         {"dequantize", RunDequantize},

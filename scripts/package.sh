@@ -4,6 +4,7 @@
 #   dist/quantd-<version>-<arch>/bin/   quantd, quantctl, and the test / benchmark binaries
 #   dist/quantd-<version>-<arch>/lib/   every shared library they need beyond glibc, the C++
 #                                       runtime, the CUDA driver and cuBLAS
+#   dist/quantd-<version>-<arch>/scripts/service_bench.sh   the service benchmark
 # The binaries carry an $ORIGIN/../lib rpath, so the tree runs from wherever it is unpacked:
 #   tar xzf quantd-*.tar.gz && quantd-*/bin/quantd --backend=cuda
 # Usage: scripts/package.sh [OUT_DIR]   (default dist/)
@@ -36,5 +37,8 @@ for binary in "$tree"/bin/*; do
   exit 1
 done
 cp "$repo_root/README.md" "$repo_root/docs/FORMATS.md" "$tree/"
+# The service benchmark needs only bash and bin/: scripts/service_bench.sh finds ../bin.
+mkdir -p "$tree/scripts"
+cp "$repo_root/scripts/service_bench.sh" "$tree/scripts/"
 tar -C "$out_dir" -czf "$out_dir/$name.tar.gz" "$name"
 echo "$tree ($(du -sh "$tree" | cut -f1)), $out_dir/$name.tar.gz"

@@ -32,7 +32,11 @@ const prometheus::Histogram::BucketBoundaries& SqnrBuckets() {
 
 std::string FormatLabel(Format format) { return std::string(Traits(format).name); }
 
-bool UsesScheduler(Method method) { return method != Method::kGetCapabilities; }
+// GetCapabilities and Echo carry no tensor spec and never queue: their series exist for
+// format "unspecified" only and have no queue-wait or compute histograms.
+bool HasFormat(Method method) {
+  return method != Method::kGetCapabilities && method != Method::kEcho;
+}
 
 }  // namespace
 
@@ -52,6 +56,8 @@ absl::string_view MethodName(Method method) {
       return "QuantizeStream";
     case Method::kDequantizeStream:
       return "DequantizeStream";
+    case Method::kEcho:
+      return "Echo";
   }
   return "unknown";
 }
@@ -97,13 +103,13 @@ Metrics::Metrics(absl::string_view backend_name, absl::string_view version)
     const std::string method_name(MethodName(method));
     for (int f = 0; f < kNumFormats; ++f) {
       const auto format = static_cast<Format>(f);
-      // GetCapabilities has no format; every other RPC may fail before its format is known.
-      if (method == Method::kGetCapabilities && format != Format::kUnspecified) continue;
+      // Every RPC with a format may fail before its format is known.
+      if (!HasFormat(method) && format != Format::kUnspecified) continue;
       const prometheus::Labels labels{
           {"method", method_name}, {"format", FormatLabel(format)}, {"backend", backend}};
       request_duration_[m][f] = &request_duration.Add(labels, LatencyBuckets());
       // Only validated requests (format known) reach the queue.
-      if (UsesScheduler(method) && format != Format::kUnspecified) {
+      if (HasFormat(method) && format != Format::kUnspecified) {
         queue_wait_[m][f] = &queue_wait.Add(labels, LatencyBuckets());
         compute_duration_[m][f] = &compute_duration.Add(labels, LatencyBuckets());
       }

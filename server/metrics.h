@@ -51,8 +51,9 @@ enum class Method : int {
   kGetCapabilities,
   kQuantizeStream,
   kDequantizeStream,
+  kEcho,
 };
-inline constexpr int kNumMethods = 7;
+inline constexpr int kNumMethods = 8;
 absl::string_view MethodName(Method method);
 
 inline constexpr int kNumStatusCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)

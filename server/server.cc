@@ -751,6 +751,20 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
     return reactor;
   }
 
+  // Answered here, on gRPC's thread: Echo measures the transport, so it must not wait for a
+  // worker. It is charged to the byte budget like any call holding tensors of that size.
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* context,
+                                 const v1::EchoRequest* request,
+                                 v1::EchoResponse* response) override {
+    CallRecord record(state_.metrics, Method::kEcho);
+    record.Received(request->ByteSizeLong());
+    const absl::Status status = AnswerEcho(*request, &record, response);
+    if (status.ok()) record.Sent(response->ByteSizeLong());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    FinishUnary(reactor, &record, status);
+    return reactor;
+  }
+
   grpc::ServerBidiReactor<v1::QuantizeStreamRequest, v1::QuantizeStreamResponse>* QuantizeStream(
       grpc::CallbackServerContext* context) override {
     auto* reactor = new QuantizeStreamReactor(state_, context);
@@ -766,6 +780,32 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   }
 
  private:
+  [[nodiscard]] absl::Status AnswerEcho(const v1::EchoRequest& request, CallRecord* record,
+                                        v1::EchoResponse* response) const {
+    const int64_t limit = state_.options->max_message_bytes - kFrameOverheadBytes;
+    const int64_t asked = request.response_bytes();
+    if (asked < 0 || asked > limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("response_bytes is ", asked, "; it must be in [0, ", limit,
+                       "] (this server's --max-message-bytes less ", kFrameOverheadBytes,
+                       " bytes of framing); 0 echoes the payload back"));
+    }
+    const int64_t payload_bytes = static_cast<int64_t>(request.payload().size());
+    const int64_t answer_bytes = asked == 0 ? payload_bytes : asked;
+    QUANTD_RETURN_IF_ERROR(record->Reserve(state_.budget, payload_bytes + answer_bytes));
+    try {
+      if (asked == 0) {
+        response->set_payload(request.payload());
+      } else {
+        response->mutable_payload()->assign(static_cast<size_t>(answer_bytes), '\0');
+      }
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("out of memory allocating ", answer_bytes, " bytes of echo; retry later"));
+    }
+    return absl::OkStatus();
+  }
+
   const ServiceState& state_;
 };
 

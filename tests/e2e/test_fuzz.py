@@ -27,7 +27,7 @@ grpc = pytest.importorskip("grpc")
 
 F32 = np.float32
 SERVICE = "/quantd.v1.Quantizer/"
-UNARY = ["Quantize", "Dequantize", "QuantDequant", "Calibrate", "GetCapabilities"]
+UNARY = ["Quantize", "Dequantize", "QuantDequant", "Calibrate", "GetCapabilities", "Echo"]
 STREAMS = ["QuantizeStream", "DequantizeStream"]
 TIMEOUT = 60  # seconds per call: a hang is a failure, not a wait
 SC = grpc.StatusCode
@@ -695,6 +695,11 @@ def test_hostile_fields_on_unary_rpcs(pb, channel, bases):
         code, details, _ = unary_raw(channel, "GetCapabilities",
                                      b"\x08\x01\x12\x03abc" + os.urandom(0))
         TALLY.record("caps-unknown-fields", "GetCapabilities", code, {SC.OK}, details)
+    # Echo: answers no message could carry (2**31 is above any --max-message-bytes).
+    for response_bytes in [-1, -(2**63), 2**63 - 1, 2**31]:
+        body = pb.EchoRequest(payload=b"x" * 100, response_bytes=response_bytes)
+        code, details, _ = unary_raw(channel, "Echo", body.SerializeToString())
+        TALLY.record("echo-response-bytes", "Echo", code, {SC.INVALID_ARGUMENT}, details)
     TALLY.assert_clean()
 
 

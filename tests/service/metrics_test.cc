@@ -59,6 +59,13 @@ class MetricsTest : public ::testing::Test {
     }
     {
       grpc::ClientContext context;
+      v1::EchoRequest request;
+      request.set_payload("echo");
+      v1::EchoResponse response;
+      ASSERT_TRUE(ts_.stub->Echo(&context, request, &response).ok());
+    }
+    {
+      grpc::ClientContext context;
       v1::QuantizeRequest bad = quantize;
       bad.mutable_input()->mutable_data()->pop_back();
       v1::QuantizeResponse response;
@@ -98,7 +105,7 @@ TEST_F(MetricsTest, EveryFamilyIsExported) {
 
 TEST_F(MetricsTest, RequestsAreCounted) {
   for (const char* method : {"Quantize", "Dequantize", "QuantDequant", "Calibrate",
-                             "GetCapabilities", "QuantizeStream", "DequantizeStream"}) {
+                             "GetCapabilities", "QuantizeStream", "DequantizeStream", "Echo"}) {
     SCOPED_TRACE(method);
     EXPECT_EQ(SampleValue(page_, absl::StrCat(R"(quantd_requests_total{code="OK",method=")", method,
                                               "\"}")),
@@ -134,6 +141,16 @@ TEST_F(MetricsTest, RequestsAreCounted) {
           page_,
           R"(quantd_compute_duration_seconds_count{backend="cpu",format="int4",method="QuantDequant"})"),
       1);
+  // Echo has no format and never queues.
+  EXPECT_EQ(
+      SampleValue(
+          page_,
+          R"(quantd_request_duration_seconds_count{backend="cpu",format="unspecified",method="Echo"})"),
+      1);
+  EXPECT_EQ(
+      SampleValue(page_,
+                  R"(quantd_queue_wait_seconds_count{backend="cpu",format="int8",method="Echo"})"),
+      -1);
   // Quantize, QuantizeStream: int8; QuantDequant: int4; Calibrate: fp8-e4m3.
   EXPECT_EQ(SampleValue(page_, R"(quantd_sqnr_db_count{format="int8"})"), 2);
   EXPECT_EQ(SampleValue(page_, R"(quantd_sqnr_db_count{format="int4"})"), 1);

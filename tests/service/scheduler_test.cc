@@ -216,6 +216,30 @@ TEST_F(QueueServerTest, QueueFullIsResourceExhausted) {
   EXPECT_EQ(Metric(R"(quantd_requests_total{code="RESOURCE_EXHAUSTED",method="Quantize"})"), 1);
 }
 
+// Echo is the transport's own cost: it never waits for a worker, even with the queue full.
+TEST_F(QueueServerTest, EchoAnswersWhileTheQueueIsFull) {
+  auto running = Start();
+  gate_->AwaitEntered(1);
+  auto queued = Start();
+  AwaitQueueDepth(1);
+
+  v1::EchoRequest request;
+  request.set_payload(std::string(1000, 'e'));
+  v1::EchoResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  const grpc::Status status = ts_.stub->Echo(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.payload(), request.payload());
+  EXPECT_EQ(ts_.server->queue_depth(), 1);
+
+  gate_->Open();
+  running->done.WaitForNotification();
+  queued->done.WaitForNotification();
+  EXPECT_TRUE(running->status.ok()) << running->status.error_message();
+  EXPECT_TRUE(queued->status.ok()) << queued->status.error_message();
+}
+
 TEST_F(QueueServerTest, ExpiredDeadlineIsDroppedBeforeWork) {
   auto running = Start();
   gate_->AwaitEntered(1);
