@@ -43,6 +43,14 @@ ABSL_FLAG(int64_t, stream_chunk_bytes, int64_t{4} << 20,
           "largest response frame a stream sends, in bytes");
 ABSL_FLAG(int64_t, max_inflight_bytes, int64_t{20} << 30,
           "bytes of tensors (input + output) all calls in flight together may hold");
+ABSL_FLAG(int64_t, inline_max_bytes, int64_t{256} << 10,
+          "unary requests with at most this many tensor bytes (input + output) compute on the "
+          "receiving thread when a worker is idle, skipping the hand-off (0: never)");
+ABSL_FLAG(int, cuda_streams_per_device, 4,
+          "CUDA backend: streams per GPU, i.e. requests computed at once on one GPU");
+ABSL_FLAG(int64_t, cuda_memory_cap_bytes, 0,
+          "CUDA backend: device memory requests may hold at once, per GPU (0: 90% of what is "
+          "free at start); beyond, RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "on SIGTERM, how long calls in flight may take to finish before they are cancelled");
 
@@ -133,6 +141,9 @@ int main(int argc, char** argv) {
   options.max_tensor_bytes = absl::GetFlag(FLAGS_max_tensor_bytes);
   options.stream_chunk_bytes = absl::GetFlag(FLAGS_stream_chunk_bytes);
   options.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
+  options.inline_max_bytes = absl::GetFlag(FLAGS_inline_max_bytes);
+  options.cuda_streams_per_device = absl::GetFlag(FLAGS_cuda_streams_per_device);
+  options.cuda_memory_cap_bytes = absl::GetFlag(FLAGS_cuda_memory_cap_bytes);
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
 
   // Block the shutdown signals before any thread exists, so that every thread inherits the mask

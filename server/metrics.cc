@@ -1,10 +1,12 @@
 #include "server/metrics.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "prometheus/family.h"
+#include "prometheus/metric_family.h"
 #include "server/convert.h"
 
 namespace quantd::server {
@@ -192,6 +194,97 @@ void Metrics::ObserveSqnr(Format format, double sqnr_db) {
   const int f = static_cast<int>(format);
   if (f <= 0 || f >= kNumFormats || !std::isfinite(sqnr_db)) return;
   sqnr_[f]->Observe(sqnr_db);
+}
+
+namespace {
+
+prometheus::ClientMetric DeviceSample(const DeviceTelemetry& device,
+                                      std::vector<prometheus::ClientMetric::Label> extra = {}) {
+  prometheus::ClientMetric sample;
+  sample.label.push_back({"device", std::to_string(device.device)});
+  for (auto& label : extra) sample.label.push_back(std::move(label));
+  return sample;
+}
+
+prometheus::MetricFamily Family(const char* name, const char* help, prometheus::MetricType type) {
+  prometheus::MetricFamily family;
+  family.name = name;
+  family.help = help;
+  family.type = type;
+  return family;
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> DeviceCollector::Collect() const {
+  const std::vector<DeviceTelemetry> devices = backend_->Telemetry();
+  if (devices.empty()) return {};
+  using prometheus::MetricType;
+  auto info =
+      Family("quantd_gpu_info", "Devices the backend drives (always 1).", MetricType::Gauge);
+  auto kernel =
+      Family("quantd_gpu_kernel_duration_seconds",
+             "Device time of one call's kernels (CUDA events), per device.", MetricType::Histogram);
+  auto copy_bytes = Family("quantd_gpu_copy_bytes_total",
+                           "Bytes copied between host and device, per device and direction.",
+                           MetricType::Counter);
+  auto copy_seconds = Family(
+      "quantd_gpu_copy_seconds_total",
+      "Device time of the calls' host-to-device and device-to-host copy phases (CUDA events).",
+      MetricType::Counter);
+  auto streams =
+      Family("quantd_gpu_streams", "Size of the device's CUDA stream pool.", MetricType::Gauge);
+  auto streams_busy = Family("quantd_gpu_streams_busy",
+                             "Streams of the pool held by calls in flight.", MetricType::Gauge);
+  auto memory_cap = Family("quantd_gpu_memory_cap_bytes",
+                           "Device memory calls may reserve at once (--cuda-memory-cap-bytes).",
+                           MetricType::Gauge);
+  auto memory_in_use = Family("quantd_gpu_memory_in_use_bytes",
+                              "Device memory reserved by calls in flight.", MetricType::Gauge);
+  auto memory_pool =
+      Family("quantd_gpu_memory_pool_bytes",
+             "Device memory the stream-ordered pool holds, freed blocks kept for reuse included.",
+             MetricType::Gauge);
+  for (const DeviceTelemetry& device : devices) {
+    auto sample = DeviceSample(device, {{"name", device.name}});
+    sample.gauge.value = 1;
+    info.metric.push_back(std::move(sample));
+
+    sample = DeviceSample(device);
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < kKernelSecondsBounds.size(); ++b) {
+      cumulative += static_cast<uint64_t>(device.kernel_seconds_buckets[b]);
+      sample.histogram.bucket.push_back({cumulative, kKernelSecondsBounds[b]});
+    }
+    cumulative += static_cast<uint64_t>(device.kernel_seconds_buckets.back());
+    sample.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+    sample.histogram.sample_count = cumulative;
+    sample.histogram.sample_sum = device.kernel_seconds_sum;
+    kernel.metric.push_back(std::move(sample));
+
+    for (const bool h2d : {true, false}) {
+      const std::string direction = h2d ? "h2d" : "d2h";
+      sample = DeviceSample(device, {{"direction", direction}});
+      sample.counter.value =
+          static_cast<double>(h2d ? device.host_to_device_bytes : device.device_to_host_bytes);
+      copy_bytes.metric.push_back(sample);
+      sample.counter.value = h2d ? device.host_to_device_seconds : device.device_to_host_seconds;
+      copy_seconds.metric.push_back(std::move(sample));
+    }
+    const auto gauge = [&](prometheus::MetricFamily& family, double value) {
+      auto g = DeviceSample(device);
+      g.gauge.value = value;
+      family.metric.push_back(std::move(g));
+    };
+    gauge(streams, device.streams);
+    gauge(streams_busy, device.streams_busy);
+    gauge(memory_cap, static_cast<double>(device.memory_cap_bytes));
+    gauge(memory_in_use, static_cast<double>(device.memory_in_use_bytes));
+    gauge(memory_pool, static_cast<double>(device.memory_pool_bytes));
+  }
+  return {std::move(info),         std::move(kernel),        std::move(copy_bytes),
+          std::move(copy_seconds), std::move(streams),       std::move(streams_busy),
+          std::move(memory_cap),   std::move(memory_in_use), std::move(memory_pool)};
 }
 
 }  // namespace quantd::server

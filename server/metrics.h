@@ -31,13 +31,16 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "quantd/backend.h"
 #include "quantd/format.h"
 
 namespace quantd::server {
@@ -94,6 +97,29 @@ class Metrics {
   prometheus::Gauge* queue_depth_ = nullptr;
   prometheus::Gauge* inflight_bytes_ = nullptr;
   std::array<prometheus::Histogram*, kNumFormats> sqnr_{};
+};
+
+// The per-device families, read from Backend::Telemetry() at each scrape: the backend keeps
+// the counters, so nothing is copied between scrapes and a backend without devices (the CPU
+// one) exports none of these. Device labels are the CUDA ordinals, fixed when the backend
+// starts.
+//   quantd_gpu_info{device,name}                            gauge, always 1
+//   quantd_gpu_kernel_duration_seconds{device}              histogram, the kernels of one call
+//   quantd_gpu_copy_bytes_total{device,direction}           counter, direction h2d / d2h
+//   quantd_gpu_copy_seconds_total{device,direction}         counter, time of the copy phases
+//   quantd_gpu_streams{device}, quantd_gpu_streams_busy{device}      gauges, the stream pool
+//   quantd_gpu_memory_cap_bytes{device}                     gauge, what calls may reserve
+//   quantd_gpu_memory_in_use_bytes{device}                  gauge, reserved by calls in flight
+//   quantd_gpu_memory_pool_bytes{device}                    gauge, held by the memory pool
+class DeviceCollector final : public prometheus::Collectable {
+ public:
+  // `backend` must outlive the collector and every Exposer it is registered with.
+  explicit DeviceCollector(const Backend* backend) : backend_(backend) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const Backend* backend_;
 };
 
 }  // namespace quantd::server

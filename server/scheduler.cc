@@ -36,6 +36,18 @@ absl::Status Scheduler::Submit(Task task) {
   return absl::OkStatus();
 }
 
+bool Scheduler::RunInlineIfIdle(Task& task) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || !queue_.empty() || busy_ >= static_cast<int>(threads_.size())) return false;
+    ++busy_;
+  }
+  Run(task, absl::ZeroDuration());
+  absl::MutexLock lock(&mu_);
+  --busy_;
+  return true;
+}
+
 int64_t Scheduler::queue_depth() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int64_t>(queue_.size());
@@ -55,23 +67,28 @@ void Scheduler::WorkerLoop() {
       if (queue_.empty()) return;
       item = std::move(queue_.front());
       queue_.pop_front();
+      ++busy_;
       if (options_.on_queue_depth) options_.on_queue_depth(static_cast<int64_t>(queue_.size()));
     }
     if (options_.before_task_for_testing) options_.before_task_for_testing();
-
-    const absl::Duration wait = absl::Now() - item.enqueued;
-    // The deadline first: gRPC also marks a call whose deadline passed as cancelled, and
-    // DEADLINE_EXCEEDED is the more useful answer (and metric) for it.
-    absl::Status admission;
-    if (item.task.deadline != Clock::time_point::max() && Clock::now() >= item.task.deadline) {
-      admission = absl::DeadlineExceededError(absl::StrCat(
-          "the deadline passed while the request waited in the queue (", absl::FormatDuration(wait),
-          "); allow more time or retry when the server is less busy"));
-    } else if (item.task.is_cancelled && item.task.is_cancelled()) {
-      admission = absl::CancelledError("the call was cancelled while it waited in the queue");
-    }
-    item.task.run(admission, wait);
+    Run(item.task, absl::Now() - item.enqueued);
+    absl::MutexLock lock(&mu_);
+    --busy_;
   }
+}
+
+void Scheduler::Run(Task& task, absl::Duration wait) {
+  // The deadline first: gRPC also marks a call whose deadline passed as cancelled, and
+  // DEADLINE_EXCEEDED is the more useful answer (and metric) for it.
+  absl::Status admission;
+  if (task.deadline != Clock::time_point::max() && Clock::now() >= task.deadline) {
+    admission = absl::DeadlineExceededError(absl::StrCat(
+        "the deadline passed while the request waited in the queue (", absl::FormatDuration(wait),
+        "); allow more time or retry when the server is less busy"));
+  } else if (task.is_cancelled && task.is_cancelled()) {
+    admission = absl::CancelledError("the call was cancelled while it waited in the queue");
+  }
+  task.run(admission, wait);
 }
 
 void Scheduler::Shutdown() {

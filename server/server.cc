@@ -225,6 +225,12 @@ grpc::ServerUnaryReactor* ServeUnary(const ServiceState& state,
     record->Sent(response->ByteSizeLong());
     FinishUnary(reactor, record.get(), absl::OkStatus());
   };
+  // Small requests compute right here when a worker would be idle anyway: no thread wake-up
+  // on the way in, and the reply is written by the thread gRPC is already running.
+  if (plan->input_bytes + plan->output_bytes <= state.options->inline_max_bytes &&
+      state.scheduler->RunInlineIfIdle(task)) {
+    return reactor;
+  }
   absl::Status submitted = state.scheduler->Submit(std::move(task));
   if (!submitted.ok()) FinishUnary(reactor, record.get(), submitted);
   return reactor;
@@ -841,6 +847,19 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
     return absl::InvalidArgumentError(
         absl::StrCat("--max-inflight-bytes is ", o.max_inflight_bytes, "; it must be > 0"));
   }
+  if (o.cuda_streams_per_device < 1 || o.cuda_streams_per_device > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--cuda-streams-per-device is ", o.cuda_streams_per_device, "; it must be in [1, 256]"));
+  }
+  if (o.inline_max_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--inline-max-bytes is ", o.inline_max_bytes,
+                                                   "; it must be >= 0 (0: never inline)"));
+  }
+  if (o.cuda_memory_cap_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda-memory-cap-bytes is ", o.cuda_memory_cap_bytes,
+                     "; it must be >= 0 (0: 90% of the free device memory)"));
+  }
   return absl::OkStatus();
 }
 
@@ -918,6 +937,8 @@ class Server::Impl {
                                                    " (--metrics-listen; empty disables it)"));
       }
       exposer_->RegisterCollectable(metrics_->registry());
+      device_collector_ = std::make_shared<DeviceCollector>(backend_.get());
+      exposer_->RegisterCollectable(device_collector_);
       const std::vector<int> ports = exposer_->GetListeningPorts();
       metrics_port_ = ports.empty() ? 0 : ports.front();
     }
@@ -1014,6 +1035,7 @@ class Server::Impl {
       }
       CudaBackendOptions cuda_options;
       cuda_options.streams_per_device = options_.cuda_streams_per_device;
+      cuda_options.device_memory_cap = options_.cuda_memory_cap_bytes;
       absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(cuda_options);
       if (cuda.ok()) {
         backend_ = *std::move(cuda);
@@ -1053,6 +1075,7 @@ class Server::Impl {
   ServiceState state_;
   std::unique_ptr<QuantizerService> service_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  std::shared_ptr<DeviceCollector> device_collector_;  // reads backend_, registered with exposer_
   std::unique_ptr<grpc::Server> grpc_server_;
   int bound_port_ = 0;
   int metrics_port_ = 0;

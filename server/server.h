@@ -71,8 +71,15 @@ struct ServerOptions {
   // Bytes of tensors (input + output) all calls in flight together may hold: a unary call is
   // charged when validated, a stream when its header is; beyond, RESOURCE_EXHAUSTED.
   int64_t max_inflight_bytes = int64_t{20} << 30;
-  // CUDA backend: streams per device.
+  // Unary requests whose tensors (input + output) hold at most this many bytes compute on the
+  // gRPC thread that received them when a worker is idle and nothing is queued, instead of
+  // being handed to a worker (see Scheduler::RunInlineIfIdle); 0: always hand off.
+  int64_t inline_max_bytes = int64_t{256} << 10;
+  // CUDA backend: streams per device, i.e. calls computed at once on one GPU.
   int cuda_streams_per_device = 4;
+  // CUDA backend: device memory calls may reserve at once, per GPU (0: 90% of what is free
+  // when the server starts). A call that would exceed it is RESOURCE_EXHAUSTED.
+  int64_t cuda_memory_cap_bytes = 0;
   // One line on stderr at start (backend, addresses, limits) and at shutdown.
   bool log_to_stderr = true;
   // Test hook, see SchedulerOptions::before_task_for_testing. Leave empty.

@@ -6,8 +6,10 @@
 // results out and synchronizes its own stream only. Running out of device memory, or of the
 // cap, is RESOURCE_EXHAUSTED and leaves the device usable for the next call.
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstring>
 #include <memory>
@@ -50,35 +52,96 @@ std::string CudaDeviceSummary() {
 namespace cuda {
 namespace {
 
-// One GPU: its streams, which of them are leased, and its memory accounting.
+// How a call's bytes cross PCIe. Measured on the H200 (quantd_copy_bench, PERF_NOTES v8):
+// cudaMemcpyAsync from pageable memory moves 10-18 GB/s, from page-locked memory 55 GB/s, a
+// host memcpy into page-locked memory ~10 GB/s (one thread), and locking the buffer in place
+// (cudaHostRegister + copy + cudaHostUnregister) 16-17 GB/s end to end from 16 MiB up.
+//  - Small copies go through the slot's page-locked staging buffer: a host memcpy, then an
+//    asynchronous DMA; outputs land there and are copied out once the stream is synchronized.
+//    A small call thus queues all of its work without blocking and synchronizes once.
+//  - Large ones lock the host buffer's whole pages in place, in chunks, so the next chunk is
+//    locked while the previous one moves; the pages are unlocked after the synchronization.
+//    Where locking fails (a page already locked by a neighbouring buffer, read-only memory),
+//    that chunk is copied from pageable memory instead.
+//  - Whatever is left (staging full, a mid-sized copy) is a pageable cudaMemcpyAsync.
+inline constexpr int64_t kStagingBytes = int64_t{4} << 20;
+inline constexpr int64_t kLockMinBytes = int64_t{16} << 20;
+inline constexpr int64_t kLockChunkBytes = int64_t{64} << 20;
+
+// One stream of a device's pool, its page-locked staging buffer, and the events that time the
+// phases of the call holding it.
+struct Slot {
+  cudaStream_t stream = nullptr;
+  char* staging = nullptr;  // kStagingBytes, page-locked
+  // begin, inputs copied in, kernels done, outputs copied out
+  std::array<cudaEvent_t, 4> marks{};
+  bool busy = false;
+};
+
+// One GPU: its stream pool, its memory accounting and its telemetry. Everything mutable is
+// guarded by the backend's mutex.
 struct Device {
   int id = 0;
+  std::string name;
   int max_blocks = 1024;
   int64_t memory_cap = 0;
-  std::vector<cudaStream_t> streams;
-  std::vector<bool> busy;
+  cudaMemPool_t pool = nullptr;
+  std::vector<Slot> slots;
   int in_use = 0;
-  int64_t bytes_in_use = 0;  // guarded by the backend's mutex
+  int64_t bytes_in_use = 0;
+  DeviceTelemetry totals;  // the counters; gauges are filled in by Telemetry()
 };
 
 class CudaBackend;
 
-// A leased stream; returns it on destruction.
+// A leased stream: the call's copies and phase marks go through it; returns the stream to the
+// pool on destruction.
 class Lease {
  public:
-  Lease(CudaBackend* backend, Device* device, int slot)
-      : backend_(backend), device_(device), slot_(slot) {}
+  Lease(CudaBackend* backend, Device* device, int slot);
   Lease(const Lease&) = delete;
   Lease& operator=(const Lease&) = delete;
   ~Lease();
 
   Device& device() const { return *device_; }
-  cudaStream_t stream() const { return device_->streams[slot_]; }
+  cudaStream_t stream() const { return slot().stream; }
+
+  [[nodiscard]] absl::Status CopyIn(void* device, const void* host, int64_t bytes);
+  [[nodiscard]] absl::Status CopyOut(void* host, const void* device, int64_t bytes);
+  // Phase marks: after the last input copy, and after the last kernel.
+  [[nodiscard]] absl::Status MarkCopiedIn() { return Mark(1); }
+  [[nodiscard]] absl::Status MarkComputed() { return Mark(2); }
+  // Waits for the stream and completes the copies out (CopyOut's destinations hold their
+  // bytes only after this); the call's copy and kernel times then count in the telemetry.
+  [[nodiscard]] absl::Status Synchronize();
 
  private:
+  // A staged output: `bytes` at `staged` go to `host` after the synchronization.
+  struct StagedOut {
+    void* host;
+    const char* staged;
+    int64_t bytes;
+  };
+
+  Slot& slot() const { return device_->slots[slot_]; }
+  [[nodiscard]] absl::Status Mark(int phase);
+  // `bytes` of the staging buffer, 256-byte aligned; nullptr when it is full.
+  char* Stage(int64_t bytes);
+  // One direction of a copy (to the device when `to_device`), by the strategy above.
+  [[nodiscard]] absl::Status Copy(void* device, void* host, int64_t bytes, bool to_device);
+  // The page-locked part of a large copy: pages [locked, locked + bytes) of `host`.
+  [[nodiscard]] absl::Status CopyLocked(char* device, char* host, int64_t bytes, bool to_device);
+  // After the stream is idle: unlocks what was locked, forgets staged outputs.
+  void Reset();
+
   CudaBackend* backend_;
   Device* device_;
   int slot_;
+  int64_t host_to_device_bytes_ = 0;
+  int64_t device_to_host_bytes_ = 0;
+  int64_t staging_used_ = 0;
+  std::vector<StagedOut> staged_out_;
+  std::vector<void*> locked_;
 };
 
 // Device allocations of one call, freed (stream-ordered) when it ends.
@@ -117,23 +180,29 @@ class CudaBackend final : public Backend {
       int sms = 0;
       QUANTD_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, id));
       device->max_blocks = std::max(1, sms * 8);  // 8 blocks of 256 threads fill an SM
+      cudaDeviceProp prop;
+      QUANTD_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, id));
+      device->name = prop.name;
       size_t free_bytes = 0, total_bytes = 0;
       QUANTD_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
       device->memory_cap = options.device_memory_cap > 0
                                ? options.device_memory_cap
                                : static_cast<int64_t>(static_cast<double>(free_bytes) * 0.9);
       // Keep freed blocks in the pool: the next call of the same size costs no cudaMalloc.
-      cudaMemPool_t pool;
-      QUANTD_CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, id));
+      QUANTD_CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&device->pool, id));
       uint64_t threshold = ~0ull;
       QUANTD_CUDA_RETURN_IF_ERROR(
-          cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
-      for (int s = 0; s < streams; ++s) {
-        cudaStream_t stream;
-        QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-        device->streams.push_back(stream);
-        device->busy.push_back(false);
+          cudaMemPoolSetAttribute(device->pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+      device->slots.resize(streams);
+      for (Slot& slot : device->slots) {
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&slot.stream, cudaStreamNonBlocking));
+        for (cudaEvent_t& mark : slot.marks) QUANTD_CUDA_RETURN_IF_ERROR(cudaEventCreate(&mark));
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMallocHost(&slot.staging, kStagingBytes));
       }
+      device->totals.device = id;
+      device->totals.name = device->name;
+      device->totals.streams = streams;
+      device->totals.memory_cap_bytes = device->memory_cap;
       backend->devices_.push_back(std::move(device));
     }
     backend->fallback_ = CreateReferenceBackend(nullptr);
@@ -143,11 +212,34 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     for (auto& device : devices_) {
       cudaSetDevice(device->id);
-      for (cudaStream_t stream : device->streams) cudaStreamDestroy(stream);
+      for (Slot& slot : device->slots) {
+        if (slot.stream != nullptr) cudaStreamDestroy(slot.stream);
+        if (slot.staging != nullptr) cudaFreeHost(slot.staging);
+        for (cudaEvent_t mark : slot.marks) {
+          if (mark != nullptr) cudaEventDestroy(mark);
+        }
+      }
     }
   }
 
   absl::string_view name() const override { return "cuda"; }
+
+  std::vector<DeviceTelemetry> Telemetry() const override {
+    std::vector<DeviceTelemetry> telemetry;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& device : devices_) {
+      DeviceTelemetry entry = device->totals;
+      entry.streams_busy = device->in_use;
+      entry.memory_in_use_bytes = device->bytes_in_use;
+      uint64_t reserved = 0;
+      if (cudaMemPoolGetAttribute(device->pool, cudaMemPoolAttrReservedMemCurrent, &reserved) ==
+          cudaSuccess) {
+        entry.memory_pool_bytes = static_cast<int64_t>(reserved);
+      }
+      telemetry.push_back(std::move(entry));
+    }
+    return telemetry;
+  }
 
   absl::Status Quantize(const TensorView& input, const QuantSpec& spec, const QuantizedBuffers& out,
                         ErrorMetrics* metrics) override {
@@ -164,14 +256,14 @@ class CudaBackend final : public Backend {
         LaunchQuantizePass(pass.params, spec, pass.scales_ready, pass.stats, pass.scales,
                            pass.zero_points, static_cast<uint8_t*>(codes), nullptr, DType::kF32,
                            metrics != nullptr ? pass.partials : nullptr, stream));
-    QUANTD_RETURN_IF_ERROR(CopyOut(out.codes, codes, layout.code_bytes, stream));
-    QUANTD_RETURN_IF_ERROR(
-        CopyOut(out.scales, pass.scales, 4 * layout.geometry.num_scales, stream));
+    QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.codes, codes, layout.code_bytes));
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.scales, pass.scales, 4 * layout.geometry.num_scales));
     if (spec.asymmetric) {
       QUANTD_RETURN_IF_ERROR(
-          CopyOut(out.zero_points, pass.zero_points, 4 * layout.geometry.num_scales, stream));
+          lease->CopyOut(out.zero_points, pass.zero_points, 4 * layout.geometry.num_scales));
     }
-    return Finish(spec, pass, metrics, stream);
+    return Finish(spec, pass, metrics, *lease);
   }
 
   absl::Status Dequantize(const ConstQuantizedBuffers& in, const QuantSpec& spec,
@@ -194,18 +286,19 @@ class CudaBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(void* scales, arena.Allocate(4 * n));
     QUANTD_ASSIGN_OR_RETURN(void* zero_points, arena.Allocate(spec.asymmetric ? 4 * n : 0));
     QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
-    QUANTD_RETURN_IF_ERROR(CopyIn(codes, in.codes, layout.code_bytes, stream));
-    QUANTD_RETURN_IF_ERROR(CopyIn(scales, in.scales, 4 * n, stream));
-    if (spec.asymmetric) QUANTD_RETURN_IF_ERROR(CopyIn(zero_points, in.zero_points, 4 * n, stream));
+    QUANTD_RETURN_IF_ERROR(lease->CopyIn(codes, in.codes, layout.code_bytes));
+    QUANTD_RETURN_IF_ERROR(lease->CopyIn(scales, in.scales, 4 * n));
+    if (spec.asymmetric) QUANTD_RETURN_IF_ERROR(lease->CopyIn(zero_points, in.zero_points, 4 * n));
+    QUANTD_RETURN_IF_ERROR(lease->MarkCopiedIn());
     const ElementParams params =
         MakeElementParams(spec, layout, nullptr, DType::kF32, lease->device().max_blocks);
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchDequantize(
         params, static_cast<const uint8_t*>(codes), static_cast<const float*>(scales),
         spec.asymmetric ? static_cast<const int32_t*>(zero_points) : nullptr, output, out.dtype,
         stream));
-    QUANTD_RETURN_IF_ERROR(CopyOut(out.data, output, out.bytes, stream));
-    QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-    return absl::OkStatus();
+    QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.data, output, out.bytes));
+    return lease->Synchronize();
   }
 
   absl::Status QuantDequant(const TensorView& input, const QuantSpec& spec,
@@ -224,8 +317,9 @@ class CudaBackend final : public Backend {
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
         pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points, nullptr,
         output, out.dtype, metrics != nullptr ? pass.partials : nullptr, stream));
-    QUANTD_RETURN_IF_ERROR(CopyOut(out.data, output, out.bytes, stream));
-    return Finish(spec, pass, metrics, stream);
+    QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.data, output, out.bytes));
+    return Finish(spec, pass, metrics, *lease);
   }
 
   absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
@@ -252,17 +346,18 @@ class CudaBackend final : public Backend {
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantize(pass.params, pass.scales, pass.zero_points, nullptr,
                                                nullptr, DType::kF32, pass.partials,
                                                pass.stats.flags, stream));
+    QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
     const int64_t n = layout.geometry.num_scales;
     result->scales.resize(n);
     result->zero_points.assign(spec.asymmetric ? n : 0, 0);
     std::vector<int32_t> min_keys(n), max_keys(n);
-    QUANTD_RETURN_IF_ERROR(CopyOut(result->scales.data(), pass.scales, 4 * n, stream));
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(result->scales.data(), pass.scales, 4 * n));
     if (spec.asymmetric) {
-      QUANTD_RETURN_IF_ERROR(CopyOut(result->zero_points.data(), pass.zero_points, 4 * n, stream));
+      QUANTD_RETURN_IF_ERROR(lease->CopyOut(result->zero_points.data(), pass.zero_points, 4 * n));
     }
-    QUANTD_RETURN_IF_ERROR(CopyOut(min_keys.data(), pass.stats.min_keys, 4 * n, stream));
-    QUANTD_RETURN_IF_ERROR(CopyOut(max_keys.data(), pass.stats.max_keys, 4 * n, stream));
-    QUANTD_RETURN_IF_ERROR(Finish(spec, pass, &result->metrics, stream));
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(min_keys.data(), pass.stats.min_keys, 4 * n));
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(max_keys.data(), pass.stats.max_keys, 4 * n));
+    QUANTD_RETURN_IF_ERROR(Finish(spec, pass, &result->metrics, *lease));
     result->amax.resize(n);
     for (int64_t i = 0; i < n; ++i) {
       const float lo = KeyFloat(min_keys[i]), hi = KeyFloat(max_keys[i]);
@@ -293,7 +388,7 @@ class CudaBackend final : public Backend {
   // Copies the input in, initializes the statistics and puts static scales (or 1 for a plain
   // cast) in place; dynamic scales are the quantization pass's own first step.
   absl::StatusOr<Pass> Prepare(const TensorView& input, const QuantSpec& spec,
-                               const QuantLayout& layout, const Lease& lease, DeviceArena& arena) {
+                               const QuantLayout& layout, Lease& lease, DeviceArena& arena) {
     cudaStream_t stream = lease.stream();
     const int64_t n = layout.geometry.num_scales;
     Pass pass;
@@ -305,32 +400,32 @@ class CudaBackend final : public Backend {
     pass.scales = static_cast<float*>(scales);
     pass.zero_points = spec.asymmetric ? static_cast<int32_t*>(zero_points) : nullptr;
     pass.params = MakeElementParams(spec, layout, d_input, input.dtype, lease.device().max_blocks);
-    QUANTD_RETURN_IF_ERROR(CopyIn(d_input, input.data, input.bytes, stream));
-    QUANTD_CUDA_RETURN_IF_ERROR(LaunchInitStats(pass.stats, n, stream));
+    QUANTD_RETURN_IF_ERROR(lease.CopyIn(d_input, input.data, input.bytes));
     if (spec.granularity == Granularity::kNone) {
-      // A copy from pageable memory has consumed its source when cudaMemcpyAsync returns.
+      // A copy this small is staged: CopyIn has consumed its source when it returns.
       const float one = 1.0f;
-      QUANTD_RETURN_IF_ERROR(CopyIn(pass.scales, &one, 4, stream));
+      QUANTD_RETURN_IF_ERROR(lease.CopyIn(pass.scales, &one, 4));
     } else if (spec.has_static_scales()) {
-      QUANTD_RETURN_IF_ERROR(CopyIn(pass.scales, spec.static_scales.data(), 4 * n, stream));
+      QUANTD_RETURN_IF_ERROR(lease.CopyIn(pass.scales, spec.static_scales.data(), 4 * n));
       if (spec.asymmetric) {
         QUANTD_RETURN_IF_ERROR(
-            CopyIn(pass.zero_points, spec.static_zero_points.data(), 4 * n, stream));
+            lease.CopyIn(pass.zero_points, spec.static_zero_points.data(), 4 * n));
       }
     }
+    QUANTD_RETURN_IF_ERROR(lease.MarkCopiedIn());
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchInitStats(pass.stats, n, stream));
     pass.scales_ready = spec.granularity == Granularity::kNone || spec.has_static_scales();
     return pass;
   }
 
   // Copies the flags (and metrics) back, waits for the stream, turns flags into statuses.
-  absl::Status Finish(const QuantSpec& spec, Pass& pass, ErrorMetrics* metrics,
-                      cudaStream_t stream) {
-    QUANTD_RETURN_IF_ERROR(CopyOut(&pass.flags, pass.stats.flags, sizeof(DeviceFlags), stream));
+  absl::Status Finish(const QuantSpec& spec, Pass& pass, ErrorMetrics* metrics, Lease& lease) {
+    QUANTD_RETURN_IF_ERROR(lease.CopyOut(&pass.flags, pass.stats.flags, sizeof(DeviceFlags)));
     if (metrics != nullptr) {
       QUANTD_RETURN_IF_ERROR(
-          CopyOut(&pass.total, pass.partials + kMaxMetricBlocks, sizeof(MetricPartial), stream));
+          lease.CopyOut(&pass.total, pass.partials + kMaxMetricBlocks, sizeof(MetricPartial)));
     }
-    QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    QUANTD_RETURN_IF_ERROR(lease.Synchronize());
     if (pass.flags.first_nan != kNoNan) {
       return NanRejectedError(spec.format, static_cast<int64_t>(pass.flags.first_nan));
     }
@@ -341,35 +436,23 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  static absl::Status CopyIn(void* device, const void* host, int64_t bytes, cudaStream_t stream) {
-    if (bytes == 0) return absl::OkStatus();
-    QUANTD_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream));
-    return absl::OkStatus();
-  }
-
-  static absl::Status CopyOut(void* host, const void* device, int64_t bytes, cudaStream_t stream) {
-    if (bytes == 0) return absl::OkStatus();
-    QUANTD_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
-    return absl::OkStatus();
-  }
-
   // The least-loaded device's first free stream; waits while every stream is busy.
   std::unique_ptr<Lease> Acquire() {
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
       Device* best = nullptr;
       for (auto& device : devices_) {
-        if (device->in_use < static_cast<int>(device->streams.size()) &&
+        if (device->in_use < static_cast<int>(device->slots.size()) &&
             (best == nullptr || device->in_use < best->in_use)) {
           best = device.get();
         }
       }
       if (best != nullptr) {
-        const int slot = static_cast<int>(std::find(best->busy.begin(), best->busy.end(), false) -
-                                          best->busy.begin());
-        best->busy[slot] = true;
+        const int slot =
+            static_cast<int>(std::find_if(best->slots.begin(), best->slots.end(),
+                                          [](const Slot& candidate) { return !candidate.busy; }) -
+                             best->slots.begin());
+        best->slots[slot].busy = true;
         ++best->in_use;
         cudaSetDevice(best->id);
         return std::make_unique<Lease>(this, best, slot);
@@ -381,7 +464,7 @@ class CudaBackend final : public Backend {
   void Release(Device* device, int slot) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      device->busy[slot] = false;
+      device->slots[slot].busy = false;
       --device->in_use;
     }
     slot_freed_.notify_one();
@@ -404,13 +487,147 @@ class CudaBackend final : public Backend {
     device.bytes_in_use -= bytes;
   }
 
+  // A completed call's phase times (seconds) and copied bytes, into its device's counters.
+  void RecordCall(Device& device, const std::array<float, 3>& phase_ms,
+                  int64_t host_to_device_bytes, int64_t device_to_host_bytes) {
+    const double kernel_seconds = phase_ms[1] * 1e-3;
+    const size_t bucket =
+        std::lower_bound(kKernelSecondsBounds.begin(), kKernelSecondsBounds.end(), kernel_seconds) -
+        kKernelSecondsBounds.begin();
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceTelemetry& totals = device.totals;
+    ++totals.calls;
+    ++totals.kernel_seconds_buckets[bucket];
+    totals.kernel_seconds_sum += kernel_seconds;
+    totals.host_to_device_bytes += host_to_device_bytes;
+    totals.host_to_device_seconds += phase_ms[0] * 1e-3;
+    totals.device_to_host_bytes += device_to_host_bytes;
+    totals.device_to_host_seconds += phase_ms[2] * 1e-3;
+  }
+
   std::vector<std::unique_ptr<Device>> devices_;
   std::unique_ptr<Backend> fallback_;  // the CPU backend, for what has no kernel yet
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable slot_freed_;
 };
 
-Lease::~Lease() { backend_->Release(device_, slot_); }
+Lease::Lease(CudaBackend* backend, Device* device, int slot)
+    : backend_(backend), device_(device), slot_(slot) {
+  // An event that fails to record only costs this call its timing: Synchronize checks.
+  (void)cudaEventRecord(this->slot().marks[0], stream());
+}
+
+Lease::~Lease() {
+  // A call that failed before Synchronize may still have copies in flight from its staging
+  // buffer or its locked pages: let them finish before the slot is reused or pages unlocked.
+  if (!locked_.empty() || staging_used_ > 0) {
+    (void)cudaStreamSynchronize(stream());
+    (void)cudaGetLastError();
+    Reset();
+  }
+  backend_->Release(device_, slot_);
+}
+
+absl::Status Lease::CopyIn(void* device, const void* host, int64_t bytes) {
+  host_to_device_bytes_ += bytes;
+  // Nothing writes through `host`: locking a page does not change its contents.
+  return Copy(device, const_cast<void*>(host), bytes, /*to_device=*/true);
+}
+
+absl::Status Lease::CopyOut(void* host, const void* device, int64_t bytes) {
+  device_to_host_bytes_ += bytes;
+  return Copy(const_cast<void*>(device), host, bytes, /*to_device=*/false);
+}
+
+char* Lease::Stage(int64_t bytes) {
+  const int64_t start = (staging_used_ + 255) & ~int64_t{255};
+  if (start + bytes > kStagingBytes) return nullptr;
+  staging_used_ = start + bytes;
+  return slot().staging + start;
+}
+
+absl::Status Lease::Copy(void* device, void* host, int64_t bytes, bool to_device) {
+  if (bytes == 0) return absl::OkStatus();
+  const cudaMemcpyKind kind = to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  if (bytes < kLockMinBytes) {
+    if (char* staged = Stage(bytes); staged != nullptr) {
+      if (to_device) {
+        std::memcpy(staged, host, bytes);
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device, staged, bytes, kind, stream()));
+      } else {
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(staged, device, bytes, kind, stream()));
+        staged_out_.push_back({host, staged, bytes});
+      }
+      return absl::OkStatus();
+    }
+  } else {
+    // The whole pages inside [host, host + bytes) are locked; the ragged ends go pageable.
+    static const int64_t page = sysconf(_SC_PAGESIZE);
+    const auto begin = reinterpret_cast<uintptr_t>(host);
+    const uintptr_t first = (begin + page - 1) & ~static_cast<uintptr_t>(page - 1);
+    const uintptr_t last = (begin + bytes) & ~static_cast<uintptr_t>(page - 1);
+    const int64_t head = static_cast<int64_t>(first - begin);
+    const int64_t middle = static_cast<int64_t>(last - first);
+    char* device_bytes = static_cast<char*>(device);
+    char* host_bytes = static_cast<char*>(host);
+    QUANTD_RETURN_IF_ERROR(CopyLocked(device_bytes + head, host_bytes + head, middle, to_device));
+    const auto pageable = [&](int64_t offset, int64_t n) -> absl::Status {
+      if (n == 0) return absl::OkStatus();
+      QUANTD_CUDA_RETURN_IF_ERROR(
+          to_device
+              ? cudaMemcpyAsync(device_bytes + offset, host_bytes + offset, n, kind, stream())
+              : cudaMemcpyAsync(host_bytes + offset, device_bytes + offset, n, kind, stream()));
+      return absl::OkStatus();
+    };
+    QUANTD_RETURN_IF_ERROR(pageable(0, head));
+    return pageable(head + middle, bytes - head - middle);
+  }
+  QUANTD_CUDA_RETURN_IF_ERROR(to_device ? cudaMemcpyAsync(device, host, bytes, kind, stream())
+                                        : cudaMemcpyAsync(host, device, bytes, kind, stream()));
+  return absl::OkStatus();
+}
+
+absl::Status Lease::CopyLocked(char* device, char* host, int64_t bytes, bool to_device) {
+  const cudaMemcpyKind kind = to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  for (int64_t offset = 0; offset < bytes; offset += kLockChunkBytes) {
+    const int64_t n = std::min(kLockChunkBytes, bytes - offset);
+    if (cudaHostRegister(host + offset, n, cudaHostRegisterDefault) == cudaSuccess) {
+      locked_.push_back(host + offset);
+    } else {
+      (void)cudaGetLastError();  // not sticky: this chunk simply moves from pageable memory
+    }
+    QUANTD_CUDA_RETURN_IF_ERROR(
+        to_device ? cudaMemcpyAsync(device + offset, host + offset, n, kind, stream())
+                  : cudaMemcpyAsync(host + offset, device + offset, n, kind, stream()));
+  }
+  return absl::OkStatus();
+}
+
+void Lease::Reset() {
+  for (void* pages : locked_) (void)cudaHostUnregister(pages);
+  locked_.clear();
+  staged_out_.clear();
+  staging_used_ = 0;
+}
+
+absl::Status Lease::Mark(int phase) {
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(slot().marks[phase], stream()));
+  return absl::OkStatus();
+}
+
+absl::Status Lease::Synchronize() {
+  QUANTD_RETURN_IF_ERROR(Mark(3));
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+  for (const StagedOut& out : staged_out_) std::memcpy(out.host, out.staged, out.bytes);
+  Reset();
+  std::array<float, 3> phase_ms{};
+  for (int phase = 0; phase < 3; ++phase) {
+    QUANTD_CUDA_RETURN_IF_ERROR(
+        cudaEventElapsedTime(&phase_ms[phase], slot().marks[phase], slot().marks[phase + 1]));
+  }
+  backend_->RecordCall(*device_, phase_ms, host_to_device_bytes_, device_to_host_bytes_);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<void*> DeviceArena::Allocate(int64_t bytes) {
   if (bytes == 0) return nullptr;

@@ -58,6 +58,54 @@ Scheduler::Task CountingTask(std::atomic<int>* ran, std::vector<absl::StatusCode
   return task;
 }
 
+TEST(SchedulerTest, RunsInlineOnlyWhenAWorkerIsIdleAndNothingWaits) {
+  auto gate = std::make_shared<Gate>();
+  SchedulerOptions options;
+  options.workers = 1;
+  options.max_queue = 4;
+  options.before_task_for_testing = [gate] { gate->Pass(); };
+  Scheduler scheduler(options);
+  std::atomic<int> ran{0};
+  std::vector<absl::StatusCode> codes;
+  absl::Mutex mu;
+
+  // Idle: the task runs on this thread, before RunInlineIfIdle returns, admitted.
+  std::thread::id ran_on;
+  Scheduler::Task task;
+  task.run = [&](const absl::Status& admission, absl::Duration wait) {
+    ran_on = std::this_thread::get_id();
+    EXPECT_TRUE(admission.ok());
+    EXPECT_EQ(wait, absl::ZeroDuration());
+  };
+  EXPECT_TRUE(scheduler.RunInlineIfIdle(task));
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+
+  // An expired deadline is still refused inline, as it would be by a worker.
+  Scheduler::Task late;
+  late.deadline = Scheduler::Clock::now() - std::chrono::seconds(1);
+  absl::StatusCode late_code = absl::StatusCode::kOk;
+  late.run = [&](const absl::Status& admission, absl::Duration) { late_code = admission.code(); };
+  EXPECT_TRUE(scheduler.RunInlineIfIdle(late));
+  EXPECT_EQ(late_code, absl::StatusCode::kDeadlineExceeded);
+
+  // The only worker busy: refused, and the task is left intact for Submit.
+  ASSERT_TRUE(scheduler.Submit(CountingTask(&ran, &codes, &mu)).ok());
+  gate->AwaitEntered(1);
+  Scheduler::Task held = CountingTask(&ran, &codes, &mu);
+  EXPECT_FALSE(scheduler.RunInlineIfIdle(held));
+  EXPECT_EQ(ran.load(), 0);
+  ASSERT_TRUE(scheduler.Submit(std::move(held)).ok());
+  EXPECT_EQ(scheduler.queue_depth(), 1);
+  gate->Open();
+  scheduler.Shutdown();
+  EXPECT_EQ(ran.load(), 2);
+
+  // After Shutdown nothing runs inline either.
+  Scheduler::Task after = CountingTask(&ran, &codes, &mu);
+  EXPECT_FALSE(scheduler.RunInlineIfIdle(after));
+  EXPECT_EQ(ran.load(), 2);
+}
+
 TEST(SchedulerTest, QueueFullThenDrain) {
   auto gate = std::make_shared<Gate>();
   SchedulerOptions options;
@@ -148,6 +196,7 @@ class QueueServerTest : public ::testing::Test {
     server::ServerOptions options = TestOptions(/*with_metrics=*/true);
     options.workers = 1;
     options.max_queue = 1;
+    options.inline_max_bytes = 0;  // every request goes through the queue under test
     options.before_task_for_testing = [gate = gate_] { gate->Pass(); };
     ts_ = TestServer::Start(options);
   }
@@ -189,6 +238,53 @@ class QueueServerTest : public ::testing::Test {
   std::shared_ptr<Gate> gate_;
   TestServer ts_;
 };
+
+// Inline execution through the server: with the worker idle, a small request completes
+// although the worker's hook would hold it; a large one (above --inline-max-bytes) is queued
+// and waits for the worker; while the worker is busy, small ones queue too.
+TEST(InlineServerTest, SmallRequestsSkipTheHandOffOnlyWhenAWorkerIsIdle) {
+  auto gate = std::make_shared<Gate>();
+  server::ServerOptions options = TestOptions();
+  options.workers = 1;
+  options.max_queue = 4;
+  options.inline_max_bytes = 64 << 10;
+  options.before_task_for_testing = [gate] { gate->Pass(); };
+  TestServer ts = TestServer::Start(options);
+  auto quantize = [&](const v1::QuantizeRequest& request, v1::QuantizeResponse* response,
+                      grpc::ClientContext* context) {
+    return ts.stub->Quantize(context, request, response);
+  };
+  const v1::QuantizeRequest small = QuantizeRequestFor(RandomTensor({8, 64}), "int8");
+  {
+    v1::QuantizeResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(quantize(small, &response, &context).ok());  // inline: the gate is closed
+    EXPECT_EQ(response.quantized().codes().data(), QuantizeDirect(small).codes);
+  }
+  // 64 KiB of input + 16 KiB of codes: above the limit, so it goes to the (gated) worker.
+  const v1::QuantizeRequest large = QuantizeRequestFor(RandomTensor({64, 256}), "int8");
+  v1::QuantizeResponse large_response;
+  grpc::ClientContext large_context;
+  grpc::Status large_status;
+  std::thread large_call([&] { large_status = quantize(large, &large_response, &large_context); });
+  gate->AwaitEntered(1);
+  // The worker is busy: a small request now waits in the queue instead of running inline.
+  v1::QuantizeResponse queued_response;
+  grpc::ClientContext queued_context;
+  grpc::Status queued_status;
+  std::thread queued_call(
+      [&] { queued_status = quantize(small, &queued_response, &queued_context); });
+  for (int i = 0; i < 1000 && ts.server->queue_depth() != 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(ts.server->queue_depth(), 1);
+  gate->Open();
+  large_call.join();
+  queued_call.join();
+  EXPECT_TRUE(large_status.ok()) << large_status.error_message();
+  EXPECT_TRUE(queued_status.ok()) << queued_status.error_message();
+  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+}
 
 TEST_F(QueueServerTest, QueueFullIsResourceExhausted) {
   auto running = Start();

@@ -16,8 +16,10 @@
 #ifndef QUANTD_BACKEND_H_
 #define QUANTD_BACKEND_H_
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 #include "absl/strings/string_view.h"
 
@@ -70,11 +72,46 @@ struct CalibrationResult {
   ErrorMetrics metrics;              // of quantizing the input with `scales`
 };
 
+// Upper bounds (seconds) of the kernel-time histogram in DeviceTelemetry: 5 µs to 10 s, about
+// three per decade, so a dashboard sees both a 4 KiB request's kernels and a 2 GB tensor's.
+inline constexpr std::array<double, 19> kKernelSecondsBounds = {
+    5e-6, 1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
+    1e-2, 2.5e-2, 5e-2,   0.1,  0.25, 0.5,    1.0,  2.5,  10.0};
+
+// What a backend that drives accelerators knows about each of them (the CPU backend: nothing).
+// Counters are cumulative since the backend started; the server exports them as metrics.
+struct DeviceTelemetry {
+  int device = 0;
+  std::string name;  // "NVIDIA H200"
+  // The stream pool: its size and how many streams calls in flight hold.
+  int streams = 0;
+  int streams_busy = 0;
+  // Device memory: the cap, what calls in flight have reserved against it, and what the
+  // device's memory pool holds (freed blocks stay there for the next call of the same size).
+  int64_t memory_cap_bytes = 0;
+  int64_t memory_in_use_bytes = 0;
+  int64_t memory_pool_bytes = 0;
+  // Completed calls; kernel time per call (CUDA events around the call's kernels) as a
+  // histogram over kKernelSecondsBounds (counts per bucket, not cumulative; the last entry
+  // counts what lies above every bound) and a sum.
+  int64_t calls = 0;
+  std::array<int64_t, kKernelSecondsBounds.size() + 1> kernel_seconds_buckets{};
+  double kernel_seconds_sum = 0.0;
+  // Host <-> device copies: bytes, and seconds of the copy phases (CUDA events).
+  int64_t host_to_device_bytes = 0;
+  double host_to_device_seconds = 0.0;
+  int64_t device_to_host_bytes = 0;
+  double device_to_host_seconds = 0.0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
 
   virtual absl::string_view name() const = 0;
+
+  // One entry per device the backend drives; empty for a backend without devices.
+  virtual std::vector<DeviceTelemetry> Telemetry() const { return {}; }
 
   // Quantizes `input` (F32, F16 or BF16) with `spec`, resolved for input.shape. Fills codes,
   // scales and (asymmetric) zero-points; fills `metrics` when it is not null.

@@ -1,0 +1,302 @@
+// The gRPC service on the CUDA backend: answers equal the CPU backend's bit for bit under
+// concurrent clients, a tensor above 2 GiB streams through, running out of device memory (the
+// cap, or the device itself) is RESOURCE_EXHAUSTED and the server keeps serving, and the
+// per-GPU metrics move. Every test skips without a visible GPU.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client.h"
+#include "gtest/gtest.h"
+#include "quantd/backend.h"
+#include "quantd/cuda.h"
+#include "quantd/executor.h"
+#include "server/convert.h"
+#include "tests/service/test_util.h"
+
+namespace quantd::testing {
+namespace {
+
+#define SKIP_WITHOUT_GPU()                                                \
+  do {                                                                    \
+    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible"; \
+  } while (false)
+
+server::ServerOptions CudaOptions() {
+  server::ServerOptions options = TestOptions();
+  options.backend = server::BackendChoice::kCuda;
+  options.workers = 8;
+  options.cuda_streams_per_device = 4;
+  return options;
+}
+
+// A tensor with the values that break careless kernels: ±0, subnormals, ±FLT_MAX, one huge
+// row, one all-zero row, over a normal background. `seed` varies the background.
+v1::Tensor NastyTensor(const Shape& shape, DType dtype, uint64_t seed) {
+  v1::Tensor tensor = RandomTensor(shape, DType::kF32, seed);
+  std::vector<float> values = ValuesOf<float>(tensor.data());
+  const int64_t cols = shape.back();
+  if (static_cast<int64_t>(values.size()) >= 2 * cols) {
+    for (int64_t c = 0; c < cols; ++c) values[c] = 0.0f;           // an all-zero row
+    for (int64_t c = 0; c < cols; ++c) values[cols + c] *= 1e30f;  // a huge row
+  }
+  // ±1e38, not ±FLT_MAX: an asymmetric group's max - min must stay finite to be accepted.
+  const float specials[] = {0.0f, -0.0f, 1e-40f, -1e-40f, 1.0e38f, -1.0e38f, 65504.0f, 1e-8f};
+  for (size_t i = 0; i < values.size(); i += 97) values[i] = specials[(i / 97) % 8];
+  if (dtype != DType::kF32) {
+    // Round through the wire dtype the way the server reads it.
+    std::string bytes(values.size() * 2, '\0');
+    for (size_t i = 0; i < values.size(); ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &values[i], 4);
+      uint16_t half = 0;
+      if (dtype == DType::kBF16) {
+        half = static_cast<uint16_t>(bits >> 16);  // truncation: any bf16 value will do
+      } else {
+        const float clamped = std::fmax(-60000.0f, std::fmin(60000.0f, values[i]));
+        const _Float16 h = static_cast<_Float16>(clamped);
+        std::memcpy(&half, &h, 2);
+      }
+      std::memcpy(&bytes[2 * i], &half, 2);
+    }
+    tensor.set_dtype(static_cast<v1::DType>(dtype));
+    tensor.set_data(bytes);
+    return tensor;
+  }
+  tensor.set_data(std::string(reinterpret_cast<const char*>(values.data()), values.size() * 4));
+  return tensor;
+}
+
+void ExpectSameAsCpu(const v1::QuantizeRequest& request, const v1::QuantizeResponse& response) {
+  const Direct expected = QuantizeDirect(request);
+  ASSERT_TRUE(expected.status.ok()) << expected.status;
+  EXPECT_TRUE(response.quantized().codes().data() == expected.codes) << "codes differ";
+  EXPECT_EQ(ValuesOf<float>(response.quantized().scales().data()), expected.scales);
+  EXPECT_EQ(ValuesOf<int32_t>(response.quantized().zero_points().data()), expected.zero_points);
+}
+
+TEST(GpuServiceTest, ConcurrentClientsAgreeWithTheCpuBackend) {
+  SKIP_WITHOUT_GPU();
+  TestServer ts = TestServer::Start(CudaOptions());
+  ASSERT_NE(ts.server, nullptr);
+  ASSERT_EQ(ts.server->backend_name(), "cuda");
+  const std::vector<std::string> descriptors = {"int8",      "int8-token",        "int8-asym",
+                                                "int4-g128", "uint4-asym",        "fp8-e4m3",
+                                                "fp8-e5m2",  "fp8-e4m3-b128x128", "uint8"};
+  const std::vector<Shape> shapes = {{1, 7}, {33, 130}, {5, 3, 257}, {300, 512}, {129, 4100}};
+  const std::vector<DType> dtypes = {DType::kF32, DType::kF16, DType::kBF16};
+  constexpr int kClients = 12;
+  std::vector<std::thread> clients;
+  std::vector<int> failures(kClients, 0);
+  for (int client = 0; client < kClients; ++client) {
+    clients.emplace_back([&, client] {
+      // Each client has its own channel: concurrency across connections, not just streams.
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(-1);
+      args.SetMaxSendMessageSize(-1);
+      args.SetInt("quantd.test.client", client);  // distinct args: a distinct connection
+      auto channel = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", ts.server->bound_port()),
+                                               grpc::InsecureChannelCredentials(), args);
+      auto stub = v1::Quantizer::NewStub(channel);
+      for (int call = 0; call < 8; ++call) {
+        const int pick = client * 8 + call;
+        const std::string& descriptor = descriptors[pick % descriptors.size()];
+        const Shape& shape = shapes[(pick / 3) % shapes.size()];
+        const DType dtype = dtypes[pick % dtypes.size()];
+        SCOPED_TRACE(absl::StrCat(descriptor, " shape ", shape.size(), "-d ", shape.back(),
+                                  " dtype ", DTypeName(dtype)));
+        const v1::QuantizeRequest request =
+            QuantizeRequestFor(NastyTensor(shape, dtype, 1000 + pick), descriptor);
+        v1::QuantizeResponse response;
+        grpc::ClientContext context;
+        const grpc::Status status = stub->Quantize(&context, request, &response);
+        if (!status.ok()) {
+          ADD_FAILURE() << status.error_message();
+          ++failures[client];
+          continue;
+        }
+        ExpectSameAsCpu(request, response);
+        // And back: the dequantization of those codes, on the GPU, equals the CPU's.
+        v1::DequantizeRequest dequantize;
+        *dequantize.mutable_quantized() = response.quantized();
+        dequantize.set_output_dtype(static_cast<v1::DType>(dtype));
+        v1::DequantizeResponse dequantized;
+        grpc::ClientContext context2;
+        const grpc::Status status2 = stub->Dequantize(&context2, dequantize, &dequantized);
+        if (!status2.ok()) {
+          ADD_FAILURE() << status2.error_message();
+          continue;
+        }
+        const Direct expected = DequantizeDirect(dequantize);
+        EXPECT_TRUE(expected.status.ok()) << expected.status;
+        EXPECT_TRUE(dequantized.output().data() == expected.output) << "dequantized bytes differ";
+      }
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  for (int client = 0; client < kClients; ++client) EXPECT_EQ(failures[client], 0);
+  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+}
+
+TEST(GpuServiceTest, TensorAboveTwoGiBStreamsThrough) {
+  SKIP_WITHOUT_GPU();
+  server::ServerOptions options = CudaOptions();
+  options.max_inflight_bytes = int64_t{8} << 30;
+  TestServer ts = TestServer::Start(options);
+  ASSERT_NE(ts.server, nullptr);
+  ClientOptions client_options;
+  client_options.target = absl::StrCat("127.0.0.1:", ts.server->bound_port());
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  // 2.25 GiB of F32: 73728 tokens x 8192, per-token INT8.
+  const Shape shape = {73728, 8192};
+  const int64_t numel = shape[0] * shape[1];
+  v1::QuantizeRequest request;
+  request.mutable_spec()->set_descriptor_string("int8-token");
+  v1::Tensor* input = request.mutable_input();
+  input->set_dtype(v1::DTYPE_F32);
+  for (int64_t d : shape) input->add_shape(d);
+  std::string* data = input->mutable_data();
+  data->resize(numel * 4);
+  {
+    // A cheap deterministic fill with a different amax per row.
+    float* values = reinterpret_cast<float*>(data->data());
+    uint32_t state = 12345;
+    for (int64_t i = 0; i < numel; ++i) {
+      state = state * 1664525u + 1013904223u;
+      values[i] = (static_cast<float>(state >> 8) * 0x1p-24f - 0.5f) *
+                  static_cast<float>(1 + (i / shape[1]) % 977);
+    }
+  }
+  ASSERT_GT(data->size(), size_t{2} << 30);
+
+  // The oracle first (the request moves into the client below): the CPU backend on all cores.
+  std::unique_ptr<Executor> pool = CreateThreadPoolExecutor(0);
+  std::unique_ptr<Backend> cpu = CreateReferenceBackend(pool.get());
+  absl::StatusOr<QuantSpec> spec = ResolveSpec(*server::QuantSpecFromProto(request.spec()), shape);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  absl::StatusOr<QuantLayout> layout = ComputeLayout(*spec, shape);
+  ASSERT_TRUE(layout.ok());
+  std::string codes(layout->code_bytes, '\0');
+  std::vector<float> scales(layout->geometry.num_scales);
+  const TensorView view{DType::kF32, shape, data->data(), static_cast<int64_t>(data->size())};
+  ASSERT_TRUE(cpu->Quantize(view, *spec,
+                            {codes.data(), layout->code_bytes, scales.data(),
+                             layout->geometry.num_scales, nullptr},
+                            nullptr)
+                  .ok());
+
+  absl::StatusOr<v1::QuantizeResponse> response = (*client)->Quantize(std::move(request));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_TRUE(response->quantized().codes().data() == codes) << "codes differ";
+  EXPECT_EQ(ValuesOf<float>(response->quantized().scales().data()), scales);
+  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+}
+
+// Both ways of running out: the server's cap, and the device itself. Each refusal is
+// RESOURCE_EXHAUSTED saying what happened; the next request that fits succeeds.
+TEST(GpuServiceTest, OutOfDeviceMemoryIsResourceExhaustedAndTheServerKeepsServing) {
+  SKIP_WITHOUT_GPU();
+  const v1::QuantizeRequest small = QuantizeRequestFor(RandomTensor({64, 256}), "int8-token");
+  const v1::QuantizeRequest large = QuantizeRequestFor(RandomTensor({4096, 4096}), "int8-token");
+  auto call = [](TestServer& ts, const v1::QuantizeRequest& request) {
+    v1::QuantizeResponse response;
+    grpc::ClientContext context;
+    return ts.stub->Quantize(&context, request, &response);
+  };
+  {
+    server::ServerOptions options = CudaOptions();
+    options.cuda_memory_cap_bytes = int64_t{32} << 20;  // the 64 MiB input alone is above it
+    options.max_message_bytes = int64_t{128} << 20;
+    TestServer ts = TestServer::Start(options);
+    ASSERT_NE(ts.server, nullptr);
+    const grpc::Status refused = call(ts, large);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_TRUE(absl::StrContains(refused.error_message(), "cap")) << refused.error_message();
+    EXPECT_TRUE(call(ts, small).ok());
+    EXPECT_EQ(CheckHealth(ts), grpc::health::v1::HealthCheckResponse::SERVING);
+    ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+  }
+  {
+    server::ServerOptions options = CudaOptions();
+    options.cuda_memory_cap_bytes = int64_t{1} << 50;  // the device runs out first
+    options.max_message_bytes = int64_t{128} << 20;
+    TestServer ts = TestServer::Start(options);
+    ASSERT_NE(ts.server, nullptr);
+    ASSERT_TRUE(call(ts, small).ok());  // the pool and the kernels are loaded
+    // The device's memory pool is process-wide and keeps what earlier tests freed (the
+    // backend sets no release threshold): hand it back, so that the device itself runs out.
+    cudaMemPool_t pool;
+    ASSERT_EQ(cudaDeviceGetDefaultMemPool(&pool, 0), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_EQ(cudaMemPoolTrimTo(pool, 0), cudaSuccess);
+    // Take all but 16 MiB of what the device has free, in 256 MiB pieces.
+    std::vector<void*> hog;
+    size_t free_bytes = 0, total_bytes = 0;
+    ASSERT_EQ(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
+    while (free_bytes > (size_t{16} << 20)) {
+      const size_t piece = std::min(size_t{256} << 20, free_bytes - (size_t{16} << 20));
+      void* block = nullptr;
+      if (cudaMalloc(&block, piece) != cudaSuccess) {
+        (void)cudaGetLastError();
+        break;
+      }
+      hog.push_back(block);
+      ASSERT_EQ(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
+    }
+    ASSERT_EQ(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
+    EXPECT_LT(free_bytes, size_t{64} << 20) << hog.size() << " blocks taken";
+    const grpc::Status refused = call(ts, large);
+    for (void* block : hog) cudaFree(block);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << refused.error_message();
+    EXPECT_TRUE(call(ts, large).ok());
+    EXPECT_TRUE(call(ts, small).ok());
+    ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+  }
+}
+
+TEST(GpuServiceTest, PerGpuMetricsMove) {
+  SKIP_WITHOUT_GPU();
+  server::ServerOptions options = CudaOptions();
+  options.metrics_address = "127.0.0.1:0";
+  options.cuda_memory_cap_bytes = int64_t{1} << 30;
+  TestServer ts = TestServer::Start(options);
+  ASSERT_NE(ts.server, nullptr);
+  const std::string before = ScrapeMetrics(ts.server->metrics_port());
+  EXPECT_EQ(SampleValue(before, R"(quantd_gpu_streams{device="0"})"), 4);
+  EXPECT_EQ(SampleValue(before, R"(quantd_gpu_streams_busy{device="0"})"), 0);
+  EXPECT_EQ(SampleValue(before, R"(quantd_gpu_memory_cap_bytes{device="0"})"), 1 << 30);
+  EXPECT_EQ(SampleValue(before, R"(quantd_gpu_kernel_duration_seconds_count{device="0"})"), 0);
+
+  const v1::QuantizeRequest request = QuantizeRequestFor(RandomTensor({256, 1024}), "int8-token");
+  for (int i = 0; i < 3; ++i) {
+    v1::QuantizeResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(ts.stub->Quantize(&context, request, &response).ok());
+  }
+  const std::string after = ScrapeMetrics(ts.server->metrics_port());
+  EXPECT_EQ(SampleValue(after, R"(quantd_gpu_kernel_duration_seconds_count{device="0"})"), 3);
+  EXPECT_GT(SampleValue(after, R"(quantd_gpu_kernel_duration_seconds_sum{device="0"})"), 0);
+  // At least the input, and at least codes + scales, per call.
+  EXPECT_GE(SampleValue(after, R"(quantd_gpu_copy_bytes_total{device="0",direction="h2d"})"),
+            3 * 256 * 1024 * 4);
+  EXPECT_GE(SampleValue(after, R"(quantd_gpu_copy_bytes_total{device="0",direction="d2h"})"),
+            3 * (256 * 1024 + 256 * 4));
+  EXPECT_GT(SampleValue(after, R"(quantd_gpu_copy_seconds_total{device="0",direction="h2d"})"), 0);
+  EXPECT_EQ(SampleValue(after, R"(quantd_gpu_memory_in_use_bytes{device="0"})"), 0);
+  EXPECT_GT(SampleValue(after, R"(quantd_gpu_memory_pool_bytes{device="0"})"), 0);
+  EXPECT_TRUE(absl::StrContains(after, "quantd_gpu_info{device=\"0\",name=\"")) << after;
+  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+}
+
+}  // namespace
+}  // namespace quantd::testing
