@@ -48,6 +48,9 @@ ABSL_FLAG(int64_t, inline_max_bytes, int64_t{256} << 10,
           "receiving thread when a worker is idle, skipping the hand-off (0: never)");
 ABSL_FLAG(int, cuda_streams_per_device, 4,
           "CUDA backend: streams per GPU, i.e. requests computed at once on one GPU");
+ABSL_FLAG(int64_t, cuda_host_max_elements, 2048,
+          "CUDA backend: tensors of at most this many elements are computed on the CPU "
+          "(bit-identical, sooner than a GPU round trip); 0: every tensor on the GPU");
 ABSL_FLAG(int64_t, cuda_memory_cap_bytes, 0,
           "CUDA backend: device memory requests may hold at once, per GPU (0: 90% of what is "
           "free at start); beyond, RESOURCE_EXHAUSTED");
@@ -144,6 +147,7 @@ int main(int argc, char** argv) {
   options.inline_max_bytes = absl::GetFlag(FLAGS_inline_max_bytes);
   options.cuda_streams_per_device = absl::GetFlag(FLAGS_cuda_streams_per_device);
   options.cuda_memory_cap_bytes = absl::GetFlag(FLAGS_cuda_memory_cap_bytes);
+  options.cuda_host_max_elements = absl::GetFlag(FLAGS_cuda_host_max_elements);
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
 
   // Block the shutdown signals before any thread exists, so that every thread inherits the mask

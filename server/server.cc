@@ -855,6 +855,11 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
     return absl::InvalidArgumentError(absl::StrCat("--inline-max-bytes is ", o.inline_max_bytes,
                                                    "; it must be >= 0 (0: never inline)"));
   }
+  if (o.cuda_host_max_elements < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda-host-max-elements is ", o.cuda_host_max_elements,
+                     "; it must be >= 0 (0: every tensor on the GPU)"));
+  }
   if (o.cuda_memory_cap_bytes < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--cuda-memory-cap-bytes is ", o.cuda_memory_cap_bytes,
@@ -1036,6 +1041,7 @@ class Server::Impl {
       CudaBackendOptions cuda_options;
       cuda_options.streams_per_device = options_.cuda_streams_per_device;
       cuda_options.device_memory_cap = options_.cuda_memory_cap_bytes;
+      cuda_options.host_max_elements = options_.cuda_host_max_elements;
       absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(cuda_options);
       if (cuda.ok()) {
         backend_ = *std::move(cuda);

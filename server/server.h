@@ -77,6 +77,9 @@ struct ServerOptions {
   int64_t inline_max_bytes = int64_t{256} << 10;
   // CUDA backend: streams per device, i.e. calls computed at once on one GPU.
   int cuda_streams_per_device = 4;
+  // CUDA backend: tensors of at most this many elements are computed on the host by the CPU
+  // backend (bit-identical), where they finish sooner than a GPU round trip; 0: never.
+  int64_t cuda_host_max_elements = 2048;
   // CUDA backend: device memory calls may reserve at once, per GPU (0: 90% of what is free
   // when the server starts). A call that would exceed it is RESOURCE_EXHAUSTED.
   int64_t cuda_memory_cap_bytes = 0;

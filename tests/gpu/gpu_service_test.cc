@@ -34,6 +34,7 @@ server::ServerOptions CudaOptions() {
   options.backend = server::BackendChoice::kCuda;
   options.workers = 8;
   options.cuda_streams_per_device = 4;
+  options.cuda_host_max_elements = 0;  // every tensor on the GPU, however small
   return options;
 }
 
@@ -269,6 +270,7 @@ TEST(GpuServiceTest, PerGpuMetricsMove) {
   server::ServerOptions options = CudaOptions();
   options.metrics_address = "127.0.0.1:0";
   options.cuda_memory_cap_bytes = int64_t{1} << 30;
+  options.cuda_host_max_elements = 2048;
   TestServer ts = TestServer::Start(options);
   ASSERT_NE(ts.server, nullptr);
   const std::string before = ScrapeMetrics(ts.server->metrics_port());
@@ -277,6 +279,14 @@ TEST(GpuServiceTest, PerGpuMetricsMove) {
   EXPECT_EQ(SampleValue(before, R"(quantd_gpu_memory_cap_bytes{device="0"})"), 1 << 30);
   EXPECT_EQ(SampleValue(before, R"(quantd_gpu_kernel_duration_seconds_count{device="0"})"), 0);
 
+  // A tensor at the host threshold is computed by the CPU backend: no GPU call is counted.
+  {
+    const v1::QuantizeRequest tiny = QuantizeRequestFor(RandomTensor({2, 1024}), "int8-token");
+    v1::QuantizeResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(ts.stub->Quantize(&context, tiny, &response).ok());
+    ExpectSameAsCpu(tiny, response);
+  }
   const v1::QuantizeRequest request = QuantizeRequestFor(RandomTensor({256, 1024}), "int8-token");
   for (int i = 0; i < 3; ++i) {
     v1::QuantizeResponse response;

@@ -27,6 +27,11 @@ struct CudaBackendOptions {
   int streams_per_device = 4;
   // Device memory the backend may hold per GPU; 0: 90% of what is free when it starts.
   int64_t device_memory_cap = 0;
+  // Tensors of at most this many elements are computed on the host by the CPU backend (the
+  // oracle, so the bits are the same), on the calling thread: below a few thousand elements a
+  // GPU round trip (~35 µs of copies, launches and a synchronization on the H200) costs more
+  // than the arithmetic (~15 ns per element on one core). 0: everything on the GPU.
+  int64_t host_max_elements = 0;
 };
 
 // The CUDA backend over every visible device. FailedPrecondition without a device or a CUDA
