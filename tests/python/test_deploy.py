@@ -17,9 +17,10 @@ PROMTOOL = shutil.which("promtool")
 
 
 def exported_families():
-    """Metric family names registered in server/metrics.cc."""
+    """Metric family names server/metrics.cc exports: registered families (`.Name("...")`)
+    and the per-GPU families its DeviceCollector builds at each scrape (`Family("...", ...)`)."""
     source = (ROOT / "server" / "metrics.cc").read_text()
-    return set(re.findall(r'\.Name\("(quantd_[a-z_]+)"\)', source))
+    return set(re.findall(r'(?:\.Name|Family)\(\s*"(quantd_[a-z_]+)"', source))
 
 
 def referenced_families(text):
@@ -32,7 +33,9 @@ def test_server_exports_the_expected_families():
     for name in ["quantd_request_duration_seconds", "quantd_queue_wait_seconds",
                  "quantd_compute_duration_seconds", "quantd_requests_total",
                  "quantd_bytes_received_total", "quantd_bytes_sent_total",
-                 "quantd_requests_in_flight", "quantd_sqnr_db"]:
+                 "quantd_requests_in_flight", "quantd_sqnr_db",
+                 "quantd_gpu_kernel_duration_seconds", "quantd_gpu_copy_bytes_total",
+                 "quantd_gpu_streams_busy", "quantd_gpu_memory_in_use_bytes"]:
         assert name in families
 
 
