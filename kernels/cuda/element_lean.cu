@@ -175,12 +175,14 @@ __global__ void __launch_bounds__(kThreads)
 // Dynamic per-row quantization in one pass (token, or a leading-axis channel that is the row)
 // for rows of 264..8192 elements: a block holds a row in registers, reduces its range, and
 // quantizes it.
+// The kernel is compiled for 2 and 4 vectors per thread: rows of up to 4096 elements (the
+// common hidden sizes) then hold half the registers, so more rows are in flight per SM.
 constexpr int kRowThreads = 256;
-constexpr int kRowSlots = 4;  // vectors per thread: rows up to 256 · 4 · 8 = 8192 elements
+constexpr int kRowSlots = 4;  // vectors per thread at most: rows up to 256 · 4 · 8 = 8192
 constexpr int kRowWarps = kRowThreads / 32;
 
-template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
-__global__ void __launch_bounds__(kRowThreads)
+template <int kSlots, DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
+__global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
     LeanRowKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
                   int32_t* __restrict__ zero_points, uint8_t* __restrict__ codes_out,
                   void* __restrict__ output, DType output_dtype, MetricPartial* partials,
@@ -189,10 +191,10 @@ __global__ void __launch_bounds__(kRowThreads)
   MetricAccumulator acc;
   int parity = 0;  // alternate shared slots, so one barrier per row suffices
   for (uint32_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    float x[kRowSlots][kVector];
+    float x[kSlots][kVector];
     float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
 #pragma unroll
-    for (int k = 0; k < kRowSlots; ++k) {
+    for (int k = 0; k < kSlots; ++k) {
       const uint32_t c = threadIdx.x + k * kRowThreads;
       if (c < row_vectors) {
         const int64_t first = (static_cast<int64_t>(row) * row_vectors + c) * kVector;
@@ -222,7 +224,7 @@ __global__ void __launch_bounds__(kRowThreads)
     const LeanScale scale =
         ScaleOfRange(p, rule, clip, lo, hi, row, threadIdx.x == 0, scales, zero_points, flags);
 #pragma unroll
-    for (int k = 0; k < kRowSlots; ++k) {
+    for (int k = 0; k < kSlots; ++k) {
       const uint32_t c = threadIdx.x + k * kRowThreads;
       if (c >= row_vectors) break;
       const uint32_t v = row * row_vectors + c;
@@ -485,10 +487,13 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
     const uint32_t rows = static_cast<uint32_t>(p.geometry.rows);
     VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
       using C = decltype(config);
-      LeanRowKernel<C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
-          <<<grid, kRowThreads, 0, stream>>>(p, rule, clip, scales, zero_points, codes, output,
-                                             output_dtype, partials, flags, code_xor, group_vectors,
-                                             rows);
+      const auto kernel =
+          group_vectors <= 2 * kRowThreads
+              ? LeanRowKernel<2, C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
+              : LeanRowKernel<kRowSlots, C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>;
+      kernel<<<grid, kRowThreads, 0, stream>>>(p, rule, clip, scales, zero_points, codes, output,
+                                               output_dtype, partials, flags, code_xor,
+                                               group_vectors, rows);
     });
   }
   return cudaGetLastError();
