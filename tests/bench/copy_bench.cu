@@ -22,17 +22,9 @@
 #include <string>
 #include <vector>
 
-namespace {
+#include "cuda_check.h"
 
-#define CHECK(expr)                                                                                \
-  do {                                                                                             \
-    const cudaError_t error_ = (expr);                                                             \
-    if (error_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #expr, cudaGetErrorString(error_), __FILE__, \
-                   __LINE__);                                                                      \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (false)
+namespace {
 
 using Clock = std::chrono::steady_clock;
 
@@ -44,10 +36,14 @@ int64_t ParseSize(const std::string& text) {
   char* end = nullptr;
   int64_t value = std::strtoll(text.c_str(), &end, 10);
   switch (*end) {
-    case 'K': return value << 10;
-    case 'M': return value << 20;
-    case 'G': return value << 30;
-    default: return value;
+    case 'K':
+      return value << 10;
+    case 'M':
+      return value << 20;
+    case 'G':
+      return value << 30;
+    default:
+      return value;
   }
 }
 
@@ -59,8 +55,8 @@ struct Staging {
 
   explicit Staging(int64_t chunk_bytes) : chunk(chunk_bytes) {
     for (int b = 0; b < 2; ++b) {
-      CHECK(cudaMallocHost(&buffer[b], chunk));
-      CHECK(cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming));
+      CUDA_CHECK(cudaMallocHost(&buffer[b], chunk));
+      CUDA_CHECK(cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming));
     }
   }
   ~Staging() {
@@ -74,12 +70,12 @@ struct Staging {
     for (int64_t offset = 0, i = 0; offset < bytes; offset += chunk, ++i) {
       const int b = static_cast<int>(i & 1);
       const int64_t n = std::min(chunk, bytes - offset);
-      CHECK(cudaEventSynchronize(done[b]));  // the DMA that last read this buffer is over
+      CUDA_CHECK(cudaEventSynchronize(done[b]));  // the DMA that last read this buffer is over
       std::memcpy(buffer[b], host + offset, n);
-      CHECK(cudaMemcpyAsync(device + offset, buffer[b], n, cudaMemcpyHostToDevice, stream));
-      CHECK(cudaEventRecord(done[b], stream));
+      CUDA_CHECK(cudaMemcpyAsync(device + offset, buffer[b], n, cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaEventRecord(done[b], stream));
     }
-    CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
   void ToHost(char* host, const char* device, int64_t bytes, cudaStream_t stream) {
@@ -87,15 +83,15 @@ struct Staging {
     auto issue = [&](int64_t i) {
       const int b = static_cast<int>(i & 1);
       const int64_t offset = i * chunk;
-      CHECK(cudaMemcpyAsync(buffer[b], device + offset, std::min(chunk, bytes - offset),
-                            cudaMemcpyDeviceToHost, stream));
-      CHECK(cudaEventRecord(done[b], stream));
+      CUDA_CHECK(cudaMemcpyAsync(buffer[b], device + offset, std::min(chunk, bytes - offset),
+                                 cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaEventRecord(done[b], stream));
     };
     issue(0);
     for (int64_t i = 0; i < chunks; ++i) {
       if (i + 1 < chunks) issue(i + 1);  // the next DMA runs while this chunk is copied out
       const int b = static_cast<int>(i & 1);
-      CHECK(cudaEventSynchronize(done[b]));
+      CUDA_CHECK(cudaEventSynchronize(done[b]));
       std::memcpy(host + i * chunk, buffer[b], std::min(chunk, bytes - i * chunk));
     }
   }
@@ -136,13 +132,13 @@ int main(int argc, char** argv) {
     }
   }
   cudaStream_t stream;
-  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const int64_t largest = *std::max_element(sizes.begin(), sizes.end());
   std::vector<char> pageable(largest, 1), back(largest, 0);
   char* pinned = nullptr;
   char* device = nullptr;
-  CHECK(cudaMallocHost(&pinned, largest));
-  CHECK(cudaMalloc(&device, largest));
+  CUDA_CHECK(cudaMallocHost(&pinned, largest));
+  CUDA_CHECK(cudaMalloc(&device, largest));
   std::memset(pinned, 1, largest);
   const int64_t chunks[] = {int64_t{1} << 20, int64_t{4} << 20, int64_t{16} << 20};
 
@@ -156,14 +152,14 @@ int main(int argc, char** argv) {
       char* host = h2d ? pageable.data() : back.data();
       auto direct = [&](char* from_host) {
         if (h2d) {
-          CHECK(cudaMemcpyAsync(device, from_host, bytes, kind, stream));
+          CUDA_CHECK(cudaMemcpyAsync(device, from_host, bytes, kind, stream));
         } else {
-          CHECK(cudaMemcpyAsync(from_host, device, bytes, kind, stream));
+          CUDA_CHECK(cudaMemcpyAsync(from_host, device, bytes, kind, stream));
         }
-        CHECK(cudaStreamSynchronize(stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
       };
-      std::printf("| %lld | %s | %.1f | %.1f |", static_cast<long long>(bytes),
-                  h2d ? "H2D" : "D2H", BestGBs(bytes, reps, [&] { direct(host); }),
+      std::printf("| %lld | %s | %.1f | %.1f |", static_cast<long long>(bytes), h2d ? "H2D" : "D2H",
+                  BestGBs(bytes, reps, [&] { direct(host); }),
                   BestGBs(bytes, reps, [&] { direct(pinned); }));
       for (int64_t c : chunks) {
         Staging staging(c);
@@ -176,9 +172,9 @@ int main(int argc, char** argv) {
                     }));
       }
       std::printf(" %.1f |\n", BestGBs(bytes, reps, [&] {
-                    CHECK(cudaHostRegister(host, bytes, cudaHostRegisterDefault));
+                    CUDA_CHECK(cudaHostRegister(host, bytes, cudaHostRegisterDefault));
                     direct(host);
-                    CHECK(cudaHostUnregister(host));
+                    CUDA_CHECK(cudaHostUnregister(host));
                   }));
     }
   }

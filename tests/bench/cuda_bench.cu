@@ -14,21 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "cuda_check.h"
 #include "kernels.h"
 #include "quantd/spec.h"
 
 namespace quantd::cuda {
 namespace {
-
-#define CHECK(expr)                                                                                \
-  do {                                                                                             \
-    const cudaError_t error_ = (expr);                                                             \
-    if (error_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #expr, cudaGetErrorString(error_), __FILE__, \
-                   __LINE__);                                                                      \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (false)
 
 __global__ void FillNormalish(float* x, int64_t n, uint64_t seed) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -74,22 +65,22 @@ const Op kOps[] = {
 template <typename Fn>
 float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
   cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
   fn();  // warm-up
-  CHECK(cudaStreamSynchronize(stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<float> times;
   for (int r = 0; r < reps; ++r) {
-    CHECK(cudaEventRecord(start, stream));
+    CUDA_CHECK(cudaEventRecord(start, stream));
     fn();
-    CHECK(cudaEventRecord(stop, stream));
-    CHECK(cudaEventSynchronize(stop));
+    CUDA_CHECK(cudaEventRecord(stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
     float ms = 0.0f;
-    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
     times.push_back(ms);
   }
-  CHECK(cudaEventDestroy(start));
-  CHECK(cudaEventDestroy(stop));
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
@@ -105,25 +96,26 @@ int Main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--only=", 7) == 0) only = argv[i] + 7;  // ops whose name has it
   }
   cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   int sms = prop.multiProcessorCount;
   cudaStream_t stream;
-  CHECK(cudaStreamCreate(&stream));
+  CUDA_CHECK(cudaStreamCreate(&stream));
 
   // Device copy bandwidth on the largest size: bytes read + bytes written.
   const int64_t copy_bytes = std::min<int64_t>(max_elements * 4, int64_t{4} << 30);
   void *copy_src, *copy_dst;
-  CHECK(cudaMalloc(&copy_src, copy_bytes));
-  CHECK(cudaMalloc(&copy_dst, copy_bytes));
-  CHECK(cudaMemset(copy_src, 1, copy_bytes));
+  CUDA_CHECK(cudaMalloc(&copy_src, copy_bytes));
+  CUDA_CHECK(cudaMalloc(&copy_dst, copy_bytes));
+  CUDA_CHECK(cudaMemset(copy_src, 1, copy_bytes));
   const float copy_ms = MedianMs(
       [&] {
-        CHECK(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream));
+        CUDA_CHECK(
+            cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream));
       },
       20, stream);
   const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
-  CHECK(cudaFree(copy_src));
-  CHECK(cudaFree(copy_dst));
+  CUDA_CHECK(cudaFree(copy_src));
+  CUDA_CHECK(cudaFree(copy_dst));
   std::printf("device: %s, %d SMs; device-to-device copy of %lld MiB: %.1f GB/s (read + write)\n",
               prop.name, sms, static_cast<long long>(copy_bytes >> 20), copy_gbs);
 
@@ -137,9 +129,9 @@ int Main(int argc, char** argv) {
     const Shape shape = elements < cols ? Shape{1, elements} : Shape{rows, cols};
     const int64_t numel = elements < cols ? elements : rows * cols;
     float* x;
-    CHECK(cudaMalloc(&x, numel * 4));
+    CUDA_CHECK(cudaMalloc(&x, numel * 4));
     FillNormalish<<<1024, 256, 0, stream>>>(x, numel, 42);
-    CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaGetLastError());
     for (const Op& op : kOps) {
       if (!only.empty() && std::string(op.name).find(only) == std::string::npos) continue;
       QuantSpec requested;
@@ -152,11 +144,11 @@ int Main(int argc, char** argv) {
       const QuantLayout layout = *ComputeLayout(spec, shape);
       const int64_t n = layout.geometry.num_scales;
       void *codes, *scales, *zero_points, *workspace, *output = nullptr;
-      CHECK(cudaMalloc(&codes, std::max<int64_t>(layout.code_bytes, 1)));
-      CHECK(cudaMalloc(&scales, 4 * n));
-      CHECK(cudaMalloc(&zero_points, 4 * n));
-      CHECK(cudaMalloc(&workspace, WorkspaceBytes(layout)));
-      if (op.dequantize) CHECK(cudaMalloc(&output, numel * 4));
+      CUDA_CHECK(cudaMalloc(&codes, std::max<int64_t>(layout.code_bytes, 1)));
+      CUDA_CHECK(cudaMalloc(&scales, 4 * n));
+      CUDA_CHECK(cudaMalloc(&zero_points, 4 * n));
+      CUDA_CHECK(cudaMalloc(&workspace, WorkspaceBytes(layout)));
+      if (op.dequantize) CUDA_CHECK(cudaMalloc(&output, numel * 4));
       StatsBuffers stats;
       MetricPartial* partials;
       SplitWorkspace(workspace, layout, &stats, &partials);
@@ -165,10 +157,10 @@ int Main(int argc, char** argv) {
       // What Backend::Quantize runs on the device: statistics and scales (fused into the
       // element pass where a kernel for that exists) unless the scales are static.
       auto quantize = [&](bool scales_ready) {
-        CHECK(LaunchInitStats(stats, n, stream));
-        CHECK(LaunchQuantizePass(p, spec, scales_ready, stats, static_cast<float*>(scales), zps,
-                                 static_cast<uint8_t*>(codes), nullptr, DType::kF32, nullptr,
-                                 stream));
+        CUDA_CHECK(LaunchInitStats(stats, n, stream));
+        CUDA_CHECK(LaunchQuantizePass(p, spec, scales_ready, stats, static_cast<float*>(scales),
+                                      zps, static_cast<uint8_t*>(codes), nullptr, DType::kF32,
+                                      nullptr, stream));
       };
       quantize(/*scales_ready=*/false);  // scales (and codes) to start from
       const int reps = numel >= (int64_t{1} << 28) ? 5 : 20;
@@ -177,8 +169,9 @@ int Main(int argc, char** argv) {
       if (op.dequantize) {
         ms = MedianMs(
             [&] {
-              CHECK(LaunchDequantize(p, static_cast<uint8_t*>(codes), static_cast<float*>(scales),
-                                     zps, output, DType::kF32, stream));
+              CUDA_CHECK(LaunchDequantize(p, static_cast<uint8_t*>(codes),
+                                          static_cast<float*>(scales), zps, output, DType::kF32,
+                                          stream));
             },
             reps, stream);
         bytes = layout.code_bytes + 4 * n + numel * 4;
@@ -193,13 +186,13 @@ int Main(int argc, char** argv) {
         std::fprintf(csv, "%s,%lld,%.6f,%.2f,%.2f\n", op.name, static_cast<long long>(numel), ms,
                      gbs, 100.0 * gbs / copy_gbs);
       }
-      CHECK(cudaFree(codes));
-      CHECK(cudaFree(scales));
-      CHECK(cudaFree(zero_points));
-      CHECK(cudaFree(workspace));
-      if (output != nullptr) CHECK(cudaFree(output));
+      CUDA_CHECK(cudaFree(codes));
+      CUDA_CHECK(cudaFree(scales));
+      CUDA_CHECK(cudaFree(zero_points));
+      CUDA_CHECK(cudaFree(workspace));
+      if (output != nullptr) CUDA_CHECK(cudaFree(output));
     }
-    CHECK(cudaFree(x));
+    CUDA_CHECK(cudaFree(x));
   }
   if (csv != nullptr) std::fclose(csv);
   return 0;
