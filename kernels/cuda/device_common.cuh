@@ -105,6 +105,37 @@ __device__ __forceinline__ void WriteBlockPartial(const MetricPartial& mine,
   }
 }
 
+// The range [lo, hi] of one row that a whole block holds, from each thread's partial range.
+// Warps reduce with shuffles; then every thread folds the warp partials itself: min / max are
+// order-independent, so all threads get the same range with no serial step and no second
+// barrier. The shared slots `warp_lo` / `warp_hi` come in two sets, alternated by `parity`, so
+// that one barrier per row suffices: the caller flips parity after each row.
+// kBlockThreads: the launch's block size (a multiple of 32).
+template <int kBlockThreads>
+__device__ __forceinline__ void BlockRowRange(float (&warp_lo)[2][kBlockThreads / 32],
+                                              float (&warp_hi)[2][kBlockThreads / 32], int parity,
+                                              float* lo, float* hi) {
+  float l = *lo, h = *hi;
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    l = fminf(l, __shfl_xor_sync(0xFFFFFFFFu, l, offset));
+    h = fmaxf(h, __shfl_xor_sync(0xFFFFFFFFu, h, offset));
+  }
+  if ((threadIdx.x & 31) == 0) {
+    warp_lo[parity][threadIdx.x >> 5] = l;
+    warp_hi[parity][threadIdx.x >> 5] = h;
+  }
+  __syncthreads();
+  l = warp_lo[parity][0];
+  h = warp_hi[parity][0];
+#pragma unroll
+  for (int w = 1; w < kBlockThreads / 32; ++w) {
+    l = fminf(l, warp_lo[parity][w]);
+    h = fmaxf(h, warp_hi[parity][w]);
+  }
+  *lo = l;
+  *hi = h;
+}
+
 }  // namespace quantd::cuda
 
 #endif  // QUANTD_KERNELS_CUDA_DEVICE_COMMON_CUH_

@@ -377,24 +377,8 @@ __global__ void __launch_bounds__(kFusedThreads)
         }
       }
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
-      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
-    }
-    if ((threadIdx.x & 31) == 0) {
-      warp_lo[parity][threadIdx.x >> 5] = lo;
-      warp_hi[parity][threadIdx.x >> 5] = hi;
-    }
-    __syncthreads();
-    // Every thread folds the warp partials and computes the (same) scale itself: no serial
-    // step and no second barrier. min / max are order-independent, so all agree exactly.
-    lo = warp_lo[parity][0];
-    hi = warp_hi[parity][0];
-#pragma unroll
-    for (int w = 1; w < kFusedWarps; ++w) {
-      lo = fminf(lo, warp_lo[parity][w]);
-      hi = fmaxf(hi, warp_hi[parity][w]);
-    }
+    // Every thread gets the row's range and computes the (same) scale itself.
+    BlockRowRange<kFusedThreads>(warp_lo, warp_hi, parity, &lo, &hi);
     parity ^= 1;
     float s = 1.0f;
     int32_t zp = 0;

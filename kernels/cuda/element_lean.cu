@@ -202,24 +202,8 @@ __global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
         FoldRange(x[k], &lo, &hi);
       }
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
-      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
-    }
-    if ((threadIdx.x & 31) == 0) {
-      warp_lo[parity][threadIdx.x >> 5] = lo;
-      warp_hi[parity][threadIdx.x >> 5] = hi;
-    }
-    __syncthreads();
-    // Every thread folds the warp partials itself: min / max are order-independent, so all
-    // compute the same scale, with no serial step and no second barrier.
-    lo = warp_lo[parity][0];
-    hi = warp_hi[parity][0];
-#pragma unroll
-    for (int w = 1; w < kRowWarps; ++w) {
-      lo = fminf(lo, warp_lo[parity][w]);
-      hi = fmaxf(hi, warp_hi[parity][w]);
-    }
+    // Every thread gets the row's range and computes the (same) scale itself.
+    BlockRowRange<kRowThreads>(warp_lo, warp_hi, parity, &lo, &hi);
     parity ^= 1;
     const LeanScale scale =
         ScaleOfRange(p, rule, clip, lo, hi, row, threadIdx.x == 0, scales, zero_points, flags);
