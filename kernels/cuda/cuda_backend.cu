@@ -209,6 +209,7 @@ class CudaBackend final : public Backend {
     }
     backend->host_ = CreateReferenceBackend(nullptr);
     backend->host_max_elements_ = std::max<int64_t>(0, options.host_max_elements);
+    backend->mse_search_min_pairs_ = std::max<int64_t>(0, options.mse_search_min_pairs);
     return std::unique_ptr<Backend>(std::move(backend));
   }
 
@@ -333,28 +334,45 @@ class CudaBackend final : public Backend {
     const CalibrationMethod method = options.method == CalibrationMethod::kUnspecified
                                          ? CalibrationMethod::kAmax
                                          : options.method;
-    if (method != CalibrationMethod::kAmax) {
-      // Percentile and MSE search run on the CPU backend until their kernels land: the same
-      // result, computed where it is defined.
-      return host_->Calibrate(input, spec, options, result);
-    }
     QUANTD_RETURN_IF_ERROR(CheckCalibration(spec, options));
     if (OnHost(input.shape)) return host_->Calibrate(input, spec, options, result);
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
+    const int64_t n = layout.geometry.num_scales;
+    const int steps = options.search_steps;
+    const bool search = method == CalibrationMethod::kMse;
+    // Percentile needs an exact per-group selection that has no kernel yet, and a small MSE
+    // search is faster on the CPU (CudaBackendOptions::mse_search_min_pairs): the CPU backend
+    // computes them, with the same result.
+    if (method == CalibrationMethod::kPercentile || (search && n * steps < mse_search_min_pairs_)) {
+      return host_->Calibrate(input, spec, options, result);
+    }
     std::unique_ptr<Lease> lease = Acquire();
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
     // Statistics as their own pass: the amax of each group is part of the answer.
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchGroupStats(pass.params, pass.stats, stream));
-    QUANTD_CUDA_RETURN_IF_ERROR(LaunchScales(
-        MakeScaleRule(Traits(spec.format), spec.asymmetric), spec.clip_ratio, pass.stats,
-        layout.geometry.num_scales, pass.scales, pass.zero_points, stream));
+    const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric);
+    float* chosen_ratios = nullptr;
+    if (search) {
+      const std::vector<float> grid = ClipGrid(steps, options.search_min_ratio);
+      QUANTD_ASSIGN_OR_RETURN(void* ratios, arena.Allocate(4 * steps));
+      QUANTD_ASSIGN_OR_RETURN(void* errors,
+                              arena.Allocate(8 * MseSearchChunkGroups(n, steps) * steps));
+      QUANTD_ASSIGN_OR_RETURN(void* chosen, arena.Allocate(4 * n));
+      QUANTD_RETURN_IF_ERROR(lease->CopyIn(ratios, grid.data(), 4 * steps));
+      chosen_ratios = static_cast<float*>(chosen);
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchMseSearch(
+          pass.params, rule, pass.stats, static_cast<const float*>(ratios), steps,
+          static_cast<double*>(errors), pass.scales, pass.zero_points, chosen_ratios, stream));
+    } else {
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchScales(rule, spec.clip_ratio, pass.stats, n, pass.scales,
+                                               pass.zero_points, stream));
+    }
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantize(pass.params, pass.scales, pass.zero_points, nullptr,
                                                nullptr, DType::kF32, pass.partials,
                                                pass.stats.flags, stream));
     QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
-    const int64_t n = layout.geometry.num_scales;
     result->scales.resize(n);
     result->zero_points.assign(spec.asymmetric ? n : 0, 0);
     std::vector<int32_t> min_keys(n), max_keys(n);
@@ -364,13 +382,16 @@ class CudaBackend final : public Backend {
     }
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(min_keys.data(), pass.stats.min_keys, 4 * n));
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(max_keys.data(), pass.stats.max_keys, 4 * n));
+    result->clip_ratios.assign(n, spec.clip_ratio);
+    if (search) {
+      QUANTD_RETURN_IF_ERROR(lease->CopyOut(result->clip_ratios.data(), chosen_ratios, 4 * n));
+    }
     QUANTD_RETURN_IF_ERROR(Finish(spec, pass, &result->metrics, *lease));
     result->amax.resize(n);
     for (int64_t i = 0; i < n; ++i) {
       const float lo = KeyFloat(min_keys[i]), hi = KeyFloat(max_keys[i]);
       result->amax[i] = lo <= hi ? std::max(hi, -lo) : 0.0f;
     }
-    result->clip_ratios.assign(n, spec.clip_ratio);
     return absl::OkStatus();
   }
 
@@ -523,6 +544,7 @@ class CudaBackend final : public Backend {
   // The CPU backend on the calling thread: tiny tensors, and what has no kernel yet.
   std::unique_ptr<Backend> host_;
   int64_t host_max_elements_ = 0;
+  int64_t mse_search_min_pairs_ = 0;
   mutable std::mutex mu_;
   std::condition_variable slot_freed_;
 };

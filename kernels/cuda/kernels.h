@@ -94,6 +94,19 @@ cudaError_t LaunchScales(const ScaleRule& rule, float clip, const StatsBuffers& 
                          int64_t num_scales, float* scales, int32_t* zero_points,
                          cudaStream_t stream);
 
+// The MSE clip search of Calibrate (kMse), bit for bit the CPU backend's: for every group and
+// each of the `steps` ratios in `ratios` (device memory), Σ (x - x̂)² in fp64 in the group's
+// flat element order (RNE), into `errors` (MseSearchChunkGroups × steps doubles of workspace:
+// groups are searched a chunk at a time); then per
+// group the first ratio with the smallest error, its scale (and zero-point) and the ratio into
+// `chosen_ratios`. `stats` must hold the groups' ranges (LaunchGroupStats); a group whose
+// asymmetric range overflows is flagged.
+int64_t MseSearchChunkGroups(int64_t num_scales, int steps);
+cudaError_t LaunchMseSearch(const ElementParams& p, const ScaleRule& rule,
+                            const StatsBuffers& stats, const float* ratios, int steps,
+                            double* errors, float* scales, int32_t* zero_points,
+                            float* chosen_ratios, cudaStream_t stream);
+
 // The element pass: quantizes every element with its group's scale. Writes packed codes when
 // `codes` is set, x̂ in `output_dtype` when `output` is set, and per-block metric partials
 // (then their total into partials[kMaxMetricBlocks]) when `partials` is set.

@@ -66,15 +66,6 @@ float Percentile(float* values, int64_t n, double p) {
   return static_cast<float>(lo + (hi - lo) * t);
 }
 
-// Clip ratios evenly spaced from 1 down to min_ratio (both included).
-std::vector<float> ClipGrid(int steps, float min_ratio) {
-  std::vector<float> grid(steps, 1.0f);
-  for (int i = 1; i < steps; ++i) {
-    grid[i] = static_cast<float>(1.0 - static_cast<double>(i) * (1.0 - min_ratio) / (steps - 1));
-  }
-  return grid;
-}
-
 // First error reported by parallel workers.
 class FirstError {
  public:
@@ -91,6 +82,22 @@ class FirstError {
 };
 
 }  // namespace
+
+}  // namespace quantd::reference
+
+namespace quantd {
+
+std::vector<float> ClipGrid(int steps, float min_ratio) {
+  std::vector<float> grid(steps, 1.0f);
+  for (int i = 1; i < steps; ++i) {
+    grid[i] = static_cast<float>(1.0 - static_cast<double>(i) * (1.0 - min_ratio) / (steps - 1));
+  }
+  return grid;
+}
+
+}  // namespace quantd
+
+namespace quantd::reference {
 
 absl::Status Calibrate(Executor* executor, const TensorView& input, const QuantSpec& spec,
                        const QuantLayout& layout, const CalibrationOptions& options,

@@ -44,7 +44,9 @@ class GpuBackendTest : public ::testing::Test {
     if (!CudaBackendBuilt() || CudaDeviceCount() == 0) return;
     pool_ = CreateThreadPoolExecutor(0).release();
     cpu_ = CreateReferenceBackend(pool_).release();
-    absl::StatusOr<std::unique_ptr<Backend>> gpu = CreateCudaBackend(CudaBackendOptions{});
+    CudaBackendOptions options;
+    options.mse_search_min_pairs = 0;  // every MSE clip search on the GPU, however small
+    absl::StatusOr<std::unique_ptr<Backend>> gpu = CreateCudaBackend(options);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = gpu->release();
   }
@@ -362,37 +364,49 @@ INSTANTIATE_TEST_SUITE_P(AllFormats, GpuStaticScalesTest, ::testing::ValuesIn(Al
                            return testing::CamelName(FormatName(param_info.param));
                          });
 
-TEST_F(GpuBackendTest, CalibrateAmaxMatchesTheCpu) {
-  for (Format format : AllFormats()) {
-    for (const GranularityCase& gc : kGranularities) {
-      QuantSpec requested;
-      requested.format = format;
-      requested.granularity = gc.granularity;
-      requested.axis = gc.axis;
-      requested.group_size = gc.group_size;
-      requested.block_rows = gc.block_rows;
-      requested.block_cols = gc.block_cols;
-      const Shape shape = {37, 300};
-      absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
-      if (!spec.ok() || spec->granularity == Granularity::kNone) continue;
-      SCOPED_TRACE(absl::StrCat(FormatName(format), " ", gc.name, " seed=", RunSeed()));
-      const std::vector<float> values =
-          MakeFill(FillKind::kSpecials, 37 * 300, format, spec->asymmetric, RunSeed());
-      const TensorView input{DType::kF32, shape, values.data(),
-                             static_cast<int64_t>(values.size() * 4)};
-      CalibrationResult cpu, gpu;
-      const absl::Status cpu_status = cpu_->Calibrate(input, *spec, {}, &cpu);
-      const absl::Status gpu_status = gpu_->Calibrate(input, *spec, {}, &gpu);
-      ASSERT_EQ(gpu_status.code(), cpu_status.code()) << gpu_status << " vs " << cpu_status;
-      if (!cpu_status.ok()) continue;
-      ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
-      for (size_t i = 0; i < cpu.scales.size(); ++i) {
-        ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << i;
-        ASSERT_EQ(testing::Bits(gpu.amax[i]), testing::Bits(cpu.amax[i])) << i;
+// Amax, and the MSE clip search on two grids (the GPU sums each candidate's error in the CPU's
+// order, so the chosen ratios, scales and zero-points must be the same bits).
+TEST_F(GpuBackendTest, CalibrateMatchesTheCpu) {
+  std::vector<CalibrationOptions> methods(3);
+  methods[0].method = CalibrationMethod::kAmax;
+  methods[1].method = CalibrationMethod::kMse;
+  methods[2].method = CalibrationMethod::kMse;
+  methods[2].search_steps = 7;
+  methods[2].search_min_ratio = 0.5f;
+  for (const CalibrationOptions& options : methods) {
+    for (Format format : AllFormats()) {
+      for (const GranularityCase& gc : kGranularities) {
+        QuantSpec requested;
+        requested.format = format;
+        requested.granularity = gc.granularity;
+        requested.axis = gc.axis;
+        requested.group_size = gc.group_size;
+        requested.block_rows = gc.block_rows;
+        requested.block_cols = gc.block_cols;
+        const Shape shape = {37, 300};
+        absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
+        if (!spec.ok() || spec->granularity == Granularity::kNone) continue;
+        SCOPED_TRACE(absl::StrCat(FormatName(format), " ", gc.name, " method ",
+                                  static_cast<int>(options.method), " steps ", options.search_steps,
+                                  " seed=", RunSeed()));
+        const std::vector<float> values =
+            MakeFill(FillKind::kSpecials, 37 * 300, format, spec->asymmetric, RunSeed());
+        const TensorView input{DType::kF32, shape, values.data(),
+                               static_cast<int64_t>(values.size() * 4)};
+        CalibrationResult cpu, gpu;
+        const absl::Status cpu_status = cpu_->Calibrate(input, *spec, options, &cpu);
+        const absl::Status gpu_status = gpu_->Calibrate(input, *spec, options, &gpu);
+        ASSERT_EQ(gpu_status.code(), cpu_status.code()) << gpu_status << " vs " << cpu_status;
+        if (!cpu_status.ok()) continue;
+        ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
+        for (size_t i = 0; i < cpu.scales.size(); ++i) {
+          ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << i;
+          ASSERT_EQ(testing::Bits(gpu.amax[i]), testing::Bits(cpu.amax[i])) << i;
+        }
+        EXPECT_EQ(gpu.zero_points, cpu.zero_points);
+        EXPECT_EQ(gpu.clip_ratios, cpu.clip_ratios);
+        ExpectMetricsClose(gpu.metrics, cpu.metrics);
       }
-      EXPECT_EQ(gpu.zero_points, cpu.zero_points);
-      EXPECT_EQ(gpu.clip_ratios, cpu.clip_ratios);
-      ExpectMetricsClose(gpu.metrics, cpu.metrics);
     }
   }
 }

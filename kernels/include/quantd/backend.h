@@ -63,6 +63,10 @@ struct CalibrationOptions {
   float search_min_ratio = 0.8f;
 };
 
+// The clip ratios a kMse search tries, in order: `steps` ratios evenly spaced from 1 down to
+// `min_ratio`, both included. Every backend searches this grid.
+std::vector<float> ClipGrid(int steps, float min_ratio);
+
 // What a static quantization should use, one entry per scale group.
 struct CalibrationResult {
   std::vector<float> scales;

@@ -32,6 +32,10 @@ struct CudaBackendOptions {
   // GPU round trip (~35 µs of copies, launches and a synchronization on the H200) costs more
   // than the arithmetic (~15 ns per element on one core). 0: everything on the GPU.
   int64_t host_max_elements = 0;
+  // Calibrate's MSE clip search runs on the GPU from this many (scale group, clip ratio) pairs
+  // on: each pair is one GPU thread summing its group in order (the order the CPU sums in, so
+  // that both choose the same ratio), and below ~16 K such threads the CPU's cores are faster.
+  int64_t mse_search_min_pairs = 16384;
 };
 
 // The CUDA backend over every visible device. FailedPrecondition without a device or a CUDA
