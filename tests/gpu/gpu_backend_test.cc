@@ -127,6 +127,18 @@ constexpr GranularityCase kGranularities[] = {
     {"block128x128", Granularity::kBlock, 0, 0, 128, 128},
 };
 
+// The spec a test asks for: `format` at granularity case `gc`, everything else default.
+QuantSpec RequestedSpec(Format format, const GranularityCase& gc) {
+  QuantSpec requested;
+  requested.format = format;
+  requested.granularity = gc.granularity;
+  requested.axis = gc.axis;
+  requested.group_size = gc.group_size;
+  requested.block_rows = gc.block_rows;
+  requested.block_cols = gc.block_cols;
+  return requested;
+}
+
 const Shape kShapes[] = {{1, 16}, {5, 160}, {217, 256}, {3, 5, 7},  {1},        {0, 4},
                          {2, 0},  {},       {4, 1, 33}, {64, 4096}, {3, 70000}, {1, 1000003}};
 
@@ -157,13 +169,7 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
     const int64_t numel = *NumElements(shape);
     for (bool asymmetric : {false, true}) {
       for (const Knob& knob : kKnobs) {
-        QuantSpec requested;
-        requested.format = format;
-        requested.granularity = gc.granularity;
-        requested.axis = gc.axis;
-        requested.group_size = gc.group_size;
-        requested.block_rows = gc.block_rows;
-        requested.block_cols = gc.block_cols;
+        QuantSpec requested = RequestedSpec(format, gc);
         requested.asymmetric = asymmetric;
         requested.rounding = knob.rounding;
         requested.overflow = knob.overflow;
@@ -376,13 +382,7 @@ TEST_F(GpuBackendTest, CalibrateMatchesTheCpu) {
   for (const CalibrationOptions& options : methods) {
     for (Format format : AllFormats()) {
       for (const GranularityCase& gc : kGranularities) {
-        QuantSpec requested;
-        requested.format = format;
-        requested.granularity = gc.granularity;
-        requested.axis = gc.axis;
-        requested.group_size = gc.group_size;
-        requested.block_rows = gc.block_rows;
-        requested.block_cols = gc.block_cols;
+        QuantSpec requested = RequestedSpec(format, gc);
         const Shape shape = {37, 300};
         absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
         if (!spec.ok() || spec->granularity == Granularity::kNone) continue;
