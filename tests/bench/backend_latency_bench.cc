@@ -64,8 +64,9 @@ int Main(int argc, char** argv) {
   } else {
     backend = CreateReferenceBackend(pool.get());
   }
-  std::printf("| op | elements | wall p50 us | wall p90 us | device h2d us | device kernels us | "
-              "device d2h us |\n|---|--:|--:|--:|--:|--:|--:|\n");
+  std::printf(
+      "| op | elements | wall p50 us | wall p90 us | device h2d us | device kernels us | "
+      "device d2h us |\n|---|--:|--:|--:|--:|--:|--:|\n");
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
   for (const int64_t elements : {int64_t{1024}, int64_t{16384}, int64_t{65536}, int64_t{262144}}) {
