@@ -24,6 +24,28 @@ __device__ __forceinline__ void OfferNan(DeviceFlags* flags, int64_t index) {
   atomicMin(&flags->first_nan, static_cast<unsigned long long>(index));
 }
 
+// Folds one element into a statistics range: -0 counts as +0, a NaN is offered for
+// rejection (by its flat index) when the pass rejects NaN, infinities are skipped.
+__device__ __forceinline__ void FoldStat(float x, int64_t index, bool reject_nan,
+                                         DeviceFlags* flags, float* lo, float* hi) {
+  const float value = x + 0.0f;
+  if (value != value) {
+    if (reject_nan) OfferNan(flags, index);
+  } else if (IsFinite(value)) {
+    *lo = fminf(*lo, value);
+    *hi = fmaxf(*hi, value);
+  }
+}
+
+// min / max across each aligned segment of `width` lanes (a power of two up to 32); every
+// lane of a segment ends with the segment's range. All 32 lanes must call it.
+__device__ __forceinline__ void WarpRange(float* lo, float* hi, int width = 32) {
+  for (int offset = width / 2; offset > 0; offset >>= 1) {
+    *lo = fminf(*lo, __shfl_xor_sync(0xFFFFFFFFu, *lo, offset, width));
+    *hi = fmaxf(*hi, __shfl_xor_sync(0xFFFFFFFFu, *hi, offset, width));
+  }
+}
+
 __device__ __forceinline__ void MergeRange(const StatsBuffers& stats, int64_t group, float lo,
                                            float hi) {
   if (lo <= hi) {
@@ -115,11 +137,8 @@ template <int kBlockThreads>
 __device__ __forceinline__ void BlockRowRange(float (&warp_lo)[2][kBlockThreads / 32],
                                               float (&warp_hi)[2][kBlockThreads / 32], int parity,
                                               float* lo, float* hi) {
+  WarpRange(lo, hi);
   float l = *lo, h = *hi;
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    l = fminf(l, __shfl_xor_sync(0xFFFFFFFFu, l, offset));
-    h = fmaxf(h, __shfl_xor_sync(0xFFFFFFFFu, h, offset));
-  }
   if ((threadIdx.x & 31) == 0) {
     warp_lo[parity][threadIdx.x >> 5] = l;
     warp_hi[parity][threadIdx.x >> 5] = h;

@@ -104,6 +104,17 @@ __device__ __forceinline__ void StoreVector(void* data, DType dtype, int64_t fir
 }
 
 // Row and column of a vector's first element.
+// Stores one vector's packed codes: 8 bytes (8-bit codes) or 4 (4-bit). With cols % 8 == 0 a
+// row's codes start on such a boundary.
+__device__ __forceinline__ void StorePackedCodes(uint8_t* out, int bits, uint64_t packed) {
+  if (bits == 8) {
+    *reinterpret_cast<uint2*>(out) =
+        make_uint2(static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32));
+  } else {
+    *reinterpret_cast<uint32_t*>(out) = static_cast<uint32_t>(packed);
+  }
+}
+
 __device__ __forceinline__ void RowCol(int64_t first, int64_t cols, int64_t* row, int64_t* col) {
   *row = Div(first, cols);
   *col = first - *row * cols;
@@ -176,16 +187,7 @@ __global__ void __launch_bounds__(kThreads)
         quantize(j);
       }
     }
-    if (kCodes) {
-      // cols % 8 == 0: a row's codes start on an 8-byte (8-bit) or 4-byte (4-bit) boundary.
-      uint8_t* out = codes + row * p.code_row_bytes + col * bits / 8;
-      if (bits == 8) {
-        *reinterpret_cast<uint2*>(out) =
-            make_uint2(static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32));
-      } else {
-        *reinterpret_cast<uint32_t*>(out) = static_cast<uint32_t>(packed);
-      }
-    }
+    if (kCodes) StorePackedCodes(codes + row * p.code_row_bytes + col * bits / 8, bits, packed);
     if (kOutput) StoreVector(output, output_dtype, first, x_hat);
   }
   if (metrics) WriteBlockPartial(acc.sums, partials);
@@ -244,19 +246,10 @@ __global__ void __launch_bounds__(kThreads)
     float x[kVector];
     LoadVector<kDType>(p.input, v * kVector, x);
     for (int j = 0; j < kVector; ++j) {
-      const float value = x[j] + 0.0f;  // -0 counts as +0
-      if (value != value) {
-        if (p.reject_nan) OfferNan(stats.flags, v * kVector + j);
-      } else if (IsFinite(value)) {
-        lo = fminf(lo, value);
-        hi = fmaxf(hi, value);
-      }
+      FoldStat(x[j], v * kVector + j, p.reject_nan, stats.flags, &lo, &hi);
     }
   }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
-    hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
-  }
+  WarpRange(&lo, &hi);
   __shared__ float block_lo[kWarps], block_hi[kWarps];
   if ((threadIdx.x & 31) == 0) {
     block_lo[threadIdx.x >> 5] = lo;
@@ -304,27 +297,15 @@ __global__ void __launch_bounds__(kThreads)
           hi = __int_as_float(0xFF800000);
           group = cursor.group;
         }
-        const float value = x[j] + 0.0f;  // -0 counts as +0
-        if (value != value) {
-          if (p.reject_nan) OfferNan(stats.flags, v * kVector + j);
-        } else if (IsFinite(value)) {
-          lo = fminf(lo, value);
-          hi = fmaxf(hi, value);
-        }
+        FoldStat(x[j], v * kVector + j, p.reject_nan, stats.flags, &lo, &hi);
       }
     }
     const int64_t lane0_group = __shfl_sync(0xFFFFFFFFu, group, 0);
     if (__all_sync(0xFFFFFFFFu, group == lane0_group)) {
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
-        hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
-      }
+      WarpRange(&lo, &hi);
       if ((threadIdx.x & 31) == 0 && group >= 0) MergeRange(stats, group, lo, hi);
     } else if (segment > 1) {
-      for (int offset = segment / 2; offset > 0; offset >>= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset, segment));
-        hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset, segment));
-      }
+      WarpRange(&lo, &hi, segment);
       if ((threadIdx.x & (segment - 1)) == 0 && group >= 0) MergeRange(stats, group, lo, hi);
     } else if (group >= 0) {
       MergeRange(stats, group, lo, hi);
@@ -367,15 +348,7 @@ __global__ void __launch_bounds__(kFusedThreads)
       const int64_t first = row * g.cols + col;
       LoadVector<kDType>(p.input, first, x[k]);
 #pragma unroll
-      for (int j = 0; j < kVector; ++j) {
-        const float value = x[k][j] + 0.0f;  // -0 counts as +0
-        if (value != value) {
-          if (p.reject_nan) OfferNan(flags, first + j);
-        } else if (IsFinite(value)) {
-          lo = fminf(lo, value);
-          hi = fmaxf(hi, value);
-        }
-      }
+      for (int j = 0; j < kVector; ++j) FoldStat(x[k][j], first + j, p.reject_nan, flags, &lo, &hi);
     }
     // Every thread gets the row's range and computes the (same) scale itself.
     BlockRowRange<kFusedThreads>(warp_lo, warp_hi, parity, &lo, &hi);
@@ -415,13 +388,7 @@ __global__ void __launch_bounds__(kFusedThreads)
         }
       }
       if (kCodes) {
-        uint8_t* out = codes + row * p.code_row_bytes + col * bits / 8;
-        if (bits == 8) {
-          *reinterpret_cast<uint2*>(out) =
-              make_uint2(static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32));
-        } else {
-          *reinterpret_cast<uint32_t*>(out) = static_cast<uint32_t>(packed);
-        }
+        StorePackedCodes(codes + row * p.code_row_bytes + col * bits / 8, bits, packed);
       }
       if (kOutput) StoreVector(output, output_dtype, first, x_hat);
     }

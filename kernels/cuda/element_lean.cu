@@ -159,10 +159,7 @@ __global__ void __launch_bounds__(kThreads)
       LoadLean<kDType>(p.input, first, x);
       FoldRange(x, &lo, &hi);
     }
-    for (int offset = lanes / 2; offset > 0; offset >>= 1) {
-      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset, lanes));
-      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset, lanes));
-    }
+    WarpRange(&lo, &hi, lanes);
     if (!active) continue;
     const LeanScale scale = ScaleOfRange(p, rule, clip, lo, hi, v >> log2_lanes,
                                          (v & (lanes - 1)) == 0, scales, zero_points, flags);
@@ -296,8 +293,23 @@ struct LeanConfig {
 template <auto kValue>
 using Constant = std::integral_constant<decltype(kValue), kValue>;
 
+// Calls visit(Constant<format>{}) with the lean format of `codec`.
+template <typename Visit>
+void VisitLeanFormat(const ElementCodec& codec, Visit&& visit) {
+  switch (LeanFormatOf(codec)) {
+    case LeanFormat::kInt8:
+      return visit(Constant<LeanFormat::kInt8>{});
+    case LeanFormat::kInt4:
+      return visit(Constant<LeanFormat::kInt4>{});
+    case LeanFormat::kE4M3:
+      return visit(Constant<LeanFormat::kE4M3>{});
+    case LeanFormat::kE5M2:
+      return visit(Constant<LeanFormat::kE5M2>{});
+  }
+}
+
 // Calls visit(LeanConfig<...>{}) with the constants of this launch: the one place that turns
-// run-time choices into kernel instantiations.
+// run-time choices into quantizing kernel instantiations.
 template <typename Visit>
 void VisitLeanConfig(const ElementParams& p, bool codes, bool metrics, Visit&& visit) {
   const auto with_format = [&](auto dtype, auto format) {
@@ -311,16 +323,7 @@ void VisitLeanConfig(const ElementParams& p, bool codes, bool metrics, Visit&& v
     }
   };
   const auto with_dtype = [&](auto dtype) {
-    switch (LeanFormatOf(p.codec)) {
-      case LeanFormat::kInt8:
-        return with_format(dtype, Constant<LeanFormat::kInt8>{});
-      case LeanFormat::kInt4:
-        return with_format(dtype, Constant<LeanFormat::kInt4>{});
-      case LeanFormat::kE4M3:
-        return with_format(dtype, Constant<LeanFormat::kE4M3>{});
-      case LeanFormat::kE5M2:
-        return with_format(dtype, Constant<LeanFormat::kE5M2>{});
-    }
+    VisitLeanFormat(p.codec, [&](auto format) { with_format(dtype, format); });
   };
   switch (p.input_dtype) {
     case DType::kF16:
@@ -531,20 +534,7 @@ cudaError_t LaunchDequantizeLean(const ElementParams& p, const uint8_t* codes, c
         return launch(LeanDequantizeKernel<kF, DType::kF32>);
     }
   };
-  switch (LeanFormatOf(p.codec)) {
-    case LeanFormat::kInt8:
-      for_output(Constant<LeanFormat::kInt8>{});
-      break;
-    case LeanFormat::kInt4:
-      for_output(Constant<LeanFormat::kInt4>{});
-      break;
-    case LeanFormat::kE4M3:
-      for_output(Constant<LeanFormat::kE4M3>{});
-      break;
-    case LeanFormat::kE5M2:
-      for_output(Constant<LeanFormat::kE5M2>{});
-      break;
-  }
+  VisitLeanFormat(p.codec, for_output);
   return cudaGetLastError();
 }
 

@@ -77,6 +77,19 @@ __device__ __forceinline__ float LeanQuotient(float x, const LeanScale& scale) {
 
 // Codes of 8 non-NaN elements with a lean scale, in the low bits of codes[j] (higher bits are
 // garbage for the integers: packing keeps only the low ones), and x̂ when asked.
+// Two FP8 codes (E4M3 or E5M2; the low byte is the first) as two halves, by the hardware's
+// exact conversion.
+template <LeanFormat kFormat>
+__device__ __forceinline__ __half2 DecodeFp8Pair(unsigned short pair) {
+  uint32_t halves;
+  if (kFormat == LeanFormat::kE4M3) {
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(pair));
+  } else {
+    asm("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(halves) : "h"(pair));
+  }
+  return *reinterpret_cast<const __half2*>(&halves);
+}
+
 template <LeanFormat kFormat, bool kDequantize>
 __device__ __forceinline__ void LeanEncode(const float x[kVector], const LeanScale& scale,
                                            uint32_t codes[kVector], float x_hat[kVector]) {
@@ -102,13 +115,7 @@ __device__ __forceinline__ void LeanEncode(const float x[kVector], const LeanSca
       codes[j] = pair & 0xFFu;
       codes[j + 1] = pair >> 8;
       if (kDequantize) {
-        uint32_t halves;
-        if (kFormat == LeanFormat::kE4M3) {
-          asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(pair));
-        } else {
-          asm("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(halves) : "h"(pair));
-        }
-        const __half2 h = *reinterpret_cast<const __half2*>(&halves);
+        const __half2 h = DecodeFp8Pair<kFormat>(pair);
         x_hat[j] = __fmul_rn(scale.s, __low2float(h));
         x_hat[j + 1] = __fmul_rn(scale.s, __high2float(h));
       }
@@ -247,14 +254,8 @@ __device__ __forceinline__ void LeanDecode(uint64_t packed, float s, float bias,
     const uint32_t words[2] = {static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32)};
 #pragma unroll
     for (int j = 0; j < kCount; j += 2) {
-      const unsigned short pair = static_cast<unsigned short>(words[j / 4] >> (8 * (j % 4)));
-      uint32_t halves;
-      if (kFormat == LeanFormat::kE4M3) {
-        asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(pair));
-      } else {
-        asm("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(halves) : "h"(pair));
-      }
-      const __half2 h = *reinterpret_cast<const __half2*>(&halves);
+      const __half2 h =
+          DecodeFp8Pair<kFormat>(static_cast<unsigned short>(words[j / 4] >> (8 * (j % 4))));
       const float d0 = __low2float(h), d1 = __high2float(h);
       y[j] = d0 != d0 ? __uint_as_float(0x7FC00000u) : __fmul_rn(s, d0);
       y[j + 1] = d1 != d1 ? __uint_as_float(0x7FC00000u) : __fmul_rn(s, d1);

@@ -59,18 +59,9 @@ __global__ void GroupStatsKernel(ElementParams p, StatsBuffers stats, int64_t un
     const int64_t base = row * g.cols;
     float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
     for (int64_t c = c0 + lane; c < c1; c += 32) {
-      const float v = Load<kDType>(p.input, base + c) + 0.0f;  // -0 counts as +0
-      if (v != v) {
-        if (p.reject_nan) OfferNan(stats.flags, base + c);
-      } else if (IsFinite(v)) {
-        lo = fminf(lo, v);
-        hi = fmaxf(hi, v);
-      }
+      FoldStat(Load<kDType>(p.input, base + c), base + c, p.reject_nan, stats.flags, &lo, &hi);
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
-      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
-    }
+    WarpRange(&lo, &hi);
     if (lane == 0) MergeRange(stats, g.Index(row, c0), lo, hi);
   }
 }

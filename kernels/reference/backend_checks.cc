@@ -16,6 +16,27 @@ absl::StatusOr<QuantLayout> LayoutOfFloatInput(const TensorView& input, const Qu
   return ComputeLayout(spec, input.shape);
 }
 
+absl::StatusOr<QuantLayout> LayoutOfDequantization(const ConstQuantizedBuffers& in,
+                                                   const QuantSpec& spec,
+                                                   const MutableTensorView& out) {
+  if (!IsFloatInput(out.dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dequantize writes F32, F16 or BF16, not ", DTypeName(out.dtype)));
+  }
+  QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
+  QUANTD_ASSIGN_OR_RETURN(QuantLayout layout, ComputeLayout(spec, out.shape));
+  if (in.code_bytes != layout.code_bytes || in.num_scales != layout.geometry.num_scales ||
+      (layout.code_bytes > 0 && in.codes == nullptr) ||
+      (in.num_scales > 0 && in.scales == nullptr) ||
+      (spec.asymmetric && in.num_scales > 0 && in.zero_points == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantized tensor does not match its spec: ", in.code_bytes,
+                     " code bytes where ", layout.code_bytes, " are needed, ", in.num_scales,
+                     " scales where ", layout.geometry.num_scales, " are needed"));
+  }
+  return layout;
+}
+
 absl::Status CheckCalibration(const QuantSpec& spec, const CalibrationOptions& options) {
   auto invalid = [](std::string message) { return absl::InvalidArgumentError(message); };
   if (spec.granularity == Granularity::kNone) {

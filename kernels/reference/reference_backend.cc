@@ -61,21 +61,7 @@ class ReferenceBackend final : public Backend {
 
   absl::Status Dequantize(const ConstQuantizedBuffers& in, const QuantSpec& spec,
                           const MutableTensorView& out) override {
-    if (!IsFloatInput(out.dtype)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("dequantize writes F32, F16 or BF16, not ", DTypeName(out.dtype)));
-    }
-    QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
-    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, ComputeLayout(spec, out.shape));
-    if (in.code_bytes != layout.code_bytes || in.num_scales != layout.geometry.num_scales ||
-        (layout.code_bytes > 0 && in.codes == nullptr) ||
-        (in.num_scales > 0 && in.scales == nullptr) ||
-        (spec.asymmetric && in.num_scales > 0 && in.zero_points == nullptr)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("quantized tensor does not match its spec: ", in.code_bytes,
-                       " code bytes where ", layout.code_bytes, " are needed, ", in.num_scales,
-                       " scales where ", layout.geometry.num_scales, " are needed"));
-    }
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfDequantization(in, spec, out));
     const ElementCodec codec = MakeElementPass(spec).codec;
     const ScaleGeometry& g = layout.geometry;
     const uint8_t* codes = static_cast<const uint8_t*>(in.codes);

@@ -146,6 +146,11 @@ class Backend {
 // BF16 and holds as many bytes as its shape says.
 [[nodiscard]] absl::StatusOr<QuantLayout> LayoutOfFloatInput(const TensorView& input,
                                                              const QuantSpec& spec);
+// The layout of dequantizing `in` into `out`, after checking that `out` is F32, F16 or BF16
+// of the right byte length and that `in` holds what the layout needs.
+[[nodiscard]] absl::StatusOr<QuantLayout> LayoutOfDequantization(const ConstQuantizedBuffers& in,
+                                                                 const QuantSpec& spec,
+                                                                 const MutableTensorView& out);
 // Whether `spec` and `options` describe a calibration that can run.
 [[nodiscard]] absl::Status CheckCalibration(const QuantSpec& spec,
                                             const CalibrationOptions& options);
