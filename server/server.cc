@@ -518,6 +518,11 @@ class QuantizeStreamReactor final
     QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
     request_ = std::move(*frame.mutable_header());
     ReserveInitial(request_.mutable_input()->mutable_data(), plan_.input_bytes);
+    // Let the backend move the tensor to its device while it arrives. Without an upload (none
+    // offered, or it failed) the tensor is computed from host memory as a whole.
+    absl::StatusOr<std::unique_ptr<TensorUpload>> upload = state_.core->BeginUpload(plan_);
+    if (upload.ok()) upload_ = std::move(*upload);
+    ForwardToUpload(request_.input().data());
     return absl::OkStatus();
   }
 
@@ -535,11 +540,21 @@ class QuantizeStreamReactor final
                                                      ExpectedBytesDescription(), ": ", have,
                                                      " bytes so far plus a frame of ", piece));
     }
-    return AppendBounded(buffer, frame.data(), plan_.input_bytes);
+    QUANTD_RETURN_IF_ERROR(AppendBounded(buffer, frame.data(), plan_.input_bytes));
+    ForwardToUpload(frame.data());
+    return absl::OkStatus();
   }
 
   bool Complete() const override {
     return static_cast<int64_t>(request_.input().data().size()) == plan_.input_bytes;
+  }
+
+  // An upload that fails is dropped: the host copy is complete either way.
+  void ForwardToUpload(const std::string& piece) {
+    if (upload_ != nullptr && !piece.empty() &&
+        !upload_->Append(piece.data(), static_cast<int64_t>(piece.size())).ok()) {
+      upload_.reset();
+    }
   }
 
   std::string Progress() const override {
@@ -552,8 +567,9 @@ class QuantizeStreamReactor final
   }
 
   absl::Status Compute(v1::QuantizeStreamResponse* header, PendingParts* parts) override {
-    absl::StatusOr<v1::QuantizeResponse> result = state_.core->Quantize(request_);
+    absl::StatusOr<v1::QuantizeResponse> result = state_.core->Quantize(request_, upload_.get());
     std::string().swap(*request_.mutable_input()->mutable_data());  // free the input now
+    upload_.reset();
     QUANTD_RETURN_IF_ERROR(result.status());
     if (result->has_metrics())
       state_.metrics->ObserveSqnr(plan_.spec.format, result->metrics().sqnr_db());
@@ -582,6 +598,7 @@ class QuantizeStreamReactor final
  private:
   RequestPlan plan_;
   v1::QuantizeRequest request_;
+  std::unique_ptr<TensorUpload> upload_;
 };
 
 class DequantizeStreamReactor final
@@ -860,6 +877,11 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
         absl::StrCat("--cuda-host-max-elements is ", o.cuda_host_max_elements,
                      "; it must be >= 0 (0: every tensor on the GPU)"));
   }
+  if (o.cuda_upload_min_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda-upload-min-bytes is ", o.cuda_upload_min_bytes,
+                     "; it must be >= 0 (0: never upload while receiving)"));
+  }
   if (o.cuda_memory_cap_bytes < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--cuda-memory-cap-bytes is ", o.cuda_memory_cap_bytes,
@@ -1042,6 +1064,7 @@ class Server::Impl {
       cuda_options.streams_per_device = options_.cuda_streams_per_device;
       cuda_options.device_memory_cap = options_.cuda_memory_cap_bytes;
       cuda_options.host_max_elements = options_.cuda_host_max_elements;
+      cuda_options.upload_min_bytes = options_.cuda_upload_min_bytes;
       absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(cuda_options);
       if (cuda.ok()) {
         backend_ = *std::move(cuda);

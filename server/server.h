@@ -83,6 +83,9 @@ struct ServerOptions {
   // CUDA backend: device memory calls may reserve at once, per GPU (0: 90% of what is free
   // when the server starts). A call that would exceed it is RESOURCE_EXHAUSTED.
   int64_t cuda_memory_cap_bytes = 0;
+  // CUDA backend: streamed tensors of at least this many bytes move to the GPU while they
+  // arrive (CudaBackendOptions::upload_min_bytes); 0: never.
+  int64_t cuda_upload_min_bytes = int64_t{16} << 20;
   // One line on stderr at start (backend, addresses, limits) and at shutdown.
   bool log_to_stderr = true;
   // Test hook, see SchedulerOptions::before_task_for_testing. Leave empty.

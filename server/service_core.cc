@@ -431,8 +431,13 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
   return plan;
 }
 
-absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(
-    const v1::QuantizeRequest& request) const {
+absl::StatusOr<std::unique_ptr<TensorUpload>> QuantizerCore::BeginUpload(
+    const RequestPlan& plan) const {
+  return backend_->BeginUpload(plan.input_dtype, plan.layout.shape, plan.input_bytes);
+}
+
+absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeRequest& request,
+                                                             const TensorUpload* upload) const {
   QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanQuantize(request, DataCheck::kExact));
   const QuantLayout& layout = plan.layout;
   v1::QuantizeResponse response;
@@ -455,8 +460,9 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(
     out.scales = scales.data();
     out.num_scales = layout.geometry.num_scales;
     out.zero_points = plan.spec.asymmetric ? zero_points.data() : nullptr;
-    return backend_->Quantize(ViewOf(request.input(), layout.shape, plan.input_dtype), plan.spec,
-                              out, request.skip_metrics() ? nullptr : &metrics);
+    TensorView input = ViewOf(request.input(), layout.shape, plan.input_dtype);
+    input.upload = upload;
+    return backend_->Quantize(input, plan.spec, out, request.skip_metrics() ? nullptr : &metrics);
   }));
   SetTensor(DType::kF32, layout.scale_shape, scales, q->mutable_scales());
   if (plan.spec.asymmetric) {

@@ -84,7 +84,12 @@ class QuantizerCore {
   QuantizerCore& operator=(const QuantizerCore&) = delete;
 
   [[nodiscard]] absl::StatusOr<v1::QuantizeResponse> Quantize(
-      const v1::QuantizeRequest& request) const;
+      const v1::QuantizeRequest& request) const {
+    return Quantize(request, nullptr);
+  }
+  // `upload`, when set, holds the input's bytes as BeginUpload received them.
+  [[nodiscard]] absl::StatusOr<v1::QuantizeResponse> Quantize(const v1::QuantizeRequest& request,
+                                                              const TensorUpload* upload) const;
   [[nodiscard]] absl::StatusOr<v1::DequantizeResponse> Dequantize(
       const v1::DequantizeRequest& request) const;
   [[nodiscard]] absl::StatusOr<v1::QuantDequantResponse> QuantDequant(
@@ -92,6 +97,11 @@ class QuantizerCore {
   [[nodiscard]] absl::StatusOr<v1::CalibrateResponse> Calibrate(
       const v1::CalibrateRequest& request) const;
   v1::GetCapabilitiesResponse GetCapabilities() const;
+
+  // The backend's TensorUpload for the float input of a planned streamed request (null where
+  // the backend has no use for one).
+  [[nodiscard]] absl::StatusOr<std::unique_ptr<TensorUpload>> BeginUpload(
+      const RequestPlan& plan) const;
 
   // Validation only (see the file comment). With kExact these check everything the methods
   // above check before computing, including that static / dequantize scales are finite and

@@ -92,6 +92,9 @@ struct Device {
   int in_use = 0;
   int64_t bytes_in_use = 0;
   DeviceTelemetry totals;  // the counters; gauges are filled in by Telemetry()
+  // Page-locked kStagingBytes buffers of finished uploads, kept for the next ones: allocating
+  // page-locked memory is slow and freeing it synchronizes the device.
+  std::vector<char*> spare_staging;
 };
 
 class CudaBackend;
@@ -164,6 +167,59 @@ class DeviceArena {
   int64_t bytes_ = 0;
 };
 
+// A large tensor moving to one device while it arrives (Backend::BeginUpload). Pieces gather
+// in page-locked staging buffers; each full buffer is copied on the upload's own stream (not a
+// slot's: a slow client must not hold one of the compute streams), and a piece waits only when
+// every buffer is still in flight, which at PCIe speed against a network is rare. The call that
+// computes the tensor reads the device copy after its stream waits for the last copy.
+class CudaUpload final : public TensorUpload {
+ public:
+  CudaUpload(CudaBackend* backend, Device* device, int64_t bytes)
+      : backend_(backend), device_(device), bytes_(bytes) {}
+  CudaUpload(const CudaUpload&) = delete;
+  CudaUpload& operator=(const CudaUpload&) = delete;
+  ~CudaUpload() override;
+
+  // Creates the stream, the events, the device buffer (counted against the cap) and takes the
+  // staging buffers.
+  [[nodiscard]] absl::Status Start();
+  [[nodiscard]] absl::Status Append(const void* data, int64_t size) override;
+  int64_t received() const override { return received_; }
+
+  Device* device() const { return device_; }
+  int64_t bytes() const { return bytes_; }
+  const void* data() const { return device_data_; }
+  // Orders `stream` after every copy (the tensor must be complete); the device buffer is then
+  // freed in `stream`'s order, after the work the computing call queued there.
+  [[nodiscard]] absl::Status ConsumeOn(cudaStream_t stream) const;
+
+ private:
+  static constexpr int kBuffers = 2;
+  struct Buffer {
+    char* host = nullptr;  // kStagingBytes, page-locked
+    int64_t used = 0;
+    bool in_flight = false;
+    cudaEvent_t started = nullptr, copied = nullptr;
+  };
+  // Waits for buffer b's copy, if any, and counts its time.
+  [[nodiscard]] absl::Status Reclaim(Buffer& b);
+  [[nodiscard]] absl::Status Send(Buffer& b);
+
+  CudaBackend* backend_;
+  Device* device_;
+  const int64_t bytes_;
+  int64_t received_ = 0;
+  int64_t sent_ = 0;
+  cudaStream_t stream_ = nullptr;
+  char* device_data_ = nullptr;
+  bool reserved_ = false;
+  std::array<Buffer, kBuffers> buffers_;
+  int current_ = 0;
+  cudaEvent_t done_ = nullptr;  // after the last copy
+  double copy_ms_ = 0.0;
+  mutable cudaStream_t consumer_ = nullptr;
+};
+
 class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options) {
@@ -210,6 +266,7 @@ class CudaBackend final : public Backend {
     backend->host_ = CreateReferenceBackend(nullptr);
     backend->host_max_elements_ = std::max<int64_t>(0, options.host_max_elements);
     backend->mse_search_min_pairs_ = std::max<int64_t>(0, options.mse_search_min_pairs);
+    backend->upload_min_bytes_ = std::max<int64_t>(0, options.upload_min_bytes);
     return std::unique_ptr<Backend>(std::move(backend));
   }
 
@@ -223,6 +280,7 @@ class CudaBackend final : public Backend {
           if (mark != nullptr) cudaEventDestroy(mark);
         }
       }
+      for (char* buffer : device->spare_staging) cudaFreeHost(buffer);
     }
   }
 
@@ -250,6 +308,21 @@ class CudaBackend final : public Backend {
     return telemetry;
   }
 
+  absl::StatusOr<std::unique_ptr<TensorUpload>> BeginUpload(DType dtype, const Shape& shape,
+                                                            int64_t bytes) override {
+    (void)dtype;
+    if (upload_min_bytes_ == 0 || bytes < upload_min_bytes_ || OnHost(shape)) return nullptr;
+    Device* device = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      device = LeastLoaded(/*need_free_slot=*/false);
+    }
+    QUANTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(device->id));
+    auto upload = std::make_unique<CudaUpload>(this, device, bytes);
+    QUANTD_RETURN_IF_ERROR(upload->Start());
+    return std::unique_ptr<TensorUpload>(std::move(upload));
+  }
+
   absl::Status Quantize(const TensorView& input, const QuantSpec& spec, const QuantizedBuffers& out,
                         ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
@@ -257,7 +330,7 @@ class CudaBackend final : public Backend {
       return absl::InternalError("Quantize output buffers do not match the layout");
     }
     if (OnHost(input.shape)) return host_->Quantize(input, spec, out, metrics);
-    std::unique_ptr<Lease> lease = Acquire();
+    std::unique_ptr<Lease> lease = Acquire(UploadOf(input));
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
@@ -281,7 +354,7 @@ class CudaBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfDequantization(in, spec, out));
     if (OnHost(out.shape)) return host_->Dequantize(in, spec, out);
     const int64_t n = layout.geometry.num_scales;
-    std::unique_ptr<Lease> lease = Acquire();
+    std::unique_ptr<Lease> lease = Acquire(nullptr);
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(void* codes, arena.Allocate(layout.code_bytes));
@@ -312,7 +385,7 @@ class CudaBackend final : public Backend {
     }
     QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
     if (OnHost(input.shape)) return host_->QuantDequant(input, spec, out, metrics);
-    std::unique_ptr<Lease> lease = Acquire();
+    std::unique_ptr<Lease> lease = Acquire(UploadOf(input));
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
@@ -336,13 +409,12 @@ class CudaBackend final : public Backend {
     const int64_t n = layout.geometry.num_scales;
     const int steps = options.search_steps;
     const bool search = method == CalibrationMethod::kMse;
-    // Percentile needs an exact per-group selection that has no kernel yet, and a small MSE
-    // search is faster on the CPU (CudaBackendOptions::mse_search_min_pairs): the CPU backend
-    // computes them, with the same result.
-    if (method == CalibrationMethod::kPercentile || (search && n * steps < mse_search_min_pairs_)) {
+    // A small MSE search is faster on the CPU (CudaBackendOptions::mse_search_min_pairs): the
+    // CPU backend computes it, with the same result.
+    if (search && n * steps < mse_search_min_pairs_) {
       return host_->Calibrate(input, spec, options, result);
     }
-    std::unique_ptr<Lease> lease = Acquire();
+    std::unique_ptr<Lease> lease = Acquire(UploadOf(input));
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
@@ -361,6 +433,11 @@ class CudaBackend final : public Backend {
       QUANTD_CUDA_RETURN_IF_ERROR(LaunchMseSearch(
           pass.params, rule, pass.stats, static_cast<const float*>(ratios), steps,
           static_cast<double*>(errors), pass.scales, pass.zero_points, chosen_ratios, stream));
+    } else if (method == CalibrationMethod::kPercentile) {
+      QUANTD_ASSIGN_OR_RETURN(void* workspace, arena.Allocate(PercentileWorkspaceBytes(n)));
+      QUANTD_CUDA_RETURN_IF_ERROR(
+          LaunchPercentileScales(pass.params, rule, spec.clip_ratio, options.percentile, workspace,
+                                 pass.scales, pass.zero_points, pass.stats.flags, stream));
     } else {
       QUANTD_CUDA_RETURN_IF_ERROR(LaunchScales(rule, spec.clip_ratio, pass.stats, n, pass.scales,
                                                pass.zero_points, stream));
@@ -394,6 +471,7 @@ class CudaBackend final : public Backend {
  private:
   friend class Lease;
   friend class DeviceArena;
+  friend class CudaUpload;
 
   CudaBackend() = default;
 
@@ -423,7 +501,16 @@ class CudaBackend final : public Backend {
     cudaStream_t stream = lease.stream();
     const int64_t n = layout.geometry.num_scales;
     Pass pass;
-    QUANTD_ASSIGN_OR_RETURN(void* d_input, arena.Allocate(input.bytes));
+    const CudaUpload* upload = UploadOf(input);
+    const void* d_input = nullptr;
+    if (upload != nullptr) {
+      QUANTD_RETURN_IF_ERROR(upload->ConsumeOn(stream));
+      d_input = upload->data();
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(void* copy, arena.Allocate(input.bytes));
+      QUANTD_RETURN_IF_ERROR(lease.CopyIn(copy, input.data, input.bytes));
+      d_input = copy;
+    }
     QUANTD_ASSIGN_OR_RETURN(void* workspace, arena.Allocate(WorkspaceBytes(layout)));
     QUANTD_ASSIGN_OR_RETURN(void* scales, arena.Allocate(4 * n));
     QUANTD_ASSIGN_OR_RETURN(void* zero_points, arena.Allocate(spec.asymmetric ? 4 * n : 0));
@@ -431,7 +518,6 @@ class CudaBackend final : public Backend {
     pass.scales = static_cast<float*>(scales);
     pass.zero_points = spec.asymmetric ? static_cast<int32_t*>(zero_points) : nullptr;
     pass.params = MakeElementParams(spec, layout, d_input, input.dtype, lease.device().max_blocks);
-    QUANTD_RETURN_IF_ERROR(lease.CopyIn(d_input, input.data, input.bytes));
     if (spec.granularity == Granularity::kNone) {
       // A copy this small is staged: CopyIn has consumed its source when it returns.
       const float one = 1.0f;
@@ -467,16 +553,34 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  // The least-loaded device's first free stream; waits while every stream is busy.
-  std::unique_ptr<Lease> Acquire() {
+  // The device with the fewest busy streams (among those with a free one when
+  // `need_free_slot`); null when none qualifies. Call with mu_ held.
+  Device* LeastLoaded(bool need_free_slot) const {
+    Device* best = nullptr;
+    for (const auto& device : devices_) {
+      if (need_free_slot && device->in_use >= static_cast<int>(device->slots.size())) continue;
+      if (best == nullptr || device->in_use < best->in_use) best = device.get();
+    }
+    return best;
+  }
+
+  // The upload `input` came with, when it is this backend's and holds exactly `input`'s bytes.
+  static const CudaUpload* UploadOf(const TensorView& input) {
+    const auto* upload = dynamic_cast<const CudaUpload*>(input.upload);
+    if (upload == nullptr || upload->bytes() != input.bytes || upload->received() != input.bytes)
+      return nullptr;
+    return upload;
+  }
+
+  // A free stream on the upload's device (the input is there), or else on the least-loaded
+  // device; waits while every candidate stream is busy.
+  std::unique_ptr<Lease> Acquire(const CudaUpload* upload) {
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
-      Device* best = nullptr;
-      for (auto& device : devices_) {
-        if (device->in_use < static_cast<int>(device->slots.size()) &&
-            (best == nullptr || device->in_use < best->in_use)) {
-          best = device.get();
-        }
+      Device* best = LeastLoaded(/*need_free_slot=*/true);
+      if (upload != nullptr) {
+        Device* home = upload->device();
+        best = home->in_use < static_cast<int>(home->slots.size()) ? home : nullptr;
       }
       if (best != nullptr) {
         const int slot =
@@ -536,11 +640,39 @@ class CudaBackend final : public Backend {
     totals.device_to_host_seconds += phase_ms[2] * 1e-3;
   }
 
+  // An upload's copies into its device's counters.
+  void RecordUpload(Device& device, int64_t bytes, double copy_ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    device.totals.host_to_device_bytes += bytes;
+    device.totals.host_to_device_seconds += copy_ms * 1e-3;
+  }
+
+  // A page-locked staging buffer for an upload, from the device's spares or a new one.
+  absl::StatusOr<char*> TakeStaging(Device& device) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!device.spare_staging.empty()) {
+        char* buffer = device.spare_staging.back();
+        device.spare_staging.pop_back();
+        return buffer;
+      }
+    }
+    void* buffer = nullptr;
+    QUANTD_CUDA_RETURN_IF_ERROR(cudaMallocHost(&buffer, kStagingBytes));
+    return static_cast<char*>(buffer);
+  }
+
+  void GiveStaging(Device& device, char* buffer) {
+    std::lock_guard<std::mutex> lock(mu_);
+    device.spare_staging.push_back(buffer);
+  }
+
   std::vector<std::unique_ptr<Device>> devices_;
   // The CPU backend on the calling thread: tiny tensors, and what has no kernel yet.
   std::unique_ptr<Backend> host_;
   int64_t host_max_elements_ = 0;
   int64_t mse_search_min_pairs_ = 0;
+  int64_t upload_min_bytes_ = 0;
   mutable std::mutex mu_;
   std::condition_variable slot_freed_;
 };
@@ -661,6 +793,93 @@ absl::Status Lease::Synchronize() {
   }
   backend_->RecordCall(*device_, phase_ms, host_to_device_bytes_, device_to_host_bytes_);
   return absl::OkStatus();
+}
+
+absl::Status CudaUpload::Start() {
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  for (Buffer& b : buffers_) {
+    QUANTD_ASSIGN_OR_RETURN(b.host, backend_->TakeStaging(*device_));
+    QUANTD_CUDA_RETURN_IF_ERROR(cudaEventCreate(&b.started));
+    QUANTD_CUDA_RETURN_IF_ERROR(cudaEventCreate(&b.copied));
+  }
+  QUANTD_RETURN_IF_ERROR(backend_->Reserve(*device_, bytes_));
+  reserved_ = true;
+  void* data = nullptr;
+  const cudaError_t error = cudaMallocAsync(&data, static_cast<size_t>(bytes_), stream_);
+  if (error != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: the call goes on from host memory
+    return CudaError(error, "cudaMallocAsync", __FILE__, __LINE__);
+  }
+  device_data_ = static_cast<char*>(data);
+  return absl::OkStatus();
+}
+
+absl::Status CudaUpload::Reclaim(Buffer& b) {
+  if (!b.in_flight) return absl::OkStatus();
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(b.copied));
+  float ms = 0.0f;
+  if (cudaEventElapsedTime(&ms, b.started, b.copied) == cudaSuccess) copy_ms_ += ms;
+  b.in_flight = false;
+  b.used = 0;
+  return absl::OkStatus();
+}
+
+absl::Status CudaUpload::Send(Buffer& b) {
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(b.started, stream_));
+  QUANTD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(device_data_ + sent_, b.host, b.used, cudaMemcpyHostToDevice, stream_));
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(b.copied, stream_));
+  sent_ += b.used;
+  b.in_flight = true;
+  current_ = (current_ + 1) % kBuffers;
+  return absl::OkStatus();
+}
+
+absl::Status CudaUpload::Append(const void* data, int64_t size) {
+  if (size > bytes_ - received_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("an upload of ", bytes_, " bytes got ", received_ + size));
+  }
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_->id));
+  const char* bytes = static_cast<const char*>(data);
+  while (size > 0) {
+    Buffer& b = buffers_[current_];
+    QUANTD_RETURN_IF_ERROR(Reclaim(b));
+    const int64_t n = std::min(size, kStagingBytes - b.used);
+    std::memcpy(b.host + b.used, bytes, n);
+    b.used += n;
+    received_ += n;
+    bytes += n;
+    size -= n;
+    if (b.used == kStagingBytes || received_ == bytes_) QUANTD_RETURN_IF_ERROR(Send(b));
+  }
+  if (received_ == bytes_) QUANTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(done_, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaUpload::ConsumeOn(cudaStream_t stream) const {
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream, done_, 0));
+  consumer_ = stream;
+  return absl::OkStatus();
+}
+
+CudaUpload::~CudaUpload() {
+  (void)cudaSetDevice(device_->id);
+  // Every copy out of the staging buffers ends before they are reused by another upload.
+  for (Buffer& b : buffers_) (void)Reclaim(b);
+  if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
+  (void)cudaGetLastError();
+  if (device_data_ != nullptr) (void)cudaFreeAsync(device_data_, consumer_ ? consumer_ : stream_);
+  if (reserved_) backend_->Unreserve(*device_, bytes_);
+  for (Buffer& b : buffers_) {
+    if (b.host != nullptr) backend_->GiveStaging(*device_, b.host);
+    if (b.started != nullptr) (void)cudaEventDestroy(b.started);
+    if (b.copied != nullptr) (void)cudaEventDestroy(b.copied);
+  }
+  if (done_ != nullptr) (void)cudaEventDestroy(done_);
+  if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+  if (sent_ > 0) backend_->RecordUpload(*device_, sent_, copy_ms_);
 }
 
 absl::StatusOr<void*> DeviceArena::Allocate(int64_t bytes) {

@@ -107,6 +107,16 @@ cudaError_t LaunchMseSearch(const ElementParams& p, const ScaleRule& rule,
                             double* errors, float* scales, int32_t* zero_points,
                             float* chosen_ratios, cudaStream_t stream);
 
+// The percentile calibration of Calibrate (kPercentile), bit for bit the CPU backend's: per
+// group, numpy's linear percentile of the finite |x| (asymmetric: of x at `percentile` and at
+// 100 - `percentile`), then the scale (and zero-point) of that range times `clip`, via
+// ScaleFromRange; a group whose asymmetric range overflows is flagged. `workspace` must hold
+// PercentileWorkspaceBytes(num_scales) (groups are selected a chunk at a time).
+int64_t PercentileWorkspaceBytes(int64_t num_scales);
+cudaError_t LaunchPercentileScales(const ElementParams& p, const ScaleRule& rule, float clip,
+                                   double percentile, void* workspace, float* scales,
+                                   int32_t* zero_points, DeviceFlags* flags, cudaStream_t stream);
+
 // The element pass: quantizes every element with its group's scale. Writes packed codes when
 // `codes` is set, x̂ in `output_dtype` when `output` is set, and per-block metric partials
 // (then their total into partials[kMaxMetricBlocks]) when `partials` is set.

@@ -39,27 +39,39 @@ struct Op {
   int64_t group_size;
   int64_t block;
   bool asymmetric;
-  bool static_scales;  // scales given: one pass
-  bool dequantize;     // time the dequantization instead
+  bool static_scales;                                        // scales given: one pass
+  enum Timed { kQuantize, kDequantize, kPercentile } timed;  // kPercentile: the calibration
 };
 
 const Op kOps[] = {
-    {"quantize int8 token", Format::kInt8, Granularity::kToken, 0, 0, false, false, false},
-    {"quantize int8 channel", Format::kInt8, Granularity::kChannel, 0, 0, false, false, false},
-    {"quantize int8 tensor static", Format::kInt8, Granularity::kTensor, 0, 0, false, true, false},
+    {"quantize int8 token", Format::kInt8, Granularity::kToken, 0, 0, false, false, Op::kQuantize},
+    {"quantize int8 channel", Format::kInt8, Granularity::kChannel, 0, 0, false, false,
+     Op::kQuantize},
+    {"quantize int8 tensor static", Format::kInt8, Granularity::kTensor, 0, 0, false, true,
+     Op::kQuantize},
     {"quantize int8 tensor dynamic", Format::kInt8, Granularity::kTensor, 0, 0, false, false,
-     false},
-    {"quantize int4 group128", Format::kInt4, Granularity::kGroup, 128, 0, false, false, false},
+     Op::kQuantize},
+    {"quantize int4 group128", Format::kInt4, Granularity::kGroup, 128, 0, false, false,
+     Op::kQuantize},
     {"quantize uint4 group128 asym", Format::kUint4, Granularity::kGroup, 128, 0, true, false,
-     false},
-    {"quantize fp8e4m3 token", Format::kFp8E4M3, Granularity::kToken, 0, 0, false, false, false},
+     Op::kQuantize},
+    {"quantize fp8e4m3 token", Format::kFp8E4M3, Granularity::kToken, 0, 0, false, false,
+     Op::kQuantize},
     {"quantize fp8e4m3 block128", Format::kFp8E4M3, Granularity::kBlock, 0, 128, false, false,
-     false},
+     Op::kQuantize},
     {"quantize fp8e4m3 tensor dynamic", Format::kFp8E4M3, Granularity::kTensor, 0, 0, false, false,
-     false},
-    {"dequantize int8 token", Format::kInt8, Granularity::kToken, 0, 0, false, false, true},
-    {"dequantize int4 group128", Format::kInt4, Granularity::kGroup, 128, 0, false, false, true},
-    {"dequantize fp8e4m3 token", Format::kFp8E4M3, Granularity::kToken, 0, 0, false, false, true},
+     Op::kQuantize},
+    {"dequantize int8 token", Format::kInt8, Granularity::kToken, 0, 0, false, false,
+     Op::kDequantize},
+    {"dequantize int4 group128", Format::kInt4, Granularity::kGroup, 128, 0, false, false,
+     Op::kDequantize},
+    {"dequantize fp8e4m3 token", Format::kFp8E4M3, Granularity::kToken, 0, 0, false, false,
+     Op::kDequantize},
+    // Percentile calibration (Calibrate's scales): four selection passes over the input.
+    {"calibrate percentile int8 tensor", Format::kInt8, Granularity::kTensor, 0, 0, false, false,
+     Op::kPercentile},
+    {"calibrate percentile int8 token", Format::kInt8, Granularity::kToken, 0, 0, false, false,
+     Op::kPercentile},
 };
 
 template <typename Fn>
@@ -148,7 +160,11 @@ int Main(int argc, char** argv) {
       CUDA_CHECK(cudaMalloc(&scales, 4 * n));
       CUDA_CHECK(cudaMalloc(&zero_points, 4 * n));
       CUDA_CHECK(cudaMalloc(&workspace, WorkspaceBytes(layout)));
-      if (op.dequantize) CUDA_CHECK(cudaMalloc(&output, numel * 4));
+      if (op.timed == Op::kDequantize) CUDA_CHECK(cudaMalloc(&output, numel * 4));
+      void* select_workspace = nullptr;
+      if (op.timed == Op::kPercentile) {
+        CUDA_CHECK(cudaMalloc(&select_workspace, PercentileWorkspaceBytes(n)));
+      }
       StatsBuffers stats;
       MetricPartial* partials;
       SplitWorkspace(workspace, layout, &stats, &partials);
@@ -166,7 +182,17 @@ int Main(int argc, char** argv) {
       const int reps = numel >= (int64_t{1} << 28) ? 5 : 20;
       float ms;
       int64_t bytes;
-      if (op.dequantize) {
+      if (op.timed == Op::kPercentile) {
+        const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric);
+        ms = MedianMs(
+            [&] {
+              CUDA_CHECK(LaunchPercentileScales(p, rule, 1.0f, 99.99, select_workspace,
+                                                static_cast<float*>(scales), zps, stats.flags,
+                                                stream));
+            },
+            reps, stream);
+        bytes = numel * 4 + 4 * n;  // the input read once, the scales written
+      } else if (op.timed == Op::kDequantize) {
         ms = MedianMs(
             [&] {
               CUDA_CHECK(LaunchDequantize(p, static_cast<uint8_t*>(codes),
@@ -191,6 +217,7 @@ int Main(int argc, char** argv) {
       CUDA_CHECK(cudaFree(zero_points));
       CUDA_CHECK(cudaFree(workspace));
       if (output != nullptr) CUDA_CHECK(cudaFree(output));
+      if (select_workspace != nullptr) CUDA_CHECK(cudaFree(select_workspace));
     }
     CUDA_CHECK(cudaFree(x));
   }

@@ -2,6 +2,7 @@
 // bit over the traits table × granularities × F32/F16/BF16 × ragged shapes × nasty fills,
 // fresh random data each run (the seed is printed on failure), outputs poisoned before every
 // launch. Metrics within fp64-reordering tolerance. Skips itself without a GPU.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "quantd/backend.h"
@@ -73,13 +75,14 @@ struct Outputs {
 
 // Quantize with outputs poisoned first, so that an element the kernel skipped shows.
 Outputs Quantize(Backend& backend, const std::vector<uint8_t>& bytes, DType dtype,
-                 const Shape& shape, const QuantSpec& spec, const QuantLayout& layout) {
+                 const Shape& shape, const QuantSpec& spec, const QuantLayout& layout,
+                 const TensorUpload* upload = nullptr) {
   Outputs o;
   o.codes.assign(layout.code_bytes, 0xA5);
   o.scales.assign(layout.geometry.num_scales, std::numeric_limits<float>::quiet_NaN());
   o.zero_points.assign(spec.asymmetric ? layout.geometry.num_scales : 0, 0x5A5A5A5A);
   o.metrics.mse = -1.0;
-  const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
+  const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size()), upload};
   o.status = backend.Quantize(
       input, spec,
       {o.codes.data(), layout.code_bytes, o.scales.data(), layout.geometry.num_scales,
@@ -373,12 +376,21 @@ INSTANTIATE_TEST_SUITE_P(AllFormats, GpuStaticScalesTest, ::testing::ValuesIn(Al
 // Amax, and the MSE clip search on two grids (the GPU sums each candidate's error in the CPU's
 // order, so the chosen ratios, scales and zero-points must be the same bits).
 TEST_F(GpuBackendTest, CalibrateMatchesTheCpu) {
-  std::vector<CalibrationOptions> methods(3);
+  std::vector<CalibrationOptions> methods(6);
   methods[0].method = CalibrationMethod::kAmax;
   methods[1].method = CalibrationMethod::kMse;
   methods[2].method = CalibrationMethod::kMse;
   methods[2].search_steps = 7;
   methods[2].search_min_ratio = 0.5f;
+  // Percentiles that interpolate (99.9, 37.5), land on an element (100) and, asymmetric, put
+  // the "lower" percentile above the upper one (3).
+  const double percentiles[] = {99.9, 37.5, 100.0, 3.0};
+  for (size_t i = 0; i < 3; ++i) {
+    methods[3 + i].method = CalibrationMethod::kPercentile;
+    methods[3 + i].percentile = percentiles[i];
+  }
+  methods.push_back(methods[3]);
+  methods.back().percentile = percentiles[3];
   for (const CalibrationOptions& options : methods) {
     for (Format format : AllFormats()) {
       for (const GranularityCase& gc : kGranularities) {
@@ -388,7 +400,7 @@ TEST_F(GpuBackendTest, CalibrateMatchesTheCpu) {
         if (!spec.ok() || spec->granularity == Granularity::kNone) continue;
         SCOPED_TRACE(absl::StrCat(FormatName(format), " ", gc.name, " method ",
                                   static_cast<int>(options.method), " steps ", options.search_steps,
-                                  " seed=", RunSeed()));
+                                  " percentile ", options.percentile, " seed=", RunSeed()));
         const std::vector<float> values =
             MakeFill(FillKind::kSpecials, 37 * 300, format, spec->asymmetric, RunSeed());
         const TensorView input{DType::kF32, shape, values.data(),
@@ -409,6 +421,166 @@ TEST_F(GpuBackendTest, CalibrateMatchesTheCpu) {
       }
     }
   }
+}
+
+// Percentile selection over groups from empty to a million elements (one group spread over
+// many blocks), with ties, zeros of both signs and non-finite values, in every input dtype.
+TEST_F(GpuBackendTest, PercentileMatchesTheCpuOnLargeAndRaggedGroups) {
+  const Shape shapes[] = {{3, 5, 7}, {0, 4}, {217, 256}, {3, 70000}, {1, 1000003}};
+  const FillKind fills[] = {FillKind::kNormal, FillKind::kZeros, FillKind::kTies,
+                            FillKind::kSpecials, FillKind::kWideRange};
+  const Format formats[] = {Format::kInt8, Format::kUint4, Format::kFp8E4M3};
+  const char* const granularities[] = {"tensor", "channel0", "channel_last", "token",
+                                       "block128x128"};
+  CalibrationOptions options;
+  options.method = CalibrationMethod::kPercentile;
+  options.percentile = 99.99;
+  uint64_t seed = RunSeed();
+  for (const Shape& shape : shapes) {
+    const int64_t numel = *NumElements(shape);
+    for (const Format format : formats) {
+      for (const GranularityCase& gc : kGranularities) {
+        if (std::find_if(std::begin(granularities), std::end(granularities), [&](const char* g) {
+              return absl::string_view(g) == gc.name;
+            }) == std::end(granularities)) {
+          continue;
+        }
+        absl::StatusOr<QuantSpec> spec = ResolveSpec(RequestedSpec(format, gc), shape);
+        if (!spec.ok()) continue;
+        for (const FillKind fill : fills) {
+          for (const DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+            SCOPED_TRACE(absl::StrCat(FormatName(format), " ", gc.name, " ",
+                                      absl::StrJoin(shape, "x"), " ", FillName(fill), " ",
+                                      DTypeName(dtype), " seed=", seed));
+            const std::vector<uint8_t> bytes =
+                Encode(MakeFill(fill, numel, format, spec->asymmetric, seed++), dtype);
+            const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
+            CalibrationResult cpu, gpu;
+            const absl::Status cpu_status = cpu_->Calibrate(input, *spec, options, &cpu);
+            const absl::Status gpu_status = gpu_->Calibrate(input, *spec, options, &gpu);
+            ASSERT_EQ(gpu_status.code(), cpu_status.code()) << gpu_status << " vs " << cpu_status;
+            if (!cpu_status.ok()) continue;
+            ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
+            for (size_t i = 0; i < cpu.scales.size(); ++i) {
+              ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << i;
+            }
+            EXPECT_EQ(gpu.zero_points, cpu.zero_points);
+          }
+        }
+      }
+    }
+  }
+}
+
+std::vector<uint32_t> BitsOf(const std::vector<float>& values) {
+  std::vector<uint32_t> bits;
+  for (const float v : values) bits.push_back(testing::Bits(v));
+  return bits;
+}
+
+// Hands `bytes` to `upload` in ragged pieces (1 byte up to a few staging buffers' worth).
+void AppendInPieces(TensorUpload& upload, const std::vector<uint8_t>& bytes, size_t end,
+                    std::mt19937_64& rng) {
+  const size_t sizes[] = {1, (4u << 20) - 3, 777777, (8u << 20) + 5, 4096, 65537};
+  for (size_t offset = upload.received(); offset < end;) {
+    const size_t n = std::min(end - offset, sizes[rng() % std::size(sizes)]);
+    ASSERT_TRUE(upload.Append(bytes.data() + offset, static_cast<int64_t>(n)).ok());
+    offset += n;
+  }
+}
+
+int64_t DeviceMemoryInUse(const Backend& backend) {
+  int64_t in_use = 0;
+  for (const DeviceTelemetry& device : backend.Telemetry()) in_use += device.memory_in_use_bytes;
+  return in_use;
+}
+
+// A streamed tensor moves to the device while it arrives (Backend::BeginUpload), and the call
+// computes from that copy: the host bytes it is given are poisoned here, so an answer equal to
+// the CPU's on the real bytes shows the upload was used, whatever the pieces were.
+TEST_F(GpuBackendTest, UploadedInputGivesTheCpuAnswer) {
+  std::mt19937_64 rng(RunSeed());
+  struct Case {
+    Format format;
+    const char* granularity;
+    DType dtype;
+    Shape shape;  // at least 16 MiB of input: smaller tensors get no upload
+  };
+  const Case cases[] = {{Format::kInt8, "token", DType::kF32, {2049, 2304}},
+                        {Format::kUint4, "group128", DType::kBF16, {4099, 2304}},
+                        {Format::kFp8E4M3, "tensor", DType::kF32, {1, 4500001}}};
+  for (const Case& c : cases) {
+    const GranularityCase& gc = *std::find_if(
+        std::begin(kGranularities), std::end(kGranularities),
+        [&](const GranularityCase& g) { return absl::string_view(g.name) == c.granularity; });
+    const QuantSpec spec = *ResolveSpec(RequestedSpec(c.format, gc), c.shape);
+    const QuantLayout layout = *ComputeLayout(spec, c.shape);
+    SCOPED_TRACE(absl::StrCat(FormatName(c.format), " ", c.granularity, " seed=", RunSeed()));
+    const std::vector<uint8_t> bytes = Encode(
+        MakeFill(FillKind::kWideRange, layout.numel, c.format, spec.asymmetric, rng()), c.dtype);
+    const std::vector<uint8_t> poisoned(bytes.size(), 0x7F);  // 3.4e38 in F32 and BF16
+    const auto size = static_cast<int64_t>(bytes.size());
+    absl::StatusOr<std::unique_ptr<TensorUpload>> upload =
+        gpu_->BeginUpload(c.dtype, c.shape, size);
+    ASSERT_TRUE(upload.ok()) << upload.status();
+    ASSERT_NE(*upload, nullptr);
+    AppendInPieces(**upload, bytes, bytes.size(), rng);
+    EXPECT_EQ((*upload)->received(), size);
+
+    const Outputs cpu = Quantize(*cpu_, bytes, c.dtype, c.shape, spec, layout);
+    const Outputs gpu = Quantize(*gpu_, poisoned, c.dtype, c.shape, spec, layout, upload->get());
+    ASSERT_TRUE(cpu.status.ok()) << cpu.status;
+    ASSERT_TRUE(gpu.status.ok()) << gpu.status;
+    EXPECT_TRUE(gpu.codes == cpu.codes);
+    EXPECT_EQ(BitsOf(gpu.scales), BitsOf(cpu.scales));
+    EXPECT_EQ(gpu.zero_points, cpu.zero_points);
+    ExpectMetricsClose(gpu.metrics, cpu.metrics);
+
+    // Percentile calibration reads the same device copy.
+    CalibrationOptions options;
+    options.method = CalibrationMethod::kPercentile;
+    CalibrationResult cpu_calibration, gpu_calibration;
+    ASSERT_TRUE(
+        cpu_->Calibrate({c.dtype, c.shape, bytes.data(), size}, spec, options, &cpu_calibration)
+            .ok());
+    ASSERT_TRUE(gpu_->Calibrate({c.dtype, c.shape, poisoned.data(), size, upload->get()}, spec,
+                                options, &gpu_calibration)
+                    .ok());
+    EXPECT_EQ(BitsOf(gpu_calibration.scales), BitsOf(cpu_calibration.scales));
+    upload->reset();
+  }
+  EXPECT_EQ(DeviceMemoryInUse(*gpu_), 0);
+}
+
+// An upload abandoned half way (a client that cancelled) returns its device memory, and one
+// handed to a call before it is complete is ignored: the call copies the host bytes itself.
+TEST_F(GpuBackendTest, IncompleteUploadsAreIgnoredAndReleased) {
+  std::mt19937_64 rng(RunSeed());
+  const Shape shape = {2049, 2304};
+  QuantSpec requested;
+  requested.format = Format::kInt8;
+  requested.granularity = Granularity::kToken;
+  const QuantSpec spec = *ResolveSpec(requested, shape);
+  const QuantLayout layout = *ComputeLayout(spec, shape);
+  const std::vector<uint8_t> bytes =
+      Encode(MakeFill(FillKind::kNormal, layout.numel, spec.format, false, rng()), DType::kF32);
+  const auto size = static_cast<int64_t>(bytes.size());
+  EXPECT_EQ(*gpu_->BeginUpload(DType::kF32, {16, 1024}, 16 * 1024 * 4), nullptr);  // too small
+
+  absl::StatusOr<std::unique_ptr<TensorUpload>> upload =
+      gpu_->BeginUpload(DType::kF32, shape, size);
+  ASSERT_TRUE(upload.ok()) << upload.status();
+  ASSERT_NE(*upload, nullptr);
+  EXPECT_GE(DeviceMemoryInUse(*gpu_), size);
+  AppendInPieces(**upload, bytes, bytes.size() / 2, rng);
+  const Outputs cpu = Quantize(*cpu_, bytes, DType::kF32, shape, spec, layout);
+  const Outputs gpu = Quantize(*gpu_, bytes, DType::kF32, shape, spec, layout, upload->get());
+  ASSERT_TRUE(gpu.status.ok()) << gpu.status;
+  EXPECT_TRUE(gpu.codes == cpu.codes);
+  EXPECT_EQ(BitsOf(gpu.scales), BitsOf(cpu.scales));
+  EXPECT_FALSE((*upload)->Append(bytes.data(), size).ok());  // more than declared
+  upload->reset();
+  EXPECT_EQ(DeviceMemoryInUse(*gpu_), 0);
 }
 
 TEST_F(GpuBackendTest, NanRejectionMatchesTheCpu) {

@@ -390,6 +390,10 @@ TEST(ServerLifecycleTest, BadOptionsAreInvalidArgument) {
       [](server::ServerOptions* o) { o->stream_chunk_bytes = o->max_message_bytes + 1; },
       [](server::ServerOptions* o) { o->max_tensor_bytes = 0; },
       [](server::ServerOptions* o) { o->max_inflight_bytes = -1; },
+      [](server::ServerOptions* o) { o->inline_max_bytes = -1; },
+      [](server::ServerOptions* o) { o->cuda_host_max_elements = -1; },
+      [](server::ServerOptions* o) { o->cuda_memory_cap_bytes = -1; },
+      [](server::ServerOptions* o) { o->cuda_upload_min_bytes = -1; },
   };
   for (size_t i = 0; i < breakers.size(); ++i) {
     server::ServerOptions options = TestOptions();

@@ -21,9 +21,10 @@
 #include <memory>
 #include <string>
 #include <vector>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "quantd/executor.h"
 #include "quantd/metrics.h"
 #include "quantd/spec.h"
@@ -108,9 +109,32 @@ struct DeviceTelemetry {
   double device_to_host_seconds = 0.0;
 };
 
+// A tensor arriving in pieces (a client stream), handed to the backend while it arrives so
+// that moving it to the device overlaps with receiving it. The receiver keeps its own host
+// copy as well and passes both in the TensorView of the call that computes it; the upload
+// must outlive that call. Destroying an upload releases what it holds.
+class TensorUpload {
+ public:
+  virtual ~TensorUpload() = default;
+  // The next `size` bytes of the tensor, consumed before the call returns.
+  [[nodiscard]] virtual absl::Status Append(const void* data, int64_t size) = 0;
+  // Bytes appended so far.
+  virtual int64_t received() const = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
+
+  // A TensorUpload for a float tensor of `bytes` bytes about to arrive in pieces, or null
+  // where this backend gains nothing from one (the CPU backend computes from host memory; the
+  // CUDA backend takes large tensors only). An error means no upload; the call can still be
+  // computed from host memory.
+  [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<TensorUpload>> BeginUpload(
+      DType dtype, const Shape& shape, int64_t bytes) {
+    (void)dtype, (void)shape, (void)bytes;
+    return nullptr;
+  }
 
   virtual absl::string_view name() const = 0;
 

@@ -36,6 +36,10 @@ struct CudaBackendOptions {
   // on: each pair is one GPU thread summing its group in order (the order the CPU sums in, so
   // that both choose the same ratio), and below ~16 K such threads the CPU's cores are faster.
   int64_t mse_search_min_pairs = 16384;
+  // A streamed tensor of at least this many bytes moves to the GPU while it arrives
+  // (Backend::BeginUpload), so that only the kernels and the copy back remain once the last
+  // byte is in; smaller ones are copied in with the call. 0: never.
+  int64_t upload_min_bytes = int64_t{16} << 20;
 };
 
 // The CUDA backend over every visible device. FailedPrecondition without a device or a CUDA

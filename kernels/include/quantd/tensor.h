@@ -53,11 +53,16 @@ std::string ShapeToString(const Shape& shape);
 [[nodiscard]] absl::Status CheckByteLength(DType dtype, const Shape& shape, int64_t byte_length);
 
 // Read-only view of a tensor in host memory.
+class TensorUpload;  // backend.h
+
 struct TensorView {
   DType dtype = DType::kUnspecified;
   Shape shape;
   const void* data = nullptr;
   int64_t bytes = 0;
+  // The same bytes, already handed to the backend as they arrived (Backend::BeginUpload), or
+  // null. A backend may compute from its copy instead of copying `data` again.
+  const TensorUpload* upload = nullptr;
 };
 
 // Writable view of a tensor in host memory.
