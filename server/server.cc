@@ -517,12 +517,19 @@ class QuantizeStreamReactor final
     record_.set_format(plan_.spec.format);
     QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
     request_ = std::move(*frame.mutable_header());
-    ReserveInitial(request_.mutable_input()->mutable_data(), plan_.input_bytes);
-    // Let the backend move the tensor to its device while it arrives. Without an upload (none
-    // offered, or it failed) the tensor is computed from host memory as a whole.
+    // The backend may take the tensor as it arrives (the CUDA backend moves it to the GPU
+    // meanwhile); the pieces are then handed over, not gathered here. Without an upload (none
+    // offered, or it could not start) the tensor is gathered in host memory and computed whole.
     absl::StatusOr<std::unique_ptr<TensorUpload>> upload = state_.core->BeginUpload(plan_);
-    if (upload.ok()) upload_ = std::move(*upload);
-    ForwardToUpload(request_.input().data());
+    if (upload.ok() && *upload != nullptr) {
+      upload_ = *std::move(upload);
+      std::string first_piece;
+      first_piece.swap(*request_.mutable_input()->mutable_data());
+      received_ = static_cast<int64_t>(first_piece.size());
+      return upload_->Append(std::move(first_piece));
+    }
+    received_ = static_cast<int64_t>(request_.input().data().size());
+    ReserveInitial(request_.mutable_input()->mutable_data(), plan_.input_bytes);
     return absl::OkStatus();
   }
 
@@ -532,33 +539,21 @@ class QuantizeStreamReactor final
                                             ? kSecondHeader
                                             : kEmptyDataFrame);
     }
-    std::string* buffer = request_.mutable_input()->mutable_data();
-    const int64_t have = static_cast<int64_t>(buffer->size());
     const int64_t piece = static_cast<int64_t>(frame.data().size());
-    if (piece > plan_.input_bytes - have) {
+    if (piece > plan_.input_bytes - received_) {
       return absl::InvalidArgumentError(absl::StrCat("the stream sent more than the declared ",
-                                                     ExpectedBytesDescription(), ": ", have,
+                                                     ExpectedBytesDescription(), ": ", received_,
                                                      " bytes so far plus a frame of ", piece));
     }
-    QUANTD_RETURN_IF_ERROR(AppendBounded(buffer, frame.data(), plan_.input_bytes));
-    ForwardToUpload(frame.data());
-    return absl::OkStatus();
+    received_ += piece;
+    if (upload_ != nullptr) return upload_->Append(std::move(*frame.mutable_data()));
+    return AppendBounded(request_.mutable_input()->mutable_data(), frame.data(), plan_.input_bytes);
   }
 
-  bool Complete() const override {
-    return static_cast<int64_t>(request_.input().data().size()) == plan_.input_bytes;
-  }
-
-  // An upload that fails is dropped: the host copy is complete either way.
-  void ForwardToUpload(const std::string& piece) {
-    if (upload_ != nullptr && !piece.empty() &&
-        !upload_->Append(piece.data(), static_cast<int64_t>(piece.size())).ok()) {
-      upload_.reset();
-    }
-  }
+  bool Complete() const override { return received_ == plan_.input_bytes; }
 
   std::string Progress() const override {
-    return absl::StrCat(request_.input().data().size(), " of ", ExpectedBytesDescription());
+    return absl::StrCat(received_, " of ", ExpectedBytesDescription());
   }
 
   std::string ExpectedBytesDescription() const override {
@@ -597,8 +592,9 @@ class QuantizeStreamReactor final
 
  private:
   RequestPlan plan_;
-  v1::QuantizeRequest request_;
+  v1::QuantizeRequest request_;  // input.data gathers the tensor unless upload_ takes it
   std::unique_ptr<TensorUpload> upload_;
+  int64_t received_ = 0;  // bytes of the tensor so far
 };
 
 class DequantizeStreamReactor final

@@ -438,7 +438,15 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> QuantizerCore::BeginUpload(
 
 absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeRequest& request,
                                                              const TensorUpload* upload) const {
-  QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanQuantize(request, DataCheck::kExact));
+  // With an upload the bytes are there, not in the request.
+  QUANTD_ASSIGN_OR_RETURN(
+      RequestPlan plan,
+      PlanQuantize(request, upload != nullptr ? DataCheck::kAtMost : DataCheck::kExact));
+  if (upload != nullptr &&
+      (!request.input().data().empty() || upload->received() != plan.input_bytes)) {
+    return absl::InternalError(absl::StrCat("an upload of ", upload->received(), " bytes for ",
+                                            plan.input_bytes, " bytes of input"));
+  }
   const QuantLayout& layout = plan.layout;
   v1::QuantizeResponse response;
   v1::QuantizedTensor* q = response.mutable_quantized();
@@ -461,7 +469,11 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
     out.num_scales = layout.geometry.num_scales;
     out.zero_points = plan.spec.asymmetric ? zero_points.data() : nullptr;
     TensorView input = ViewOf(request.input(), layout.shape, plan.input_dtype);
-    input.upload = upload;
+    if (upload != nullptr) {
+      input.data = nullptr;
+      input.bytes = plan.input_bytes;
+      input.upload = upload;
+    }
     return backend_->Quantize(input, plan.spec, out, request.skip_metrics() ? nullptr : &metrics);
   }));
   SetTensor(DType::kF32, layout.scale_shape, scales, q->mutable_scales());

@@ -87,7 +87,8 @@ class QuantizerCore {
       const v1::QuantizeRequest& request) const {
     return Quantize(request, nullptr);
   }
-  // `upload`, when set, holds the input's bytes as BeginUpload received them.
+  // `upload`, when set, holds all of the input's bytes (BeginUpload) and request.input.data
+  // none.
   [[nodiscard]] absl::StatusOr<v1::QuantizeResponse> Quantize(const v1::QuantizeRequest& request,
                                                               const TensorUpload* upload) const;
   [[nodiscard]] absl::StatusOr<v1::DequantizeResponse> Dequantize(

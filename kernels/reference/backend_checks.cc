@@ -13,7 +13,18 @@ absl::StatusOr<QuantLayout> LayoutOfFloatInput(const TensorView& input, const Qu
                                                    " cannot be quantized; send F32, F16 or BF16"));
   }
   QUANTD_RETURN_IF_ERROR(CheckByteLength(input.dtype, input.shape, input.bytes));
+  if (input.data == nullptr && input.bytes > 0 && input.upload == nullptr) {
+    return absl::InvalidArgumentError("input.data is null and no upload holds the input's bytes");
+  }
   return ComputeLayout(spec, input.shape);
+}
+
+absl::Status CheckInHostMemory(const TensorView& input) {
+  if (input.data == nullptr && input.bytes > 0) {
+    return absl::InvalidArgumentError(
+        "input.data is null: this backend reads the input from host memory, not from an upload");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<QuantLayout> LayoutOfDequantization(const ConstQuantizedBuffers& in,

@@ -33,6 +33,7 @@ class ReferenceBackend final : public Backend {
   absl::Status Quantize(const TensorView& input, const QuantSpec& spec, const QuantizedBuffers& out,
                         ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
+    QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
     if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales ||
         (layout.code_bytes > 0 && out.codes == nullptr) ||
         (out.num_scales > 0 && out.scales == nullptr) ||
@@ -86,6 +87,7 @@ class ReferenceBackend final : public Backend {
   absl::Status QuantDequant(const TensorView& input, const QuantSpec& spec,
                             const MutableTensorView& out, ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
+    QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
     if (!IsFloatInput(out.dtype) || out.shape != input.shape) {
       return absl::InvalidArgumentError(
           absl::StrCat("fake quantization writes F32, F16 or BF16 shaped like the input ",
@@ -107,6 +109,7 @@ class ReferenceBackend final : public Backend {
   absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
                          const CalibrationOptions& options, CalibrationResult* result) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
+    QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
     return reference::Calibrate(executor_, input, spec, layout, options, result);
   }
 

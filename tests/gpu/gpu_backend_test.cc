@@ -74,15 +74,17 @@ struct Outputs {
 };
 
 // Quantize with outputs poisoned first, so that an element the kernel skipped shows.
+// With `upload`, `bytes` may be empty: the input is then the upload's `upload_bytes`.
 Outputs Quantize(Backend& backend, const std::vector<uint8_t>& bytes, DType dtype,
                  const Shape& shape, const QuantSpec& spec, const QuantLayout& layout,
-                 const TensorUpload* upload = nullptr) {
+                 const TensorUpload* upload = nullptr, int64_t upload_bytes = 0) {
   Outputs o;
   o.codes.assign(layout.code_bytes, 0xA5);
   o.scales.assign(layout.geometry.num_scales, std::numeric_limits<float>::quiet_NaN());
   o.zero_points.assign(spec.asymmetric ? layout.geometry.num_scales : 0, 0x5A5A5A5A);
   o.metrics.mse = -1.0;
-  const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size()), upload};
+  const TensorView input{dtype, shape, bytes.empty() ? nullptr : bytes.data(),
+                         bytes.empty() ? upload_bytes : static_cast<int64_t>(bytes.size()), upload};
   o.status = backend.Quantize(
       input, spec,
       {o.codes.data(), layout.code_bytes, o.scales.data(), layout.geometry.num_scales,
@@ -484,7 +486,8 @@ void AppendInPieces(TensorUpload& upload, const std::vector<uint8_t>& bytes, siz
   const size_t sizes[] = {1, (4u << 20) - 3, 777777, (8u << 20) + 5, 4096, 65537};
   for (size_t offset = upload.received(); offset < end;) {
     const size_t n = std::min(end - offset, sizes[rng() % std::size(sizes)]);
-    ASSERT_TRUE(upload.Append(bytes.data() + offset, static_cast<int64_t>(n)).ok());
+    ASSERT_TRUE(
+        upload.Append(std::string(bytes.begin() + offset, bytes.begin() + offset + n)).ok());
     offset += n;
   }
 }
@@ -496,8 +499,8 @@ int64_t DeviceMemoryInUse(const Backend& backend) {
 }
 
 // A streamed tensor moves to the device while it arrives (Backend::BeginUpload), and the call
-// computes from that copy: the host bytes it is given are poisoned here, so an answer equal to
-// the CPU's on the real bytes shows the upload was used, whatever the pieces were.
+// computes from that copy alone (no host bytes, as the server calls it), whatever the pieces
+// were; the CPU backend's share (a small MSE search) reads it back.
 TEST_F(GpuBackendTest, UploadedInputGivesTheCpuAnswer) {
   std::mt19937_64 rng(RunSeed());
   struct Case {
@@ -518,7 +521,6 @@ TEST_F(GpuBackendTest, UploadedInputGivesTheCpuAnswer) {
     SCOPED_TRACE(absl::StrCat(FormatName(c.format), " ", c.granularity, " seed=", RunSeed()));
     const std::vector<uint8_t> bytes = Encode(
         MakeFill(FillKind::kWideRange, layout.numel, c.format, spec.asymmetric, rng()), c.dtype);
-    const std::vector<uint8_t> poisoned(bytes.size(), 0x7F);  // 3.4e38 in F32 and BF16
     const auto size = static_cast<int64_t>(bytes.size());
     absl::StatusOr<std::unique_ptr<TensorUpload>> upload =
         gpu_->BeginUpload(c.dtype, c.shape, size);
@@ -528,7 +530,7 @@ TEST_F(GpuBackendTest, UploadedInputGivesTheCpuAnswer) {
     EXPECT_EQ((*upload)->received(), size);
 
     const Outputs cpu = Quantize(*cpu_, bytes, c.dtype, c.shape, spec, layout);
-    const Outputs gpu = Quantize(*gpu_, poisoned, c.dtype, c.shape, spec, layout, upload->get());
+    const Outputs gpu = Quantize(*gpu_, {}, c.dtype, c.shape, spec, layout, upload->get(), size);
     ASSERT_TRUE(cpu.status.ok()) << cpu.status;
     ASSERT_TRUE(gpu.status.ok()) << gpu.status;
     EXPECT_TRUE(gpu.codes == cpu.codes);
@@ -536,24 +538,35 @@ TEST_F(GpuBackendTest, UploadedInputGivesTheCpuAnswer) {
     EXPECT_EQ(gpu.zero_points, cpu.zero_points);
     ExpectMetricsClose(gpu.metrics, cpu.metrics);
 
-    // Percentile calibration reads the same device copy.
-    CalibrationOptions options;
-    options.method = CalibrationMethod::kPercentile;
-    CalibrationResult cpu_calibration, gpu_calibration;
-    ASSERT_TRUE(
-        cpu_->Calibrate({c.dtype, c.shape, bytes.data(), size}, spec, options, &cpu_calibration)
-            .ok());
-    ASSERT_TRUE(gpu_->Calibrate({c.dtype, c.shape, poisoned.data(), size, upload->get()}, spec,
-                                options, &gpu_calibration)
-                    .ok());
-    EXPECT_EQ(BitsOf(gpu_calibration.scales), BitsOf(cpu_calibration.scales));
+    // Calibration from the same device copy: percentile on the GPU; MSE of one per-tensor
+    // scale (21 pairs) on the CPU backend.
+    for (const CalibrationMethod method :
+         {CalibrationMethod::kPercentile, CalibrationMethod::kMse}) {
+      CalibrationOptions options;
+      options.method = method;
+      CalibrationResult cpu_calibration, gpu_calibration;
+      ASSERT_TRUE(
+          cpu_->Calibrate({c.dtype, c.shape, bytes.data(), size}, spec, options, &cpu_calibration)
+              .ok());
+      const absl::Status status = gpu_->Calibrate({c.dtype, c.shape, nullptr, size, upload->get()},
+                                                  spec, options, &gpu_calibration);
+      ASSERT_TRUE(status.ok()) << status;
+      EXPECT_EQ(BitsOf(gpu_calibration.scales), BitsOf(cpu_calibration.scales));
+      EXPECT_EQ(gpu_calibration.clip_ratios, cpu_calibration.clip_ratios);
+    }
+    // The CPU backend computes from host memory only.
+    CalibrationResult refused;
+    EXPECT_EQ(cpu_->Calibrate({c.dtype, c.shape, nullptr, size, upload->get()}, spec, {}, &refused)
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
     upload->reset();
   }
   EXPECT_EQ(DeviceMemoryInUse(*gpu_), 0);
 }
 
-// An upload abandoned half way (a client that cancelled) returns its device memory, and one
-// handed to a call before it is complete is ignored: the call copies the host bytes itself.
+// An upload abandoned half way (a client that cancelled) returns its device memory; one handed
+// to a call before it is complete is ignored when the call has the host bytes, and refused when
+// it has none.
 TEST_F(GpuBackendTest, IncompleteUploadsAreIgnoredAndReleased) {
   std::mt19937_64 rng(RunSeed());
   const Shape shape = {2049, 2304};
@@ -578,7 +591,10 @@ TEST_F(GpuBackendTest, IncompleteUploadsAreIgnoredAndReleased) {
   ASSERT_TRUE(gpu.status.ok()) << gpu.status;
   EXPECT_TRUE(gpu.codes == cpu.codes);
   EXPECT_EQ(BitsOf(gpu.scales), BitsOf(cpu.scales));
-  EXPECT_FALSE((*upload)->Append(bytes.data(), size).ok());  // more than declared
+  const Outputs refused =
+      Quantize(*gpu_, {}, DType::kF32, shape, spec, layout, upload->get(), size);
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kInvalidArgument) << refused.status;
+  EXPECT_FALSE((*upload)->Append(std::string(bytes.begin(), bytes.end())).ok());  // too many
   upload->reset();
   EXPECT_EQ(DeviceMemoryInUse(*gpu_), 0);
 }

@@ -265,6 +265,91 @@ TEST(GpuServiceTest, OutOfDeviceMemoryIsResourceExhaustedAndTheServerKeepsServin
   }
 }
 
+// A streamed tensor moves to the GPU while it arrives (--cuda-upload-min-bytes): the answer is
+// the CPU's, the copy is counted, and no device memory stays held; a stream the client abandons
+// half way gives its device memory back; a stream above the memory cap is RESOURCE_EXHAUSTED
+// and the server keeps serving.
+TEST(GpuServiceTest, StreamsMoveToTheGpuWhileTheyArrive) {
+  SKIP_WITHOUT_GPU();
+  server::ServerOptions options = CudaOptions();
+  options.metrics_address = "127.0.0.1:0";
+  options.cuda_memory_cap_bytes = int64_t{96} << 20;
+  options.cuda_upload_min_bytes = int64_t{16} << 20;
+  TestServer ts = TestServer::Start(options);
+  ASSERT_NE(ts.server, nullptr);
+  ClientOptions client_options;
+  client_options.target = absl::StrCat("127.0.0.1:", ts.server->bound_port());
+  client_options.unary_limit_bytes = int64_t{1} << 20;  // stream everything above 1 MiB
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string metrics_before = ScrapeMetrics(ts.server->metrics_port());
+  const double h2d_before =
+      SampleValue(metrics_before, R"(quantd_gpu_copy_bytes_total{device="0",direction="h2d"})");
+
+  // 24 MiB of input (above the upload threshold, well under the cap): per-token INT8, INT4
+  // groups from BF16, asymmetric UINT8.
+  for (const auto& [dtype, descriptor] :
+       {std::pair{DType::kF32, "int8-token"}, std::pair{DType::kBF16, "int4-g128"},
+        std::pair{DType::kF32, "uint8-asym"}}) {
+    SCOPED_TRACE(descriptor);
+    const Shape shape = dtype == DType::kF32 ? Shape{1536, 4096} : Shape{3072, 4096};
+    const v1::QuantizeRequest request =
+        QuantizeRequestFor(NastyTensor(shape, dtype, 7), descriptor);
+    absl::StatusOr<v1::QuantizeResponse> response =
+        (*client)->Quantize(v1::QuantizeRequest(request));
+    ASSERT_TRUE(response.ok()) << response.status();
+    ExpectSameAsCpu(request, *response);
+  }
+  const std::string metrics_after = ScrapeMetrics(ts.server->metrics_port());
+  EXPECT_GE(
+      SampleValue(metrics_after, R"(quantd_gpu_copy_bytes_total{device="0",direction="h2d"})") -
+          h2d_before,
+      3 * (int64_t{24} << 20));
+  EXPECT_EQ(SampleValue(metrics_after, R"(quantd_gpu_memory_in_use_bytes{device="0"})"), 0);
+
+  // Half a stream, then the client goes away.
+  {
+    const v1::QuantizeRequest request =
+        QuantizeRequestFor(RandomTensor({1536, 4096}), "int8-token");
+    grpc::ClientContext context;
+    auto stream = ts.stub->QuantizeStream(&context);
+    v1::QuantizeStreamRequest header;
+    *header.mutable_header() = request;
+    header.mutable_header()->mutable_input()->clear_data();
+    ASSERT_TRUE(stream->Write(header));
+    const std::string& data = request.input().data();
+    for (size_t offset = 0; offset < data.size() / 2; offset += size_t{1} << 20) {
+      v1::QuantizeStreamRequest frame;
+      frame.set_data(data.substr(offset, size_t{1} << 20));
+      ASSERT_TRUE(stream->Write(frame));
+    }
+    context.TryCancel();
+    (void)stream->Finish();
+  }
+  double in_use = -1;
+  for (int i = 0; i < 100 && in_use != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    in_use = SampleValue(ScrapeMetrics(ts.server->metrics_port()),
+                         R"(quantd_gpu_memory_in_use_bytes{device="0"})");
+  }
+  EXPECT_EQ(in_use, 0);
+
+  // 128 MiB: above the cap. No upload can start; the call is refused when it computes.
+  {
+    const v1::QuantizeRequest request =
+        QuantizeRequestFor(RandomTensor({8192, 4096}), "int8-token");
+    absl::StatusOr<v1::QuantizeResponse> response =
+        (*client)->Quantize(v1::QuantizeRequest(request));
+    EXPECT_EQ(response.status().code(), absl::StatusCode::kResourceExhausted) << response.status();
+  }
+  const v1::QuantizeRequest small = QuantizeRequestFor(RandomTensor({1536, 4096}), "int8-token");
+  absl::StatusOr<v1::QuantizeResponse> response = (*client)->Quantize(v1::QuantizeRequest(small));
+  ASSERT_TRUE(response.ok()) << response.status();
+  ExpectSameAsCpu(small, *response);
+  EXPECT_EQ(CheckHealth(ts), grpc::health::v1::HealthCheckResponse::SERVING);
+  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+}
+
 TEST(GpuServiceTest, PerGpuMetricsMove) {
   SKIP_WITHOUT_GPU();
   server::ServerOptions options = CudaOptions();

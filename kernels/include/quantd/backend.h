@@ -109,16 +109,18 @@ struct DeviceTelemetry {
   double device_to_host_seconds = 0.0;
 };
 
-// A tensor arriving in pieces (a client stream), handed to the backend while it arrives so
-// that moving it to the device overlaps with receiving it. The receiver keeps its own host
-// copy as well and passes both in the TensorView of the call that computes it; the upload
-// must outlive that call. Destroying an upload releases what it holds.
+// A tensor arriving in pieces (a client stream), handed to the backend as it arrives so that
+// moving it to the device overlaps with receiving it. The upload then holds the only copy: the
+// call that computes the tensor gets a TensorView with `upload` set and `data` null, and the
+// upload must outlive that call. Destroying an upload releases what it holds.
 class TensorUpload {
  public:
   virtual ~TensorUpload() = default;
-  // The next `size` bytes of the tensor, consumed before the call returns.
-  [[nodiscard]] virtual absl::Status Append(const void* data, int64_t size) = 0;
-  // Bytes appended so far.
+  // The next bytes of the tensor, taken over (moved, not copied). An error once the upload
+  // has failed (its pieces are then lost: the call fails with it) or when the pieces would
+  // exceed the declared size.
+  [[nodiscard]] virtual absl::Status Append(std::string piece) = 0;
+  // Bytes handed over so far.
   virtual int64_t received() const = 0;
 };
 
@@ -142,7 +144,8 @@ class Backend {
   virtual std::vector<DeviceTelemetry> Telemetry() const { return {}; }
 
   // Quantizes `input` (F32, F16 or BF16) with `spec`, resolved for input.shape. Fills codes,
-  // scales and (asymmetric) zero-points; fills `metrics` when it is not null.
+  // scales and (asymmetric) zero-points; fills `metrics` when it is not null. input.data may
+  // be null when input.upload, one of this backend's, holds all input.bytes.
   // InvalidArgument when the input holds NaN and the format has none (nan_policy REJECT).
   [[nodiscard]] virtual absl::Status Quantize(const TensorView& input, const QuantSpec& spec,
                                               const QuantizedBuffers& out,
@@ -167,9 +170,12 @@ class Backend {
 // ---- Shared by every backend, so that each refuses the same requests in the same words. ----
 
 // The layout of quantizing `input` with `spec`, after checking that the input is F32, F16 or
-// BF16 and holds as many bytes as its shape says.
+// BF16 and holds as many bytes as its shape says (in host memory, or in an upload).
 [[nodiscard]] absl::StatusOr<QuantLayout> LayoutOfFloatInput(const TensorView& input,
                                                              const QuantSpec& spec);
+// InvalidArgument when input.data is null (its bytes only in an upload): for a backend that
+// computes from host memory.
+[[nodiscard]] absl::Status CheckInHostMemory(const TensorView& input);
 // The layout of dequantizing `in` into `out`, after checking that `out` is F32, F16 or BF16
 // of the right byte length and that `in` holds what the layout needs.
 [[nodiscard]] absl::StatusOr<QuantLayout> LayoutOfDequantization(const ConstQuantizedBuffers& in,

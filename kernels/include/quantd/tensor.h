@@ -60,8 +60,8 @@ struct TensorView {
   Shape shape;
   const void* data = nullptr;
   int64_t bytes = 0;
-  // The same bytes, already handed to the backend as they arrived (Backend::BeginUpload), or
-  // null. A backend may compute from its copy instead of copying `data` again.
+  // The bytes as the backend received them while they arrived (Backend::BeginUpload), or
+  // null. With an upload, `data` may be null: the backend computes from its own copy.
   const TensorUpload* upload = nullptr;
 };
 
