@@ -193,6 +193,7 @@ class CudaUpload final : public TensorUpload {
   int64_t received() const override { return received_.load(); }
 
   Device* device() const { return device_; }
+  bool BelongsTo(const CudaBackend* backend) const { return backend == backend_; }
   int64_t bytes() const { return bytes_; }
   const void* data() const { return device_data_; }
   // Waits until every copy is queued, then orders `stream` after them; the device buffer is
@@ -589,22 +590,28 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  // The device with the fewest busy streams (among those with a free one when
-  // `need_free_slot`); null when none qualifies. Call with mu_ held.
+  // The device with the fewest busy streams, then the least device memory reserved (uploads
+  // hold memory without a stream), among those with a free stream when `need_free_slot`;
+  // null when none qualifies. Call with mu_ held.
   Device* LeastLoaded(bool need_free_slot) const {
     Device* best = nullptr;
     for (const auto& device : devices_) {
       if (need_free_slot && device->in_use >= static_cast<int>(device->slots.size())) continue;
-      if (best == nullptr || device->in_use < best->in_use) best = device.get();
+      if (best == nullptr || device->in_use < best->in_use ||
+          (device->in_use == best->in_use && device->bytes_in_use < best->bytes_in_use)) {
+        best = device.get();
+      }
     }
     return best;
   }
 
   // The upload `input` came with, when it is this backend's and holds exactly `input`'s bytes.
-  static const CudaUpload* UploadOf(const TensorView& input) {
+  const CudaUpload* UploadOf(const TensorView& input) const {
     const auto* upload = dynamic_cast<const CudaUpload*>(input.upload);
-    if (upload == nullptr || upload->bytes() != input.bytes || upload->received() != input.bytes)
+    if (upload == nullptr || !upload->BelongsTo(this) || upload->bytes() != input.bytes ||
+        upload->received() != input.bytes) {
       return nullptr;
+    }
     return upload;
   }
 
@@ -726,7 +733,7 @@ class CudaBackend final : public Backend {
   }
 
   std::vector<std::unique_ptr<Device>> devices_;
-  // The CPU backend on the calling thread: tiny tensors, and what has no kernel yet.
+  // The CPU backend on the calling thread: tiny tensors and small MSE searches.
   std::unique_ptr<Backend> host_;
   int64_t host_max_elements_ = 0;
   int64_t mse_search_min_pairs_ = 0;

@@ -216,6 +216,57 @@ __global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
   if (kMetrics) WriteBlockPartial<kRowThreads>(acc.sums, partials);
 }
 
+// Dynamic quantization of 2-D blocks (group_rows × group_cols, e.g. DeepSeek's 128 × 128) in one
+// kernel: a block of threads per scale block reads the tile once for its range, reduces it,
+// and reads it again to quantize. A 128 × 128 F32 tile is 64 KiB and the second read follows
+// the first within microseconds, so it comes from L2: DRAM sees the input once, where the
+// statistics pass + element pass read it twice.
+template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
+__global__ void __launch_bounds__(kThreads)
+    LeanBlockKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
+                    int32_t* __restrict__ zero_points, uint8_t* __restrict__ codes_out,
+                    void* __restrict__ output, DType output_dtype, MetricPartial* partials,
+                    DeviceFlags* flags, uint32_t code_xor, uint32_t row_vectors, uint32_t rows,
+                    uint32_t block_rows, FastDivmod block_vectors, uint32_t blocks_per_row,
+                    uint32_t num_blocks) {
+  __shared__ float warp_lo[2][kWarps], warp_hi[2][kWarps];
+  MetricAccumulator acc;
+  int parity = 0;  // alternate shared slots, so one barrier per tile suffices
+  const uint32_t width = block_vectors.divisor;
+  for (uint32_t b = blockIdx.x; b < num_blocks; b += gridDim.x) {
+    const uint32_t band = b / blocks_per_row;
+    const uint32_t r0 = band * block_rows;
+    const uint32_t height = min(block_rows, rows - r0);
+    const uint32_t first_vector = r0 * row_vectors + (b - band * blocks_per_row) * width;
+    const uint32_t tile_vectors = height * width;
+    // Vector t of the tile, row-major.
+    const auto vector_of = [&](uint32_t t) {
+      const uint32_t r = block_vectors.Div(t);
+      return first_vector + r * row_vectors + (t - r * width);
+    };
+    float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+#pragma unroll 4
+    for (uint32_t t = threadIdx.x; t < tile_vectors; t += kThreads) {
+      float x[kVector];
+      LoadLean<kDType>(p.input, static_cast<int64_t>(vector_of(t)) * kVector, x);
+      FoldRange(x, &lo, &hi);
+    }
+    BlockRowRange<kThreads>(warp_lo, warp_hi, parity, &lo, &hi);
+    parity ^= 1;
+    const LeanScale scale =
+        ScaleOfRange(p, rule, clip, lo, hi, b, threadIdx.x == 0, scales, zero_points, flags);
+#pragma unroll 2
+    for (uint32_t t = threadIdx.x; t < tile_vectors; t += kThreads) {
+      const uint32_t v = vector_of(t);
+      float x[kVector];
+      LoadLean<kDType>(p.input, static_cast<int64_t>(v) * kVector, x);
+      EmitVector<kDType, kFormat, kCodes, kOutput, kMetrics>(p, v, x, scale, flags, code_xor,
+                                                             codes_out, output, output_dtype, &acc);
+    }
+  }
+  if (kMetrics) WriteBlockPartial(acc.sums, partials);
+}
+
 // Dequantization in units of 4 elements, 4 units per thread and iteration. With 4 elements
 // per thread each warp-wide 16-byte store covers 512 contiguous bytes; with 8 (two stores of
 // every other 16 bytes) the writes reached only ~50% of copy bandwidth on the H200. The loads
@@ -439,6 +490,7 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
 
 bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output) {
   if (!LeanPathApplies(p, codes, output)) return false;
+  if (p.geometry.granularity == Granularity::kBlock) return true;  // LeanBlockKernel
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   if (group_vectors == 0) return false;
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) return true;
@@ -449,6 +501,18 @@ bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* 
 int LeanFusedGrid(const ElementParams& p) {
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   const int cap = std::min(p.max_blocks, kMaxMetricBlocks);
+  if (p.geometry.granularity == Granularity::kBlock) {
+    // LeanBlockKernel reads each tile a second time from L2, so the tiles in flight must fit
+    // there: about kTileBytesInFlight of them (on the H200's 50 MiB L2, F32 128 x 128 tiles at
+    // 3 blocks per SM ran at 65% of copy, 8 per SM at 60%, 2 per SM at 56%).
+    constexpr int64_t kTileBytesInFlight = int64_t{32} << 20;
+    const int64_t sms = std::max(1, p.max_blocks / 8);
+    const int64_t tile_bytes = p.geometry.group_rows * p.geometry.group_cols *
+                               static_cast<int64_t>(DTypeSize(p.input_dtype));
+    const int64_t per_sm = std::clamp<int64_t>(kTileBytesInFlight / (sms * tile_bytes), 1, 8);
+    return static_cast<int>(
+        std::clamp<int64_t>(std::min<int64_t>(sms * per_sm, cap), 1, p.geometry.num_scales));
+  }
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) return LeanGrid(p);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.geometry.rows, cap)));
 }
@@ -460,6 +524,20 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
   const uint32_t vectors = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kVector);
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   const uint32_t code_xor = StoredCodeXor(p);
+  const ScaleGeometry& g = p.geometry;
+  if (g.granularity == Granularity::kBlock) {
+    const FastDivmod block_vectors(static_cast<uint32_t>(g.group_cols / kVector));
+    VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
+      using C = decltype(config);
+      LeanBlockKernel<C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
+          <<<grid, kThreads, 0, stream>>>(
+              p, rule, clip, scales, zero_points, codes, output, output_dtype, partials, flags,
+              code_xor, static_cast<uint32_t>(g.cols / kVector), static_cast<uint32_t>(g.rows),
+              static_cast<uint32_t>(g.group_rows), block_vectors,
+              static_cast<uint32_t>(g.groups_per_row), static_cast<uint32_t>(g.num_scales));
+    });
+    return cudaGetLastError();
+  }
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) {
     int log2_lanes = 0;
     while ((1u << log2_lanes) < group_vectors) ++log2_lanes;

@@ -39,7 +39,8 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
 
 // Dynamic quantization in one pass (statistics, scales and codes from registers) where the
 // lean pass applies and each scale group lies within a row: token rows up to 8192 elements,
-// leading-axis channels that are rows, and groups of 8..256 elements (a power of two).
+// leading-axis channels that are rows, and groups of 8..256 elements (a power of two); and 2-D
+// blocks, one kernel reading each tile twice (the second time from L2).
 // Writes scales (and zero-points) as LaunchScales would; `flags` must be initialized.
 bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output);
 int LeanFusedGrid(const ElementParams& p);

@@ -151,10 +151,9 @@ __global__ void HistogramKernel(ElementParams p, bool absolute, int64_t first_gr
     const uint32_t key = SelectKey(v, absolute);
     const unsigned bin = (key >> shift) & (kBins - 1);
     if (first_pass) {
-      // All ranks share the first histogram. Its bins are sign and exponent bits, which most
-      // of a warp's keys share: one atomic per distinct bin in the warp, not per key.
-      const unsigned peers = __match_any_sync(__activemask(), bin);
-      if ((threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&bins[0][bin], __popc(peers));
+      // All ranks share the first histogram. (Aggregating a warp's equal bins with
+      // __match_any_sync first made the pass slower on the H200: 13.2 -> 16.3 ms at 1 Gi.)
+      atomicAdd(&bins[0][bin], 1u);
       continue;
     }
     for (int r = 0; r < kRanks; ++r) {

@@ -41,6 +41,10 @@ uint64_t RunSeed() {
 }
 
 class GpuBackendTest : public ::testing::Test {
+ public:
+  static Backend* cpu() { return cpu_; }
+  static Backend* gpu() { return gpu_; }
+
  protected:
   static void SetUpTestSuite() {
     if (!CudaBackendBuilt() || CudaDeviceCount() == 0) return;
@@ -377,6 +381,25 @@ INSTANTIATE_TEST_SUITE_P(AllFormats, GpuStaticScalesTest, ::testing::ValuesIn(Al
 
 // Amax, and the MSE clip search on two grids (the GPU sums each candidate's error in the CPU's
 // order, so the chosen ratios, scales and zero-points must be the same bits).
+// Calibrates `input` on both backends: the same status, and on success the same scales, amax,
+// zero-points and clip ratios bit for bit, metrics within summation-order tolerance.
+void ExpectCalibrationsMatch(const TensorView& input, const QuantSpec& spec,
+                             const CalibrationOptions& options) {
+  CalibrationResult cpu, gpu;
+  const absl::Status cpu_status = GpuBackendTest::cpu()->Calibrate(input, spec, options, &cpu);
+  const absl::Status gpu_status = GpuBackendTest::gpu()->Calibrate(input, spec, options, &gpu);
+  ASSERT_EQ(gpu_status.code(), cpu_status.code()) << gpu_status << " vs " << cpu_status;
+  if (!cpu_status.ok()) return;
+  ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
+  for (size_t i = 0; i < cpu.scales.size(); ++i) {
+    ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << i;
+    ASSERT_EQ(testing::Bits(gpu.amax[i]), testing::Bits(cpu.amax[i])) << i;
+  }
+  EXPECT_EQ(gpu.zero_points, cpu.zero_points);
+  EXPECT_EQ(gpu.clip_ratios, cpu.clip_ratios);
+  ExpectMetricsClose(gpu.metrics, cpu.metrics);
+}
+
 TEST_F(GpuBackendTest, CalibrateMatchesTheCpu) {
   std::vector<CalibrationOptions> methods(6);
   methods[0].method = CalibrationMethod::kAmax;
@@ -405,21 +428,9 @@ TEST_F(GpuBackendTest, CalibrateMatchesTheCpu) {
                                   " percentile ", options.percentile, " seed=", RunSeed()));
         const std::vector<float> values =
             MakeFill(FillKind::kSpecials, 37 * 300, format, spec->asymmetric, RunSeed());
-        const TensorView input{DType::kF32, shape, values.data(),
-                               static_cast<int64_t>(values.size() * 4)};
-        CalibrationResult cpu, gpu;
-        const absl::Status cpu_status = cpu_->Calibrate(input, *spec, options, &cpu);
-        const absl::Status gpu_status = gpu_->Calibrate(input, *spec, options, &gpu);
-        ASSERT_EQ(gpu_status.code(), cpu_status.code()) << gpu_status << " vs " << cpu_status;
-        if (!cpu_status.ok()) continue;
-        ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
-        for (size_t i = 0; i < cpu.scales.size(); ++i) {
-          ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << i;
-          ASSERT_EQ(testing::Bits(gpu.amax[i]), testing::Bits(cpu.amax[i])) << i;
-        }
-        EXPECT_EQ(gpu.zero_points, cpu.zero_points);
-        EXPECT_EQ(gpu.clip_ratios, cpu.clip_ratios);
-        ExpectMetricsClose(gpu.metrics, cpu.metrics);
+        ExpectCalibrationsMatch(
+            {DType::kF32, shape, values.data(), static_cast<int64_t>(values.size() * 4)}, *spec,
+            options);
       }
     }
   }
@@ -456,17 +467,8 @@ TEST_F(GpuBackendTest, PercentileMatchesTheCpuOnLargeAndRaggedGroups) {
                                       DTypeName(dtype), " seed=", seed));
             const std::vector<uint8_t> bytes =
                 Encode(MakeFill(fill, numel, format, spec->asymmetric, seed++), dtype);
-            const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
-            CalibrationResult cpu, gpu;
-            const absl::Status cpu_status = cpu_->Calibrate(input, *spec, options, &cpu);
-            const absl::Status gpu_status = gpu_->Calibrate(input, *spec, options, &gpu);
-            ASSERT_EQ(gpu_status.code(), cpu_status.code()) << gpu_status << " vs " << cpu_status;
-            if (!cpu_status.ok()) continue;
-            ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
-            for (size_t i = 0; i < cpu.scales.size(); ++i) {
-              ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << i;
-            }
-            EXPECT_EQ(gpu.zero_points, cpu.zero_points);
+            ExpectCalibrationsMatch(
+                {dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())}, *spec, options);
           }
         }
       }
@@ -538,8 +540,7 @@ TEST_F(GpuBackendTest, UploadedInputGivesTheCpuAnswer) {
     EXPECT_EQ(gpu.zero_points, cpu.zero_points);
     ExpectMetricsClose(gpu.metrics, cpu.metrics);
 
-    // Calibration from the same device copy: percentile on the GPU; MSE of one per-tensor
-    // scale (21 pairs) on the CPU backend.
+    // Calibration from the same device copy: percentile and MSE on the GPU.
     for (const CalibrationMethod method :
          {CalibrationMethod::kPercentile, CalibrationMethod::kMse}) {
       CalibrationOptions options;
@@ -597,6 +598,41 @@ TEST_F(GpuBackendTest, IncompleteUploadsAreIgnoredAndReleased) {
   EXPECT_FALSE((*upload)->Append(std::string(bytes.begin(), bytes.end())).ok());  // too many
   upload->reset();
   EXPECT_EQ(DeviceMemoryInUse(*gpu_), 0);
+}
+
+// The CPU backend's share of a CUDA backend's work (here a small MSE search, with the default
+// CudaBackendOptions) reads an upload back from the device; an upload is only ever used by the
+// backend that made it.
+TEST_F(GpuBackendTest, TheCpuShareReadsTheUploadBackAndUploadsStayWithTheirBackend) {
+  absl::StatusOr<std::unique_ptr<Backend>> defaults = CreateCudaBackend(CudaBackendOptions());
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  std::mt19937_64 rng(RunSeed());
+  const Shape shape = {2049, 2304};
+  QuantSpec requested;
+  requested.format = Format::kInt8;
+  const QuantSpec spec = *ResolveSpec(requested, shape);  // one per-tensor scale: 21 MSE pairs
+  const std::vector<uint8_t> bytes = Encode(
+      MakeFill(FillKind::kNormal, shape[0] * shape[1], spec.format, false, rng()), DType::kF32);
+  const auto size = static_cast<int64_t>(bytes.size());
+  absl::StatusOr<std::unique_ptr<TensorUpload>> upload =
+      (*defaults)->BeginUpload(DType::kF32, shape, size);
+  ASSERT_TRUE(upload.ok()) << upload.status();
+  ASSERT_NE(*upload, nullptr);
+  AppendInPieces(**upload, bytes, bytes.size(), rng);
+  CalibrationOptions options;
+  options.method = CalibrationMethod::kMse;
+  CalibrationResult cpu, gpu;
+  ASSERT_TRUE(cpu_->Calibrate({DType::kF32, shape, bytes.data(), size}, spec, options, &cpu).ok());
+  const absl::Status status = (*defaults)->Calibrate(
+      {DType::kF32, shape, nullptr, size, upload->get()}, spec, options, &gpu);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(BitsOf(gpu.scales), BitsOf(cpu.scales));
+  EXPECT_EQ(gpu.clip_ratios, cpu.clip_ratios);
+
+  const QuantLayout layout = *ComputeLayout(spec, shape);
+  const Outputs foreign =
+      Quantize(*gpu_, {}, DType::kF32, shape, spec, layout, upload->get(), size);
+  EXPECT_EQ(foreign.status.code(), absl::StatusCode::kInvalidArgument) << foreign.status;
 }
 
 TEST_F(GpuBackendTest, NanRejectionMatchesTheCpu) {
