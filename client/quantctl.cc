@@ -63,6 +63,9 @@ ABSL_FLAG(std::string, overflow, "", "saturate (default) | nonfinite");
 ABSL_FLAG(double, clip_ratio, 0.0, "multiplies amax (or min/max) before the scale, in (0, 1]");
 ABSL_FLAG(std::string, nan_policy, "", "reject | zero | propagate (default: per format)");
 ABSL_FLAG(std::string, packing, "", "bitstream (default) | int32_offset (int4)");
+ABSL_FLAG(std::string, scale_rule, "",
+          "MX formats: floor (default, OCP MX) | rceil (cuBLAS / TransformerEngine) | even "
+          "(torchao)");
 ABSL_FLAG(std::string, static_scales, "", ".npy of float32 scales to use instead of amax");
 ABSL_FLAG(std::string, static_zero_points, "", ".npy of int32 zero-points (with --asymmetric)");
 ABSL_FLAG(bool, no_metrics, false, "skip the error metrics");
@@ -230,6 +233,17 @@ absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
       spec.set_packing(v1::PACKING_INT32_OFFSET);
     } else {
       return Usage(absl::StrCat("unknown --packing=", p, "; accepted: bitstream, int32_offset"));
+    }
+  }
+  if (const std::string r = absl::AsciiStrToLower(absl::GetFlag(FLAGS_scale_rule)); !r.empty()) {
+    if (r == "floor") {
+      spec.set_scale_rule(v1::SCALE_RULE_FLOOR);
+    } else if (r == "rceil") {
+      spec.set_scale_rule(v1::SCALE_RULE_RCEIL);
+    } else if (r == "even") {
+      spec.set_scale_rule(v1::SCALE_RULE_EVEN);
+    } else {
+      return Usage(absl::StrCat("unknown --scale-rule=", r, "; accepted: floor, rceil, even"));
     }
   }
   if (const std::string path = absl::GetFlag(FLAGS_static_scales); !path.empty()) {

@@ -32,6 +32,12 @@ QUANTD_MIRRORS(Format::kUint8, v1::FORMAT_UINT8);
 QUANTD_MIRRORS(Format::kUint4, v1::FORMAT_UINT4);
 QUANTD_MIRRORS(Format::kFp8E4M3, v1::FORMAT_FP8_E4M3);
 QUANTD_MIRRORS(Format::kFp8E5M2, v1::FORMAT_FP8_E5M2);
+QUANTD_MIRRORS(Format::kMxfp8E4M3, v1::FORMAT_MXFP8_E4M3);
+QUANTD_MIRRORS(Format::kMxfp8E5M2, v1::FORMAT_MXFP8_E5M2);
+QUANTD_MIRRORS(Format::kMxfp6E3M2, v1::FORMAT_MXFP6_E3M2);
+QUANTD_MIRRORS(Format::kMxfp6E2M3, v1::FORMAT_MXFP6_E2M3);
+QUANTD_MIRRORS(Format::kMxfp4, v1::FORMAT_MXFP4);
+QUANTD_MIRRORS(Format::kMxint8, v1::FORMAT_MXINT8);
 static_assert(kNumFormats == v1::Format_ARRAYSIZE,
               "the traits table (quantd::kNumFormats) must have one row per quantd.v1.Format");
 
@@ -62,6 +68,10 @@ QUANTD_MIRRORS(NanPolicy::kPropagate, v1::NAN_POLICY_PROPAGATE);
 QUANTD_MIRRORS(Packing::kUnspecified, v1::PACKING_UNSPECIFIED);
 QUANTD_MIRRORS(Packing::kBitstream, v1::PACKING_BITSTREAM);
 QUANTD_MIRRORS(Packing::kInt32Offset, v1::PACKING_INT32_OFFSET);
+QUANTD_MIRRORS(ScaleRounding::kUnspecified, v1::SCALE_RULE_UNSPECIFIED);
+QUANTD_MIRRORS(ScaleRounding::kFloor, v1::SCALE_RULE_FLOOR);
+QUANTD_MIRRORS(ScaleRounding::kRceil, v1::SCALE_RULE_RCEIL);
+QUANTD_MIRRORS(ScaleRounding::kEven, v1::SCALE_RULE_EVEN);
 
 QUANTD_MIRRORS(CalibrationMethod::kUnspecified, v1::CALIBRATION_METHOD_UNSPECIFIED);
 QUANTD_MIRRORS(CalibrationMethod::kAmax, v1::CALIBRATION_METHOD_AMAX);
@@ -109,6 +119,9 @@ const std::string& NanPolicyNameOf(int v) {
   return v1::NanPolicy_Name(static_cast<v1::NanPolicy>(v));
 }
 const std::string& PackingNameOf(int v) { return v1::Packing_Name(static_cast<v1::Packing>(v)); }
+const std::string& ScaleRuleNameOf(int v) {
+  return v1::ScaleRule_Name(static_cast<v1::ScaleRule>(v));
+}
 const std::string& CalibrationMethodNameOf(int v) {
   return v1::CalibrationMethod_Name(static_cast<v1::CalibrationMethod>(v));
 }
@@ -188,6 +201,11 @@ absl::StatusOr<NanPolicy> NanPolicyFromProto(int value, absl::string_view field)
   return EnumFromProto<NanPolicy>(value, v1::NanPolicy_IsValid, NanPolicyNameOf, v1::NanPolicy_MAX,
                                   field);
 }
+absl::StatusOr<ScaleRounding> ScaleRoundingFromProto(int value, absl::string_view field) {
+  return EnumFromProto<ScaleRounding>(value, v1::ScaleRule_IsValid, ScaleRuleNameOf,
+                                      v1::ScaleRule_MAX, field);
+}
+
 absl::StatusOr<Packing> PackingFromProto(int value, absl::string_view field) {
   return EnumFromProto<Packing>(value, v1::Packing_IsValid, PackingNameOf, v1::Packing_MAX, field);
 }
@@ -208,6 +226,8 @@ absl::StatusOr<QuantSpec> QuantSpecFromProto(const v1::QuantSpec& proto, absl::s
   QUANTD_ASSIGN_OR_RETURN(spec.nan_policy,
                           NanPolicyFromProto(proto.nan_policy(), name("nan_policy")));
   QUANTD_ASSIGN_OR_RETURN(spec.packing, PackingFromProto(proto.packing(), name("packing")));
+  QUANTD_ASSIGN_OR_RETURN(spec.scale_rounding,
+                          ScaleRoundingFromProto(proto.scale_rule(), name("scale_rule")));
   spec.axis = proto.axis();
   spec.group_size = proto.group_size();
   spec.block_rows = proto.block_rows();
@@ -255,6 +275,7 @@ void QuantSpecToProto(const QuantSpec& spec, const Shape& scale_shape, v1::Quant
   proto->set_clip_ratio(spec.clip_ratio);
   proto->set_nan_policy(static_cast<v1::NanPolicy>(spec.nan_policy));
   proto->set_packing(static_cast<v1::Packing>(spec.packing));
+  proto->set_scale_rule(static_cast<v1::ScaleRule>(spec.scale_rounding));
   if (!spec.static_scales.empty()) {
     WriteStaticTensor(spec.static_scales, DType::kF32, scale_shape, proto->mutable_static_scales());
   }

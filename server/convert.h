@@ -41,6 +41,8 @@ inline constexpr size_t kMaxDescriptorLength = 256;
 [[nodiscard]] absl::StatusOr<Overflow> OverflowFromProto(int value, absl::string_view field);
 [[nodiscard]] absl::StatusOr<NanPolicy> NanPolicyFromProto(int value, absl::string_view field);
 [[nodiscard]] absl::StatusOr<Packing> PackingFromProto(int value, absl::string_view field);
+[[nodiscard]] absl::StatusOr<ScaleRounding> ScaleRoundingFromProto(int value,
+                                                                   absl::string_view field);
 [[nodiscard]] absl::StatusOr<CalibrationMethod> CalibrationMethodFromProto(int value,
                                                                            absl::string_view field);
 

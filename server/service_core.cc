@@ -179,8 +179,18 @@ std::string FormatNames() {
   return absl::OkStatus();
 }
 
+// Scales travel as F32, except MX formats' powers of two, which travel as their E8M0 codes (U8);
+// the backends work with fp32 scales either way (codec.h MxScaleOfExponent).
+bool HasE8M0Scales(const QuantSpec& spec) {
+  return Traits(spec.format).scale_kind == ScaleKind::kE8M0;
+}
+
+DType WireScaleDType(const QuantSpec& spec) {
+  return HasE8M0Scales(spec) ? DType::kU8 : DType::kF32;
+}
+
 int64_t ScaleBytes(const RequestPlan& plan) {
-  return plan.layout.geometry.num_scales * static_cast<int64_t>(sizeof(float));
+  return plan.layout.geometry.num_scales * DTypeSize(WireScaleDType(plan.spec));
 }
 
 // Runs `fn` (a backend call or a big allocation) and turns the exceptions a request path can
@@ -216,6 +226,31 @@ std::vector<T> CopyValues(const std::string& bytes) {
   std::vector<T> values(bytes.size() / sizeof(T));
   if (!values.empty()) std::memcpy(values.data(), bytes.data(), values.size() * sizeof(T));
   return values;
+}
+
+void SetScales(const QuantSpec& spec, const Shape& shape, const std::vector<float>& scales,
+               v1::Tensor* tensor) {
+  if (!HasE8M0Scales(spec)) {
+    SetTensor(DType::kF32, shape, scales, tensor);
+    return;
+  }
+  const int implicit_exponent = Traits(spec.format).mx.implicit_exponent;
+  std::vector<uint8_t> codes(scales.size());
+  for (size_t i = 0; i < scales.size(); ++i) {
+    codes[i] = static_cast<uint8_t>(E8M0CodeOfScale(scales[i], implicit_exponent));
+  }
+  SetTensor(DType::kU8, shape, codes, tensor);
+}
+
+// The fp32 scales of a quantized tensor's wire scales (checked by PlanDequantize).
+std::vector<float> ScalesFromWire(const QuantSpec& spec, const std::string& bytes) {
+  if (!HasE8M0Scales(spec)) return CopyValues<float>(bytes);
+  const int implicit_exponent = Traits(spec.format).mx.implicit_exponent;
+  std::vector<float> scales(bytes.size());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    scales[i] = ScaleOfE8M0Code(static_cast<uint8_t>(bytes[i]), implicit_exponent);
+  }
+  return scales;
 }
 
 // One of the quantized tensors of a DequantizeRequest against what the layout says.
@@ -389,9 +424,9 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
   QUANTD_RETURN_IF_ERROR(CheckQuantizedPart("quantized.codes", q.codes(), plan.layout.code_dtype,
                                             plan.code_bytes, plan.layout.code_shape,
                                             options_.max_rank, check));
-  QUANTD_RETURN_IF_ERROR(CheckQuantizedPart("quantized.scales", q.scales(), DType::kF32,
-                                            plan.scale_bytes, plan.layout.scale_shape,
-                                            options_.max_rank, check));
+  QUANTD_RETURN_IF_ERROR(CheckQuantizedPart("quantized.scales", q.scales(),
+                                            WireScaleDType(plan.spec), plan.scale_bytes,
+                                            plan.layout.scale_shape, options_.max_rank, check));
   if (plan.spec.asymmetric) {
     QUANTD_RETURN_IF_ERROR(CheckQuantizedPart("quantized.zero_points", q.zero_points(), DType::kI32,
                                               plan.zero_point_bytes, plan.layout.scale_shape,
@@ -406,7 +441,13 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
     // Scales from the wire are data, not trusted: a zero, negative or non-finite scale
     // would dequantize to garbage without any error, so refuse it here.
     const std::string& scale_data = q.scales().data();
-    for (int64_t i = 0; i < plan.layout.geometry.num_scales; ++i) {
+    for (int64_t i = 0; HasE8M0Scales(plan.spec) && i < plan.layout.geometry.num_scales; ++i) {
+      if (static_cast<uint8_t>(scale_data[i]) == 0xFF) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "quantized.scales[", i, "] is 0xFF, E8M0's NaN; MX scale codes are 0x00..0xFE"));
+      }
+    }
+    for (int64_t i = 0; !HasE8M0Scales(plan.spec) && i < plan.layout.geometry.num_scales; ++i) {
       float s;
       std::memcpy(&s, scale_data.data() + i * sizeof(float), sizeof(float));
       if (!std::isfinite(s) || !(s > 0.0f)) {
@@ -476,7 +517,7 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
     }
     return backend_->Quantize(input, plan.spec, out, request.skip_metrics() ? nullptr : &metrics);
   }));
-  SetTensor(DType::kF32, layout.scale_shape, scales, q->mutable_scales());
+  SetScales(plan.spec, layout.scale_shape, scales, q->mutable_scales());
   if (plan.spec.asymmetric) {
     SetTensor(DType::kI32, layout.scale_shape, zero_points, q->mutable_zero_points());
   }
@@ -493,7 +534,7 @@ absl::StatusOr<v1::DequantizeResponse> QuantizerCore::Dequantize(
   v1::DequantizeResponse response;
   QUANTD_RETURN_IF_ERROR(Guarded("Dequantize", [&]() -> absl::Status {
     // Scales and zero-points are small; copying them gives the backend aligned arrays.
-    const std::vector<float> scales = CopyValues<float>(q.scales().data());
+    const std::vector<float> scales = ScalesFromWire(plan.spec, q.scales().data());
     const std::vector<int32_t> zero_points = CopyValues<int32_t>(q.zero_points().data());
     v1::Tensor* output = response.mutable_output();
     SetTensorHeader(plan.output_dtype, layout.shape, output);

@@ -453,7 +453,7 @@ class CudaBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
     // Statistics as their own pass: the amax of each group is part of the answer.
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchGroupStats(pass.params, pass.stats, stream));
-    const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric);
+    const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric, spec.scale_rounding);
     float* chosen_ratios = nullptr;
     if (search) {
       const std::vector<float> grid = ClipGrid(steps, options.search_min_ratio);

@@ -107,8 +107,10 @@ __global__ void ScalesKernel(ScaleRule rule, float clip, StatsBuffers stats, int
 
 // ---- Element passes. ----
 
-// Elements per thread: one 32-bit word of codes (4 bytes, or 8 nibbles).
-__host__ __device__ constexpr int ElementsPerUnit(int bits) { return 32 / bits; }
+// Elements per thread: whole bytes of codes in one 32-bit word: 4 bytes (8-bit codes), 8
+// nibbles, or four 6-bit codes in 3 bytes (FP6 fills no whole word).
+__host__ __device__ constexpr int ElementsPerUnit(int bits) { return bits == 6 ? 4 : 32 / bits; }
+__host__ __device__ constexpr int UnitBytes(int bits) { return ElementsPerUnit(bits) * bits / 8; }
 
 // One thread per unit of ElementsPerUnit consecutive elements of a row: quantizes them,
 // assembles their codes into one 32-bit word and stores it (byte by byte at a row's ragged
@@ -148,8 +150,9 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     if (kCodes) {
-      const int64_t offset = row * p.code_row_bytes + k * 4;
-      const int64_t bytes = min(static_cast<int64_t>(4), p.code_row_bytes - k * 4);
+      const int64_t unit_bytes = UnitBytes(bits);
+      const int64_t offset = row * p.code_row_bytes + k * unit_bytes;
+      const int64_t bytes = min(unit_bytes, p.code_row_bytes - k * unit_bytes);
       if (bytes == 4 && (offset & 3) == 0) {
         *reinterpret_cast<uint32_t*>(codes + offset) = word;
       } else {
@@ -184,8 +187,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row = u / units_per_row, k = u % units_per_row;
     const int64_t c0 = k * per_unit;
     const int n = static_cast<int>(min(static_cast<int64_t>(per_unit), g.cols - c0));
-    const int64_t offset = row * p.code_row_bytes + k * 4;
-    const int64_t bytes = min(static_cast<int64_t>(4), p.code_row_bytes - k * 4);
+    const int64_t unit_bytes = UnitBytes(bits);
+    const int64_t offset = row * p.code_row_bytes + k * unit_bytes;
+    const int64_t bytes = min(unit_bytes, p.code_row_bytes - k * unit_bytes);
     uint32_t word = 0;
     if (bytes == 4 && (offset & 3) == 0) {
       word = *reinterpret_cast<const uint32_t*>(codes + offset);
@@ -371,7 +375,7 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
                                uint8_t* codes, void* output, DType output_dtype,
                                MetricPartial* partials, cudaStream_t stream) {
   if (!scales_ready) {
-    const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric);
+    const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric, spec.scale_rounding);
     if (LeanFusedApplies(p, codes, output)) {
       const int grid = LeanFusedGrid(p);
       if (cudaError_t error =

@@ -56,6 +56,11 @@ absl::Status CheckCalibration(const QuantSpec& spec, const CalibrationOptions& o
         "token, group or block");
   }
   if (spec.has_static_scales()) return invalid("calibrate computes scales; drop static_scales");
+  if (Traits(spec.format).mx.block > 0) {
+    return invalid(absl::StrCat(FormatName(spec.format),
+                                " scales are computed from each block when it is quantized "
+                                "(they cannot be given as static scales): nothing to calibrate"));
+  }
   switch (options.method) {
     case CalibrationMethod::kUnspecified:
     case CalibrationMethod::kAmax:

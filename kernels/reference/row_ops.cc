@@ -80,8 +80,8 @@ GroupStats ComputeGroupStats(Executor* executor, const TensorView& x, const Quan
 absl::Status GroupScale(const QuantSpec& spec, int64_t group, float lo, float hi, float clip,
                         float* scale, int32_t* zero_point) {
   int32_t unused_zero_point = 0;
-  if (!ScaleFromRange(MakeScaleRule(Traits(spec.format), spec.asymmetric), lo, hi, clip, scale,
-                      zero_point != nullptr ? zero_point : &unused_zero_point)) {
+  if (!ScaleFromRange(MakeScaleRule(Traits(spec.format), spec.asymmetric, spec.scale_rounding), lo,
+                      hi, clip, scale, zero_point != nullptr ? zero_point : &unused_zero_point)) {
     return RangeOverflowError(group);
   }
   return absl::OkStatus();

@@ -49,7 +49,9 @@ bool ParsePositive(absl::string_view text, int64_t* value) {
 // Grammar: <format>[-asym|-sym][-tensor|-channel|-token|-g<N>|-b<R>x<C>], e.g. "int8",
 // "int8-asym", "int4-g128", "fp8-e4m3-b128x128", "int8-token".
 absl::Status ApplyDescriptor(absl::string_view descriptor, QuantSpec* spec) {
-  const std::string text = absl::AsciiStrToLower(absl::StripAsciiWhitespace(descriptor));
+  std::string text = absl::AsciiStrToLower(absl::StripAsciiWhitespace(descriptor));
+  // FORMATS.md: "mxfp8 (= mxfp8e4m3)".
+  if (absl::StartsWith(text, "mxfp8e4m3")) text = absl::StrCat("mxfp8", text.substr(9));
   auto unknown = [&](absl::string_view why) {
     return Invalid(absl::StrCat("unknown descriptor \"", descriptor, "\" (", why,
                                 "); accepted: ", DescriptorHelp()));
@@ -160,6 +162,7 @@ std::string DescriptorHelp() {
 std::string DescriptorOf(const QuantSpec& spec) {
   std::string name(FormatName(spec.format));
   const FormatTraits& t = Traits(spec.format);
+  if (t.mx.block > 0) return name;  // the name implies the blocks
   if (spec.asymmetric && t.symmetric_ok) absl::StrAppend(&name, "-asym");
   switch (spec.granularity) {
     case Granularity::kChannel:
@@ -199,6 +202,42 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   QUANTD_ASSIGN_OR_RETURN(const int64_t numel, NumElements(shape));
   (void)numel;
   const int rank = static_cast<int>(shape.size());
+
+  // MX formats: blocks of 32 along the last axis, E8M0 scales from each block's amax.
+  if (!InRange(spec.scale_rounding, 4)) {
+    return Invalid(absl::StrCat("scale_rule ", static_cast<int>(spec.scale_rounding),
+                                " is not a scale rule; use floor, rceil or even"));
+  }
+  if (t.mx.block > 0) {
+    if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kGroup;
+    if (spec.granularity == Granularity::kGroup && spec.group_size == 0) {
+      spec.group_size = t.mx.block;
+    }
+    if (spec.granularity != Granularity::kGroup || spec.group_size != t.mx.block) {
+      return Invalid(absl::StrCat(name, " scales blocks of ", t.mx.block,
+                                  " elements along the last axis: leave granularity and "
+                                  "group_size unset (or group, ",
+                                  t.mx.block, ")"));
+    }
+    if (spec.has_static_scales()) {
+      return Invalid(absl::StrCat(name,
+                                  " scales are powers of two computed from each block; static "
+                                  "scales are not supported"));
+    }
+    if (spec.clip_ratio != 0.0f && spec.clip_ratio != 1.0f) {
+      return Invalid(absl::StrCat("clip_ratio does not apply to ", name,
+                                  ": the shared exponent comes from the block's amax"));
+    }
+    if (spec.overflow == Overflow::kNonfinite) {
+      return Invalid(absl::StrCat(name, " elements saturate (OCP MX v1.0): use overflow saturate"));
+    }
+    if (spec.scale_rounding == ScaleRounding::kUnspecified) {
+      spec.scale_rounding = ScaleRounding::kFloor;
+    }
+  } else if (spec.scale_rounding != ScaleRounding::kUnspecified) {
+    return Invalid(absl::StrCat("scale_rule applies to MX formats (mxfp8, mxfp4, ...); ", name,
+                                " has free fp32 scales: leave it unset"));
+  }
 
   // Granularity and its parameters.
   if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kTensor;

@@ -67,6 +67,11 @@ const Op kOps[] = {
      Op::kDequantize},
     {"dequantize fp8e4m3 token", Format::kFp8E4M3, Granularity::kToken, 0, 0, false, false,
      Op::kDequantize},
+    // OCP MX: E8M0 scales per block of 32 (FLOOR).
+    {"quantize mxfp8 (e4m3)", Format::kMxfp8E4M3, Granularity::kGroup, 32, 0, false, false,
+     Op::kQuantize},
+    {"quantize mxfp4", Format::kMxfp4, Granularity::kGroup, 32, 0, false, false, Op::kQuantize},
+    {"dequantize mxfp4", Format::kMxfp4, Granularity::kGroup, 32, 0, false, false, Op::kDequantize},
     // Percentile calibration (Calibrate's scales): four selection passes over the input.
     {"calibrate percentile int8 tensor", Format::kInt8, Granularity::kTensor, 0, 0, false, false,
      Op::kPercentile},
@@ -183,7 +188,8 @@ int Main(int argc, char** argv) {
       float ms;
       int64_t bytes;
       if (op.timed == Op::kPercentile) {
-        const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric);
+        const ScaleRule rule =
+            MakeScaleRule(Traits(spec.format), spec.asymmetric, spec.scale_rounding);
         ms = MedianMs(
             [&] {
               CUDA_CHECK(LaunchPercentileScales(p, rule, 1.0f, 99.99, select_workspace,

@@ -60,7 +60,10 @@ def test_capabilities(server):
         assert f["supports_asymmetric"] == info.asymmetric_ok
         want_max = info.qmax if info.kind == "int" else info.max_finite
         assert f["max_finite"] == want_max, (name, f["max_finite"])
-        assert ("GRANULARITY_NONE" in f["granularities"]) == (info.kind == "float")
+        if info.mx_block:
+            assert f["granularities"] == ["GRANULARITY_GROUP"], (name, f["granularities"])
+        else:
+            assert ("GRANULARITY_NONE" in f["granularities"]) == (info.kind == "float")
         assert name in f["descriptors"]
     assert names["fp8-e5m2"]["has_inf"] and not names["fp8-e4m3"]["has_inf"]
     assert "int4-g128" in caps["descriptors"] and "int8-asym" in caps["descriptors"]
@@ -304,3 +307,39 @@ def test_readme_first_command_demo(quantd, quantctl, tmp_path):
     assert proc.returncode == 0, f"demo.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert proc.stdout.count('"sqnr_db"') >= 3, proc.stdout
     assert "quantd_requests_total" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("rule,scale_code,first_byte", [("floor", 127, 0x27), ("rceil", 128, 0x16),
+                                                        ("even", 128, 0x16)])
+def test_mx_through_the_server(server, tmp_path, rule, scale_code, first_byte):
+    """An MX format end to end: E8M0 scale codes (uint8) and packed FP4 codes in the .npz, the
+    scale rule from the command line, and dequantization of those codes through the server.
+    Row 0 starts 7, 1: FLOOR keeps X = 0 (7 saturates to 6, code 0x7; 1 is 0x2); RCEIL and EVEN
+    take X = 1 (3.5 rounds to the even 4, code 0x6; 0.5 is 0x1). FP4 packs element 0 low."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 70)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[0, 0], x[0, 1] = 7.0, 1.0
+    x_path = e2e_util.save_npy(tmp_path / "x.npy", x)
+    q_path = tmp_path / "q.npz"
+    run_quantctl(["quantize", "--format=mxfp4", f"--scale-rule={rule}", x_path, q_path],
+                 server=server.address)
+    with np.load(str(q_path)) as q:
+        codes, scales = q["codes"], q["scales"]
+    assert scales.dtype == np.uint8 and scales.shape == (5, 3), (scales.dtype, scales.shape)
+    assert codes.dtype == np.uint8 and codes.shape == (5, 35), (codes.dtype, codes.shape)
+    assert scales[0, 0] == scale_code and codes[0, 0] == first_byte, (scales[0, 0], codes[0, 0])
+    assert np.all(scales < 0xFF)
+    # x̂ = decode(code) · 2^(scale code - 127), from the codes and scales the server sent.
+    run_quantctl(["dequantize", q_path, tmp_path / "d.npy"], server=server.address)
+    x_hat = np.load(str(tmp_path / "d.npy"))
+    e2m1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float32)
+    nibbles = np.stack([codes & 0xF, codes >> 4], axis=-1).reshape(5, 70)
+    values = np.where(nibbles & 8, -1.0, 1.0).astype(np.float32) * e2m1[nibbles & 7]
+    block_scales = np.repeat(np.exp2(scales.astype(np.float64) - 127), 32, axis=1)[:, :70]
+    e2e_util.assert_same_floats(x_hat, (values * block_scales).astype(np.float32), "mxfp4 x̂")
+    # The same request in-process (no --server) gives the same bytes.
+    run_quantctl(["quantize", "--format=mxfp4", f"--scale-rule={rule}", x_path,
+                  tmp_path / "local.npz"])
+    with np.load(str(tmp_path / "local.npz")) as local:
+        assert np.array_equal(local["codes"], codes) and np.array_equal(local["scales"], scales)

@@ -1,4 +1,6 @@
-"""quantd's minifloat engine (kernels/include/quantd/codec.h) against ml_dtypes.
+"""quantd's minifloat engine (kernels/include/quantd/codec.h) against ml_dtypes: every code of
+E4M3, E5M2 and of the MX elements E3M2, E2M3, E2M1 decoded, every E8M0 scale code decoded, and
+about 200k float32 values encoded.
 
 The engine is reached through the quantd_codec_dump tool, whose path CTest passes in
 QUANTD_CODEC_DUMP:
@@ -21,7 +23,13 @@ import pytest
 FORMATS = {
     "fp8-e4m3": ml_dtypes.float8_e4m3fn,
     "fp8-e5m2": ml_dtypes.float8_e5m2,
+    # MX elements (FORMATS.md "Minifloat elements"): finite-only, so no NaN or Inf to compare.
+    "mxfp6e3m2": ml_dtypes.float6_e3m2fn,
+    "mxfp6e2m3": ml_dtypes.float6_e2m3fn,
+    "mxfp4": ml_dtypes.float4_e2m1fn,
 }
+BITS = {"fp8-e4m3": 8, "fp8-e5m2": 8, "mxfp6e3m2": 6, "mxfp6e2m3": 6, "mxfp4": 4}
+WITH_NONFINITE = sorted(name for name in FORMATS if BITS[name] == 8)
 
 
 def _dump_tool():
@@ -49,9 +57,21 @@ def quantd_encode(name, values, overflow):
     return np.frombuffer(out, dtype=np.uint8)
 
 
+def every_code(dtype):
+    """0 .. 2^bits - 1: ml_dtypes keeps a sub-byte value in the low bits of its byte."""
+    return np.arange(1 << _bits_of(dtype), dtype=np.uint8)
+
+
+def _bits_of(dtype):
+    for name, candidate in FORMATS.items():
+        if candidate == dtype:
+            return BITS[name]
+    raise KeyError(dtype)
+
+
 def representable(dtype):
     """Every finite value of the format, ascending, as float64."""
-    values = np.arange(256, dtype=np.uint8).view(dtype).astype(np.float64)
+    values = every_code(dtype).view(dtype).astype(np.float64)
     return np.unique(values[np.isfinite(values)])
 
 
@@ -77,8 +97,10 @@ def sweep(dtype, seed=0):
     tiny = float(ml_dtypes.finfo(dtype).smallest_subnormal)
     log_uniform = np.exp2(rng.uniform(np.log2(tiny) - 8, np.log2(top) + 8, 60000))
     bits = rng.integers(0, 0x7F800000, 20000, dtype=np.uint32).view(np.float32)  # all finite
-    specials = np.array([np.inf, np.nan, 0.0, top, top * 2, 3.4028235e38, tiny / 2, tiny / 4,
-                         tiny * 0.75, 1e-45], dtype=np.float32)
+    specials = [np.inf, 0.0, top, top * 2, 3.4028235e38, tiny / 2, tiny / 4, tiny * 0.75, 1e-45]
+    if np.isnan(np.float32(np.nan).astype(dtype).astype(np.float32)):
+        specials.append(np.nan)  # a format with NaN: both keep it (FP6 / FP4 have none)
+    specials = np.array(specials, dtype=np.float32)
     magnitudes = np.concatenate([ties, exact, log_uniform.astype(np.float32), bits, specials])
     values = np.concatenate([magnitudes, -magnitudes]).astype(np.float32)
     return values
@@ -87,7 +109,7 @@ def sweep(dtype, seed=0):
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_decode_every_code(name):
     dtype = FORMATS[name]
-    codes = np.arange(256, dtype=np.uint8)
+    codes = every_code(dtype)
     got = quantd_decode(name, codes)
     want = codes.view(dtype).astype(np.float32)
     assert np.array_equal(np.isnan(got), np.isnan(want)), codes[np.isnan(got) != np.isnan(want)]
@@ -106,7 +128,7 @@ def _compare_codes(name, values, got, want):
     assert bad.size == 0, f"{name}: {bad.size} of {values.size} codes differ, e.g. {details}"
 
 
-@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("name", WITH_NONFINITE)
 def test_encode_rne_nonfinite_matches_ml_dtypes(name):
     dtype = FORMATS[name]
     values = sweep(dtype)
@@ -134,3 +156,12 @@ def test_sweep_holds_every_tie():
                                 (ml_dtypes.float8_e5m2, 61440.0)):
         values = sweep(dtype)
         assert past_max_tie in values and -past_max_tie in values
+
+
+def test_decode_every_e8m0_scale_code():
+    # MX block scales: 2^(c - 127) for c in 0..254, 0xFF NaN (ml_dtypes float8_e8m0fnu).
+    codes = np.arange(256, dtype=np.uint8)
+    got = np.frombuffer(_run(["e8m0", "decode"], codes.tobytes()), dtype="<f4")
+    want = codes.view(ml_dtypes.float8_e8m0fnu).astype(np.float32)
+    assert np.isnan(got[255]) and np.isnan(want[255])
+    assert np.array_equal(got[:255].view(np.uint32), want[:255].view(np.uint32))

@@ -449,10 +449,10 @@ TEST_F(ValidationTest, StreamHeaderValidatedBeforeData) {
   EXPECT_STATUS(RunQuantizeStream(stub(), frames).status, INVALID_ARGUMENT, "--max-tensor-bytes");
 
   request = Int8Request();
-  request.mutable_spec()->set_format(static_cast<v1::Format>(12));
+  request.mutable_spec()->set_format(static_cast<v1::Format>(99));
   frames = QuantizeFrames(request, 100);
   EXPECT_STATUS(RunQuantizeStream(stub(), frames).status, INVALID_ARGUMENT,
-                "spec.format has the unknown value 12");
+                "spec.format has the unknown value 99");
 }
 
 TEST_F(ValidationTest, DequantizeStreamProtocol) {

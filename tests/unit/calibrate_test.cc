@@ -106,10 +106,6 @@ void ExpectMatchesOracle(const CalibrationResult& got, const std::vector<float>&
                     m.count, m.nonfinite_count, 1e-9);
 }
 
-std::string FormatParamName(const ::testing::TestParamInfo<Format>& info) {
-  return CamelName(FormatName(info.param));
-}
-
 class CalibrateTest : public ::testing::TestWithParam<Format> {};
 
 TEST_P(CalibrateTest, AmaxEqualsTheDynamicQuantizationScales) {
@@ -187,8 +183,29 @@ TEST_P(CalibrateTest, MseSearchPicksTheLeastSquaredError) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllFormats, CalibrateTest, ::testing::ValuesIn(AllFormats()),
+INSTANTIATE_TEST_SUITE_P(AllFormats, CalibrateTest, ::testing::ValuesIn(FormatsWithFreeScales()),
                          FormatParamName);
+
+// MX scales are each block's power of two, computed when it is quantized: there is nothing to
+// calibrate, and the refusal says so.
+TEST(CalibrateMxTest, MxFormatsHaveNothingToCalibrate) {
+  std::unique_ptr<Backend> backend = CreateReferenceBackend(nullptr);
+  const std::vector<float> x(64, 1.5f);
+  const TensorView input{DType::kF32, {2, 32}, x.data(), 64 * 4};
+  int mx_formats = 0;
+  for (Format format : AllFormats()) {
+    if (Traits(format).mx.block == 0) continue;
+    ++mx_formats;
+    QuantSpec requested;
+    requested.format = format;
+    const QuantSpec spec = *ResolveSpec(requested, {2, 32});
+    CalibrationResult result;
+    EXPECT_THAT(backend->Calibrate(input, spec, CalibrationOptions(), &result),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nothing to calibrate")))
+        << FormatName(format);
+  }
+  EXPECT_EQ(mx_formats, 6);
+}
 
 // Known failure (kernels/ bug): asymmetric percentile calibration takes max = P(p) and
 // min = P(100 - p); for p < 50 (accepted: the check is p in (0, 100]) max < min, and the CPU

@@ -4,6 +4,8 @@
 //   quantd_codec_dump fp8-e4m3 encode rne saturate  < float32 values  > uint8 codes
 //   quantd_codec_dump fp8-e5m2 encode away nonfinite < float32 values > uint8 codes
 //   quantd_codec_dump fp8-e4m3 decode               < uint8 codes     > float32 values
+//   quantd_codec_dump mxfp4 decode                  < uint8 codes     > float32 values
+//   quantd_codec_dump e8m0 decode                   < uint8 codes     > float32 scales
 //
 // Raw little-endian bytes on stdin and stdout; a usage error or an unknown name exits 2 with
 // the reason on stderr.
@@ -23,7 +25,8 @@ namespace {
 int Usage(const std::string& why) {
   std::cerr << "quantd_codec_dump: " << why
             << "\nusage: quantd_codec_dump FORMAT encode (rne|away) (saturate|nonfinite)"
-               "\n       quantd_codec_dump FORMAT decode\n";
+               "\n       quantd_codec_dump FORMAT decode"
+               "\n       quantd_codec_dump e8m0 decode\n";
   return 2;
 }
 
@@ -31,6 +34,21 @@ int Usage(const std::string& why) {
 
 int main(int argc, char** argv) {
   if (argc < 3) return Usage("missing arguments");
+  if (std::string(argv[1]) == "e8m0") {
+    // MX block scales: code c is 2^(c - 127), 0xFF is NaN.
+    if (std::string(argv[2]) != "decode" || argc != 3) return Usage("e8m0 only decodes");
+    std::vector<char> in((std::istreambuf_iterator<char>(std::cin)),
+                         std::istreambuf_iterator<char>());
+    std::vector<char> out;
+    for (char byte : in) {
+      const float v = quantd::ScaleOfE8M0Code(static_cast<uint8_t>(byte), 0);
+      const char* p = reinterpret_cast<const char*>(&v);
+      out.insert(out.end(), p, p + sizeof(v));
+    }
+    std::cout.write(out.data(), static_cast<std::streamsize>(out.size()));
+    std::cout.flush();
+    return std::cout ? 0 : 1;
+  }
   absl::StatusOr<quantd::Format> format = quantd::FormatFromName(argv[1]);
   if (!format.ok()) return Usage(std::string(format.status().message()));
   const quantd::FormatTraits& traits = quantd::Traits(*format);

@@ -120,11 +120,24 @@ TEST(TraitsTest, EveryFormatIsKnownToTheOracleAndAgreesWithIt) {
     EXPECT_EQ(t.asymmetric_ok, info->asymmetric_ok);
     EXPECT_EQ(t.has_nan, info->has_nan);
     EXPECT_EQ(t.has_inf, info->has_inf);
-    EXPECT_EQ(t.scale_divisor, info->symmetric_divisor);
-    EXPECT_EQ(FormatAllows(format, Granularity::kNone), !info->is_int);
-    for (Granularity g : {Granularity::kTensor, Granularity::kChannel, Granularity::kToken,
-                          Granularity::kGroup, Granularity::kBlock}) {
-      EXPECT_TRUE(FormatAllows(format, g)) << GranularityName(g);
+    if (info->mx_block > 0) {
+      // MX: E8M0 scales over blocks of 32 along the last axis, i.e. groups of 32 only.
+      EXPECT_EQ(t.scale_kind, ScaleKind::kE8M0);
+      EXPECT_EQ(t.mx.block, info->mx_block);
+      EXPECT_EQ(t.mx.emax, info->mx_emax);
+      EXPECT_EQ(t.mx.mbits, info->mx_mbits);
+      EXPECT_EQ(t.mx.implicit_exponent, info->mx_implicit_exponent);
+      EXPECT_EQ(t.scale_divisor, static_cast<float>(info->mx_max_element));
+      EXPECT_EQ(t.granularities, GranularityBit(Granularity::kGroup));
+    } else {
+      EXPECT_EQ(t.scale_kind, ScaleKind::kF32);
+      EXPECT_EQ(t.mx.block, 0);
+      EXPECT_EQ(t.scale_divisor, info->symmetric_divisor);
+      EXPECT_EQ(FormatAllows(format, Granularity::kNone), !info->is_int);
+      for (Granularity g : {Granularity::kTensor, Granularity::kChannel, Granularity::kToken,
+                            Granularity::kGroup, Granularity::kBlock}) {
+        EXPECT_TRUE(FormatAllows(format, g)) << GranularityName(g);
+      }
     }
     if (info->is_int) {
       EXPECT_EQ(t.qmin, info->qmin);

@@ -245,7 +245,56 @@ const FormatInfo* FindFormat(Format format) {
                                     0x1p-9,     448.0f, true, false, true, false};
   static const FormatInfo kE5M2Info{"fp8-e5m2", false,    8,    0,     0,    kE5M2, 57344.0,
                                     0x1p-16,    57344.0f, true, false, true, true};
+  // "MX (OCP MX v1.0): blocks of 32 ... emax: E4M3 8, E5M2 15, E3M2 4, E2M3 2, E2M1 2, INT8 0";
+  // the minifloat table gives max finite and min subnormal. The mantissa bits are the
+  // element's; MXINT8's "clamp(rne(v · 64), -127, 127)" makes its largest element 127/64 and
+  // its fraction 6 bits (quantd's reading for RCEIL and EVEN, where FORMATS.md names none).
+  auto mx = [](FormatInfo info, int emax, int mbits, double max_element) {
+    info.mx_block = 32;
+    info.mx_emax = emax;
+    info.mx_mbits = mbits;
+    info.mx_max_element = max_element;
+    info.asymmetric_ok = false;
+    return info;
+  };
+  static const FormatInfo kMxE4M3Info = [&] {
+    FormatInfo info = mx(kE4M3Info, 8, 3, 448.0);
+    info.name = "mxfp8";
+    return info;
+  }();
+  static const FormatInfo kMxE5M2Info = [&] {
+    FormatInfo info = mx(kE5M2Info, 15, 2, 57344.0);
+    info.name = "mxfp8e5m2";
+    return info;
+  }();
+  static const FormatInfo kMxE3M2Info =
+      mx({"mxfp6e3m2", false, 6, 0, 0, kE3M2, 28.0, 0x1p-4, 28.0f, true, false, false, false}, 4, 2,
+         28.0);
+  static const FormatInfo kMxE2M3Info =
+      mx({"mxfp6e2m3", false, 6, 0, 0, kE2M3, 7.5, 0x1p-3, 7.5f, true, false, false, false}, 2, 3,
+         7.5);
+  static const FormatInfo kMxE2M1Info =
+      mx({"mxfp4", false, 4, 0, 0, kE2M1, 6.0, 0.5, 6.0f, true, false, false, false}, 2, 1, 6.0);
+  static const FormatInfo kMxInt8Info = [&] {
+    FormatInfo info =
+        mx({"mxint8", true, 8, -127, 127, {}, 0, 0, 127.0f, true, false, false, false}, 0, 6,
+           127.0 / 64.0);
+    info.mx_implicit_exponent = 6;
+    return info;
+  }();
   switch (format) {
+    case Format::kMxfp8E4M3:
+      return &kMxE4M3Info;
+    case Format::kMxfp8E5M2:
+      return &kMxE5M2Info;
+    case Format::kMxfp6E3M2:
+      return &kMxE3M2Info;
+    case Format::kMxfp6E2M3:
+      return &kMxE2M3Info;
+    case Format::kMxfp4:
+      return &kMxE2M1Info;
+    case Format::kMxint8:
+      return &kMxInt8Info;
     case Format::kInt8:
       return &kInt8Info;
     case Format::kInt4:
@@ -310,6 +359,27 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
   r.format = q.format;
   const int rank = static_cast<int>(shape.size());
   r.granularity = q.granularity == Granularity::kUnspecified ? Granularity::kTensor : q.granularity;
+  if (r.info->mx_block > 0) {
+    // "blocks of 32 along the last axis": a group of 32 is the only granularity, and the
+    // default one. The scale is the block's power of two: no clip ratio, no static scales
+    // (kernels/ choices: FORMATS.md gives MX no way to pass either).
+    if (q.granularity == Granularity::kUnspecified) r.granularity = Granularity::kGroup;
+    const int64_t size = q.group_size == 0 ? r.info->mx_block : q.group_size;
+    if (r.granularity != Granularity::kGroup || size != r.info->mx_block) {
+      return refuse("MX blocks are 32 along the last axis");
+    }
+    if (q.clip_ratio != 0.0f && q.clip_ratio != 1.0f) return refuse("clip ratio on MX");
+    // "elements = quantize(v / 2^X), RNE, saturating"
+    if (q.overflow == Overflow::kNonfinite) return refuse("nonfinite overflow on MX");
+    if (q.has_static_scales()) return refuse("static scales on MX");
+    r.scale_rounding =
+        q.scale_rounding == ScaleRounding::kUnspecified ? ScaleRounding::kFloor : q.scale_rounding;
+    if (static_cast<int>(r.scale_rounding) < 1 || static_cast<int>(r.scale_rounding) > 3) {
+      return refuse("scale rule");
+    }
+  } else if (q.scale_rounding != ScaleRounding::kUnspecified) {
+    return refuse("scale rule on a format without E8M0 scales");
+  }
   switch (r.granularity) {
     case Granularity::kNone:
       // "`none` = a plain cast with scale 1 (minifloat formats only)."
@@ -323,8 +393,8 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
       r.axis = q.axis < 0 ? q.axis + rank : q.axis;
       break;
     case Granularity::kGroup:
-      if (q.group_size <= 0) return refuse("group size");
-      r.group = q.group_size;
+      r.group = r.info->mx_block > 0 ? r.info->mx_block : q.group_size;
+      if (r.group <= 0) return refuse("group size");
       break;
     case Granularity::kBlock:
       if (q.block_rows <= 0 || q.block_cols <= 0) return refuse("block size");
@@ -498,10 +568,48 @@ Grouping GroupElements(const Resolved& spec, const Shape& shape) {
   return g;
 }
 
+// "Shared exponent X = floor(log2(amax)) - emax_elem ... clamped to [-127, 127]", and the
+// RCEIL / EVEN alternatives, from the block's finite values.
+int MxExponent(const FormatInfo& info, ScaleRounding rule, const std::vector<float>& group) {
+  float amax = 0.0f;
+  for (float v : group) amax = std::max(amax, std::fabs(v));
+  int x = -127;  // log2(0) = -inf, clamped
+  switch (rule) {
+    case ScaleRounding::kRceil: {
+      // "X = ceil(log2(fp32(amax / max_elem)))"
+      const float y = amax / static_cast<float>(info.mx_max_element);
+      if (y > 0.0f) {
+        int e = 0;
+        const double m = std::frexp(static_cast<double>(y), &e);  // y = m · 2^e, m in [0.5, 1)
+        x = m == 0.5 ? e - 1 : e;
+      }
+      break;
+    }
+    case ScaleRounding::kEven: {
+      // "X = unbiased exponent of (bits(amax) + (1 << (22 - mbits))) - emax_elem"
+      uint32_t bits = 0;
+      std::memcpy(&bits, &amax, 4);
+      bits += 1u << (22 - info.mx_mbits);
+      const int biased = static_cast<int>((bits >> 23) & 0xFFu);
+      if (biased != 0) x = biased - 127 - info.mx_emax;
+      break;
+    }
+    default:
+      if (amax > 0.0f) x = std::ilogb(amax) - info.mx_emax;  // floor(log2(amax)), subnormals too
+      break;
+  }
+  return std::min(127, std::max(-127, x));
+}
+
 bool ScaleOf(const FormatInfo& info, bool asymmetric, float clip, const std::vector<float>& group,
-             float* scale, int32_t* zero_point) {
+             float* scale, int32_t* zero_point, ScaleRounding mx_rule) {
   *zero_point = 0;
   *scale = 1.0f;
+  if (info.mx_block > 0) {
+    const int x = MxExponent(info, mx_rule, group);
+    *scale = static_cast<float>(std::ldexp(1.0, x - info.mx_implicit_exponent));
+    return true;
+  }
   if (!asymmetric) {
     // "Symmetric: s = fp32(amax / qmax)", amax times clip_ratio first.
     float amax = 0.0f;
@@ -664,7 +772,8 @@ Result Quantize(const std::vector<float>& x, const Shape& shape, const QuantSpec
   } else {
     const auto groups = FiniteByGroup(x, g);
     for (size_t k = 0; k < n; ++k) {
-      if (!ScaleOf(info, r.spec.asymmetric, r.spec.clip, groups[k], &r.scales[k], &zps[k])) {
+      if (!ScaleOf(info, r.spec.asymmetric, r.spec.clip, groups[k], &r.scales[k], &zps[k],
+                   r.spec.scale_rounding)) {
         r.status = absl::InvalidArgumentError(
             absl::StrCat("oracle: asymmetric range of scale group ", k, " overflows float32"));
         return r;
@@ -736,6 +845,12 @@ Calibration Calibrate(const std::vector<float>& x, const Shape& shape, const Qua
   Resolved spec;
   c.status = Resolve(requested, shape, &spec);
   if (!c.status.ok()) return c;
+  if (spec.info->mx_block > 0) {
+    // kernels/ choice: MX scales come from each block when it is quantized, and cannot be
+    // given back as static scales, so there is nothing to calibrate.
+    c.status = absl::InvalidArgumentError("oracle: calibrating an MX format");
+    return c;
+  }
   c.status = CheckNans(x, spec);
   if (!c.status.ok()) return c;
   // kernels/ choice: MSE candidates are scored under RNE even when the spec rounds

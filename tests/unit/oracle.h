@@ -44,6 +44,9 @@ struct Minifloat {
 
 inline constexpr Minifloat kE4M3{4, 3, 7, Specials::kNanAllOnes};
 inline constexpr Minifloat kE5M2{5, 2, 15, Specials::kIeee};
+inline constexpr Minifloat kE3M2{3, 2, 3, Specials::kFiniteOnly};
+inline constexpr Minifloat kE2M3{2, 3, 1, Specials::kFiniteOnly};
+inline constexpr Minifloat kE2M1{2, 1, 1, Specials::kFiniteOnly};
 inline constexpr Minifloat kF16{5, 10, 15, Specials::kIeee};
 inline constexpr Minifloat kBF16{8, 7, 127, Specials::kIeee};
 
@@ -98,6 +101,15 @@ struct FormatInfo {
   bool asymmetric_ok = false;
   bool has_nan = false;
   bool has_inf = false;
+  // MX (FORMATS.md "Block formats"): blocks of mx_block (0: not MX) along the last axis; the
+  // element's emax, mantissa bits (EVEN rule) and largest value (RCEIL rule); MXINT8's implicit
+  // 2^-6. The scale the oracle reports is what the elements are divided by: 2^X for the
+  // minifloats, 2^(X-6) for MXINT8 ("int8 with implicit 2^-6"); its E8M0 code is X + 127.
+  int mx_block = 0;
+  int mx_emax = 0;
+  int mx_mbits = 0;
+  int mx_implicit_exponent = 0;
+  double mx_max_element = 0;
 };
 // Null when the oracle has not been taught `format` yet.
 const FormatInfo* FindFormat(Format format);
@@ -124,6 +136,7 @@ struct Resolved {
   float clip = 1.0f;
   NanPolicy nan_policy = NanPolicy::kReject;
   Packing packing = Packing::kBitstream;
+  ScaleRounding scale_rounding = ScaleRounding::kUnspecified;  // MX: FLOOR, RCEIL or EVEN
   std::vector<float> static_scales;
   std::vector<int32_t> static_zero_points;
 };
@@ -152,10 +165,11 @@ struct Result {
 // `x` holds the fp32 values of the input (already converted from its dtype).
 Result Quantize(const std::vector<float>& x, const Shape& shape, const QuantSpec& requested);
 
-// Per-group scale (and zero point) from the group's finite values and a clip ratio. False when
-// an asymmetric range max - min overflows fp32.
+// Per-group scale (and zero point) from the group's finite values and a clip ratio (for MX
+// formats: the power of two of `mx_rule`). False when an asymmetric range max - min overflows
+// fp32.
 bool ScaleOf(const FormatInfo& info, bool asymmetric, float clip, const std::vector<float>& group,
-             float* scale, int32_t* zero_point);
+             float* scale, int32_t* zero_point, ScaleRounding mx_rule = ScaleRounding::kFloor);
 
 // Packs / unpacks native codes row by row.
 std::vector<uint8_t> Pack(const std::vector<uint32_t>& codes, int64_t rows, int64_t cols, int bits,

@@ -27,7 +27,8 @@ constexpr absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-QuantSpec Spec(Format format, Granularity granularity = Granularity::kTensor) {
+// kUnspecified: the format's default (tensor; MX formats: their blocks of 32).
+QuantSpec Spec(Format format, Granularity granularity = Granularity::kUnspecified) {
   QuantSpec spec;
   spec.format = format;
   spec.granularity = granularity;
@@ -69,7 +70,7 @@ TEST(ResolveSpecTest, FillsTheDocumentedDefaults) {
 TEST(ResolveSpecTest, ResolvedSpecsResolveToThemselves) {
   for (Format format : AllFormats()) {
     QuantSpec requested = Spec(format, Granularity::kGroup);
-    requested.group_size = 3;
+    requested.group_size = Traits(format).mx.block > 0 ? Traits(format).mx.block : 3;
     requested.asymmetric = !Traits(format).symmetric_ok;
     absl::StatusOr<QuantSpec> once = ResolveSpec(requested, kMatrix);
     ASSERT_THAT(once, IsOk()) << FormatName(format);
@@ -97,7 +98,11 @@ TEST(ResolveSpecTest, GranularityNoneIsForMinifloatsOnly) {
     const bool minifloat = Traits(format).kind == ElementKind::kMinifloat;
     QuantSpec spec = Spec(format, Granularity::kNone);
     spec.asymmetric = !Traits(format).symmetric_ok;
-    if (minifloat) {
+    if (Traits(format).mx.block > 0) {
+      // An MX element is meaningless without its block's scale.
+      EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid, HasSubstr("blocks of 32")))
+          << FormatName(format);
+    } else if (minifloat) {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), IsOk()) << FormatName(format);
     } else {
       EXPECT_THAT(ResolveSpec(spec, kMatrix),
@@ -209,7 +214,10 @@ TEST(ResolveSpecTest, OverflowNonfiniteNeedsInfOrNan) {
     QuantSpec spec = Spec(format);
     spec.asymmetric = !Traits(format).symmetric_ok;
     spec.overflow = Overflow::kNonfinite;
-    if (Traits(format).has_inf || Traits(format).has_nan) {
+    if (Traits(format).mx.block > 0) {
+      EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid, HasSubstr("elements saturate")))
+          << FormatName(format);
+    } else if (Traits(format).has_inf || Traits(format).has_nan) {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), IsOk()) << FormatName(format);
     } else {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid, HasSubstr("nonfinite")))
@@ -491,7 +499,8 @@ TEST(DescriptorTest, EveryExampleParsesAndResolves) {
     EXPECT_EQ(DescriptorOf(*resolved), name);
   }
   // FORMATS.md's own list, as far as the traits table has the formats.
-  for (const char* name : {"int8", "int8-asym", "int4-g128", "fp8-e4m3", "fp8-e5m2"}) {
+  for (const char* name : {"int8", "int8-asym", "int4-g128", "fp8-e4m3", "fp8-e5m2", "mxfp8",
+                           "mxfp8e4m3", "mxfp8e5m2", "mxfp6e3m2", "mxfp6e2m3", "mxfp4", "mxint8"}) {
     QuantSpec spec;
     EXPECT_THAT(ApplyDescriptor(name, &spec), IsOk()) << name;
   }
@@ -527,9 +536,70 @@ TEST(DescriptorTest, NamesSetTheirFields) {
   EXPECT_EQ(combined.group_size, 32);
 }
 
+// MX names imply their blocks of 32 and E8M0 scales; "mxfp8" is E4M3 (FORMATS.md: mxfp8 =
+// mxfp8e4m3). The block size is fixed, the scale rule free.
+TEST(DescriptorTest, MxNamesResolveToBlocksOf32) {
+  const std::pair<const char*, Format> names[] = {
+      {"mxfp8", Format::kMxfp8E4M3},     {"mxfp8e4m3", Format::kMxfp8E4M3},
+      {"mxfp8e5m2", Format::kMxfp8E5M2}, {"mxfp6e3m2", Format::kMxfp6E3M2},
+      {"mxfp6e2m3", Format::kMxfp6E2M3}, {"mxfp4", Format::kMxfp4},
+      {"MXINT8", Format::kMxint8}};
+  for (const auto& [name, format] : names) {
+    QuantSpec spec;
+    ASSERT_THAT(ApplyDescriptor(name, &spec), IsOk()) << name;
+    EXPECT_EQ(spec.format, format) << name;
+    absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, {3, 100});
+    ASSERT_THAT(resolved, IsOk()) << name;
+    EXPECT_EQ(resolved->granularity, Granularity::kGroup);
+    EXPECT_EQ(resolved->group_size, 32);
+    EXPECT_EQ(resolved->scale_rounding, ScaleRounding::kFloor);
+    EXPECT_FALSE(resolved->asymmetric);
+  }
+  QuantSpec rceil;
+  ASSERT_THAT(ApplyDescriptor("mxfp4", &rceil), IsOk());
+  rceil.scale_rounding = ScaleRounding::kRceil;
+  EXPECT_EQ(ResolveSpec(rceil, {3, 100})->scale_rounding, ScaleRounding::kRceil);
+}
+
+TEST(ResolveSpecTest, MxRefusesWhatItCannotDo) {
+  auto refused = [](QuantSpec spec, absl::string_view why) {
+    EXPECT_THAT(ResolveSpec(spec, {4, 64}), StatusIs(kInvalid, HasSubstr(why)));
+  };
+  QuantSpec mx = Spec(Format::kMxfp4);
+  QuantSpec tensor = mx;
+  tensor.granularity = Granularity::kTensor;
+  refused(tensor, "blocks of 32 elements along the last axis");
+  QuantSpec group16 = mx;
+  group16.granularity = Granularity::kGroup;
+  group16.group_size = 16;
+  refused(group16, "blocks of 32 elements along the last axis");
+  QuantSpec clipped = mx;
+  clipped.clip_ratio = 0.9f;
+  refused(clipped, "clip_ratio does not apply to mxfp4");
+  QuantSpec fixed = mx;
+  fixed.static_scales.assign(4 * 2, 1.0f);
+  refused(fixed, "static scales are not supported");
+  QuantSpec asym = mx;
+  asym.asymmetric = true;
+  refused(asym, "symmetric only");
+  QuantSpec bogus_rule = mx;
+  bogus_rule.scale_rounding = static_cast<ScaleRounding>(9);
+  refused(bogus_rule, "is not a scale rule");
+  QuantSpec int8_rule = Spec(Format::kInt8);
+  int8_rule.scale_rounding = ScaleRounding::kEven;
+  refused(int8_rule, "scale_rule applies to MX formats");
+  QuantSpec nonfinite = Spec(Format::kMxfp8E5M2);
+  nonfinite.overflow = Overflow::kNonfinite;
+  refused(nonfinite, "elements saturate");
+  QuantSpec nan_propagate = mx;
+  nan_propagate.nan_policy = NanPolicy::kPropagate;
+  refused(nan_propagate, "no NaN to propagate");
+}
+
 TEST(DescriptorTest, UnknownNamesListWhatIsAccepted) {
-  for (const char* bad : {"int3", "", "fp8", "int4-g0", "int4-g-1", "int4-gabc", "int4-b128",
-                          "int4-g128-g64", "int8-asym-sym", "int8-channel-token", "nf4", "mxfp4"}) {
+  for (const char* bad :
+       {"int3", "", "fp8", "int4-g0", "int4-g-1", "int4-gabc", "int4-b128", "int4-g128-g64",
+        "int8-asym-sym", "int8-channel-token", "nf4", "mxfp4e2m1", "mxfp7"}) {
     QuantSpec spec;
     absl::Status status = ApplyDescriptor(bad, &spec);
     EXPECT_THAT(status, StatusIs(kInvalid, HasSubstr("unknown descriptor"))) << bad;

@@ -115,6 +115,21 @@ std::vector<float> MakeFill(FillKind kind, int64_t n, Format format, bool asymme
 
 // "Int8", "Fp8E4m3", ... for test names.
 std::string CamelName(absl::string_view name);
+
+// Test names of format-parameterized suites: "Int8", "Fp8E4m3", "Mxfp4".
+inline std::string FormatParamName(const ::testing::TestParamInfo<Format>& info) {
+  return CamelName(FormatName(info.param));
+}
+
+// The formats whose scales are free fp32 values (not MX's E8M0 powers of two): what can be
+// calibrated or given static scales.
+inline std::vector<Format> FormatsWithFreeScales() {
+  std::vector<Format> formats;
+  for (Format format : AllFormats()) {
+    if (Traits(format).scale_kind == ScaleKind::kF32) formats.push_back(format);
+  }
+  return formats;
+}
 std::string ShapeName(const Shape& shape);
 
 struct BackendRun {

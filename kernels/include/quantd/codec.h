@@ -46,6 +46,13 @@ enum class Packing : int32_t {
   kBitstream = 1,
   kInt32Offset = 2,
 };
+// How an MX block's shared exponent follows from its amax (FORMATS.md "Block formats").
+enum class ScaleRounding : int32_t {
+  kUnspecified = 0,
+  kFloor = 1,  // the OCP MX spec: floor(log2(amax)) - emax
+  kRceil = 2,  // NVIDIA cuBLAS / TransformerEngine: ceil(log2(amax / max element))
+  kEven = 3,   // torchao: amax rounded to the element's mantissa bits first
+};
 
 // ---- Philox4x32-10 (Salmon et al., SC'11; the generator of Random123 and cuRAND). ----
 
@@ -158,7 +165,10 @@ QUANTD_HD uint32_t MinifloatEncodePortable(const MinifloatParams& p, float v, Ro
   const uint32_t bits = FloatToBits(v);
   const uint32_t sign = (bits >> 31) ? MinifloatSignBit(p) : 0u;
   const uint32_t magnitude_bits = bits & 0x7FFFFFFFu;
-  if (magnitude_bits > 0x7F800000u) return sign | MinifloatNanMagnitude(p);
+  if (magnitude_bits > 0x7F800000u) {
+    // A format without NaN has no code for it: ±0 (requests reject NaN or map it to 0 first).
+    return sign | (p.nan_encoding == NanEncoding::kNone ? 0u : MinifloatNanMagnitude(p));
+  }
   const int emin = 1 - p.bias;
   const int emax = static_cast<int>(p.max_code >> p.man_bits) - p.bias;
   bool overflowed = magnitude_bits == 0x7F800000u;
@@ -264,15 +274,90 @@ struct ScaleRule {
   float divisor = 1.0f;  // symmetric: s = amax / divisor (qmax, or the max finite minifloat)
   int32_t qmin = 0;      // asymmetric: the code range
   int32_t qmax = 0;
+  // MX formats: how the shared exponent is found (kUnspecified: not an MX format), and the
+  // element's MxParams.
+  ScaleRounding mx_rounding = ScaleRounding::kUnspecified;
+  int mx_emax = 0;
+  int mx_mbits = 0;
+  int mx_implicit_exponent = 0;
 };
 
-inline ScaleRule MakeScaleRule(const FormatTraits& traits, bool asymmetric) {
+// `scale_rounding` applies to MX formats (kUnspecified there: FLOOR) and is ignored otherwise.
+inline ScaleRule MakeScaleRule(const FormatTraits& traits, bool asymmetric,
+                               ScaleRounding scale_rounding = ScaleRounding::kUnspecified) {
   ScaleRule rule;
   rule.asymmetric = asymmetric;
   rule.divisor = traits.scale_divisor;
   rule.qmin = traits.qmin;
   rule.qmax = traits.qmax;
+  if (traits.mx.block > 0) {
+    rule.mx_rounding =
+        scale_rounding == ScaleRounding::kUnspecified ? ScaleRounding::kFloor : scale_rounding;
+    rule.mx_emax = traits.mx.emax;
+    rule.mx_mbits = traits.mx.mbits;
+    rule.mx_implicit_exponent = traits.mx.implicit_exponent;
+  }
   return rule;
+}
+
+inline constexpr int kMxMinExponent = -127;  // E8M0 code 0x00
+inline constexpr int kMxMaxExponent = 127;   // E8M0 code 0xFE (0xFF is NaN)
+
+// Bits needed for v (0 for 0).
+QUANTD_HD int BitLength(uint32_t v) {
+  int n = 0;
+  while (v != 0) {
+    ++n;
+    v >>= 1;
+  }
+  return n;
+}
+
+// An MX block's shared exponent X from its amax (>= 0, finite), by FORMATS.md's three rules,
+// clamped to [-127, 127]. An all-zero block (amax 0) gets -127, the scale code 0x00.
+//  FLOOR: floor(log2(amax)) - emax, the exponent field of amax (a subnormal amax lies below
+//         2^-126, where X is clamped anyway).
+//  RCEIL: ceil(log2(fp32(amax / max element))): the exponent field, plus one when the mantissa
+//         is not zero; for a subnormal quotient m · 2^-149, bit_length(m - 1) - 149.
+//  EVEN:  the exponent field of bits(amax) + 2^(22 - mbits) (amax rounded half up to the
+//         element's mantissa bits), minus emax, as torchao computes it.
+QUANTD_HD int MxSharedExponent(const ScaleRule& rule, float amax) {
+  const uint32_t bits = FloatToBits(amax) & 0x7FFFFFFFu;
+  int x = kMxMinExponent;
+  if (rule.mx_rounding == ScaleRounding::kRceil) {
+    const uint32_t q = FloatToBits(BitsToFloat(bits) / rule.divisor);
+    const uint32_t field = q >> 23, mantissa = q & 0x7FFFFFu;
+    if (field != 0) {
+      x = static_cast<int>(field) - 127 + (mantissa != 0 ? 1 : 0);
+    } else if (mantissa != 0) {
+      x = BitLength(mantissa - 1u) - 149;
+    }
+  } else {
+    const uint32_t rounded =
+        rule.mx_rounding == ScaleRounding::kEven ? bits + (1u << (22 - rule.mx_mbits)) : bits;
+    const uint32_t field = (rounded >> 23) & 0xFFu;
+    if (field != 0) x = static_cast<int>(field) - 127 - rule.mx_emax;
+  }
+  return x < kMxMinExponent ? kMxMinExponent : (x > kMxMaxExponent ? kMxMaxExponent : x);
+}
+
+// The fp32 scale an MX block's elements are divided by: 2^(X - implicit exponent), exact
+// (2^-133 at the least: a subnormal, which fp32 holds exactly).
+QUANTD_HD float MxScaleOfExponent(const ScaleRule& rule, int x) {
+  return ScaleByPow2(1.0f, x - rule.mx_implicit_exponent);
+}
+
+// The E8M0 code of an MX scale kept as fp32 (MxScaleOfExponent), and back. 0xFF is E8M0's
+// NaN and gives a NaN scale.
+QUANTD_HD uint32_t E8M0CodeOfScale(float scale, int implicit_exponent) {
+  const uint32_t bits = FloatToBits(scale) & 0x7FFFFFFFu;
+  const int field = static_cast<int>(bits >> 23);
+  const int log2 = field != 0 ? field - 127 : BitLength(bits & 0x7FFFFFu) - 1 - 149;
+  return static_cast<uint32_t>(log2 + implicit_exponent + 127);
+}
+QUANTD_HD float ScaleOfE8M0Code(uint32_t code, int implicit_exponent) {
+  if (code >= 0xFFu) return BitsToFloat(0x7FC00000u);
+  return ScaleByPow2(1.0f, static_cast<int>(code) - 127 - implicit_exponent);
 }
 
 // The scale (and, asymmetric, the zero-point) of a group whose finite elements span [lo, hi]
@@ -285,6 +370,11 @@ inline ScaleRule MakeScaleRule(const FormatTraits& traits, bool asymmetric) {
 QUANTD_HD bool ScaleFromRange(const ScaleRule& rule, float lo, float hi, float clip, float* scale,
                               int32_t* zero_point) {
   if (!(lo <= hi)) lo = hi = 0.0f;
+  if (rule.mx_rounding != ScaleRounding::kUnspecified) {
+    // MX: a power of two from the block's amax (clip is 1: ResolveSpec refuses another).
+    *scale = MxScaleOfExponent(rule, MxSharedExponent(rule, fmaxf(hi, -lo)));
+    return true;
+  }
   if (!rule.asymmetric) {
     const float amax = fmaxf(hi, -lo) * clip;
     const float s = amax / rule.divisor;

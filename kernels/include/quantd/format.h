@@ -29,8 +29,14 @@ enum class Format : int32_t {
   kUint4 = 4,
   kFp8E4M3 = 5,
   kFp8E5M2 = 6,
+  kMxfp8E4M3 = 7,
+  kMxfp8E5M2 = 8,
+  kMxfp6E3M2 = 9,
+  kMxfp6E2M3 = 10,
+  kMxfp4 = 11,
+  kMxint8 = 12,
 };
-inline constexpr int kNumFormats = 7;  // rows of the traits table, kUnspecified included
+inline constexpr int kNumFormats = 13;  // rows of the traits table, kUnspecified included
 
 enum class ElementKind : uint8_t {
   kNone,       // the kUnspecified row
@@ -73,7 +79,20 @@ inline constexpr uint32_t kFreeScaleGranularities =
 
 enum class ScaleKind : uint8_t {
   kNone,
-  kF32,  // free fp32 scale per group
+  kF32,   // free fp32 scale per group
+  kE8M0,  // a power of two per block, sent as its E8M0 code (MX)
+};
+
+// OCP MX v1.0 block parameters (FORMATS.md "Block formats"); block == 0 for other formats.
+// The shared exponent X comes from the block's amax and the element's largest power of two
+// (emax); `mbits` (mantissa bits) serves the EVEN scale rule. Element codes hold v / 2^X, except
+// that MXINT8's integers carry an implicit 2^-6: the fp32 scale kept internally is then
+// 2^(X - implicit_exponent), and the E8M0 code sent is still X + 127.
+struct MxParams {
+  int block = 0;
+  int emax = 0;
+  int mbits = 0;
+  int implicit_exponent = 0;
 };
 
 struct FormatTraits {
@@ -96,24 +115,34 @@ struct FormatTraits {
   ScaleKind scale_kind;
   bool has_nan;
   bool has_inf;
+  MxParams mx;
 };
 
 namespace format_internal {
 inline constexpr uint32_t kIntGranularities = kFreeScaleGranularities;
 inline constexpr uint32_t kMinifloatGranularities =
     kFreeScaleGranularities | GranularityBit(Granularity::kNone);
+// MX: blocks of 32 along the last axis, i.e. groups of 32.
+inline constexpr uint32_t kMxGranularities = GranularityBit(Granularity::kGroup);
 }  // namespace format_internal
 
 // clang-format off
 inline constexpr std::array<FormatTraits, kNumFormats> kFormatTraits = {{
-//  format                name          bits kind                  signed qmin  qmax minifloat {E, M, bias, max_code, nan}      divisor   sym    asym   granularities                              scale            nan    inf
-  {Format::kUnspecified, "unspecified", 0,  ElementKind::kNone,      false,   0,   0, {},                                       0.0f,     false, false, 0,                                          ScaleKind::kNone, false, false},
-  {Format::kInt8,        "int8",        8,  ElementKind::kInt,       true, -128, 127, {},                                       127.0f,   true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
-  {Format::kInt4,        "int4",        4,  ElementKind::kInt,       true,   -8,   7, {},                                       7.0f,     true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
-  {Format::kUint8,       "uint8",       8,  ElementKind::kInt,       false,   0, 255, {},                                       255.0f,   false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
-  {Format::kUint4,       "uint4",       4,  ElementKind::kInt,       false,   0,  15, {},                                       15.0f,    false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false},
-  {Format::kFp8E4M3,     "fp8-e4m3",    8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  false},
-  {Format::kFp8E5M2,     "fp8-e5m2",    8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  true},
+//  format                name          bits kind                  signed qmin  qmax minifloat {E, M, bias, max_code, nan}      divisor   sym    asym   granularities                              scale            nan    inf    mx
+  {Format::kUnspecified, "unspecified", 0,  ElementKind::kNone,      false,   0,   0, {},                                       0.0f,     false, false, 0,                                          ScaleKind::kNone, false, false, {}},
+  {Format::kInt8,        "int8",        8,  ElementKind::kInt,       true, -128, 127, {},                                       127.0f,   true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {}},
+  {Format::kInt4,        "int4",        4,  ElementKind::kInt,       true,   -8,   7, {},                                       7.0f,     true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {}},
+  {Format::kUint8,       "uint8",       8,  ElementKind::kInt,       false,   0, 255, {},                                       255.0f,   false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {}},
+  {Format::kUint4,       "uint4",       4,  ElementKind::kInt,       false,   0,  15, {},                                       15.0f,    false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {}},
+  {Format::kFp8E4M3,     "fp8-e4m3",    8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  false, {}},
+  {Format::kFp8E5M2,     "fp8-e5m2",    8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  true, {}},
+  // MX (OCP MX v1.0): the divisor is the element's largest value (the RCEIL rule); mx = {block, emax, mbits, implicit exponent}.
+  {Format::kMxfp8E4M3,   "mxfp8",       8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kMxGranularities,        ScaleKind::kE8M0, true,  false, {32,  8, 3, 0}},
+  {Format::kMxfp8E5M2,   "mxfp8e5m2",   8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kMxGranularities,        ScaleKind::kE8M0, true,  true,  {32, 15, 2, 0}},
+  {Format::kMxfp6E3M2,   "mxfp6e3m2",   6,  ElementKind::kMinifloat, true,    0,   0, {3, 2,  3, 0x1F, NanEncoding::kNone},    28.0f,    true,  false, format_internal::kMxGranularities,        ScaleKind::kE8M0, false, false, {32,  4, 2, 0}},
+  {Format::kMxfp6E2M3,   "mxfp6e2m3",   6,  ElementKind::kMinifloat, true,    0,   0, {2, 3,  1, 0x1F, NanEncoding::kNone},    7.5f,     true,  false, format_internal::kMxGranularities,        ScaleKind::kE8M0, false, false, {32,  2, 3, 0}},
+  {Format::kMxfp4,       "mxfp4",       4,  ElementKind::kMinifloat, true,    0,   0, {2, 1,  1, 0x07, NanEncoding::kNone},    6.0f,     true,  false, format_internal::kMxGranularities,        ScaleKind::kE8M0, false, false, {32,  2, 1, 0}},
+  {Format::kMxint8,      "mxint8",      8,  ElementKind::kInt,       true, -127, 127, {},                                       1.984375f, true, false, format_internal::kMxGranularities,        ScaleKind::kE8M0, false, false, {32,  0, 6, 6}},
 }};
 // clang-format on
 

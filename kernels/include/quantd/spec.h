@@ -41,6 +41,7 @@ struct QuantSpec {
   float clip_ratio = 0.0f;  // (0, 1]; 0 means 1
   NanPolicy nan_policy = NanPolicy::kUnspecified;
   Packing packing = Packing::kUnspecified;
+  ScaleRounding scale_rounding = ScaleRounding::kUnspecified;  // MX formats only; FLOOR
   // Caller-given scales (one per scale group, row-major over the scale shape) and, when
   // asymmetric, zero-points. Empty: scales come from the data.
   std::vector<float> static_scales;

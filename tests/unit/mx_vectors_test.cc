@@ -1,0 +1,144 @@
+// MX (OCP MX v1.0) worked by hand from FORMATS.md "Block formats": one block of 32, its E8M0
+// scale code and its packed element codes under the three scale rules. The oracle matrix
+// (oracle_matrix_test.cc) covers MX over shapes, fills and dtypes; these pin the arithmetic to
+// numbers a reader can check on paper.
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "quantd/backend.h"
+#include "quantd/codec.h"
+#include "quantd/format.h"
+#include "quantd/spec.h"
+#include "test_support.h"
+
+namespace quantd::testing {
+namespace {
+
+struct MxBlock {
+  uint32_t scale_code;         // E8M0
+  std::vector<uint8_t> codes;  // packed, the first bytes of the row
+};
+
+// Quantizes one row of 32 (x padded with zeros) with `format` and `rule`.
+MxBlock QuantizeBlock(Format format, ScaleRounding rule, std::vector<float> x) {
+  x.resize(32, 0.0f);
+  std::unique_ptr<Backend> backend = CreateReferenceBackend(nullptr);
+  QuantSpec spec;
+  spec.format = format;
+  spec.scale_rounding = rule;
+  const BackendRun run = RunQuantize(*backend, FloatBytes(x), DType::kF32, {1, 32}, spec);
+  EXPECT_THAT(run.status, IsOk());
+  if (!run.status.ok() || run.scales.size() != 1) return {};
+  return {E8M0CodeOfScale(run.scales[0], Traits(format).mx.implicit_exponent), run.codes};
+}
+
+// x0 = 6, 3, 1.5, 0.25, -0.75: amax 6 = 1.5 · 2^2 and E2M1's emax is 2, so X = 0 under every
+// rule (RCEIL: 6 / 6 = 1). Codes: 6 = 0x7, 3 = 0x5, 1.5 = 0x3; 0.25 lies half-way between 0 and
+// 0.5 and rounds to the even 0 (0x0); -0.75 half-way between 0.5 (0x1) and 1 (0x2) rounds to the
+// even 1: 0x8 | 0x2 = 0xA. Element 0 is the low nibble.
+TEST(MxVectorsTest, Mxfp4AtScaleOne) {
+  for (ScaleRounding rule : {ScaleRounding::kFloor, ScaleRounding::kRceil, ScaleRounding::kEven}) {
+    const MxBlock b = QuantizeBlock(Format::kMxfp4, rule, {6.0f, 3.0f, 1.5f, 0.25f, -0.75f});
+    EXPECT_EQ(b.scale_code, 127u);
+    ASSERT_EQ(b.codes.size(), 16u);
+    EXPECT_EQ(b.codes[0], 0x57);
+    EXPECT_EQ(b.codes[1], 0x03);
+    EXPECT_EQ(b.codes[2], 0x0A);
+    for (size_t i = 3; i < 16; ++i) EXPECT_EQ(b.codes[i], 0) << i;
+  }
+}
+
+// amax 7: FLOOR keeps X = floor(log2 7) - 2 = 0, so 7 saturates to 6 (0x7). RCEIL takes
+// X = ceil(log2(7 / 6)) = 1: 7 / 2 = 3.5, half-way between 3 (0x5) and 4 (0x6), to the even 4.
+// EVEN rounds 7 (1.11b · 2^2) to one mantissa bit first: 8, X = 3 - 2 = 1, as RCEIL.
+TEST(MxVectorsTest, Mxfp4ScaleRulesDisagreeOnSeven) {
+  const MxBlock floor = QuantizeBlock(Format::kMxfp4, ScaleRounding::kFloor, {7.0f, 1.0f});
+  EXPECT_EQ(floor.scale_code, 127u);
+  EXPECT_EQ(floor.codes[0], 0x27);  // 7 → 6 (0x7); 1 → 0x2
+  for (ScaleRounding rule : {ScaleRounding::kRceil, ScaleRounding::kEven}) {
+    const MxBlock b = QuantizeBlock(Format::kMxfp4, rule, {7.0f, 1.0f});
+    EXPECT_EQ(b.scale_code, 128u);
+    EXPECT_EQ(b.codes[0], 0x16);  // 7 / 2 → 4 (0x6); 1 / 2 = 0.5 → 0x1
+  }
+}
+
+// MXINT8: amax 1.99 gives X = 0 (emax 0); elements are clamp(rne(v · 64), -127, 127):
+// 1 → 64, -0.5 → -32 (0xE0), 1.99 → 127.36 → 127, 2^-7 → 0.5 → 0 (to even), -1.99 → -127 (never
+// -128).
+TEST(MxVectorsTest, Mxint8HasAnImplicitTwoToTheMinusSix) {
+  const MxBlock b = QuantizeBlock(Format::kMxint8, ScaleRounding::kFloor,
+                                  {1.0f, -0.5f, 1.99f, 0.0078125f, -1.99f});
+  EXPECT_EQ(b.scale_code, 127u);
+  ASSERT_GE(b.codes.size(), 5u);
+  EXPECT_EQ(b.codes[0], 64);
+  EXPECT_EQ(b.codes[1], 0xE0);
+  EXPECT_EQ(b.codes[2], 127);
+  EXPECT_EQ(b.codes[3], 0);
+  EXPECT_EQ(b.codes[4], 0x81);
+}
+
+// MXFP8 E4M3: amax 448 = 1.75 · 2^8, emax 8: X = 0, the elements are plain E4M3 codes. A block
+// 2^10 times larger gets X = 10 (code 137) and the same element codes.
+TEST(MxVectorsTest, Mxfp8E4m3ScalesByPowersOfTwoOnly) {
+  const MxBlock one = QuantizeBlock(Format::kMxfp8E4M3, ScaleRounding::kFloor, {448.0f, -1.0f});
+  EXPECT_EQ(one.scale_code, 127u);
+  EXPECT_EQ(one.codes[0], 0x7E);
+  EXPECT_EQ(one.codes[1], 0xB8);  // -1.0: sign, exponent 7, mantissa 0
+  const MxBlock big =
+      QuantizeBlock(Format::kMxfp8E4M3, ScaleRounding::kFloor, {448.0f * 1024, -1024.0f});
+  EXPECT_EQ(big.scale_code, 137u);
+  EXPECT_EQ(big.codes[0], 0x7E);
+  EXPECT_EQ(big.codes[1], 0xB8);
+}
+
+// "an all-zero block gets scale code 0x00 and zero codes"; FP6 packs four codes in three bytes.
+TEST(MxVectorsTest, AllZeroBlocksAndFp6Packing) {
+  for (Format format : AllFormats()) {
+    if (Traits(format).mx.block == 0) continue;
+    const MxBlock zero = QuantizeBlock(format, ScaleRounding::kFloor, {});
+    EXPECT_EQ(zero.scale_code, 0u) << FormatName(format);
+    EXPECT_EQ(zero.codes, std::vector<uint8_t>(32 * Traits(format).bits / 8, 0))
+        << FormatName(format);
+  }
+  // E3M2, amax 28 = 1.75 · 2^4 (emax 4): X = 0. 28 = 0x1F, 1 = 0x0C, 0.25 = 0x04 (the min
+  // normal), -28 = 0x3F; the four 6-bit codes fill three bytes from bit 0:
+  // 0x1F | 0x0C << 6 | 0x04 << 12 | 0x3F << 18 = 0xFC431F.
+  const MxBlock fp6 =
+      QuantizeBlock(Format::kMxfp6E3M2, ScaleRounding::kFloor, {28.0f, 1.0f, 0.25f, -28.0f});
+  EXPECT_EQ(fp6.scale_code, 127u);
+  ASSERT_EQ(fp6.codes.size(), 24u);
+  EXPECT_EQ(fp6.codes[0], 0x1F);
+  EXPECT_EQ(fp6.codes[1], 0x43);
+  EXPECT_EQ(fp6.codes[2], 0xFC);
+}
+
+// E8M0 codes 0x00..0xFE and the fp32 scales kept for them (2^(X - implicit)) map one to one;
+// 0xFF is NaN. X is clamped to [-127, 127].
+TEST(MxVectorsTest, E8M0CodesRoundTripAndClamp) {
+  for (int implicit : {0, 6}) {
+    for (uint32_t code = 0; code < 0xFF; ++code) {
+      const float scale = ScaleOfE8M0Code(code, implicit);
+      ASSERT_GT(scale, 0.0f) << code;
+      EXPECT_EQ(E8M0CodeOfScale(scale, implicit), code) << code << " implicit " << implicit;
+    }
+    EXPECT_TRUE(std::isnan(ScaleOfE8M0Code(0xFF, implicit)));
+  }
+  const ScaleRule floor = MakeScaleRule(Traits(Format::kMxfp4), false);
+  EXPECT_EQ(MxSharedExponent(floor, 0.0f), -127);
+  EXPECT_EQ(MxSharedExponent(floor, 1e-40f), -127);  // subnormal amax
+  EXPECT_EQ(MxSharedExponent(floor, 3.0e38f), 127 - 2);
+  const ScaleRule rceil = MakeScaleRule(Traits(Format::kMxfp4), false, ScaleRounding::kRceil);
+  EXPECT_EQ(MxSharedExponent(rceil, 6.0f), 0);
+  EXPECT_EQ(MxSharedExponent(rceil, 6.5f), 1);
+  EXPECT_EQ(MxSharedExponent(rceil, 0x1p-149f), -127);
+  const ScaleRule even = MakeScaleRule(Traits(Format::kMxfp8E4M3), false, ScaleRounding::kEven);
+  EXPECT_EQ(MxSharedExponent(even, 496.0f), 9 - 8);  // 1.1111b · 2^8 rounds up to 2^9
+  EXPECT_EQ(MxSharedExponent(even, 480.0f), 8 - 8);  // 1.111b · 2^8 has 3 mantissa bits
+}
+
+}  // namespace
+}  // namespace quantd::testing
