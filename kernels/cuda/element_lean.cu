@@ -1,5 +1,6 @@
 // The CUDA backend's lean element passes: the formats the service moves most bytes of (INT8,
-// INT4, UINT8/UINT4 asymmetric, FP8 E4M3/E5M2), rounded to nearest even and saturating, with a
+// INT4, UINT8/UINT4 asymmetric, FP8 E4M3/E5M2, and the MX elements among them plus E2M1),
+// rounded to nearest even and saturating, with a
 // scale shared by at least 8 consecutive elements (tensor, token, channel on a leading axis,
 // group and block). element_fast.cu's vector kernels call codec.h once per element, with every
 // range check and the format read at run time: about 47 instructions per element, which caps
@@ -325,9 +326,16 @@ bool IsE5M2(const MinifloatParams& m) {
          m.nan_encoding == NanEncoding::kIeee;
 }
 
+// OCP E2M1 (MXFP4's elements): finite-only, max 6.
+bool IsE2M1(const MinifloatParams& m) {
+  return m.exp_bits == 2 && m.man_bits == 1 && m.bias == 1 && m.max_code == 0x7 &&
+         m.nan_encoding == NanEncoding::kNone;
+}
+
 // The lean format of a codec LeanPathApplies / LeanDequantizeApplies accepted.
 LeanFormat LeanFormatOf(const ElementCodec& c) {
   if (c.kind == ElementKind::kInt) return c.bits == 8 ? LeanFormat::kInt8 : LeanFormat::kInt4;
+  if (IsE2M1(c.minifloat)) return LeanFormat::kE2M1;
   return IsE4M3(c.minifloat) ? LeanFormat::kE4M3 : LeanFormat::kE5M2;
 }
 
@@ -356,6 +364,8 @@ void VisitLeanFormat(const ElementCodec& codec, Visit&& visit) {
       return visit(Constant<LeanFormat::kE4M3>{});
     case LeanFormat::kE5M2:
       return visit(Constant<LeanFormat::kE5M2>{});
+    case LeanFormat::kE2M1:
+      return visit(Constant<LeanFormat::kE2M1>{});
   }
 }
 
@@ -441,7 +451,8 @@ bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* o
   if (c.kind == ElementKind::kInt) {
     if (c.bits != 8 && c.bits != 4) return false;
   } else if (c.kind == ElementKind::kMinifloat) {
-    if (!(IsE4M3(c.minifloat) || IsE5M2(c.minifloat)) || c.overflow == Overflow::kNonfinite) {
+    if (!(IsE4M3(c.minifloat) || IsE5M2(c.minifloat) || IsE2M1(c.minifloat)) ||
+        c.overflow == Overflow::kNonfinite) {
       return false;
     }
   } else {
@@ -576,7 +587,8 @@ bool LeanDequantizeApplies(const ElementParams& p, DType output_dtype) {
   }
   if (c.kind == ElementKind::kInt) {
     if (c.bits != 8 && c.bits != 4) return false;
-  } else if (c.kind != ElementKind::kMinifloat || !(IsE4M3(c.minifloat) || IsE5M2(c.minifloat))) {
+  } else if (c.kind != ElementKind::kMinifloat ||
+             !(IsE4M3(c.minifloat) || IsE5M2(c.minifloat) || IsE2M1(c.minifloat))) {
     return false;
   }
   if (p.code_row_bytes != g.cols * c.bits / 8) return false;

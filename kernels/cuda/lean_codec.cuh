@@ -1,6 +1,6 @@
 // Internal to the CUDA backend: the arithmetic of element_lean.cu's kernels, one 8-element
-// vector at a time, for INT8 / INT4 (any zero-point) and FP8 E4M3 / E5M2 with round-to-nearest-
-// even and saturation.
+// vector at a time, for INT8 / INT4 (any zero-point), FP8 E4M3 / E5M2 and FP4 E2M1 with
+// round-to-nearest-even and saturation.
 //
 // Same bits as codec.h, by these identities (the GPU tests check them over the whole matrix):
 // - Division. Where s lies in [2^-60, 2^90], x is first clamped to ±s·2^20 (exact: a power-of-
@@ -16,6 +16,11 @@
 //   conversion, and the same sum minus 1.5·2^23 is q − zp as a float for x̂.
 // - FP8. cvt.rn.satfinite is the engine's RNE + SATURATE (tests/gpu checks all 2^32 inputs);
 //   decoding goes through f16, which holds every E4M3 and E5M2 value exactly.
+// - FP4 E2M1 (MXFP4; Hopper has no conversion for it). |v| against the seven midpoints of
+//   0, 0.5, 1, 1.5, 2, 3, 4, 6 counts the code: a tie goes to the even code, so the test is
+//   "> t" where the even neighbour is below (0.25, 1.25, 2.5, 5) and ">= t" where it is above
+//   (0.75, 1.75, 3.5); past 5 everything saturates to 6. The sign is v's own, ±0 included:
+//   the engine's RNE + SATURATE exactly.
 // A vector holding a NaN, or a scale outside the range above, takes codec.h's general path.
 #ifndef QUANTD_KERNELS_CUDA_LEAN_CODEC_CUH_
 #define QUANTD_KERNELS_CUDA_LEAN_CODEC_CUH_
@@ -32,12 +37,12 @@ namespace quantd::cuda::lean {
 
 constexpr int kVector = 8;  // elements per thread and iteration
 
-enum class LeanFormat { kInt8, kInt4, kE4M3, kE5M2 };
+enum class LeanFormat { kInt8, kInt4, kE4M3, kE5M2, kE2M1 };
 
 template <LeanFormat kFormat>
 struct Lean {
   static constexpr bool kInt = kFormat == LeanFormat::kInt8 || kFormat == LeanFormat::kInt4;
-  static constexpr int kBits = kFormat == LeanFormat::kInt4 ? 4 : 8;
+  static constexpr int kBits = kFormat == LeanFormat::kInt4 || kFormat == LeanFormat::kE2M1 ? 4 : 8;
   static constexpr ElementKind kKind = kInt ? ElementKind::kInt : ElementKind::kMinifloat;
 };
 
@@ -90,10 +95,31 @@ __device__ __forceinline__ __half2 DecodeFp8Pair(unsigned short pair) {
   return *reinterpret_cast<const __half2*>(&halves);
 }
 
+// The E2M1 code of v (finite) by RNE + SATURATE (see the file comment), and its value.
+__device__ __forceinline__ uint32_t EncodeE2M1(float v) {
+  const float a = fabsf(v);
+  const uint32_t magnitude = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) +
+                             (a >= 3.5f) + (a > 5.0f);
+  return (__float_as_uint(v) >> 28 & 8u) | magnitude;
+}
+__device__ __forceinline__ float DecodeE2M1(uint32_t code) {
+  const uint32_t m = code & 7u;
+  const float magnitude = m < 4u
+                              ? static_cast<float>(m) * 0.5f
+                              : (m < 6u ? static_cast<float>(m) - 2.0f : (m == 6u ? 4.0f : 6.0f));
+  return (code & 8u) ? -magnitude : magnitude;
+}
+
 template <LeanFormat kFormat, bool kDequantize>
 __device__ __forceinline__ void LeanEncode(const float x[kVector], const LeanScale& scale,
                                            uint32_t codes[kVector], float x_hat[kVector]) {
-  if constexpr (Lean<kFormat>::kInt) {
+  if constexpr (kFormat == LeanFormat::kE2M1) {
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) {
+      codes[j] = EncodeE2M1(copysignf(LeanQuotient(x[j], scale), x[j]));
+      if (kDequantize) x_hat[j] = __fmul_rn(scale.s, DecodeE2M1(codes[j]));
+    }
+  } else if constexpr (Lean<kFormat>::kInt) {
 #pragma unroll
     for (int j = 0; j < kVector; ++j) {
       const float v = fminf(fmaxf(LeanQuotient(x[j], scale), scale.lo), scale.hi);
@@ -250,6 +276,10 @@ __device__ __forceinline__ void LeanDecode(uint64_t packed, float s, float bias,
       const float f = __uint_as_float(kRoundingMagicBits | ((word >> (4 * j)) & 0xFu));
       y[j] = __fmul_rn(s, __fsub_rn(f, bias));
     }
+  } else if constexpr (kFormat == LeanFormat::kE2M1) {
+    const uint32_t word = static_cast<uint32_t>(packed);
+#pragma unroll
+    for (int j = 0; j < kCount; ++j) y[j] = __fmul_rn(s, DecodeE2M1(word >> (4 * j)));
   } else {
     const uint32_t words[2] = {static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32)};
 #pragma unroll

@@ -24,8 +24,8 @@ struct LeanGeometry {
   uint32_t groups_per_row = 1;
 };
 
-// Whether the lean pass handles this element pass: INT8 / INT4 (any zero-point) or E4M3 / E5M2
-// with round-to-nearest-even and saturation, codes or output (not both), rows a multiple of
+// Whether the lean pass handles this element pass: INT8 / INT4 (any zero-point) or E4M3 / E5M2 /
+// E2M1 with round-to-nearest-even and saturation, codes or output (not both), rows a multiple of
 // 8 long, and a granularity whose scale runs are whole vectors.
 bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* output);
 
