@@ -182,6 +182,20 @@ absl::StatusOr<npy::Array> ReadFloatInput(const std::string& path) {
   return input;
 }
 
+// The enum value a choice flag names (case-insensitive), or a usage error listing the choices.
+template <typename Enum>
+absl::StatusOr<Enum> FlagChoice(absl::string_view flag, absl::string_view value,
+                                std::initializer_list<std::pair<absl::string_view, Enum>> choices) {
+  const std::string lower = absl::AsciiStrToLower(value);
+  std::vector<absl::string_view> names;
+  for (const auto& [name, choice] : choices) {
+    if (lower == name) return choice;
+    names.push_back(name);
+  }
+  return Usage(
+      absl::StrCat("unknown --", flag, "=", value, "; accepted: ", absl::StrJoin(names, ", ")));
+}
+
 // The spec the flags describe (validated by the service, which knows the tensor's shape).
 absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
   v1::QuantSpec spec;
@@ -215,36 +229,28 @@ absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
     spec.set_overflow(static_cast<v1::Overflow>(overflow));
   }
   spec.set_clip_ratio(static_cast<float>(absl::GetFlag(FLAGS_clip_ratio)));
-  if (const std::string p = absl::AsciiStrToLower(absl::GetFlag(FLAGS_nan_policy)); !p.empty()) {
-    if (p == "reject") {
-      spec.set_nan_policy(v1::NAN_POLICY_REJECT);
-    } else if (p == "zero") {
-      spec.set_nan_policy(v1::NAN_POLICY_ZERO);
-    } else if (p == "propagate") {
-      spec.set_nan_policy(v1::NAN_POLICY_PROPAGATE);
-    } else {
-      return Usage(absl::StrCat("unknown --nan-policy=", p, "; accepted: reject, zero, propagate"));
-    }
+  if (const std::string p = absl::GetFlag(FLAGS_nan_policy); !p.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(const v1::NanPolicy policy,
+                            FlagChoice<v1::NanPolicy>("nan-policy", p,
+                                                      {{"reject", v1::NAN_POLICY_REJECT},
+                                                       {"zero", v1::NAN_POLICY_ZERO},
+                                                       {"propagate", v1::NAN_POLICY_PROPAGATE}}));
+    spec.set_nan_policy(policy);
   }
-  if (const std::string p = absl::AsciiStrToLower(absl::GetFlag(FLAGS_packing)); !p.empty()) {
-    if (p == "bitstream") {
-      spec.set_packing(v1::PACKING_BITSTREAM);
-    } else if (p == "int32_offset") {
-      spec.set_packing(v1::PACKING_INT32_OFFSET);
-    } else {
-      return Usage(absl::StrCat("unknown --packing=", p, "; accepted: bitstream, int32_offset"));
-    }
+  if (const std::string p = absl::GetFlag(FLAGS_packing); !p.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(const v1::Packing packing,
+                            FlagChoice<v1::Packing>("packing", p,
+                                                    {{"bitstream", v1::PACKING_BITSTREAM},
+                                                     {"int32_offset", v1::PACKING_INT32_OFFSET}}));
+    spec.set_packing(packing);
   }
-  if (const std::string r = absl::AsciiStrToLower(absl::GetFlag(FLAGS_scale_rule)); !r.empty()) {
-    if (r == "floor") {
-      spec.set_scale_rule(v1::SCALE_RULE_FLOOR);
-    } else if (r == "rceil") {
-      spec.set_scale_rule(v1::SCALE_RULE_RCEIL);
-    } else if (r == "even") {
-      spec.set_scale_rule(v1::SCALE_RULE_EVEN);
-    } else {
-      return Usage(absl::StrCat("unknown --scale-rule=", r, "; accepted: floor, rceil, even"));
-    }
+  if (const std::string r = absl::GetFlag(FLAGS_scale_rule); !r.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(const v1::ScaleRule rule,
+                            FlagChoice<v1::ScaleRule>("scale-rule", r,
+                                                      {{"floor", v1::SCALE_RULE_FLOOR},
+                                                       {"rceil", v1::SCALE_RULE_RCEIL},
+                                                       {"even", v1::SCALE_RULE_EVEN}}));
+    spec.set_scale_rule(rule);
   }
   if (const std::string path = absl::GetFlag(FLAGS_static_scales); !path.empty()) {
     QUANTD_ASSIGN_OR_RETURN(npy::Array scales, npy::ReadNpy(path));
