@@ -24,7 +24,10 @@ for _ in $(seq 100); do
 done
 
 echo "== capabilities"
-"$quantctl" --server="$server" capabilities | head -20
+# The first lines only; written to a file first, so that `head` closing the pipe early cannot
+# stop quantctl with SIGPIPE (the list of formats is long).
+"$quantctl" --server="$server" capabilities >"$work/capabilities.json"
+head -20 "$work/capabilities.json"
 echo "== a [512, 4096] float32 activation tensor"
 "$quantctl" random --shape=512,4096 --seed=7 "$work/x.npy"
 for format in int8 fp8-e4m3; do
