@@ -55,6 +55,32 @@ def dequantize_int8_token(q, s):
     return q.to(torch.float32) * s
 
 
+def _mx_exponent(g, emax):
+    """OCP MX FLOOR: X = floor(log2(amax)) - emax, clamped to [-127, 127] (log2(0) = -inf)."""
+    amax = g.abs().amax(dim=-1, keepdim=True)
+    return (torch.floor(torch.log2(amax)) - emax).clamp(-127, 127)
+
+
+def mxfp8_e4m3(x):
+    g = x.view(x.shape[0], -1, 32)
+    e = _mx_exponent(g, 8)
+    q = torch.clamp(g / torch.exp2(e), -448.0, 448.0).to(torch.float8_e4m3fn).view(x.shape)
+    return q, (e + 127).to(torch.uint8)
+
+
+def mxfp4(x):
+    # PyTorch has no float32 -> E2M1 cast: RNE onto 0, .5, 1, 1.5, 2, 3, 4, 6 by counting the
+    # midpoints passed (ties to the even code), saturating at 6; element 0 in the low nibble.
+    g = x.view(x.shape[0], -1, 32)
+    e = _mx_exponent(g, 2)
+    v = g / torch.exp2(e)
+    a = v.abs()
+    code = ((a > 0.25).to(torch.uint8) + (a >= 0.75) + (a > 1.25) + (a >= 1.75) + (a > 2.5) +
+            (a >= 3.5) + (a > 5.0))
+    code = (code | (torch.signbit(v).to(torch.uint8) << 3)).view(x.shape[0], -1)
+    return code[:, 0::2] | (code[:, 1::2] << 4), (e + 127).to(torch.uint8)
+
+
 def median_ms(fn, reps):
     fn()
     torch.cuda.synchronize()
@@ -74,6 +100,7 @@ def main():
     parser.add_argument("--max-elements", type=int, default=1 << 30)
     parser.add_argument("--min-elements", type=int, default=1 << 22)
     parser.add_argument("--csv", default="")
+    parser.add_argument("--only", default="", help="ops whose name contains this")
     args = parser.parse_args()
 
     device = torch.device("cuda")
@@ -108,7 +135,11 @@ def main():
              numel * 5 + 4),
             ("dequantize int8 token", lambda f: f(q8, s8), dequantize_int8_token,
              numel * 5 + rows * 4),
+            # MX, FLOOR: the minimum bytes as quantd_cuda_bench counts them (fp32 scales).
+            ("quantize mxfp8 (e4m3)", lambda f: f(x), mxfp8_e4m3, numel * 5 + numel // 32 * 4),
+            ("quantize mxfp4", lambda f: f(x), mxfp4, numel * 4 + numel // 2 + numel // 32 * 4),
         ]
+        ops = [op for op in ops if args.only in op[0]]
         reps = 5 if numel >= (1 << 28) else 20
         for name, call, fn, nbytes in ops:
             eager = median_ms(lambda: call(fn), reps)
