@@ -228,10 +228,11 @@ std::vector<prometheus::MetricFamily> DeviceCollector::Collect() const {
   auto copy_bytes = Family("quantd_gpu_copy_bytes_total",
                            "Bytes copied between host and device, per device and direction.",
                            MetricType::Counter);
-  auto copy_seconds = Family(
-      "quantd_gpu_copy_seconds_total",
-      "Device time of the calls' host-to-device and device-to-host copy phases (CUDA events).",
-      MetricType::Counter);
+  auto copy_seconds =
+      Family("quantd_gpu_copy_seconds_total",
+             "Device time of host-to-device and device-to-host copies (CUDA events): calls' copy "
+             "phases and streamed tensors' uploads.",
+             MetricType::Counter);
   auto streams =
       Family("quantd_gpu_streams", "Size of the device's CUDA stream pool.", MetricType::Gauge);
   auto streams_busy = Family("quantd_gpu_streams_busy",

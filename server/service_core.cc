@@ -441,13 +441,15 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
     // Scales from the wire are data, not trusted: a zero, negative or non-finite scale
     // would dequantize to garbage without any error, so refuse it here.
     const std::string& scale_data = q.scales().data();
-    for (int64_t i = 0; HasE8M0Scales(plan.spec) && i < plan.layout.geometry.num_scales; ++i) {
-      if (static_cast<uint8_t>(scale_data[i]) == 0xFF) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "quantized.scales[", i, "] is 0xFF, E8M0's NaN; MX scale codes are 0x00..0xFE"));
+    const bool e8m0 = HasE8M0Scales(plan.spec);
+    for (int64_t i = 0; i < plan.layout.geometry.num_scales; ++i) {
+      if (e8m0) {
+        if (static_cast<uint8_t>(scale_data[i]) == 0xFF) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "quantized.scales[", i, "] is 0xFF, E8M0's NaN; MX scale codes are 0x00..0xFE"));
+        }
+        continue;  // every other code is a finite power of two
       }
-    }
-    for (int64_t i = 0; !HasE8M0Scales(plan.spec) && i < plan.layout.geometry.num_scales; ++i) {
       float s;
       std::memcpy(&s, scale_data.data() + i * sizeof(float), sizeof(float));
       if (!std::isfinite(s) || !(s > 0.0f)) {

@@ -332,9 +332,8 @@ class CudaBackend final : public Backend {
     return telemetry;
   }
 
-  absl::StatusOr<std::unique_ptr<TensorUpload>> BeginUpload(DType dtype, const Shape& shape,
+  absl::StatusOr<std::unique_ptr<TensorUpload>> BeginUpload(DType /*dtype*/, const Shape& shape,
                                                             int64_t bytes) override {
-    (void)dtype;
     if (upload_min_bytes_ == 0 || bytes < upload_min_bytes_ || OnHost(shape)) return nullptr;
     Device* device = nullptr;
     {

@@ -66,11 +66,13 @@ __device__ __forceinline__ float KeyValue(uint32_t key, bool absolute) {
   return BitsToFloat((key & 0x80000000u) ? key & 0x7FFFFFFFu : ~key);
 }
 
-__device__ __forceinline__ int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // How many elements scale group g has, and the flat index of its i-th one (any order would do:
 // selection does not depend on it; this one keeps a warp's loads contiguous where it can).
-__device__ int64_t GroupSize(const ScaleGeometry& geo, int64_t g) {
+// Group 0 is the largest of every geometry (only the last group of a row or band is ragged):
+// slices per group are sized by it on the host.
+__host__ __device__ int64_t GroupSize(const ScaleGeometry& geo, int64_t g) {
   switch (geo.granularity) {
     case Granularity::kToken:
       return geo.cols;
@@ -112,22 +114,6 @@ __device__ int64_t GroupElement(const ScaleGeometry& geo, int64_t g, int64_t i) 
   }
 }
 
-// The largest group of the geometry: slices per group are sized for it.
-int64_t LargestGroup(const ScaleGeometry& geo) {
-  switch (geo.granularity) {
-    case Granularity::kToken:
-      return geo.cols;
-    case Granularity::kGroup:
-      return std::min(geo.group_cols, geo.cols);
-    case Granularity::kBlock:
-      return std::min(geo.group_rows, geo.rows) * std::min(geo.group_cols, geo.cols);
-    case Granularity::kChannel:
-      return geo.channel_is_last ? geo.rows : geo.rows / geo.channels * geo.cols;
-    default:
-      return geo.rows * geo.cols;
-  }
-}
-
 // One pass: block (k, slice) histograms byte `shift / 8` of the keys of group first_group + k
 // that match each rank's prefix (on the first pass, shift 24, every finite key), then adds its
 // counts to the chunk's histograms.
@@ -144,6 +130,12 @@ __global__ void HistogramKernel(ElementParams p, bool absolute, int64_t first_gr
   uint32_t prefix[kRanks];
   const uint32_t mask = first_pass ? 0u : ~0u << (shift + 8);
   for (int r = 0; r < kRanks; ++r) prefix[r] = first_pass ? 0u : state.prefixes[k * kRanks + r];
+  // Ranks that share a prefix (f and f + 1, mostly) share the count: the first one holds it.
+  bool owner[kRanks];
+  for (int r = 0; r < kRanks; ++r) {
+    owner[r] = true;
+    for (int q = 0; q < r; ++q) owner[r] &= prefix[q] != prefix[r];
+  }
   __syncthreads();
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     const float v = LoadAsFloat(p.input_dtype, p.input, GroupElement(p.geometry, g, i));
@@ -157,10 +149,7 @@ __global__ void HistogramKernel(ElementParams p, bool absolute, int64_t first_gr
       continue;
     }
     for (int r = 0; r < kRanks; ++r) {
-      // Ranks that share a prefix (f and f + 1, mostly) share the count: the first one holds it.
-      bool counted = false;
-      for (int q = 0; q < r; ++q) counted |= prefix[q] == prefix[r];
-      if (!counted && (key & mask) == prefix[r]) atomicAdd(&bins[r][bin], 1u);
+      if (owner[r] && (key & mask) == prefix[r]) atomicAdd(&bins[r][bin], 1u);
     }
   }
   __syncthreads();
@@ -316,7 +305,7 @@ cudaError_t LaunchPercentileScales(const ElementParams& p, const ScaleRule& rule
   const double lower_percentile = 100.0 - percentile;  // asymmetric only
   const int64_t chunk = ChunkGroups(n);
   const int64_t slices =
-      std::max<int64_t>(1, (LargestGroup(p.geometry) + kSliceElements - 1) / kSliceElements);
+      std::max<int64_t>(1, (GroupSize(p.geometry, 0) + kSliceElements - 1) / kSliceElements);
   const SelectState state = CarveState(workspace, chunk);
   ClearKernel<<<GridFor(chunk * kRanks * kBins, p.max_blocks), kThreads, 0, stream>>>(
       state.histograms, chunk * kRanks * kBins);

@@ -133,8 +133,7 @@ class Backend {
   // CUDA backend takes large tensors only). An error means no upload; the call can still be
   // computed from host memory.
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<TensorUpload>> BeginUpload(
-      DType dtype, const Shape& shape, int64_t bytes) {
-    (void)dtype, (void)shape, (void)bytes;
+      DType /*dtype*/, const Shape& /*shape*/, int64_t /*bytes*/) {
     return nullptr;
   }
 
