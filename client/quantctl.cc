@@ -65,7 +65,7 @@ ABSL_FLAG(std::string, nan_policy, "", "reject | zero | propagate (default: per 
 ABSL_FLAG(std::string, packing, "", "bitstream (default) | int32_offset (int4)");
 ABSL_FLAG(std::string, scale_rule, "",
           "MX formats: floor (default, OCP MX) | rceil (cuBLAS / TransformerEngine) | even "
-          "(torchao)");
+          "(torchao) | nearest (fake_quant_ops carry)");
 ABSL_FLAG(std::string, static_scales, "", ".npy of float32 scales to use instead of amax");
 ABSL_FLAG(std::string, static_zero_points, "", ".npy of int32 zero-points (with --asymmetric)");
 ABSL_FLAG(bool, no_metrics, false, "skip the error metrics");
@@ -249,7 +249,8 @@ absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
                             FlagChoice<v1::ScaleRule>("scale-rule", r,
                                                       {{"floor", v1::SCALE_RULE_FLOOR},
                                                        {"rceil", v1::SCALE_RULE_RCEIL},
-                                                       {"even", v1::SCALE_RULE_EVEN}}));
+                                                       {"even", v1::SCALE_RULE_EVEN},
+                                                       {"nearest", v1::SCALE_RULE_NEAREST}}));
     spec.set_scale_rule(rule);
   }
   if (const std::string path = absl::GetFlag(FLAGS_static_scales); !path.empty()) {
@@ -298,6 +299,14 @@ absl::Status RunQuantize(Client& client, const std::vector<char*>& args) {
   outputs.emplace_back("scales", ArrayFromTensor(quantized->mutable_scales()));
   if (quantized->spec().asymmetric()) {
     outputs.emplace_back("zero_points", ArrayFromTensor(quantized->mutable_zero_points()));
+  }
+  if (quantized->global_scale() != 0.0f) {  // NVFP4
+    npy::Array global_scale;
+    global_scale.dtype = DType::kF32;
+    global_scale.shape = {1};
+    const float value = quantized->global_scale();
+    global_scale.data.assign(reinterpret_cast<const char*>(&value), sizeof(value));
+    outputs.emplace_back("global_scale", std::move(global_scale));
   }
   npy::Array shape;
   shape.descr = "<i8";
@@ -358,6 +367,15 @@ absl::Status RunDequantize(Client& client, const std::vector<char*>& args) {
     if (name == "source_dtype") {
       absl::StatusOr<v1::DType> dtype = DTypeFromFlag(array.data);
       if (dtype.ok()) quantized->set_source_dtype(*dtype);
+    }
+    if (name == "global_scale") {
+      if (array.dtype != DType::kF32 || array.data.size() != sizeof(float)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": \"global_scale\" must hold one float32"));
+      }
+      float value;
+      std::memcpy(&value, array.data.data(), sizeof(value));
+      quantized->set_global_scale(value);
     }
   }
   QUANTD_ASSIGN_OR_RETURN(npy::Array codes, Member(arrays, "codes", path));

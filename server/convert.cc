@@ -38,6 +38,8 @@ QUANTD_MIRRORS(Format::kMxfp6E3M2, v1::FORMAT_MXFP6_E3M2);
 QUANTD_MIRRORS(Format::kMxfp6E2M3, v1::FORMAT_MXFP6_E2M3);
 QUANTD_MIRRORS(Format::kMxfp4, v1::FORMAT_MXFP4);
 QUANTD_MIRRORS(Format::kMxint8, v1::FORMAT_MXINT8);
+QUANTD_MIRRORS(Format::kNvfp4, v1::FORMAT_NVFP4);
+QUANTD_MIRRORS(Format::kHif8, v1::FORMAT_HIF8);
 static_assert(kNumFormats == v1::Format_ARRAYSIZE,
               "the traits table (quantd::kNumFormats) must have one row per quantd.v1.Format");
 
@@ -72,6 +74,7 @@ QUANTD_MIRRORS(ScaleRounding::kUnspecified, v1::SCALE_RULE_UNSPECIFIED);
 QUANTD_MIRRORS(ScaleRounding::kFloor, v1::SCALE_RULE_FLOOR);
 QUANTD_MIRRORS(ScaleRounding::kRceil, v1::SCALE_RULE_RCEIL);
 QUANTD_MIRRORS(ScaleRounding::kEven, v1::SCALE_RULE_EVEN);
+QUANTD_MIRRORS(ScaleRounding::kNearest, v1::SCALE_RULE_NEAREST);
 
 QUANTD_MIRRORS(CalibrationMethod::kUnspecified, v1::CALIBRATION_METHOD_UNSPECIFIED);
 QUANTD_MIRRORS(CalibrationMethod::kAmax, v1::CALIBRATION_METHOD_AMAX);

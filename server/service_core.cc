@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "quantd/cuda.h"
 #include "quantd/status.h"
@@ -179,14 +180,19 @@ std::string FormatNames() {
   return absl::OkStatus();
 }
 
-// Scales travel as F32, except MX formats' powers of two, which travel as their E8M0 codes (U8);
-// the backends work with fp32 scales either way (codec.h MxScaleOfExponent).
-bool HasE8M0Scales(const QuantSpec& spec) {
-  return Traits(spec.format).scale_kind == ScaleKind::kE8M0;
+// Scales travel as F32, except block formats' scales, which travel as their codes (U8): E8M0
+// for MX, E4M3 for NVFP4. The backends work with fp32 scales either way (the codes' values).
+bool HasScaleCodes(const QuantSpec& spec) {
+  const ScaleKind kind = Traits(spec.format).scale_kind;
+  return kind == ScaleKind::kE8M0 || kind == ScaleKind::kE4M3;
+}
+
+bool HasGlobalScale(const QuantSpec& spec) {
+  return Traits(spec.format).scale_kind == ScaleKind::kE4M3;
 }
 
 DType WireScaleDType(const QuantSpec& spec) {
-  return HasE8M0Scales(spec) ? DType::kU8 : DType::kF32;
+  return HasScaleCodes(spec) ? DType::kU8 : DType::kF32;
 }
 
 int64_t ScaleBytes(const RequestPlan& plan) {
@@ -230,25 +236,33 @@ std::vector<T> CopyValues(const std::string& bytes) {
 
 void SetScales(const QuantSpec& spec, const Shape& shape, const std::vector<float>& scales,
                v1::Tensor* tensor) {
-  if (!HasE8M0Scales(spec)) {
+  if (!HasScaleCodes(spec)) {
     SetTensor(DType::kF32, shape, scales, tensor);
     return;
   }
-  const int implicit_exponent = Traits(spec.format).mx.implicit_exponent;
+  const FormatTraits& traits = Traits(spec.format);
   std::vector<uint8_t> codes(scales.size());
   for (size_t i = 0; i < scales.size(); ++i) {
-    codes[i] = static_cast<uint8_t>(E8M0CodeOfScale(scales[i], implicit_exponent));
+    // Both are exact: the scales are the values of codes.
+    codes[i] = static_cast<uint8_t>(traits.scale_kind == ScaleKind::kE8M0
+                                        ? E8M0CodeOfScale(scales[i], traits.mx.implicit_exponent)
+                                        : MinifloatEncodePortable(E4M3Params(), scales[i],
+                                                                  Rounding::kNearestEven, 0u,
+                                                                  Overflow::kSaturate));
   }
   SetTensor(DType::kU8, shape, codes, tensor);
 }
 
 // The fp32 scales of a quantized tensor's wire scales (checked by PlanDequantize).
 std::vector<float> ScalesFromWire(const QuantSpec& spec, const std::string& bytes) {
-  if (!HasE8M0Scales(spec)) return CopyValues<float>(bytes);
-  const int implicit_exponent = Traits(spec.format).mx.implicit_exponent;
+  if (!HasScaleCodes(spec)) return CopyValues<float>(bytes);
+  const FormatTraits& traits = Traits(spec.format);
   std::vector<float> scales(bytes.size());
   for (size_t i = 0; i < bytes.size(); ++i) {
-    scales[i] = ScaleOfE8M0Code(static_cast<uint8_t>(bytes[i]), implicit_exponent);
+    const uint8_t code = static_cast<uint8_t>(bytes[i]);
+    scales[i] = traits.scale_kind == ScaleKind::kE8M0
+                    ? ScaleOfE8M0Code(code, traits.mx.implicit_exponent)
+                    : MinifloatDecode(E4M3Params(), code);
   }
   return scales;
 }
@@ -441,14 +455,25 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
     // Scales from the wire are data, not trusted: a zero, negative or non-finite scale
     // would dequantize to garbage without any error, so refuse it here.
     const std::string& scale_data = q.scales().data();
-    const bool e8m0 = HasE8M0Scales(plan.spec);
+    const ScaleKind scale_kind = Traits(plan.spec.format).scale_kind;
     for (int64_t i = 0; i < plan.layout.geometry.num_scales; ++i) {
-      if (e8m0) {
-        if (static_cast<uint8_t>(scale_data[i]) == 0xFF) {
+      const uint8_t code = static_cast<uint8_t>(scale_data[i]);
+      if (scale_kind == ScaleKind::kE8M0) {
+        if (code == 0xFF) {
           return absl::InvalidArgumentError(absl::StrCat(
               "quantized.scales[", i, "] is 0xFF, E8M0's NaN; MX scale codes are 0x00..0xFE"));
         }
         continue;  // every other code is a finite power of two
+      }
+      if (scale_kind == ScaleKind::kE4M3) {
+        // 0x00 is a legitimate block scale (a block too small for E4M3: its codes are 0).
+        if (code > 0x7E) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "quantized.scales[%d] is 0x%02X; NVFP4 block scales are non-negative finite E4M3 "
+              "codes 0x00..0x7E",
+              i, code));
+        }
+        continue;
       }
       float s;
       std::memcpy(&s, scale_data.data() + i * sizeof(float), sizeof(float));
@@ -456,6 +481,18 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
         return absl::InvalidArgumentError(
             absl::StrCat("quantized.scales[", i, "] is ", s, "; scales must be finite and > 0"));
       }
+    }
+    if (HasGlobalScale(plan.spec)) {
+      const float global_scale = q.global_scale();
+      if (!(std::isfinite(global_scale) && global_scale > 0.0f)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "quantized.global_scale is ", global_scale, "; ", FormatName(plan.spec.format),
+            " needs the global scale its quantization returned (finite, > 0)"));
+      }
+    } else if (q.global_scale() != 0.0f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("quantized.global_scale is set but ", FormatName(plan.spec.format),
+                       " has no global scale (NVFP4 only); leave it unset"));
     }
     if (plan.spec.asymmetric) {
       const FormatTraits& traits = Traits(plan.spec.format);
@@ -495,6 +532,7 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
   v1::QuantizedTensor* q = response.mutable_quantized();
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
+  float global_scale = 0.0f;
   ErrorMetrics metrics;
   QUANTD_RETURN_IF_ERROR(Guarded("Quantize", [&]() -> absl::Status {
     QuantSpecToProto(plan.spec, layout.scale_shape, q->mutable_spec());
@@ -511,6 +549,7 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
     out.scales = scales.data();
     out.num_scales = layout.geometry.num_scales;
     out.zero_points = plan.spec.asymmetric ? zero_points.data() : nullptr;
+    out.global_scale = HasGlobalScale(plan.spec) ? &global_scale : nullptr;
     TensorView input = ViewOf(request.input(), layout.shape, plan.input_dtype);
     if (upload != nullptr) {
       input.data = nullptr;
@@ -520,6 +559,7 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
     return backend_->Quantize(input, plan.spec, out, request.skip_metrics() ? nullptr : &metrics);
   }));
   SetScales(plan.spec, layout.scale_shape, scales, q->mutable_scales());
+  if (HasGlobalScale(plan.spec)) q->set_global_scale(global_scale);
   if (plan.spec.asymmetric) {
     SetTensor(DType::kI32, layout.scale_shape, zero_points, q->mutable_zero_points());
   }
@@ -548,6 +588,7 @@ absl::StatusOr<v1::DequantizeResponse> QuantizerCore::Dequantize(
     in.scales = scales.data();
     in.num_scales = layout.geometry.num_scales;
     in.zero_points = plan.spec.asymmetric ? zero_points.data() : nullptr;
+    in.global_scale = q.global_scale();
     MutableTensorView out;
     out.dtype = plan.output_dtype;
     out.shape = layout.shape;
@@ -636,9 +677,21 @@ v1::GetCapabilitiesResponse QuantizerCore::GetCapabilities() const {
     info->set_format(FormatToProto(row.format));
     info->set_name(std::string(row.name));
     info->set_bits(row.bits);
-    info->set_element_kind(row.kind == ElementKind::kInt ? "int" : "minifloat");
-    info->set_max_finite(row.kind == ElementKind::kInt ? static_cast<double>(row.qmax)
-                                                       : static_cast<double>(row.scale_divisor));
+    switch (row.kind) {
+      case ElementKind::kInt:
+        info->set_element_kind("int");
+        info->set_max_finite(static_cast<double>(row.qmax));
+        break;
+      case ElementKind::kHif8:
+        info->set_element_kind("hif8");
+        info->set_max_finite(static_cast<double>(Hif8Decode(kHif8Max)));
+        break;
+      default:
+        info->set_element_kind("minifloat");
+        info->set_max_finite(
+            static_cast<double>(MinifloatDecode(row.minifloat, row.minifloat.max_code)));
+        break;
+    }
     for (int g = 1; g < kNumGranularities; ++g) {
       if (FormatAllows(row.format, static_cast<Granularity>(g))) {
         info->add_granularities(static_cast<v1::Granularity>(g));

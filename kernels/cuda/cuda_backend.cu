@@ -364,11 +364,17 @@ class CudaBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(void* codes, arena.Allocate(layout.code_bytes));
     QUANTD_CUDA_RETURN_IF_ERROR(
         LaunchQuantizePass(pass.params, spec, pass.scales_ready, pass.stats, pass.scales,
-                           pass.zero_points, static_cast<uint8_t*>(codes), nullptr, DType::kF32,
-                           metrics != nullptr ? pass.partials : nullptr, stream));
+                           pass.zero_points, pass.nvfp4, static_cast<uint8_t*>(codes), nullptr,
+                           DType::kF32, metrics != nullptr ? pass.partials : nullptr, stream));
     QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.codes, codes, layout.code_bytes));
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.scales, pass.scales, 4 * layout.geometry.num_scales));
+    if (pass.nvfp4.global_scale != nullptr) {
+      if (out.global_scale == nullptr) {
+        return absl::InternalError("NVFP4 Quantize needs out.global_scale");
+      }
+      QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.global_scale, pass.nvfp4.global_scale, 4));
+    }
     if (spec.asymmetric) {
       QUANTD_RETURN_IF_ERROR(
           lease->CopyOut(out.zero_points, pass.zero_points, 4 * layout.geometry.num_scales));
@@ -389,7 +395,10 @@ class CudaBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(void* zero_points, arena.Allocate(spec.asymmetric ? 4 * n : 0));
     QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
     QUANTD_RETURN_IF_ERROR(lease->CopyIn(codes, in.codes, layout.code_bytes));
-    QUANTD_RETURN_IF_ERROR(lease->CopyIn(scales, in.scales, 4 * n));
+    // NVFP4 divides by d_b = block scale / global scale: computed here, n divisions.
+    const std::vector<float> element_scales = ElementScalesOf(in, spec);
+    QUANTD_RETURN_IF_ERROR(
+        lease->CopyIn(scales, element_scales.empty() ? in.scales : element_scales.data(), 4 * n));
     if (spec.asymmetric) QUANTD_RETURN_IF_ERROR(lease->CopyIn(zero_points, in.zero_points, 4 * n));
     QUANTD_RETURN_IF_ERROR(lease->MarkCopiedIn());
     const ElementParams params =
@@ -422,8 +431,8 @@ class CudaBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
     QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
-        pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points, nullptr,
-        output, out.dtype, metrics != nullptr ? pass.partials : nullptr, stream));
+        pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points, pass.nvfp4,
+        nullptr, output, out.dtype, metrics != nullptr ? pass.partials : nullptr, stream));
     QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.data, output, out.bytes));
     return Finish(spec, pass, metrics, *lease);
@@ -521,6 +530,7 @@ class CudaBackend final : public Backend {
     MetricPartial* partials = nullptr;
     float* scales = nullptr;
     int32_t* zero_points = nullptr;
+    GlobalScaleBuffers nvfp4;   // NVFP4's element scales and global scale, else null
     bool scales_ready = false;  // static scales, or 1 for a plain cast, already in place
     MetricPartial total;        // host copy of partials[kMaxMetricBlocks]
     DeviceFlags flags;          // host copy of stats.flags
@@ -553,6 +563,12 @@ class CudaBackend final : public Backend {
     SplitWorkspace(workspace, layout, &pass.stats, &pass.partials);
     pass.scales = static_cast<float*>(scales);
     pass.zero_points = spec.asymmetric ? static_cast<int32_t*>(zero_points) : nullptr;
+    if (Traits(spec.format).scale_kind == ScaleKind::kE4M3) {
+      QUANTD_ASSIGN_OR_RETURN(void* element_scales, arena.Allocate(4 * n));
+      QUANTD_ASSIGN_OR_RETURN(void* global_scale, arena.Allocate(4));
+      pass.nvfp4.element_scales = static_cast<float*>(element_scales);
+      pass.nvfp4.global_scale = static_cast<float*>(global_scale);
+    }
     pass.params = MakeElementParams(spec, layout, d_input, input.dtype, lease.device().max_blocks);
     if (spec.granularity == Granularity::kNone) {
       // A copy this small is staged: CopyIn has consumed its source when it returns.

@@ -538,8 +538,11 @@ cudaError_t LaunchQuantizeTokenFused(const ElementParams& p, const ScaleRule& ru
 }
 
 bool VectorPathApplies(const ElementParams& p) {
+  // Its kernels are instantiated for integer and minifloat elements (HiF8 takes the generic
+  // kernels).
   return p.geometry.cols > 0 && p.geometry.cols % kVector == 0 && p.geometry.rows > 0 &&
-         (p.codec.bits == 8 || p.codec.bits == 4);
+         (p.codec.bits == 8 || p.codec.bits == 4) &&
+         (p.codec.kind == ElementKind::kInt || p.codec.kind == ElementKind::kMinifloat);
 }
 
 int VectorGrid(const ElementParams& p) {

@@ -443,6 +443,7 @@ bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* o
   const ScaleGeometry& g = p.geometry;
   const ElementCodec& c = p.codec;
   if ((codes == nullptr) == (output == nullptr)) return false;  // one of the two, not both
+  if (p.scale_kind == ScaleKind::kE4M3) return false;           // NVFP4: zero element scales
   if (g.rows <= 0 || g.cols <= 0 || g.cols % kVector != 0) return false;
   if (g.rows * g.cols / kVector >= (int64_t{1} << 31) || g.num_scales >= (int64_t{1} << 31)) {
     return false;

@@ -36,6 +36,9 @@ struct ElementParams {
   bool stochastic = false;
   uint64_t seed = 0;
   bool reject_nan = false;
+  // NVFP4 (kE4M3): the element scales may be 0, which only codec.h's QuantizeElementAs
+  // handles (its codes are then 0), so the lean quantize kernels stand aside.
+  ScaleKind scale_kind = ScaleKind::kF32;
   int max_blocks = 1024;  // grid size cap (a few waves of the device's SMs)
 };
 
@@ -44,8 +47,9 @@ ElementParams MakeElementParams(const QuantSpec& spec, const QuantLayout& layout
 
 // Flags a launch raises for the host to turn into a Status after the stream synchronizes.
 struct DeviceFlags {
-  unsigned long long first_nan;  // flat index of the first NaN a NaN-rejecting pass saw
-  long long bad_scale_group;     // a group whose asymmetric range overflowed fp32
+  unsigned long long first_nan;   // flat index of the first NaN a NaN-rejecting pass saw
+  long long bad_scale_group;      // a group whose asymmetric range overflowed fp32
+  unsigned int tensor_amax_bits;  // NVFP4: the tensor's amax (a float >= 0, as its bits)
 };
 inline constexpr unsigned long long kNoNan = ~0ull;
 inline constexpr long long kNoBadGroup = -1;
@@ -117,6 +121,18 @@ cudaError_t LaunchPercentileScales(const ElementParams& p, const ScaleRule& rule
                                    double percentile, void* workspace, float* scales,
                                    int32_t* zero_points, DeviceFlags* flags, cudaStream_t stream);
 
+// NVFP4's second level of scales, in device memory: the element scales d_b, one per block,
+// and the tensor's global scale S_enc.
+struct GlobalScaleBuffers {
+  float* element_scales = nullptr;
+  float* global_scale = nullptr;
+};
+
+// NVFP4 scales from the block statistics (LaunchGroupStats): the tensor's amax, S_enc, then
+// per block the E4M3 block scale's value into `scales` and d_b into `nvfp4.element_scales`.
+cudaError_t LaunchNvfp4Scales(const StatsBuffers& stats, int64_t num_scales, float* scales,
+                              const GlobalScaleBuffers& nvfp4, cudaStream_t stream);
+
 // The element pass: quantizes every element with its group's scale. Writes packed codes when
 // `codes` is set, x̂ in `output_dtype` when `output` is set, and per-block metric partials
 // (then their total into partials[kMaxMetricBlocks]) when `partials` is set.
@@ -128,11 +144,11 @@ cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const in
 // QuantDequant (output) needs it: unless `scales_ready` (static scales, or 1 for a plain cast,
 // already in `scales`), the statistics and scales first, then the element pass. Dynamic
 // per-token quantization runs as one fused pass where a kernel for it applies. `stats` must
-// have been initialized by LaunchInitStats.
+// have been initialized by LaunchInitStats. `nvfp4` is NVFP4's second level (else empty).
 cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bool scales_ready,
                                const StatsBuffers& stats, float* scales, int32_t* zero_points,
-                               uint8_t* codes, void* output, DType output_dtype,
-                               MetricPartial* partials, cudaStream_t stream);
+                               const GlobalScaleBuffers& nvfp4, uint8_t* codes, void* output,
+                               DType output_dtype, MetricPartial* partials, cudaStream_t stream);
 
 // x̂ = s · decode(code) for every element, into `output` (F32 / F16 / BF16).
 cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const float* scales,

@@ -37,6 +37,7 @@ __global__ void InitStatsKernel(StatsBuffers stats, int64_t n) {
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     stats.flags->first_nan = kNoNan;
     stats.flags->bad_scale_group = kNoBadGroup;
+    stats.flags->tensor_amax_bits = 0u;
   }
 }
 
@@ -102,6 +103,37 @@ __global__ void ScalesKernel(ScaleRule rule, float clip, StatsBuffers stats, int
     }
     scales[i] = s;
     if (zero_points != nullptr) zero_points[i] = zp;
+  }
+}
+
+// NVFP4, first step: the tensor's amax as the largest block amax. A float >= 0 orders as its
+// bits, so one atomicMax per block merges them.
+__global__ void TensorAmaxKernel(StatsBuffers stats, int64_t n) {
+  float amax = 0.0f;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    const float lo = KeyFloat(stats.min_keys[i]), hi = KeyFloat(stats.max_keys[i]);
+    if (lo <= hi) amax = fmaxf(amax, fmaxf(hi, -lo));
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+  }
+  if ((threadIdx.x & 31) == 0) atomicMax(&stats.flags->tensor_amax_bits, __float_as_uint(amax));
+}
+
+// NVFP4, second step: S_enc, then every block's scale value and element scale (codec.h).
+__global__ void Nvfp4ScalesKernel(StatsBuffers stats, int64_t n, float* scales,
+                                  GlobalScaleBuffers nvfp4) {
+  const float global_scale = Nvfp4GlobalScale(__uint_as_float(stats.flags->tensor_amax_bits));
+  if (blockIdx.x == 0 && threadIdx.x == 0) *nvfp4.global_scale = global_scale;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    const float lo = KeyFloat(stats.min_keys[i]), hi = KeyFloat(stats.max_keys[i]);
+    const float block_scale = Nvfp4BlockScale(lo <= hi ? fmaxf(hi, -lo) : 0.0f, global_scale);
+    scales[i] = block_scale;
+    nvfp4.element_scales[i] = Nvfp4ElementScale(block_scale, global_scale);
   }
 }
 
@@ -310,6 +342,7 @@ ElementParams MakeElementParams(const QuantSpec& spec, const QuantLayout& layout
   p.stochastic = spec.rounding == Rounding::kStochastic;
   p.seed = spec.seed;
   p.reject_nan = spec.nan_policy == NanPolicy::kReject;
+  p.scale_kind = Traits(spec.format).scale_kind;
   p.max_blocks = max_blocks;
   return p;
 }
@@ -358,6 +391,15 @@ cudaError_t LaunchScales(const ScaleRule& rule, float clip, const StatsBuffers& 
   return cudaGetLastError();
 }
 
+cudaError_t LaunchNvfp4Scales(const StatsBuffers& stats, int64_t num_scales, float* scales,
+                              const GlobalScaleBuffers& nvfp4, cudaStream_t stream) {
+  const int grid = GridFor(std::max<int64_t>(num_scales, 1), 1024);
+  TensorAmaxKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales);
+  if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
+  Nvfp4ScalesKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales, scales, nvfp4);
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const int32_t* zero_points,
                            uint8_t* codes, void* output, DType output_dtype,
                            MetricPartial* partials, DeviceFlags* flags, cudaStream_t stream) {
@@ -372,8 +414,17 @@ cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const in
 
 cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bool scales_ready,
                                const StatsBuffers& stats, float* scales, int32_t* zero_points,
-                               uint8_t* codes, void* output, DType output_dtype,
-                               MetricPartial* partials, cudaStream_t stream) {
+                               const GlobalScaleBuffers& nvfp4, uint8_t* codes, void* output,
+                               DType output_dtype, MetricPartial* partials, cudaStream_t stream) {
+  if (p.scale_kind == ScaleKind::kE4M3) {
+    if (cudaError_t error = LaunchGroupStats(p, stats, stream); error != cudaSuccess) return error;
+    if (cudaError_t error = LaunchNvfp4Scales(stats, p.geometry.num_scales, scales, nvfp4, stream);
+        error != cudaSuccess) {
+      return error;
+    }
+    return LaunchQuantize(p, nvfp4.element_scales, nullptr, codes, output, output_dtype, partials,
+                          stats.flags, stream);
+  }
   if (!scales_ready) {
     const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric, spec.scale_rounding);
     if (LeanFusedApplies(p, codes, output)) {

@@ -1,4 +1,7 @@
 // The refusals every backend shares, so that a request gets the same answer on each.
+#include <cmath>
+#include <vector>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -45,7 +48,23 @@ absl::StatusOr<QuantLayout> LayoutOfDequantization(const ConstQuantizedBuffers& 
                      " code bytes where ", layout.code_bytes, " are needed, ", in.num_scales,
                      " scales where ", layout.geometry.num_scales, " are needed"));
   }
+  if (Traits(spec.format).scale_kind == ScaleKind::kE4M3 &&
+      !(std::isfinite(in.global_scale) && in.global_scale > 0.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s needs its global_scale (finite, > 0) to dequantize, got %g",
+                        FormatName(spec.format), in.global_scale));
+  }
   return layout;
+}
+
+std::vector<float> ElementScalesOf(const ConstQuantizedBuffers& in, const QuantSpec& spec) {
+  std::vector<float> element_scales;
+  if (Traits(spec.format).scale_kind != ScaleKind::kE4M3) return element_scales;
+  element_scales.resize(in.num_scales);
+  for (int64_t i = 0; i < in.num_scales; ++i) {
+    element_scales[i] = Nvfp4ElementScale(in.scales[i], in.global_scale);
+  }
+  return element_scales;
 }
 
 absl::Status CheckCalibration(const QuantSpec& spec, const CalibrationOptions& options) {
@@ -56,7 +75,7 @@ absl::Status CheckCalibration(const QuantSpec& spec, const CalibrationOptions& o
         "token, group or block");
   }
   if (spec.has_static_scales()) return invalid("calibrate computes scales; drop static_scales");
-  if (Traits(spec.format).mx.block > 0) {
+  if (Traits(spec.format).block > 0) {
     return invalid(absl::StrCat(FormatName(spec.format),
                                 " scales are computed from each block when it is quantized "
                                 "(they cannot be given as static scales): nothing to calibrate"));

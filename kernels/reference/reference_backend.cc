@@ -37,7 +37,8 @@ class ReferenceBackend final : public Backend {
     if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales ||
         (layout.code_bytes > 0 && out.codes == nullptr) ||
         (out.num_scales > 0 && out.scales == nullptr) ||
-        (spec.asymmetric && out.num_scales > 0 && out.zero_points == nullptr)) {
+        (spec.asymmetric && out.num_scales > 0 && out.zero_points == nullptr) ||
+        (Traits(spec.format).scale_kind == ScaleKind::kE4M3 && out.global_scale == nullptr)) {
       return absl::InternalError(absl::StrCat(
           "Quantize output buffers do not match the layout: ", out.code_bytes, " code bytes for ",
           layout.code_bytes, ", ", out.num_scales, " scales for ", layout.geometry.num_scales));
@@ -46,6 +47,7 @@ class ReferenceBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(const Scales scales,
                             reference::ComputeScales(executor_, input, spec, layout, pass));
     std::copy(scales.scale.begin(), scales.scale.end(), out.scales);
+    if (out.global_scale != nullptr) *out.global_scale = scales.global_scale;
     if (spec.asymmetric) {
       std::copy(scales.zero_point.begin(), scales.zero_point.end(), out.zero_points);
     }
@@ -64,6 +66,8 @@ class ReferenceBackend final : public Backend {
                           const MutableTensorView& out) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfDequantization(in, spec, out));
     const ElementCodec codec = MakeElementPass(spec).codec;
+    const std::vector<float> element_scales = ElementScalesOf(in, spec);
+    const float* scales = element_scales.empty() ? in.scales : element_scales.data();
     const ScaleGeometry& g = layout.geometry;
     const uint8_t* codes = static_cast<const uint8_t*>(in.codes);
     executor_->ParallelFor(
@@ -71,7 +75,7 @@ class ReferenceBackend final : public Backend {
           for (int64_t row = r0; row < r1; ++row) {
             const uint8_t* code_row = codes + row * layout.code_row_bytes;
             ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
-              const float s = in.scales[group];
+              const float s = scales[group];
               const int32_t zp = spec.asymmetric ? in.zero_points[group] : 0;
               for (int64_t col = c0; col < c1; ++col) {
                 const uint32_t code = LoadCode(code_row, col, codec.bits, spec.packing);

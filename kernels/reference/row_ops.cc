@@ -119,6 +119,17 @@ absl::StatusOr<Scales> ComputeScales(Executor* executor, const TensorView& x, co
     return NanRejectedError(spec.format, stats.first_nan);
   const int64_t n = layout.geometry.num_scales;
   scales.scale.resize(n);
+  if (Traits(spec.format).scale_kind == ScaleKind::kE4M3) {
+    float tensor_amax = 0.0f;
+    for (int64_t i = 0; i < n; ++i) tensor_amax = std::max(tensor_amax, stats.amax(i));
+    scales.global_scale = Nvfp4GlobalScale(tensor_amax);
+    scales.element.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      scales.scale[i] = Nvfp4BlockScale(stats.amax(i), scales.global_scale);
+      scales.element[i] = Nvfp4ElementScale(scales.scale[i], scales.global_scale);
+    }
+    return scales;
+  }
   if (spec.asymmetric) scales.zero_point.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     absl::Status status =

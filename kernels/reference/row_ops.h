@@ -122,8 +122,16 @@ ElementPass MakeElementPass(const QuantSpec& spec);
 
 // Scales (and zero-points) of one quantization, one per scale group.
 struct Scales {
-  std::vector<float> scale;
+  std::vector<float> scale;         // what Quantize reports
   std::vector<int32_t> zero_point;  // empty when symmetric
+  // NVFP4: the element scales d_b (scale holds the E4M3 block scales' values) and S_enc.
+  std::vector<float> element;
+  float global_scale = 0.0f;
+
+  // What the elements of group `group` are divided by.
+  float ElementScale(int64_t group) const {
+    return element.empty() ? scale[group] : element[group];
+  }
 };
 
 }  // namespace quantd::reference
@@ -149,7 +157,7 @@ absl::Status RunElementPass(Executor* executor, const TensorView& x, const Quant
     for (int64_t row = r0; row < r1; ++row) {
       LoadRow(x, row, g.cols, row_values.data());
       ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
-        const float s = scales.scale[group];
+        const float s = scales.ElementScale(group);
         const int32_t zp = asymmetric ? scales.zero_point[group] : 0;
         for (int64_t col = c0; col < c1; ++col) {
           const int64_t index = row * g.cols + col;

@@ -46,8 +46,66 @@ bool ParsePositive(absl::string_view text, int64_t* value) {
 
 }  // namespace
 
+namespace {
+
+// The fake_quant_ops grammar e<E>m<M>k<K>b<B>[c] (FORMATS.md "Descriptor strings"): E2M1
+// elements with 8-bit shared exponents over blocks of 32 is "e2m1k8b32" = mxfp4. K is the
+// shared scale's width, which must be 8 (E8M0); B the block size along the last axis; `c`
+// ("carry") rounds the shared exponent to nearest (ScaleRounding::kNearest) instead of down.
+// False when `text` is not of that shape; an error when it is but names what quantd lacks.
+absl::StatusOr<bool> ParseBlockGrammar(absl::string_view text, QuantSpec* parsed) {
+  int64_t numbers[4] = {0, 0, 0, 0};
+  const char kLetters[] = {'e', 'm', 'k', 'b'};
+  size_t at = 0;
+  for (int i = 0; i < 4; ++i) {
+    if (at >= text.size() || text[at] != kLetters[i]) return false;
+    const size_t begin = ++at;
+    while (at < text.size() && absl::ascii_isdigit(static_cast<unsigned char>(text[at]))) ++at;
+    if (at == begin || at - begin > 6 ||
+        !absl::SimpleAtoi(text.substr(begin, at - begin), &numbers[i])) {
+      return false;
+    }
+  }
+  const bool carry = at < text.size() && text[at] == 'c';
+  if (carry) ++at;
+  if (at != text.size()) return false;
+  struct Element {
+    int64_t e, m;
+    Format format;
+  };
+  constexpr Element kElements[] = {{4, 3, Format::kMxfp8E4M3},
+                                   {5, 2, Format::kMxfp8E5M2},
+                                   {3, 2, Format::kMxfp6E3M2},
+                                   {2, 3, Format::kMxfp6E2M3},
+                                   {2, 1, Format::kMxfp4}};
+  const Element* element = nullptr;
+  for (const Element& candidate : kElements) {
+    if (candidate.e == numbers[0] && candidate.m == numbers[1]) element = &candidate;
+  }
+  if (element == nullptr) {
+    return Invalid(absl::StrCat("descriptor \"", text, "\": quantd has no e", numbers[0], "m",
+                                numbers[1],
+                                " elements; e<E>m<M>k8b<B>[c] takes e4m3, e5m2, e3m2, e2m3 and "
+                                "e2m1"));
+  }
+  if (numbers[2] != 8) {
+    return Invalid(absl::StrCat("descriptor \"", text, "\": shared scales are E8M0, k8 (not k",
+                                numbers[2], ")"));
+  }
+  if (numbers[3] <= 0) {
+    return Invalid(absl::StrCat("descriptor \"", text, "\": the block size b<B> must be > 0"));
+  }
+  parsed->format = element->format;
+  parsed->granularity = Granularity::kGroup;
+  parsed->group_size = numbers[3];
+  parsed->scale_rounding = carry ? ScaleRounding::kNearest : ScaleRounding::kUnspecified;
+  return true;
+}
+
+}  // namespace
+
 // Grammar: <format>[-asym|-sym][-tensor|-channel|-token|-g<N>|-b<R>x<C>], e.g. "int8",
-// "int8-asym", "int4-g128", "fp8-e4m3-b128x128", "int8-token".
+// "int8-asym", "int4-g128", "fp8-e4m3-b128x128", "int8-token"; and e<E>m<M>k<K>b<B>[c].
 absl::Status ApplyDescriptor(absl::string_view descriptor, QuantSpec* spec) {
   std::string text = absl::AsciiStrToLower(absl::StripAsciiWhitespace(descriptor));
   // FORMATS.md: "mxfp8 (= mxfp8e4m3)".
@@ -56,6 +114,36 @@ absl::Status ApplyDescriptor(absl::string_view descriptor, QuantSpec* spec) {
     return Invalid(absl::StrCat("unknown descriptor \"", descriptor, "\" (", why,
                                 "); accepted: ", DescriptorHelp()));
   };
+  auto conflict = [&](absl::string_view field) {
+    return Invalid(absl::StrCat("descriptor \"", descriptor, "\" contradicts the spec's ", field,
+                                "; set one or the other"));
+  };
+  {
+    QuantSpec grammar;
+    QUANTD_ASSIGN_OR_RETURN(const bool matched, ParseBlockGrammar(text, &grammar));
+    if (matched) {
+      if (spec->format != Format::kUnspecified && spec->format != grammar.format) {
+        return conflict("format");
+      }
+      if ((spec->granularity != Granularity::kUnspecified &&
+           spec->granularity != Granularity::kGroup) ||
+          (spec->group_size != 0 && spec->group_size != grammar.group_size)) {
+        return conflict("granularity or group size");
+      }
+      if (grammar.scale_rounding != ScaleRounding::kUnspecified &&
+          spec->scale_rounding != ScaleRounding::kUnspecified &&
+          spec->scale_rounding != grammar.scale_rounding) {
+        return conflict("scale rule");
+      }
+      spec->format = grammar.format;
+      spec->granularity = Granularity::kGroup;
+      spec->group_size = grammar.group_size;
+      if (grammar.scale_rounding != ScaleRounding::kUnspecified) {
+        spec->scale_rounding = grammar.scale_rounding;
+      }
+      return absl::OkStatus();
+    }
+  }
   // The longest format name that is a prefix ending at '-' or the end ("fp8-e4m3" before "fp8").
   Format format = Format::kUnspecified;
   size_t name_length = 0;
@@ -105,10 +193,6 @@ absl::Status ApplyDescriptor(absl::string_view descriptor, QuantSpec* spec) {
     }
   }
 
-  auto conflict = [&](absl::string_view field) {
-    return Invalid(absl::StrCat("descriptor \"", descriptor, "\" contradicts the spec's ", field,
-                                "; set one or the other"));
-  };
   if (spec->format != Format::kUnspecified && spec->format != parsed.format) {
     return conflict("format");
   }
@@ -151,18 +235,26 @@ std::vector<std::string> DescriptorExamples() {
   examples.emplace_back("int4-g128");
   examples.emplace_back("int8-token");
   examples.emplace_back("fp8-e4m3-b128x128");
+  examples.emplace_back("e2m1k8b32");
+  examples.emplace_back("e4m3k8b32c");
   return examples;
 }
 
 std::string DescriptorHelp() {
   return absl::StrCat(absl::StrJoin(DescriptorExamples(), ", "),
-                      "; in general <format>[-asym|-sym][-tensor|-channel|-token|-g<N>|-b<R>x<C>]");
+                      "; in general <format>[-asym|-sym][-tensor|-channel|-token|-g<N>|-b<R>x<C>] "
+                      "or e<E>m<M>k8b<B>[c] (E,M: 4,3 5,2 3,2 2,3 2,1; c: shared exponent "
+                      "rounded to nearest)");
 }
 
 std::string DescriptorOf(const QuantSpec& spec) {
   std::string name(FormatName(spec.format));
   const FormatTraits& t = Traits(spec.format);
-  if (t.mx.block > 0) return name;  // the name implies the blocks
+  if (t.block > 0) {
+    // The name implies the blocks; MX blocks of another size are a group.
+    if (spec.group_size != t.block) absl::StrAppend(&name, "-g", spec.group_size);
+    return name;
+  }
   if (spec.asymmetric && t.symmetric_ok) absl::StrAppend(&name, "-asym");
   switch (spec.granularity) {
     case Granularity::kChannel:
@@ -203,40 +295,46 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   (void)numel;
   const int rank = static_cast<int>(shape.size());
 
-  // MX formats: blocks of 32 along the last axis, E8M0 scales from each block's amax.
-  if (!InRange(spec.scale_rounding, 4)) {
+  // Block formats (MX, NVFP4): blocks along the last axis, scales computed from each block.
+  if (!InRange(spec.scale_rounding, 5)) {
     return Invalid(absl::StrCat("scale_rule ", static_cast<int>(spec.scale_rounding),
-                                " is not a scale rule; use floor, rceil or even"));
+                                " is not a scale rule; use floor, rceil, even or nearest"));
   }
-  if (t.mx.block > 0) {
+  if (t.block > 0) {
     if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kGroup;
     if (spec.granularity == Granularity::kGroup && spec.group_size == 0) {
-      spec.group_size = t.mx.block;
+      spec.group_size = t.block;
     }
-    if (spec.granularity != Granularity::kGroup || spec.group_size != t.mx.block) {
-      return Invalid(absl::StrCat(name, " scales blocks of ", t.mx.block,
-                                  " elements along the last axis: leave granularity and "
-                                  "group_size unset (or group, ",
-                                  t.mx.block, ")"));
+    // MX's blocks are 32 (OCP MX v1.0); other sizes serve the fake_quant_ops grammar
+    // (e2m1k8b16, ...). NVFP4's are 16, always.
+    const bool any_size = t.scale_kind == ScaleKind::kE8M0;
+    if (spec.granularity != Granularity::kGroup || (!any_size && spec.group_size != t.block)) {
+      return Invalid(absl::StrCat(
+          name, " scales blocks of ", t.block, any_size ? " (or group_size)" : "",
+          " elements along the last axis: leave granularity and group_size unset (or group, ",
+          t.block, ")"));
     }
     if (spec.has_static_scales()) {
-      return Invalid(absl::StrCat(name,
-                                  " scales are powers of two computed from each block; static "
-                                  "scales are not supported"));
+      return Invalid(absl::StrCat(name, " block scales are computed from each block",
+                                  t.scale_kind == ScaleKind::kE8M0 ? " (powers of two)" : "",
+                                  "; static scales are not supported"));
     }
     if (spec.clip_ratio != 0.0f && spec.clip_ratio != 1.0f) {
       return Invalid(absl::StrCat("clip_ratio does not apply to ", name,
-                                  ": the shared exponent comes from the block's amax"));
+                                  ": the block scales come from each block's amax"));
     }
     if (spec.overflow == Overflow::kNonfinite) {
-      return Invalid(absl::StrCat(name, " elements saturate (OCP MX v1.0): use overflow saturate"));
+      return Invalid(absl::StrCat(name, " elements saturate: use overflow saturate"));
     }
+  }
+  if (t.scale_kind == ScaleKind::kE8M0) {
     if (spec.scale_rounding == ScaleRounding::kUnspecified) {
       spec.scale_rounding = ScaleRounding::kFloor;
     }
   } else if (spec.scale_rounding != ScaleRounding::kUnspecified) {
     return Invalid(absl::StrCat("scale_rule applies to MX formats (mxfp8, mxfp4, ...); ", name,
-                                " has free fp32 scales: leave it unset"));
+                                t.block > 0 ? " has E4M3 block scales" : " has free fp32 scales",
+                                ": leave it unset"));
   }
 
   // Granularity and its parameters.
@@ -296,6 +394,15 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   if (!t.symmetric_ok) spec.asymmetric = true;
 
   // Rounding, overflow, NaN policy, packing.
+  if (t.kind == ElementKind::kHif8) {
+    // FORMATS.md: ties away from zero is HiF8's only rounding.
+    if (spec.rounding == Rounding::kUnspecified) spec.rounding = Rounding::kNearestAway;
+    if (spec.rounding != Rounding::kNearestAway) {
+      return Invalid(absl::StrCat(name,
+                                  " rounds half away from zero only (HiFloat8): use "
+                                  "rounding away or leave it unset"));
+    }
+  }
   if (spec.rounding == Rounding::kUnspecified) spec.rounding = Rounding::kNearestEven;
   if (spec.overflow == Overflow::kUnspecified) spec.overflow = Overflow::kSaturate;
   if (spec.overflow == Overflow::kNonfinite && !t.has_inf && !t.has_nan) {

@@ -83,8 +83,9 @@ int Main(int argc, char** argv) {
       const QuantLayout layout = *ComputeLayout(spec, shape);
       std::vector<uint8_t> codes(layout.code_bytes);
       std::vector<float> scales(layout.geometry.num_scales);
-      const QuantizedBuffers out{codes.data(), layout.code_bytes, scales.data(),
-                                 layout.geometry.num_scales, nullptr};
+      const QuantizedBuffers out{codes.data(),  layout.code_bytes,
+                                 scales.data(), layout.geometry.num_scales,
+                                 nullptr,       nullptr};
       ErrorMetrics metrics;
       auto call = [&] {
         const absl::Status status =

@@ -77,9 +77,12 @@ void BM_Quantize(benchmark::State& state, const Case& c) {
   std::vector<int32_t> zero_points(spec.asymmetric ? layout.geometry.num_scales : 0);
   std::unique_ptr<Backend> backend = CreateReferenceBackend(Pool());
   const TensorView input{DType::kF32, shape, x.data(), static_cast<int64_t>(x.size() * 4)};
-  const QuantizedBuffers out{codes.data(), layout.code_bytes, scales.data(),
+  const QuantizedBuffers out{codes.data(),
+                             layout.code_bytes,
+                             scales.data(),
                              layout.geometry.num_scales,
-                             spec.asymmetric ? zero_points.data() : nullptr};
+                             spec.asymmetric ? zero_points.data() : nullptr,
+                             nullptr};
   for (auto _ : state) {
     if (!backend->Quantize(input, spec, out, /*metrics=*/nullptr).ok()) abort();
     benchmark::DoNotOptimize(codes.data());
@@ -109,8 +112,8 @@ void BM_Dequantize(benchmark::State& state, const Case& c) {
            .ok()) {
     abort();
   }
-  const ConstQuantizedBuffers in{codes.data(), layout.code_bytes, scales.data(),
-                                 layout.geometry.num_scales, zp};
+  const ConstQuantizedBuffers in{
+      codes.data(), layout.code_bytes, scales.data(), layout.geometry.num_scales, zp, 0.0f};
   const MutableTensorView out{DType::kF32, shape, output.data(),
                               static_cast<int64_t>(output.size() * 4)};
   for (auto _ : state) {

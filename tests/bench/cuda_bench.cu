@@ -72,6 +72,11 @@ const Op kOps[] = {
      Op::kQuantize},
     {"quantize mxfp4", Format::kMxfp4, Granularity::kGroup, 32, 0, false, false, Op::kQuantize},
     {"dequantize mxfp4", Format::kMxfp4, Granularity::kGroup, 32, 0, false, false, Op::kDequantize},
+    // NVFP4: E4M3 scales per block of 16 under a per-tensor global scale.
+    {"quantize nvfp4", Format::kNvfp4, Granularity::kGroup, 16, 0, false, false, Op::kQuantize},
+    {"dequantize nvfp4", Format::kNvfp4, Granularity::kGroup, 16, 0, false, false, Op::kDequantize},
+    // HiF8 (generic element kernels: its tapered encode has no vector path yet).
+    {"quantize hif8 token", Format::kHif8, Granularity::kToken, 0, 0, false, false, Op::kQuantize},
     // Percentile calibration (Calibrate's scales): four selection passes over the input.
     {"calibrate percentile int8 tensor", Format::kInt8, Granularity::kTensor, 0, 0, false, false,
      Op::kPercentile},
@@ -165,6 +170,11 @@ int Main(int argc, char** argv) {
       CUDA_CHECK(cudaMalloc(&scales, 4 * n));
       CUDA_CHECK(cudaMalloc(&zero_points, 4 * n));
       CUDA_CHECK(cudaMalloc(&workspace, WorkspaceBytes(layout)));
+      GlobalScaleBuffers nvfp4;
+      if (Traits(spec.format).scale_kind == ScaleKind::kE4M3) {
+        CUDA_CHECK(cudaMalloc(&nvfp4.element_scales, 4 * n));
+        CUDA_CHECK(cudaMalloc(&nvfp4.global_scale, 4));
+      }
       if (op.timed == Op::kDequantize) CUDA_CHECK(cudaMalloc(&output, numel * 4));
       void* select_workspace = nullptr;
       if (op.timed == Op::kPercentile) {
@@ -180,8 +190,8 @@ int Main(int argc, char** argv) {
       auto quantize = [&](bool scales_ready) {
         CUDA_CHECK(LaunchInitStats(stats, n, stream));
         CUDA_CHECK(LaunchQuantizePass(p, spec, scales_ready, stats, static_cast<float*>(scales),
-                                      zps, static_cast<uint8_t*>(codes), nullptr, DType::kF32,
-                                      nullptr, stream));
+                                      zps, nvfp4, static_cast<uint8_t*>(codes), nullptr,
+                                      DType::kF32, nullptr, stream));
       };
       quantize(/*scales_ready=*/false);  // scales (and codes) to start from
       const int reps = numel >= (int64_t{1} << 28) ? 5 : 20;
@@ -201,9 +211,12 @@ int Main(int argc, char** argv) {
       } else if (op.timed == Op::kDequantize) {
         ms = MedianMs(
             [&] {
-              CUDA_CHECK(LaunchDequantize(p, static_cast<uint8_t*>(codes),
-                                          static_cast<float*>(scales), zps, output, DType::kF32,
-                                          stream));
+              // NVFP4's dequantization divides by the element scales (d_b).
+              const float* element_scales = nvfp4.element_scales != nullptr
+                                                ? nvfp4.element_scales
+                                                : static_cast<float*>(scales);
+              CUDA_CHECK(LaunchDequantize(p, static_cast<uint8_t*>(codes), element_scales, zps,
+                                          output, DType::kF32, stream));
             },
             reps, stream);
         bytes = layout.code_bytes + 4 * n + numel * 4;
@@ -223,6 +236,8 @@ int Main(int argc, char** argv) {
       CUDA_CHECK(cudaFree(zero_points));
       CUDA_CHECK(cudaFree(workspace));
       if (output != nullptr) CUDA_CHECK(cudaFree(output));
+      if (nvfp4.element_scales != nullptr) CUDA_CHECK(cudaFree(nvfp4.element_scales));
+      if (nvfp4.global_scale != nullptr) CUDA_CHECK(cudaFree(nvfp4.global_scale));
       if (select_workspace != nullptr) CUDA_CHECK(cudaFree(select_workspace));
     }
     CUDA_CHECK(cudaFree(x));

@@ -71,7 +71,7 @@ class FormatInfo:
     nan_code: int = 0  # magnitude bits of the NaN it produces
     inf_code: Optional[int] = None  # magnitude bits of Inf, None when it has none
     ml_dtype: object = None
-    mx_block: int = 0  # MX (E8M0 scales over blocks of 32): this oracle describes, not computes
+    block: int = 0  # block formats (MX, NVFP4): this oracle describes them, test_server computes
 
     @property
     def divisor(self) -> np.float32:
@@ -91,12 +91,15 @@ FORMATS = {
                            nan_code=0x7E, inf_code=0x7C, ml_dtype=ml_dtypes.float8_e5m2),
     # OCP MX v1.0 (FORMATS.md "Block formats"). Their numerics are checked against the C++
     # oracle (tests/unit/oracle.cc) and ml_dtypes (tests/python); here they are only listed.
-    "mxfp8": FormatInfo("mxfp8", "float", 8, max_finite=448.0, mx_block=32),
-    "mxfp8e5m2": FormatInfo("mxfp8e5m2", "float", 8, max_finite=57344.0, mx_block=32),
-    "mxfp6e3m2": FormatInfo("mxfp6e3m2", "float", 6, max_finite=28.0, mx_block=32),
-    "mxfp6e2m3": FormatInfo("mxfp6e2m3", "float", 6, max_finite=7.5, mx_block=32),
-    "mxfp4": FormatInfo("mxfp4", "float", 4, max_finite=6.0, mx_block=32),
-    "mxint8": FormatInfo("mxint8", "int", 8, -127, 127, True, False, mx_block=32),
+    "mxfp8": FormatInfo("mxfp8", "float", 8, max_finite=448.0, block=32),
+    "mxfp8e5m2": FormatInfo("mxfp8e5m2", "float", 8, max_finite=57344.0, block=32),
+    "mxfp6e3m2": FormatInfo("mxfp6e3m2", "float", 6, max_finite=28.0, block=32),
+    "mxfp6e2m3": FormatInfo("mxfp6e2m3", "float", 6, max_finite=7.5, block=32),
+    "mxfp4": FormatInfo("mxfp4", "float", 4, max_finite=6.0, block=32),
+    "mxint8": FormatInfo("mxint8", "int", 8, -127, 127, True, False, block=32),
+    "nvfp4": FormatInfo("nvfp4", "float", 4, max_finite=6.0, block=16),
+    # HiF8: tapered, not an IEEE-like minifloat; listed only (the C++ oracle computes it).
+    "hif8": FormatInfo("hif8", "float", 8, max_finite=32768.0),
 }
 
 GRANULARITIES = ("none", "tensor", "channel", "token", "group", "block")

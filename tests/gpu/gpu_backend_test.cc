@@ -74,6 +74,7 @@ struct Outputs {
   std::vector<uint8_t> codes;
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
+  float global_scale = -1.0f;  // NVFP4: written by Quantize
   ErrorMetrics metrics;
 };
 
@@ -92,7 +93,7 @@ Outputs Quantize(Backend& backend, const std::vector<uint8_t>& bytes, DType dtyp
   o.status = backend.Quantize(
       input, spec,
       {o.codes.data(), layout.code_bytes, o.scales.data(), layout.geometry.num_scales,
-       spec.asymmetric ? o.zero_points.data() : nullptr},
+       spec.asymmetric ? o.zero_points.data() : nullptr, &o.global_scale},
       &o.metrics);
   return o;
 }
@@ -130,6 +131,7 @@ constexpr GranularityCase kGranularities[] = {
     {"channel_last", Granularity::kChannel, -1, 0, 0, 0},
     {"token", Granularity::kToken, 0, 0, 0, 0},
     {"group7", Granularity::kGroup, 0, 7, 0, 0},
+    {"group16", Granularity::kGroup, 0, 16, 0, 0},
     {"group32", Granularity::kGroup, 0, 32, 0, 0},
     {"group128", Granularity::kGroup, 0, 128, 0, 0},
     {"block16x32", Granularity::kBlock, 0, 0, 16, 32},
@@ -185,10 +187,12 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
         requested.nan_policy = knob.nan_policy;
         requested.clip_ratio = knob.clip;
         requested.seed = RunSeed();
-        if (Traits(format).mx.block > 0) {
-          // MX: no clip ratio and saturating elements; the scale rule rotates instead.
+        if (Traits(format).block > 0) {
+          // Block formats: no clip ratio and saturating elements; MX rotates the scale rule.
           requested.clip_ratio = 0.0f;
           requested.overflow = Overflow::kSaturate;
+        }
+        if (Traits(format).scale_kind == ScaleKind::kE8M0) {
           requested.scale_rounding = static_cast<ScaleRounding>(1 + (&knob - kKnobs + numel) % 3);
         }
         absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
@@ -210,6 +214,7 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
             if (!cpu.status.ok()) continue;
             ++compared;
             ASSERT_EQ(gpu.codes, cpu.codes);
+            ASSERT_EQ(testing::Bits(gpu.global_scale), testing::Bits(cpu.global_scale));
             for (size_t i = 0; i < cpu.scales.size(); ++i) {
               ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i]))
                   << "scale " << i;
@@ -221,9 +226,12 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
             const DType out_dtype = dtype == DType::kF32 ? DType::kBF16 : DType::kF32;
             std::vector<uint8_t> cpu_out(numel * DTypeSize(out_dtype), 0x7F);
             std::vector<uint8_t> gpu_out(cpu_out.size(), 0xC3);
-            const ConstQuantizedBuffers in{cpu.codes.data(), layout.code_bytes, cpu.scales.data(),
+            const ConstQuantizedBuffers in{cpu.codes.data(),
+                                           layout.code_bytes,
+                                           cpu.scales.data(),
                                            layout.geometry.num_scales,
-                                           spec->asymmetric ? cpu.zero_points.data() : nullptr};
+                                           spec->asymmetric ? cpu.zero_points.data() : nullptr,
+                                           cpu.global_scale};
             const MutableTensorView cpu_view{out_dtype, shape, cpu_out.data(),
                                              static_cast<int64_t>(cpu_out.size())};
             const MutableTensorView gpu_view{out_dtype, shape, gpu_out.data(),
@@ -245,9 +253,9 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
       }
     }
   }
-  // Every granularity the format takes ran at least once (MX formats take groups of 32 only).
-  const int mx_block = Traits(format).mx.block;
-  if (FormatAllows(format, gc.granularity) && (mx_block == 0 || gc.group_size == mx_block)) {
+  // Every granularity the format takes ran at least once (block formats take their block only).
+  const int block = Traits(format).block;
+  if (FormatAllows(format, gc.granularity) && (block == 0 || gc.group_size == block)) {
     EXPECT_GT(compared, 0);
   }
 }
@@ -284,7 +292,7 @@ TEST_P(GpuStaticScalesTest, CodesAndOutputsMatchTheCpuBitForBit) {
                                std::numeric_limits<float>::max()};
   const Shape shapes[] = {{5, 160}, {3, 5, 8}, {64, 4096}, {4, 1, 33}};
   const GranularityCase* cases[] = {&kGranularities[1], &kGranularities[2], &kGranularities[4],
-                                    &kGranularities[6], &kGranularities[7], &kGranularities[8]};
+                                    &kGranularities[7], &kGranularities[8], &kGranularities[9]};
   std::mt19937 rng(static_cast<uint32_t>(RunSeed()));
   std::uniform_real_distribution<float> log2_scale(-40.0f, 40.0f);
   int compared = 0;
@@ -351,9 +359,12 @@ TEST_P(GpuStaticScalesTest, CodesAndOutputsMatchTheCpuBitForBit) {
                                                    static_cast<int64_t>(cpu_out.size())};
                   const MutableTensorView gpu_view{out_dtype, shape, gpu_out.data(),
                                                    static_cast<int64_t>(gpu_out.size())};
-                  const ConstQuantizedBuffers in{cpu.codes.data(), layout.code_bytes,
-                                                 cpu.scales.data(), num_scales,
-                                                 asym ? cpu.zero_points.data() : nullptr};
+                  const ConstQuantizedBuffers in{cpu.codes.data(),
+                                                 layout.code_bytes,
+                                                 cpu.scales.data(),
+                                                 num_scales,
+                                                 asym ? cpu.zero_points.data() : nullptr,
+                                                 cpu.global_scale};
                   ASSERT_TRUE(cpu_->Dequantize(in, *spec, cpu_view).ok());
                   ASSERT_TRUE(gpu_->Dequantize(in, *spec, gpu_view).ok());
                   ASSERT_EQ(gpu_out, cpu_out) << "dequantize to " << DTypeName(out_dtype);

@@ -128,6 +128,7 @@ Direct QuantizeDirect(const v1::QuantizeRequest& request) {
   out.scales = direct.scales.data();
   out.num_scales = layout.geometry.num_scales;
   out.zero_points = spec.asymmetric ? direct.zero_points.data() : nullptr;
+  out.global_scale = &direct.global_scale;
   direct.status = Oracle()->Quantize(View(request.input()), spec, out, nullptr);
   return direct;
 }
@@ -154,6 +155,7 @@ Direct DequantizeDirect(const v1::DequantizeRequest& request) {
   in.scales = scales.data();
   in.num_scales = static_cast<int64_t>(scales.size());
   in.zero_points = spec.asymmetric ? zero_points.data() : nullptr;
+  in.global_scale = q.global_scale();
   MutableTensorView out;
   out.dtype = out_dtype;
   out.shape = shape;

@@ -55,7 +55,8 @@ struct Direct {
   std::string codes;
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
-  std::string output;  // Dequantize / QuantDequant
+  float global_scale = 0.0f;  // NVFP4
+  std::string output;         // Dequantize / QuantDequant
 };
 Direct QuantizeDirect(const v1::QuantizeRequest& request);
 Direct DequantizeDirect(const v1::DequantizeRequest& request);

@@ -120,10 +120,15 @@ TEST(TraitsTest, EveryFormatIsKnownToTheOracleAndAgreesWithIt) {
     EXPECT_EQ(t.asymmetric_ok, info->asymmetric_ok);
     EXPECT_EQ(t.has_nan, info->has_nan);
     EXPECT_EQ(t.has_inf, info->has_inf);
-    if (info->mx_block > 0) {
+    EXPECT_EQ(t.block, info->block());
+    if (info->nvfp4_block > 0) {
+      // NVFP4: E4M3 block scales over blocks of 16 along the last axis, groups of 16 only.
+      EXPECT_EQ(t.scale_kind, ScaleKind::kE4M3);
+      EXPECT_EQ(t.scale_divisor, info->symmetric_divisor);
+      EXPECT_EQ(t.granularities, GranularityBit(Granularity::kGroup));
+    } else if (info->mx_block > 0) {
       // MX: E8M0 scales over blocks of 32 along the last axis, i.e. groups of 32 only.
       EXPECT_EQ(t.scale_kind, ScaleKind::kE8M0);
-      EXPECT_EQ(t.mx.block, info->mx_block);
       EXPECT_EQ(t.mx.emax, info->mx_emax);
       EXPECT_EQ(t.mx.mbits, info->mx_mbits);
       EXPECT_EQ(t.mx.implicit_exponent, info->mx_implicit_exponent);
@@ -131,7 +136,6 @@ TEST(TraitsTest, EveryFormatIsKnownToTheOracleAndAgreesWithIt) {
       EXPECT_EQ(t.granularities, GranularityBit(Granularity::kGroup));
     } else {
       EXPECT_EQ(t.scale_kind, ScaleKind::kF32);
-      EXPECT_EQ(t.mx.block, 0);
       EXPECT_EQ(t.scale_divisor, info->symmetric_divisor);
       EXPECT_EQ(FormatAllows(format, Granularity::kNone), !info->is_int);
       for (Granularity g : {Granularity::kTensor, Granularity::kChannel, Granularity::kToken,
@@ -143,6 +147,10 @@ TEST(TraitsTest, EveryFormatIsKnownToTheOracleAndAgreesWithIt) {
       EXPECT_EQ(t.qmin, info->qmin);
       EXPECT_EQ(t.qmax, info->qmax);
       EXPECT_EQ(t.is_signed, info->qmin < 0);
+    } else if (info->hif8) {
+      EXPECT_EQ(t.kind, ElementKind::kHif8);
+      EXPECT_EQ(Hif8Decode(kHif8Max), info->max_finite);
+      EXPECT_EQ(Hif8Decode(0x01), info->min_subnormal);
     } else {
       const oracle::Minifloat& m = info->minifloat;
       EXPECT_EQ(t.minifloat.exp_bits, m.exp_bits);

@@ -4,6 +4,7 @@
 // numbers a reader can check on paper.
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -98,7 +99,7 @@ TEST(MxVectorsTest, Mxfp8E4m3ScalesByPowersOfTwoOnly) {
 // "an all-zero block gets scale code 0x00 and zero codes"; FP6 packs four codes in three bytes.
 TEST(MxVectorsTest, AllZeroBlocksAndFp6Packing) {
   for (Format format : AllFormats()) {
-    if (Traits(format).mx.block == 0) continue;
+    if (Traits(format).scale_kind != ScaleKind::kE8M0) continue;
     const MxBlock zero = QuantizeBlock(format, ScaleRounding::kFloor, {});
     EXPECT_EQ(zero.scale_code, 0u) << FormatName(format);
     EXPECT_EQ(zero.codes, std::vector<uint8_t>(32 * Traits(format).bits / 8, 0))
@@ -138,6 +139,114 @@ TEST(MxVectorsTest, E8M0CodesRoundTripAndClamp) {
   const ScaleRule even = MakeScaleRule(Traits(Format::kMxfp8E4M3), false, ScaleRounding::kEven);
   EXPECT_EQ(MxSharedExponent(even, 496.0f), 9 - 8);  // 1.1111b · 2^8 rounds up to 2^9
   EXPECT_EQ(MxSharedExponent(even, 480.0f), 8 - 8);  // 1.111b · 2^8 has 3 mantissa bits
+}
+
+// NEAREST (the `c` of e<E>m<M>k<K>b<B>c): X = floor(log2(amax) + 1/2) - emax. amax 1.5 has a
+// significand above √2, so X = 1 - 2 = -1 (code 126) where FLOOR keeps 0 - 2 = -2: 1.5 / 2^-1 = 3
+// (0x5). amax 1.4 lies below √2 · 2^0: X = -2 (code 125), 1.4 / 2^-2 = 5.6 → 6 (0x7).
+TEST(MxVectorsTest, NearestRuleRoundsTheExponentAtSqrtTwo) {
+  const MxBlock above = QuantizeBlock(Format::kMxfp4, ScaleRounding::kNearest, {1.5f});
+  EXPECT_EQ(above.scale_code, 126u);
+  ASSERT_FALSE(above.codes.empty());
+  EXPECT_EQ(above.codes[0], 0x05);
+  const MxBlock below = QuantizeBlock(Format::kMxfp4, ScaleRounding::kNearest, {1.4f});
+  EXPECT_EQ(below.scale_code, 125u);
+  ASSERT_FALSE(below.codes.empty());
+  EXPECT_EQ(below.codes[0], 0x07);
+  const ScaleRule nearest = MakeScaleRule(Traits(Format::kMxfp4), false, ScaleRounding::kNearest);
+  EXPECT_EQ(MxSharedExponent(nearest, 1.41421354f), 0 - 2);  // fp32 just below √2
+  EXPECT_EQ(MxSharedExponent(nearest, 1.41421366f), 1 - 2);  // the next one, above
+}
+
+// ---- NVFP4 (FORMATS.md "Block formats"), worked by hand. ----
+
+struct Nvfp4Run {
+  float global_scale = 0.0f;
+  std::vector<uint32_t> scale_codes;  // E4M3
+  std::vector<uint8_t> codes;
+  std::vector<float> x_hat;
+};
+
+Nvfp4Run QuantizeNvfp4(const std::vector<float>& x, const Shape& shape) {
+  QuantSpec spec;
+  spec.format = Format::kNvfp4;
+  const Quantized q = QuantizeFloats(x, shape, spec);
+  EXPECT_THAT(q.status, IsOk());
+  Nvfp4Run run;
+  run.global_scale = q.run.global_scale;
+  for (float s : q.run.scales) {
+    const uint32_t code =
+        MinifloatEncodePortable(E4M3Params(), s, Rounding::kNearestEven, 0u, Overflow::kSaturate);
+    EXPECT_EQ(MinifloatDecode(E4M3Params(), code), s) << "a block scale is an E4M3 value";
+    run.scale_codes.push_back(code);
+  }
+  run.codes = q.run.codes;
+  run.x_hat = q.x_hat;
+  return run;
+}
+
+// Four blocks of 16. The tensor's amax 5.25 = 2688 / 512 makes S_enc = 512 exactly, and
+// S_enc / 6 = fp32(85.333...) = 85.33333587646484.
+//  Block 0, amax 5.25: 5.25 · 85.333336 = 448.0000134 → fp32 448 → E4M3 0x7E; d_b = 448 / 512
+//   = 0.875; 5.25 / 0.875 = 6 (0x7), -0.875 / 0.875 = -1 (0x8 | 0x2 = 0xA).
+//  Block 1, amax 1: 85.333336 lies between E4M3's 80 and 88 (step 8 in [64, 128)), nearer 88
+//   = 1.375 · 2^6 (0x6B); d_b = 88 / 512 = 0.171875; 1 / d_b = 5.82 → 6 (0x7), x̂ = 1.03125;
+//   -0.5 / d_b = -2.91 → -3 (0xD).
+//  Block 2, all zeros: s_b = 0, d_b = 0, codes 0.
+//  Block 3, amax 1e-6: 1e-6 · 85.33 = 8.5e-5 is below half of E4M3's least subnormal 2^-9, so
+//   s_b = 0 and d_b = 0: its codes are 0 although its values are not.
+TEST(Nvfp4VectorsTest, TwoLevelScalesByHand) {
+  std::vector<float> x(64, 0.0f);
+  x[0] = 5.25f;
+  x[1] = -0.875f;
+  x[16] = 1.0f;
+  x[17] = -0.5f;
+  x[48] = 1e-6f;
+  x[49] = -1e-6f;
+  const Nvfp4Run run = QuantizeNvfp4(x, {1, 64});
+  EXPECT_EQ(run.global_scale, 512.0f);
+  EXPECT_THAT(run.scale_codes, ::testing::ElementsAre(0x7Eu, 0x6Bu, 0x00u, 0x00u));
+  ASSERT_EQ(run.codes.size(), 32u);
+  EXPECT_EQ(run.codes[0], 0xA7);  // element 0 in the low nibble
+  EXPECT_EQ(run.codes[8], 0xD7);
+  for (size_t i = 0; i < run.codes.size(); ++i) {
+    if (i != 0 && i != 8) {
+      EXPECT_EQ(run.codes[i], 0) << i;
+    }
+  }
+  EXPECT_EQ(run.x_hat[0], 5.25f);
+  EXPECT_EQ(run.x_hat[1], -0.875f);
+  EXPECT_EQ(run.x_hat[16], 1.03125f);
+  EXPECT_EQ(run.x_hat[17], -0.515625f);
+  EXPECT_EQ(run.x_hat[48], 0.0f);
+}
+
+// An all-zero tensor: S_enc = 1 ("1 when amax is 0"), every block scale 0, every code 0.
+TEST(Nvfp4VectorsTest, AllZeroTensor) {
+  const Nvfp4Run run = QuantizeNvfp4(std::vector<float>(40, 0.0f), {2, 20});
+  EXPECT_EQ(run.global_scale, 1.0f);
+  EXPECT_THAT(run.scale_codes, ::testing::Each(0x00u));
+  EXPECT_EQ(run.scale_codes.size(), 4u);  // [2, ceil(20 / 16)]
+  EXPECT_THAT(run.codes, ::testing::Each(0));
+}
+
+// amax 1e-37: 2688 / 1e-37 overflows fp32, and S_enc is clamped to FLT_MAX as
+// TransformerEngine does, so amax · S_enc / 6 is 5.67 rather than 448: the block scale is
+// E4M3's 5.5 (0x4B), d_b = 5.5 / FLT_MAX = 1.6e-38 (still normal), and 1e-37 / d_b = 6.19
+// saturates to E2M1's 6 (0x7).
+TEST(Nvfp4VectorsTest, GlobalScaleClampsToFltMax) {
+  std::vector<float> x(16, 0.0f);
+  x[0] = 1e-37f;
+  const Nvfp4Run run = QuantizeNvfp4(x, {16});
+  EXPECT_EQ(run.global_scale, std::numeric_limits<float>::max());
+  EXPECT_THAT(run.scale_codes, ::testing::ElementsAre(0x4Bu));
+  ASSERT_EQ(run.codes.size(), 8u);
+  EXPECT_EQ(run.codes[0], 0x07);
+  EXPECT_EQ(run.x_hat[0], 6.0f * (5.5f / std::numeric_limits<float>::max()));
+  EXPECT_EQ(Nvfp4GlobalScale(0.0f), 1.0f);
+  EXPECT_EQ(Nvfp4GlobalScale(6.0f), 448.0f);
+  EXPECT_EQ(Nvfp4BlockScale(1e30f, 448.0f), 448.0f);  // the product overflows: saturates
+  EXPECT_EQ(Nvfp4BlockScale(0.0f, 448.0f), 0.0f);
 }
 
 }  // namespace

@@ -133,6 +133,66 @@ uint32_t EncodeMinifloat(const Minifloat& f, float v, Rounding rounding, uint32_
   return sign | code;
 }
 
+double Hif8Value(uint32_t code) {
+  // "NaN 0x80, ±Inf 0x6F/0xEF"
+  if (code == 0x80u) return std::numeric_limits<double>::quiet_NaN();
+  const double sign = (code & 0x80u) ? -1.0 : 1.0;
+  const uint32_t magnitude = code & 0x7Fu;
+  if (magnitude == 0x6Fu) return sign * std::numeric_limits<double>::infinity();
+  // The prefix ("dot") after the sign bit: 0000 denormal, 0001 D=0, 001 D=1, 01 D=2, 10 D=3,
+  // 11 D=4; D exponent bits follow (the first is the exponent's sign, the rest the magnitude
+  // below its implicit leading 1), then the mantissa fills the byte.
+  int prefix_bits = 0, dot = 0;
+  if ((magnitude >> 3) == 0) {
+    // Denormal: "min denormal 2^-22": value 2^(M - 23) for the 3 bits M (M = 0: zero).
+    return magnitude == 0 ? 0.0 : sign * std::ldexp(1.0, static_cast<int>(magnitude) - 23);
+  } else if ((magnitude >> 3) == 1) {
+    prefix_bits = 4, dot = 0;
+  } else if ((magnitude >> 4) == 1) {
+    prefix_bits = 3, dot = 1;
+  } else {
+    prefix_bits = 2, dot = static_cast<int>(magnitude >> 5) + 1;  // 01 → 2, 10 → 3, 11 → 4
+  }
+  const int mantissa_bits = 7 - prefix_bits - dot;
+  const uint32_t field = (magnitude >> mantissa_bits) & ((1u << dot) - 1u);
+  int exponent = 0;
+  if (dot > 0) {
+    const bool negative = (field >> (dot - 1)) & 1u;
+    const int size = (1 << (dot - 1)) | static_cast<int>(field & ((1u << (dot - 1)) - 1u));
+    exponent = negative ? -size : size;
+  }
+  const uint32_t mantissa = magnitude & ((1u << mantissa_bits) - 1u);
+  return sign *
+         std::ldexp(1.0 + std::ldexp(static_cast<double>(mantissa), -mantissa_bits), exponent);
+}
+
+uint32_t EncodeHif8(float v, Overflow overflow) {
+  if (std::isnan(v)) return 0x80u;
+  // Every finite non-negative value with its code, by value.
+  static const std::vector<std::pair<double, uint32_t>>* const table = [] {
+    auto* t = new std::vector<std::pair<double, uint32_t>>();
+    for (uint32_t c = 0; c < 0x80u; ++c) {
+      if (c != 0x6Fu) t->emplace_back(Hif8Value(c), c);
+    }
+    std::sort(t->begin(), t->end());
+    return t;
+  }();
+  const double a = std::fabs(static_cast<double>(v));
+  const uint32_t sign = std::signbit(v) ? 0x80u : 0u;
+  uint32_t magnitude;
+  if (a > 32768.0) {
+    magnitude = overflow == Overflow::kNonfinite && a >= 40960.0 ? 0x6Fu : 0x6Eu;
+  } else {
+    // The nearest entry, ties to the one farther from zero.
+    size_t best = 0;
+    for (size_t i = 1; i < table->size(); ++i) {
+      if (std::fabs((*table)[i].first - a) <= std::fabs((*table)[best].first - a)) best = i;
+    }
+    magnitude = (*table)[best].second;
+  }
+  return magnitude == 0 ? 0u : (sign | magnitude);  // one zero: 0x80 is the NaN
+}
+
 float HalfBitsToFloat(uint16_t h) { return static_cast<float>(MinifloatValue(kF16, h)); }
 uint16_t FloatToHalfBits(float v) {
   return static_cast<uint16_t>(
@@ -282,7 +342,24 @@ const FormatInfo* FindFormat(Format format) {
     info.mx_implicit_exponent = 6;
     return info;
   }();
+  // "NVFP4: E2M1 in blocks of 16, block scale E4M3, plus a per-tensor F32 global scale".
+  static const FormatInfo kNvfp4Info = [&] {
+    FormatInfo info{"nvfp4", false, 4, 0, 0, kE2M1, 6.0, 0.5, 6.0f, true, false, false, false};
+    info.nvfp4_block = 16;
+    return info;
+  }();
+  // "HiF8 ... max 32768, min denormal 2^-22, NaN 0x80, ±Inf 0x6F/0xEF ... With a scale,
+  // s = amax / 8".
+  static const FormatInfo kHif8Info = [&] {
+    FormatInfo info{"hif8", false, 8, 0, 0, {}, 32768.0, 0x1p-22, 8.0f, true, false, true, true};
+    info.hif8 = true;
+    return info;
+  }();
   switch (format) {
+    case Format::kHif8:
+      return &kHif8Info;
+    case Format::kNvfp4:
+      return &kNvfp4Info;
     case Format::kMxfp8E4M3:
       return &kMxE4M3Info;
     case Format::kMxfp8E5M2:
@@ -310,6 +387,17 @@ const FormatInfo* FindFormat(Format format) {
     default:
       return nullptr;
   }
+}
+
+std::vector<double> ElementMagnitudes(const FormatInfo& info) {
+  if (!info.hif8) return FiniteMagnitudes(info.minifloat);
+  std::vector<double> values;
+  for (uint32_t code = 0; code < 0x6Fu; ++code) {
+    const double v = Hif8Value(code);
+    if (v <= info.symmetric_divisor) values.push_back(v);
+  }
+  std::sort(values.begin(), values.end());
+  return values;
 }
 
 Metrics ComputeMetrics(const std::vector<float>& x, const std::vector<float>& x_hat) {
@@ -359,22 +447,28 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
   r.format = q.format;
   const int rank = static_cast<int>(shape.size());
   r.granularity = q.granularity == Granularity::kUnspecified ? Granularity::kTensor : q.granularity;
-  if (r.info->mx_block > 0) {
-    // "blocks of 32 along the last axis": a group of 32 is the only granularity, and the
-    // default one. The scale is the block's power of two: no clip ratio, no static scales
-    // (kernels/ choices: FORMATS.md gives MX no way to pass either).
+  if (r.info->block() > 0) {
+    // "blocks of 32 along the last axis" (MX), "blocks of 16" (NVFP4): a group of the block
+    // size is the only granularity, and the default one. Block scales come from each block: no
+    // clip ratio, no static scales (kernels/ choices: FORMATS.md gives them no way to pass
+    // either).
+    // kernels/ choice: MX blocks of other sizes along the last axis serve the fake_quant_ops
+    // grammar ("e<E>m<M>k<K>b<B>"); NVFP4's are 16.
     if (q.granularity == Granularity::kUnspecified) r.granularity = Granularity::kGroup;
-    const int64_t size = q.group_size == 0 ? r.info->mx_block : q.group_size;
-    if (r.granularity != Granularity::kGroup || size != r.info->mx_block) {
-      return refuse("MX blocks are 32 along the last axis");
+    const int64_t size = q.group_size == 0 ? r.info->block() : q.group_size;
+    if (r.granularity != Granularity::kGroup || size <= 0 ||
+        (r.info->nvfp4_block > 0 && size != r.info->nvfp4_block)) {
+      return refuse("block formats take blocks along the last axis");
     }
-    if (q.clip_ratio != 0.0f && q.clip_ratio != 1.0f) return refuse("clip ratio on MX");
-    // "elements = quantize(v / 2^X), RNE, saturating"
-    if (q.overflow == Overflow::kNonfinite) return refuse("nonfinite overflow on MX");
-    if (q.has_static_scales()) return refuse("static scales on MX");
+    if (q.clip_ratio != 0.0f && q.clip_ratio != 1.0f) return refuse("clip ratio on a block format");
+    // "elements = quantize(v / 2^X), RNE, saturating"; NVFP4's E2M1 has no Inf or NaN.
+    if (q.overflow == Overflow::kNonfinite) return refuse("nonfinite overflow on a block format");
+    if (q.has_static_scales()) return refuse("static scales on a block format");
+  }
+  if (r.info->mx_block > 0) {
     r.scale_rounding =
         q.scale_rounding == ScaleRounding::kUnspecified ? ScaleRounding::kFloor : q.scale_rounding;
-    if (static_cast<int>(r.scale_rounding) < 1 || static_cast<int>(r.scale_rounding) > 3) {
+    if (static_cast<int>(r.scale_rounding) < 1 || static_cast<int>(r.scale_rounding) > 4) {
       return refuse("scale rule");
     }
   } else if (q.scale_rounding != ScaleRounding::kUnspecified) {
@@ -393,7 +487,7 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
       r.axis = q.axis < 0 ? q.axis + rank : q.axis;
       break;
     case Granularity::kGroup:
-      r.group = r.info->mx_block > 0 ? r.info->mx_block : q.group_size;
+      r.group = r.info->block() > 0 && q.group_size == 0 ? r.info->block() : q.group_size;
       if (r.group <= 0) return refuse("group size");
       break;
     case Granularity::kBlock:
@@ -409,8 +503,15 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
   r.asymmetric = q.asymmetric || !r.info->symmetric_ok;
   if (r.asymmetric && !r.info->asymmetric_ok) return refuse("asymmetric");
   if (r.asymmetric && r.granularity == Granularity::kNone) return refuse("asymmetric cast");
+  // HiF8: "ties away from zero", its only rounding.
+  if (r.info->hif8 && q.rounding != Rounding::kUnspecified &&
+      q.rounding != Rounding::kNearestAway) {
+    return refuse("HiF8 rounds half away from zero only");
+  }
   switch (q.rounding) {
     case Rounding::kUnspecified:
+      r.rounding = r.info->hif8 ? Rounding::kNearestAway : Rounding::kNearestEven;
+      break;
     case Rounding::kNearestEven:
       r.rounding = Rounding::kNearestEven;
       break;
@@ -594,6 +695,13 @@ int MxExponent(const FormatInfo& info, ScaleRounding rule, const std::vector<flo
       if (biased != 0) x = biased - 127 - info.mx_emax;
       break;
     }
+    case ScaleRounding::kNearest:
+      // The `c` (carry) of e<E>m<M>k<K>b<B>c: floor(log2(amax) + 0.5), in fp64 (exact enough:
+      // no fp32 value lies within 1e-8 of √2 · 2^k).
+      if (amax > 0.0f) {
+        x = static_cast<int>(std::floor(std::log2(static_cast<double>(amax)) + 0.5)) - info.mx_emax;
+      }
+      break;
     default:
       if (amax > 0.0f) x = std::ilogb(amax) - info.mx_emax;  // floor(log2(amax)), subnormals too
       break;
@@ -706,7 +814,8 @@ float DequantizeCode(const FormatInfo& info, uint32_t code, float scale, int32_t
     const float level = static_cast<float>(q - zero_point);
     return scale * level;
   }
-  const float value = static_cast<float>(MinifloatValue(info.minifloat, code));
+  const float value =
+      static_cast<float>(info.hif8 ? Hif8Value(code) : MinifloatValue(info.minifloat, code));
   return scale * value;
 }
 
@@ -714,11 +823,15 @@ namespace {
 
 uint32_t QuantizeOne(const Resolved& spec, float x, float s, int32_t zp, uint64_t flat_index) {
   const FormatInfo& info = *spec.info;
+  // NVFP4: "element = e2m1(x / d_b) (codes 0 when d_b is 0)".
+  if (info.nvfp4_block > 0 && s == 0.0f) return 0u;
   const uint32_t random_bits =
       spec.rounding == Rounding::kStochastic ? RandomBits(spec.seed, flat_index) : 0u;
   if (std::isnan(x)) {
     if (spec.nan_policy == NanPolicy::kZero) {
       x = 0.0f;  // "nan_policy = ZERO": quantized as the value 0
+    } else if (info.hif8) {
+      return 0x80u;
     } else if (!info.is_int) {
       return EncodeMinifloat(info.minifloat, x, spec.rounding, random_bits, spec.overflow);
     }
@@ -729,6 +842,7 @@ uint32_t QuantizeOne(const Resolved& spec, float x, float s, int32_t zp, uint64_
     const int32_t q = QuantizeInt(v, zp, info.qmin, info.qmax, spec.rounding, random_bits);
     return static_cast<uint32_t>(q) & ((1u << info.bits) - 1u);
   }
+  if (info.hif8) return EncodeHif8(v, spec.overflow);
   return EncodeMinifloat(info.minifloat, v, spec.rounding, random_bits, spec.overflow);
 }
 
@@ -769,6 +883,44 @@ Result Quantize(const std::vector<float>& x, const Shape& shape, const QuantSpec
   } else if (!r.spec.static_scales.empty()) {
     r.scales = r.spec.static_scales;
     if (r.spec.asymmetric) zps = r.spec.static_zero_points;
+  } else if (info.nvfp4_block > 0) {
+    // "S_enc = fp32(2688 / amax_tensor) (1 when amax is 0); s_b = e4m3(fp32(amax_b ·
+    // fp32(S_enc / 6))); d_b = fp32(decode(s_b) / S_enc)". amax over finite elements, as for
+    // every scale; a quotient that overflows fp32 becomes FLT_MAX (TransformerEngine's clamp,
+    // where FORMATS.md is silent).
+    const auto groups = FiniteByGroup(x, g);
+    std::vector<float> block_amax(n, 0.0f);
+    float tensor_amax = 0.0f;
+    for (size_t k = 0; k < n; ++k) {
+      for (float v : groups[k]) block_amax[k] = std::max(block_amax[k], std::fabs(v));
+      tensor_amax = std::max(tensor_amax, block_amax[k]);
+    }
+    float s_enc = 1.0f;
+    if (tensor_amax > 0.0f) {
+      s_enc = 2688.0f / tensor_amax;
+      if (std::isinf(s_enc)) s_enc = std::numeric_limits<float>::max();
+    }
+    r.global_scale = s_enc;
+    const float per_element = s_enc / 6.0f;
+    std::vector<float> element_scales(n);
+    for (size_t k = 0; k < n; ++k) {
+      const float product = block_amax[k] * per_element;
+      const uint32_t s_b =
+          EncodeMinifloat(kE4M3, product, Rounding::kNearestEven, 0u, Overflow::kSaturate);
+      r.scales[k] = static_cast<float>(MinifloatValue(kE4M3, s_b));
+      element_scales[k] = r.scales[k] / s_enc;
+    }
+    r.codes.resize(x.size());
+    r.x_hat.resize(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      const size_t k = static_cast<size_t>(g.group_of[i]);
+      r.codes[i] = QuantizeOne(r.spec, x[i], element_scales[k], 0, i);
+      // "x̂ = fp32(e2m1 · d_b)"
+      r.x_hat[i] = DequantizeCode(info, r.codes[i], element_scales[k], 0);
+    }
+    r.packed_codes = Pack(r.codes, g.rows, g.cols, info.bits, r.spec.packing);
+    r.metrics = ComputeMetrics(x, r.x_hat);
+    return r;
   } else {
     const auto groups = FiniteByGroup(x, g);
     for (size_t k = 0; k < n; ++k) {
@@ -795,14 +947,16 @@ Result Quantize(const std::vector<float>& x, const Shape& shape, const QuantSpec
 
 std::vector<float> Dequantize(const std::vector<uint8_t>& packed, const std::vector<float>& scales,
                               const std::vector<int32_t>& zero_points, const Shape& shape,
-                              const Resolved& spec) {
+                              const Resolved& spec, float global_scale) {
   const Grouping g = GroupElements(spec, shape);
   const std::vector<uint32_t> codes = Unpack(packed, g.rows, g.cols, spec.info->bits, spec.packing);
   std::vector<float> out(codes.size());
   for (size_t i = 0; i < codes.size(); ++i) {
     const size_t k = static_cast<size_t>(g.group_of[i]);
     const int32_t zp = spec.asymmetric ? zero_points[k] : 0;
-    out[i] = DequantizeCode(*spec.info, codes[i], scales[k], zp);
+    // NVFP4: "d_b = fp32(decode(s_b) / S_enc)", "x̂ = fp32(e2m1 · d_b)".
+    const float s = spec.info->nvfp4_block > 0 ? scales[k] / global_scale : scales[k];
+    out[i] = DequantizeCode(*spec.info, codes[i], s, zp);
   }
   return out;
 }
@@ -845,10 +999,10 @@ Calibration Calibrate(const std::vector<float>& x, const Shape& shape, const Qua
   Resolved spec;
   c.status = Resolve(requested, shape, &spec);
   if (!c.status.ok()) return c;
-  if (spec.info->mx_block > 0) {
-    // kernels/ choice: MX scales come from each block when it is quantized, and cannot be
-    // given back as static scales, so there is nothing to calibrate.
-    c.status = absl::InvalidArgumentError("oracle: calibrating an MX format");
+  if (spec.info->block() > 0) {
+    // kernels/ choice: MX and NVFP4 scales come from each block when it is quantized, and
+    // cannot be given back as static scales, so there is nothing to calibrate.
+    c.status = absl::InvalidArgumentError("oracle: calibrating a block format");
     return c;
   }
   c.status = CheckNans(x, spec);

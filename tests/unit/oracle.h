@@ -67,6 +67,13 @@ uint32_t InfCode(const Minifloat& f);  // 0 if none
 uint32_t EncodeMinifloat(const Minifloat& f, float v, Rounding rounding, uint32_t random_bits,
                          Overflow overflow);
 
+// ---- HiF8 (FORMATS.md "Block formats": tapered, with a prefix "dot" field). ----
+// Value of a code from its fields (NaN 0x80, ±Inf 0x6F / 0xEF). Exact.
+double Hif8Value(uint32_t code);
+// "ties away from zero (equivalently: the nearest entry of the 256-code value table, ties
+// away). SATURATE maps every |x| > 32768 to ±32768; NONFINITE maps |x| ≥ 40960 ... to ±Inf."
+uint32_t EncodeHif8(float v, Overflow overflow);
+
 // ---- Conversions of the input / output dtypes, through the same engine. ----
 float HalfBitsToFloat(uint16_t h);
 uint16_t FloatToHalfBits(float v);
@@ -110,9 +117,18 @@ struct FormatInfo {
   int mx_mbits = 0;
   int mx_implicit_exponent = 0;
   double mx_max_element = 0;
+  // NVFP4 ("E2M1 in blocks of 16, block scale E4M3, plus a per-tensor F32 global scale"):
+  // the scale the oracle reports is the E4M3 block scale's value, decode(s_b).
+  int nvfp4_block = 0;
+  bool hif8 = false;  // HiF8 elements (Hif8Value / EncodeHif8), `minifloat` unused
+  // The block size of a block format (MX or NVFP4), 0 for free-scale formats.
+  int block() const { return mx_block > 0 ? mx_block : nvfp4_block; }
 };
 // Null when the oracle has not been taught `format` yet.
 const FormatInfo* FindFormat(Format format);
+// A minifloat or HiF8 format's finite non-negative element values in order (HiF8: those up to
+// 8, where a scaled amax lands).
+std::vector<double> ElementMagnitudes(const FormatInfo& info);
 
 // ---- Whole tensors. ----
 struct Metrics {
@@ -157,6 +173,7 @@ struct Result {
   Grouping grouping;
   std::vector<float> scales;
   std::vector<int32_t> zero_points;  // asymmetric only
+  float global_scale = 0.0f;         // NVFP4's S_enc
   std::vector<uint32_t> codes;       // one native code per element, unpacked
   std::vector<uint8_t> packed_codes;
   std::vector<float> x_hat;
@@ -180,10 +197,10 @@ int64_t PackedRowBytes(int64_t cols, int bits, Packing packing);
 
 // x̂ of one code.
 float DequantizeCode(const FormatInfo& info, uint32_t code, float scale, int32_t zero_point);
-// x̂ of a whole packed tensor.
+// x̂ of a whole packed tensor (`global_scale`: NVFP4's S_enc).
 std::vector<float> Dequantize(const std::vector<uint8_t>& packed, const std::vector<float>& scales,
                               const std::vector<int32_t>& zero_points, const Shape& shape,
-                              const Resolved& spec);
+                              const Resolved& spec, float global_scale = 0.0f);
 
 // numpy.percentile(values, q) with the default 'linear' method, in fp64.
 double NumpyPercentile(std::vector<double> values, double q);

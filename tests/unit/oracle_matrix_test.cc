@@ -45,6 +45,7 @@ constexpr GranularityCase kGranularities[] = {
     {"ChannelM1", Granularity::kChannel, -1, 0, 0, 0},
     {"Token", Granularity::kToken, 0, 0, 0, 0},
     {"Group4", Granularity::kGroup, 0, 4, 0, 0},
+    {"Group16", Granularity::kGroup, 0, 16, 0, 0},
     {"Group32", Granularity::kGroup, 0, 32, 0, 0},
     {"Group128", Granularity::kGroup, 0, 128, 0, 0},
     {"Block2x3", Granularity::kBlock, 0, 0, 2, 3},
@@ -138,11 +139,13 @@ QuantSpec MakeSpec(const MatrixCase& c, bool asymmetric, const Knob& knob) {
   if (knob.packing == Packing::kInt32Offset && c.format != Format::kInt4) {
     spec.packing = Packing::kBitstream;
   }
-  if (traits.mx.block > 0) {
-    // MX scales are the block's power of two: no clip ratio. The scale rule rotates with the
-    // case instead (unspecified = FLOOR, FLOOR, RCEIL, EVEN).
+  if (traits.block > 0) {
+    // Block scales come from each block: no clip ratio, saturating elements.
     spec.clip_ratio = 0.0f;
     if (spec.overflow == Overflow::kNonfinite) spec.overflow = Overflow::kSaturate;
+  }
+  if (traits.scale_kind == ScaleKind::kE8M0) {
+    // MX: the scale rule rotates with the case (unspecified = FLOOR, FLOOR, RCEIL, EVEN).
     spec.scale_rounding = static_cast<ScaleRounding>((c.index + (knob.seed & 3)) % 4);
   }
   return spec;
@@ -209,6 +212,7 @@ void CompareWithOracle(Backend& backend, const MatrixCase& c, DType dtype, FillK
     }
   }
   EXPECT_EQ(got.zero_points, want.zero_points);
+  EXPECT_EQ(Bits(got.global_scale), Bits(want.global_scale)) << "NVFP4 global scale";
 
   // Codes, element by element (then the raw bytes, which pins padding bits too).
   const oracle::FormatInfo& info = *want.spec.info;

@@ -66,6 +66,7 @@ constexpr GranularityChoice kGranularities[] = {
     {Granularity::kTensor, 0, 0, 0, 0},   {Granularity::kChannel, 0, 0, 0, 0},
     {Granularity::kChannel, 0, 0, 0, -1}, {Granularity::kToken, 0, 0, 0, 0},
     {Granularity::kGroup, 32, 0, 0, 0},   {Granularity::kBlock, 0, 4, 8, 0},
+    {Granularity::kGroup, 16, 0, 0, 0},
 };
 
 QuantSpec MakeSpec(Format format, const GranularityChoice& g, bool asymmetric,
@@ -78,15 +79,24 @@ QuantSpec MakeSpec(Format format, const GranularityChoice& g, bool asymmetric,
   spec.block_cols = g.block_cols;
   spec.axis = g.axis;
   spec.asymmetric = asymmetric;
-  spec.rounding = rounding;
+  spec.rounding = RoundingFor(format, rounding);
   spec.seed = 99;
   return spec;
 }
 
-// Whether `format` takes granularity `g`: MX formats only their blocks of 32 (a group of 32).
+// Whether `format` takes granularity `g`: block formats only their blocks (a group of 32 for
+// MX, of 16 for NVFP4).
 bool Takes(Format format, const GranularityChoice& g) {
   const FormatTraits& t = Traits(format);
-  return FormatAllows(format, g.granularity) && (t.mx.block == 0 || g.group_size == t.mx.block);
+  return FormatAllows(format, g.granularity) && (t.block == 0 || g.group_size == t.block);
+}
+
+// What the elements of scale group `k` were divided by: the reported scale, except for NVFP4,
+// whose scales are the E4M3 block scales under the global scale.
+float ElementScale(Format format, const BackendRun& run, size_t k) {
+  return Traits(format).scale_kind == ScaleKind::kE4M3
+             ? Nvfp4ElementScale(run.scales[k], run.global_scale)
+             : run.scales[k];
 }
 
 std::vector<bool> Symmetries(Format format) {
@@ -106,6 +116,7 @@ TEST_P(PropertyTest, RoundTripErrorWithinTolerance) {
     for (bool asymmetric : Symmetries(format)) {
       for (Rounding rounding :
            {Rounding::kNearestEven, Rounding::kNearestAway, Rounding::kStochastic}) {
+        if (RoundingFor(format, rounding) != rounding) continue;  // the format's one rounding
         for (FillKind fill : {FillKind::kNormal, FillKind::kNormalLarge, FillKind::kWideRange,
                               FillKind::kTies, FillKind::kSubnormal}) {
           SCOPED_TRACE(absl::StrCat(GranularityName(g.granularity), " asym=", asymmetric, " ",
@@ -119,17 +130,17 @@ TEST_P(PropertyTest, RoundTripErrorWithinTolerance) {
           const oracle::Grouping grouping = oracle::GroupElements(resolved, shape);
           int bad = 0;
           for (size_t i = 0; i < x.size() && bad < 3; ++i) {
-            const float s = q.run.scales[static_cast<size_t>(grouping.group_of[i])];
+            const float s = ElementScale(format, q.run, static_cast<size_t>(grouping.group_of[i]));
             const ErrorBound bound = Tolerance(format, q.spec, s);
-            // MX: the OCP shared exponent (FLOOR, and EVEN) can leave a block's largest
-            // values above the largest element, where they saturate: that excess is part of
-            // the format.
+            // Block formats: the OCP shared exponent (FLOOR, and EVEN) and NVFP4's rounded E4M3
+            // block scale can leave a block's largest values above the largest element, where
+            // they saturate, and an NVFP4 block too small for E4M3 has scale 0 and codes 0:
+            // that excess is part of the format.
             const FormatTraits& t = Traits(format);
             const double largest =
                 (t.kind == ElementKind::kInt ? t.qmax : t.scale_divisor) * static_cast<double>(s);
             const double saturated =
-                t.mx.block > 0 ? std::max(0.0, std::fabs(static_cast<double>(x[i])) - largest)
-                               : 0.0;
+                t.block > 0 ? std::max(0.0, std::fabs(static_cast<double>(x[i])) - largest) : 0.0;
             const double err = std::fabs(static_cast<double>(x[i]) - q.x_hat[i]);
             if (!(err <= saturated + bound.abs + bound.rel * std::fabs(x[i]))) {
               ++bad;
@@ -152,8 +163,8 @@ TEST_P(PropertyTest, CodesStayInRange) {
     if (!Takes(format, g)) continue;
     for (bool asymmetric : Symmetries(format)) {
       for (Overflow overflow : {Overflow::kSaturate, Overflow::kNonfinite}) {
-        if (overflow == Overflow::kNonfinite && ((!t.has_inf && !t.has_nan) || t.mx.block > 0)) {
-          continue;  // nothing to overflow into, or (MX) elements that always saturate
+        if (overflow == Overflow::kNonfinite && ((!t.has_inf && !t.has_nan) || t.block > 0)) {
+          continue;  // nothing to overflow into, or (block formats) elements that saturate
         }
         QuantSpec spec = MakeSpec(format, g, asymmetric);
         spec.overflow = overflow;
@@ -166,7 +177,11 @@ TEST_P(PropertyTest, CodesStayInRange) {
           EXPECT_LE(q.run.zero_points[k], t.qmax);
         }
         for (size_t k = 0; k < q.run.scales.size(); ++k) {
-          EXPECT_TRUE(std::isfinite(q.run.scales[k]) && q.run.scales[k] > 0) << q.run.scales[k];
+          // NVFP4's E4M3 block scale of a block too small for it is 0.
+          const bool zero_ok = t.scale_kind == ScaleKind::kE4M3;
+          EXPECT_TRUE(std::isfinite(q.run.scales[k]) &&
+                      (q.run.scales[k] > 0 || (zero_ok && q.run.scales[k] == 0)))
+              << q.run.scales[k];
         }
         const std::vector<uint32_t> codes =
             oracle::Unpack(q.run.codes, 16, 48, t.bits, q.spec.packing);
@@ -258,7 +273,8 @@ TEST_P(PropertyTest, ResultsDoNotDependOnTheThreadCount) {
 
 TEST_P(PropertyTest, StaticScalesEqualToDynamicOnesReproduceTheCodes) {
   const Format format = GetParam();
-  if (Traits(format).scale_kind != ScaleKind::kF32) GTEST_SKIP() << "MX takes no static scales";
+  if (Traits(format).scale_kind != ScaleKind::kF32)
+    GTEST_SKIP() << "block formats take no static scales";
   const Shape shape = {13, 50};
   for (const GranularityChoice& g : kGranularities) {
     if (!Takes(format, g)) continue;
@@ -323,6 +339,7 @@ TEST_P(PropertyTest, ConcurrentCallsOnOneBackendAgreeWithSerialOnes) {
   std::vector<BackendRun> serial;
   QuantSpec spec =
       MakeSpec(format, kGranularities[4], !Traits(format).symmetric_ok, Rounding::kStochastic);
+  if (Traits(format).block > 0) spec.group_size = Traits(format).block;  // its blocks
   for (int t = 0; t < kCallers; ++t) {
     inputs.push_back(
         FloatBytes(MakeFill(FillKind::kNormal, 64 * 96, format, spec.asymmetric, 100 + t)));
@@ -360,10 +377,10 @@ QuantSpec StochasticSpec(Format format, uint64_t seed) {
   spec.format = format;
   spec.granularity =
       Traits(format).kind == ElementKind::kMinifloat ? Granularity::kNone : Granularity::kTensor;
-  spec.rounding = Rounding::kStochastic;
+  spec.rounding = RoundingFor(format, Rounding::kStochastic);
   spec.seed = seed;
-  if (Traits(format).mx.block > 0) {
-    spec.granularity = Granularity::kUnspecified;  // MX: its blocks of 32, E8M0 scales
+  if (Traits(format).block > 0) {
+    spec.granularity = Granularity::kUnspecified;  // block formats: their blocks
   } else if (Traits(format).kind == ElementKind::kInt) {
     spec.asymmetric = !Traits(format).symmetric_ok;
     spec.static_scales = {1.0f};
@@ -385,7 +402,9 @@ TEST(StochasticRoundingTest, ReproducibleForASeedAndDifferentAcrossSeeds) {
     const Quantized c = QuantizeFloats(x, {64, 64}, spec);
     ASSERT_THAT(a.status, IsOk());
     EXPECT_EQ(a.run.codes, b.run.codes) << FormatName(format);
-    EXPECT_NE(a.run.codes, c.run.codes) << FormatName(format);
+    if (spec.rounding == Rounding::kStochastic) {
+      EXPECT_NE(a.run.codes, c.run.codes) << FormatName(format);
+    }
     EXPECT_EQ(a.run.scales, c.run.scales) << "the scale does not depend on the seed";
   }
 }
@@ -501,12 +520,12 @@ TEST(BackendEdgeTest, EmptyTensorsAcceptEmptyNullBuffers) {
   ASSERT_EQ(layout.code_bytes, 0);
   std::string codes(static_cast<size_t>(layout.code_bytes), '\0');
   std::vector<float> scales(static_cast<size_t>(layout.geometry.num_scales));
-  QuantizedBuffers out{codes.data(), 0, scales.data(), 0, nullptr};
+  QuantizedBuffers out{codes.data(), 0, scales.data(), 0, nullptr, nullptr};
   TensorView input{DType::kF32, shape, nullptr, 0};
   ErrorMetrics metrics;
   EXPECT_THAT(backend->Quantize(input, spec, out, &metrics), IsOk());
   EXPECT_EQ(metrics.count, 0);
-  ConstQuantizedBuffers in{codes.data(), 0, scales.data(), 0, nullptr};
+  ConstQuantizedBuffers in{codes.data(), 0, scales.data(), 0, nullptr, 0.0f};
   MutableTensorView output{DType::kF32, shape, nullptr, 0};
   EXPECT_THAT(backend->Dequantize(in, spec, output), IsOk());
 }

@@ -70,7 +70,7 @@ TEST(ResolveSpecTest, FillsTheDocumentedDefaults) {
 TEST(ResolveSpecTest, ResolvedSpecsResolveToThemselves) {
   for (Format format : AllFormats()) {
     QuantSpec requested = Spec(format, Granularity::kGroup);
-    requested.group_size = Traits(format).mx.block > 0 ? Traits(format).mx.block : 3;
+    requested.group_size = Traits(format).block > 0 ? Traits(format).block : 3;
     requested.asymmetric = !Traits(format).symmetric_ok;
     absl::StatusOr<QuantSpec> once = ResolveSpec(requested, kMatrix);
     ASSERT_THAT(once, IsOk()) << FormatName(format);
@@ -95,12 +95,13 @@ TEST(ResolveSpecTest, RefusesMissingOrBogusFormat) {
 
 TEST(ResolveSpecTest, GranularityNoneIsForMinifloatsOnly) {
   for (Format format : AllFormats()) {
-    const bool minifloat = Traits(format).kind == ElementKind::kMinifloat;
+    const bool minifloat = Traits(format).kind != ElementKind::kInt;  // HiF8 included
     QuantSpec spec = Spec(format, Granularity::kNone);
     spec.asymmetric = !Traits(format).symmetric_ok;
-    if (Traits(format).mx.block > 0) {
-      // An MX element is meaningless without its block's scale.
-      EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid, HasSubstr("blocks of 32")))
+    if (Traits(format).block > 0) {
+      // A block format's element is meaningless without its block's scale.
+      EXPECT_THAT(ResolveSpec(spec, kMatrix),
+                  StatusIs(kInvalid, HasSubstr(absl::StrCat("blocks of ", Traits(format).block))))
           << FormatName(format);
     } else if (minifloat) {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), IsOk()) << FormatName(format);
@@ -214,7 +215,7 @@ TEST(ResolveSpecTest, OverflowNonfiniteNeedsInfOrNan) {
     QuantSpec spec = Spec(format);
     spec.asymmetric = !Traits(format).symmetric_ok;
     spec.overflow = Overflow::kNonfinite;
-    if (Traits(format).mx.block > 0) {
+    if (Traits(format).block > 0) {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid, HasSubstr("elements saturate")))
           << FormatName(format);
     } else if (Traits(format).has_inf || Traits(format).has_nan) {
@@ -443,7 +444,7 @@ TEST(ShapeTest, BackendRefusesMismatchedInputs) {
   std::vector<float> x(4 * 11 - 1, 1.0f);
   std::vector<uint8_t> codes(44);
   std::vector<float> scales(1);
-  QuantizedBuffers out{codes.data(), 44, scales.data(), 1, nullptr};
+  QuantizedBuffers out{codes.data(), 44, scales.data(), 1, nullptr, nullptr};
   TensorView input{DType::kF32, {4, 11}, x.data(), static_cast<int64_t>(x.size() * 4)};
   EXPECT_THAT(backend->Quantize(input, spec, out, nullptr),
               StatusIs(kInvalid,
@@ -496,11 +497,15 @@ TEST(DescriptorTest, EveryExampleParsesAndResolves) {
     ASSERT_THAT(ApplyDescriptor(name, &spec), IsOk()) << name;
     absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, {256, 256});
     ASSERT_THAT(resolved, IsOk()) << name;
-    EXPECT_EQ(DescriptorOf(*resolved), name);
+    // The e<E>m<M>k<K>b<B> grammar names MX formats, which print by their names.
+    if (name[0] != 'e') {
+      EXPECT_EQ(DescriptorOf(*resolved), name);
+    }
   }
   // FORMATS.md's own list, as far as the traits table has the formats.
-  for (const char* name : {"int8", "int8-asym", "int4-g128", "fp8-e4m3", "fp8-e5m2", "mxfp8",
-                           "mxfp8e4m3", "mxfp8e5m2", "mxfp6e3m2", "mxfp6e2m3", "mxfp4", "mxint8"}) {
+  for (const char* name :
+       {"int8", "int8-asym", "int4-g128", "fp8-e4m3", "fp8-e5m2", "mxfp8", "mxfp8e4m3", "mxfp8e5m2",
+        "mxfp6e3m2", "mxfp6e2m3", "mxfp4", "mxint8", "nvfp4"}) {
     QuantSpec spec;
     EXPECT_THAT(ApplyDescriptor(name, &spec), IsOk()) << name;
   }
@@ -568,11 +573,13 @@ TEST(ResolveSpecTest, MxRefusesWhatItCannotDo) {
   QuantSpec mx = Spec(Format::kMxfp4);
   QuantSpec tensor = mx;
   tensor.granularity = Granularity::kTensor;
-  refused(tensor, "blocks of 32 elements along the last axis");
+  refused(tensor, "blocks of 32 (or group_size) elements along the last axis");
+  // Other block sizes serve the fake_quant_ops grammar (e2m1k8b16).
   QuantSpec group16 = mx;
   group16.granularity = Granularity::kGroup;
   group16.group_size = 16;
-  refused(group16, "blocks of 32 elements along the last axis");
+  ASSERT_THAT(ResolveSpec(group16, {4, 64}), IsOk());
+  EXPECT_EQ(DescriptorOf(*ResolveSpec(group16, {4, 64})), "mxfp4-g16");
   QuantSpec clipped = mx;
   clipped.clip_ratio = 0.9f;
   refused(clipped, "clip_ratio does not apply to mxfp4");
@@ -594,6 +601,65 @@ TEST(ResolveSpecTest, MxRefusesWhatItCannotDo) {
   QuantSpec nan_propagate = mx;
   nan_propagate.nan_policy = NanPolicy::kPropagate;
   refused(nan_propagate, "no NaN to propagate");
+  // NVFP4: blocks of 16, E4M3 block scales (no scale rule), nothing static.
+  QuantSpec nvfp4 = Spec(Format::kNvfp4);
+  EXPECT_EQ(ResolveSpec(nvfp4, {4, 64})->group_size, 16);
+  QuantSpec nvfp4_group32 = nvfp4;
+  nvfp4_group32.granularity = Granularity::kGroup;
+  nvfp4_group32.group_size = 32;
+  refused(nvfp4_group32, "nvfp4 scales blocks of 16 elements along the last axis");
+  QuantSpec nvfp4_rule = nvfp4;
+  nvfp4_rule.scale_rounding = ScaleRounding::kRceil;
+  refused(nvfp4_rule, "nvfp4 has E4M3 block scales");
+  QuantSpec nvfp4_static = nvfp4;
+  nvfp4_static.static_scales.assign(4 * 4, 1.0f);
+  refused(nvfp4_static, "static scales are not supported");
+}
+
+// FORMATS.md: "the fake_quant_ops grammar e<E>m<M>k<K>b<B>[c] (e.g. mxfp4 ≡ e2m1k8b32)".
+TEST(DescriptorTest, FakeQuantOpsGrammar) {
+  struct Case {
+    const char* descriptor;
+    Format format;
+    int64_t block;
+    ScaleRounding rule;
+  };
+  constexpr Case kCases[] = {
+      {"e2m1k8b32", Format::kMxfp4, 32, ScaleRounding::kFloor},
+      {"E2M1K8B32", Format::kMxfp4, 32, ScaleRounding::kFloor},
+      {"e4m3k8b32c", Format::kMxfp8E4M3, 32, ScaleRounding::kNearest},
+      {"e5m2k8b16", Format::kMxfp8E5M2, 16, ScaleRounding::kFloor},
+      {"e3m2k8b64c", Format::kMxfp6E3M2, 64, ScaleRounding::kNearest},
+      {"e2m3k8b8", Format::kMxfp6E2M3, 8, ScaleRounding::kFloor},
+  };
+  for (const Case& c : kCases) {
+    QuantSpec spec;
+    ASSERT_THAT(ApplyDescriptor(c.descriptor, &spec), IsOk()) << c.descriptor;
+    absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, {3, 100});
+    ASSERT_THAT(resolved, IsOk()) << c.descriptor;
+    EXPECT_EQ(resolved->format, c.format) << c.descriptor;
+    EXPECT_EQ(resolved->granularity, Granularity::kGroup);
+    EXPECT_EQ(resolved->group_size, c.block) << c.descriptor;
+    EXPECT_EQ(resolved->scale_rounding, c.rule) << c.descriptor;
+  }
+  // mxfp4 ≡ e2m1k8b32: the same resolved spec.
+  QuantSpec named, grammar;
+  ASSERT_THAT(ApplyDescriptor("mxfp4", &named), IsOk());
+  ASSERT_THAT(ApplyDescriptor("e2m1k8b32", &grammar), IsOk());
+  EXPECT_EQ(SpecToString(*ResolveSpec(named, {2, 64})),
+            SpecToString(*ResolveSpec(grammar, {2, 64})));
+  // What quantd lacks is refused with what it takes.
+  for (const char* bad : {"e3m4k8b32", "e2m1k4b32", "e2m1k8b0", "e1m2k8b32"}) {
+    QuantSpec spec;
+    EXPECT_THAT(ApplyDescriptor(bad, &spec), StatusIs(kInvalid, HasSubstr(bad))) << bad;
+  }
+  // Conflicts with fields already set.
+  QuantSpec rceil;
+  rceil.scale_rounding = ScaleRounding::kRceil;
+  EXPECT_THAT(ApplyDescriptor("e2m1k8b32c", &rceil), StatusIs(kInvalid, HasSubstr("scale rule")));
+  QuantSpec group64;
+  group64.group_size = 64;
+  EXPECT_THAT(ApplyDescriptor("e2m1k8b32", &group64), StatusIs(kInvalid, HasSubstr("group")));
 }
 
 TEST(DescriptorTest, UnknownNamesListWhatIsAccepted) {

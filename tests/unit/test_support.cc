@@ -117,7 +117,7 @@ std::vector<float> MakeFill(FillKind kind, int64_t n, Format format, bool asymme
             v = sign() * (static_cast<float>(static_cast<int>(uniform(rng) * info->qmax)) + 0.5f);
           }
         } else {
-          const std::vector<double>& mags = oracle::FiniteMagnitudes(info->minifloat);
+          const std::vector<double> mags = oracle::ElementMagnitudes(*info);
           if (anchor) {
             v = sign() * static_cast<float>(mags.back());
           } else if (coin(1.0 / 16)) {
@@ -210,6 +210,7 @@ BackendRun RunQuantize(Backend& backend, const std::vector<uint8_t>& bytes, DTyp
   out.scales = run.scales.data();
   out.num_scales = layout->geometry.num_scales;
   out.zero_points = spec->asymmetric ? run.zero_points.data() : nullptr;
+  out.global_scale = &run.global_scale;
   TensorView x{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
   run.status = backend.Quantize(x, *spec, out, &run.metrics);
   return run;
@@ -227,6 +228,7 @@ absl::StatusOr<std::vector<uint8_t>> RunDequantize(Backend& backend, const Quant
   in.scales = run.scales.data();
   in.num_scales = static_cast<int64_t>(run.scales.size());
   in.zero_points = resolved.asymmetric ? run.zero_points.data() : nullptr;
+  in.global_scale = run.global_scale;
   MutableTensorView view{out_dtype, shape, out.data(), static_cast<int64_t>(out.size())};
   absl::Status status = backend.Dequantize(in, resolved, view);
   if (!status.ok()) return status;

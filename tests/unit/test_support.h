@@ -132,12 +132,19 @@ inline std::vector<Format> FormatsWithFreeScales() {
 }
 std::string ShapeName(const Shape& shape);
 
+// The rounding a test asks for, or the format's only one where it has just one (HiF8: ties
+// away from zero; ResolveSpec refuses the others).
+inline Rounding RoundingFor(Format format, Rounding wanted) {
+  return Traits(format).kind == ElementKind::kHif8 ? Rounding::kNearestAway : wanted;
+}
+
 struct BackendRun {
   absl::Status status;
   QuantLayout layout;
   std::vector<uint8_t> codes;
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
+  float global_scale = 0.0f;  // NVFP4
   ErrorMetrics metrics;
 };
 

@@ -39,6 +39,9 @@ struct QuantizedBuffers {
   float* scales = nullptr;
   int64_t num_scales = 0;
   int32_t* zero_points = nullptr;  // num_scales of them when asymmetric, else null
+  // NVFP4 (ScaleKind::kE4M3): `scales` are the E4M3 block scales' values and this receives the
+  // tensor's global scale S_enc; null for every other format.
+  float* global_scale = nullptr;
 };
 
 // Input buffers of a dequantization.
@@ -48,6 +51,7 @@ struct ConstQuantizedBuffers {
   const float* scales = nullptr;
   int64_t num_scales = 0;
   const int32_t* zero_points = nullptr;
+  float global_scale = 0.0f;  // NVFP4: S_enc (finite, > 0); `scales` hold the block scales' values
 };
 
 enum class CalibrationMethod : int32_t {
@@ -180,6 +184,9 @@ class Backend {
 [[nodiscard]] absl::StatusOr<QuantLayout> LayoutOfDequantization(const ConstQuantizedBuffers& in,
                                                                  const QuantSpec& spec,
                                                                  const MutableTensorView& out);
+// NVFP4's element scales d_b = fp32(block_scale / global_scale) of `in`, one per scale
+// group; empty for formats whose element scales are `in.scales` themselves.
+std::vector<float> ElementScalesOf(const ConstQuantizedBuffers& in, const QuantSpec& spec);
 // Whether `spec` and `options` describe a calibration that can run.
 [[nodiscard]] absl::Status CheckCalibration(const QuantSpec& spec,
                                             const CalibrationOptions& options);

@@ -49,9 +49,10 @@ enum class Packing : int32_t {
 // How an MX block's shared exponent follows from its amax (FORMATS.md "Block formats").
 enum class ScaleRounding : int32_t {
   kUnspecified = 0,
-  kFloor = 1,  // the OCP MX spec: floor(log2(amax)) - emax
-  kRceil = 2,  // NVIDIA cuBLAS / TransformerEngine: ceil(log2(amax / max element))
-  kEven = 3,   // torchao: amax rounded to the element's mantissa bits first
+  kFloor = 1,    // the OCP MX spec: floor(log2(amax)) - emax
+  kRceil = 2,    // NVIDIA cuBLAS / TransformerEngine: ceil(log2(amax / max element))
+  kEven = 3,     // torchao: amax rounded to the element's mantissa bits first
+  kNearest = 4,  // fake_quant_ops' "carry" (the `c` of e<E>m<M>k<K>b<B>c): log2(amax) rounded
 };
 
 // ---- Philox4x32-10 (Salmon et al., SC'11; the generator of Random123 and cuRAND). ----
@@ -245,6 +246,118 @@ QUANTD_HD float MinifloatDecode(const MinifloatParams& p, uint32_t code) {
   return (code & sign_bit) ? -value : value;
 }
 
+// ---- HiF8 (Ascend HiFloat8, arXiv 2409.16626; en_dtypes hifloat.h). ----
+//
+// Tapered precision: after the sign bit, a prefix ("dot") field says how wide the exponent is,
+// and the mantissa gets what is left. The exponent is stored sign-magnitude, its sign taking
+// the place of the magnitude's leading 1:
+//   0000 MMM    denormal 2^(M - 23) (e = -22..-16; M = 0 is zero)
+//   0001 MMM    e = 0,            3 mantissa bits
+//   001 S MMM   |e| = 1,          3 mantissa bits
+//   01 S E MMM  |e| = 2 + E,      3 mantissa bits
+//   10 S EE MM  |e| = 4 + EE,     2 mantissa bits
+//   11 S EEE M  |e| = 8 + EEE,    1 mantissa bit
+// 0x80 (a "-0") is the NaN; 0x6F / 0xEF (the slot of 1.5 · 2^15) are ±Inf; the largest finite
+// value is 0x6E = 2^15 = 32768; zero is 0x00 only.
+
+inline constexpr uint32_t kHif8Nan = 0x80u;
+inline constexpr uint32_t kHif8Inf = 0x6Fu;  // magnitude bits
+inline constexpr uint32_t kHif8Max = 0x6Eu;
+
+// Mantissa bits of the binade 2^e: 3 for |e| <= 3, 2 up to 7, 1 up to 15, 0 for denormals.
+QUANTD_HD int Hif8MantissaBits(int e) {
+  const int a = e < 0 ? -e : e;
+  if (e < -15) return 0;
+  return a <= 3 ? 3 : (a <= 7 ? 2 : 1);
+}
+
+// The magnitude code of 2^e · (1 + f / 2^m), m = Hif8MantissaBits(e), e in [-22, 15].
+QUANTD_HD uint32_t Hif8MagnitudeCode(int e, uint32_t f) {
+  if (e < -15) return static_cast<uint32_t>(e + 23);
+  const uint32_t negative = e < 0 ? 1u : 0u;
+  const uint32_t a = static_cast<uint32_t>(e < 0 ? -e : e);
+  if (a == 0) return 0x08u | f;
+  if (a == 1) return 0x10u | (negative << 3) | f;
+  if (a <= 3) return 0x20u | (negative << 4) | ((a & 1u) << 3) | f;
+  if (a <= 7) return 0x40u | (negative << 4) | ((a & 3u) << 2) | f;
+  return 0x60u | (negative << 4) | ((a & 7u) << 1) | f;
+}
+
+// Encodes fp32 `v` (already divided by its scale). The magnitude is rounded in its binade's
+// quantum (as the minifloat engine does; the binade below 2^-22 rounds in 2^-22's, so that
+// 2^-23 is the tie between 0 and 2^-22), with a carry into the next binade. Beyond 32768:
+// SATURATE gives ±32768; NONFINITE gives ±Inf from 40960 (the tie with the virtual 49152) up,
+// as does ±Inf. NaN gives 0x80, and zero (either sign) 0x00.
+QUANTD_HD uint32_t Hif8Encode(float v, Rounding rounding, uint32_t random_bits, Overflow overflow) {
+  const uint32_t bits = FloatToBits(v);
+  const uint32_t magnitude_bits = bits & 0x7FFFFFFFu;
+  if (magnitude_bits > 0x7F800000u) return kHif8Nan;
+  const uint32_t sign = (bits >> 31) << 7;
+  bool overflowed = magnitude_bits == 0x7F800000u;
+  uint32_t magnitude = 0;
+  if (!overflowed) {
+    int e = static_cast<int>(magnitude_bits >> 23) - 127;
+    if (e < -22) e = -22;
+    if (e > 15) {
+      overflowed = true;
+    } else {
+      int m = Hif8MantissaBits(e);
+      const float n = ScaleByPow2(BitsToFloat(magnitude_bits), m - e);  // exact, < 2^(m+1)
+      uint32_t q = static_cast<uint32_t>(RoundMagnitude(n, rounding, random_bits));
+      if (q == 0) return 0u;  // one zero, no sign
+      if (q == (2u << m)) {   // the carry into the next binade
+        ++e;
+        m = Hif8MantissaBits(e);
+        q = 1u << m;
+      }
+      if (e > 15) {
+        overflowed = true;
+      } else {
+        magnitude = Hif8MagnitudeCode(e, q - (1u << m));
+        overflowed = magnitude == kHif8Inf;
+      }
+    }
+  }
+  if (overflowed) magnitude = overflow == Overflow::kNonfinite ? kHif8Inf : kHif8Max;
+  return sign | magnitude;
+}
+
+// The value of a HiF8 code (exact in fp32).
+QUANTD_HD float Hif8Decode(uint32_t code) {
+  if (code == kHif8Nan) return BitsToFloat(0x7FC00000u);
+  const uint32_t magnitude = code & 0x7Fu;
+  float value;
+  if (magnitude == kHif8Inf) {
+    value = BitsToFloat(0x7F800000u);
+  } else if (magnitude < 0x08u) {
+    value = magnitude == 0 ? 0.0f : Pow2(static_cast<int>(magnitude) - 23);
+  } else {
+    int a, m;
+    if (magnitude < 0x10u) {
+      a = 0;
+      m = 3;
+    } else if (magnitude < 0x20u) {
+      a = 1;
+      m = 3;
+    } else if (magnitude < 0x40u) {
+      a = 2 + static_cast<int>((magnitude >> 3) & 1u);
+      m = 3;
+    } else if (magnitude < 0x60u) {
+      a = 4 + static_cast<int>((magnitude >> 2) & 3u);
+      m = 2;
+    } else {
+      a = 8 + static_cast<int>((magnitude >> 1) & 7u);
+      m = 1;
+    }
+    // The exponent's sign: the bit after the prefix (none for e = 0).
+    const int sign_shift = m + (a >= 8 ? 3 : (a >= 4 ? 2 : (a >= 2 ? 1 : 0)));
+    const int e = (a != 0 && ((magnitude >> sign_shift) & 1u)) ? -a : a;
+    const uint32_t f = magnitude & ((1u << m) - 1u);
+    value = ScaleByPow2(static_cast<float>((1u << m) | f), e - m);
+  }
+  return (code & 0x80u) ? -value : value;
+}
+
 // ---- Integer elements. ----
 
 // q = clamp(round(v) + zero_point, qmin, qmax) for v = x / s. Rounding acts on |v| and the sign
@@ -290,7 +403,7 @@ inline ScaleRule MakeScaleRule(const FormatTraits& traits, bool asymmetric,
   rule.divisor = traits.scale_divisor;
   rule.qmin = traits.qmin;
   rule.qmax = traits.qmax;
-  if (traits.mx.block > 0) {
+  if (traits.scale_kind == ScaleKind::kE8M0) {
     rule.mx_rounding =
         scale_rounding == ScaleRounding::kUnspecified ? ScaleRounding::kFloor : scale_rounding;
     rule.mx_emax = traits.mx.emax;
@@ -321,10 +434,20 @@ QUANTD_HD int BitLength(uint32_t v) {
 //         is not zero; for a subnormal quotient m · 2^-149, bit_length(m - 1) - 149.
 //  EVEN:  the exponent field of bits(amax) + 2^(22 - mbits) (amax rounded half up to the
 //         element's mantissa bits), minus emax, as torchao computes it.
+//  NEAREST: floor(log2(amax) + 1/2) - emax (fake_quant_ops' do_carry): the exponent field, plus
+//         one when amax's significand is at least √2, i.e. its mantissa field is 0x3504F4 (the
+//         least fp32 significand above the irrational √2) or more; a subnormal amax lies below
+//         2^-126, where X is clamped anyway. fake_quant_ops evaluates torch.log2(amax + 9.6e-7)
+//         in fp32 instead, which can differ in the last fp32 step below √2 · 2^k.
 QUANTD_HD int MxSharedExponent(const ScaleRule& rule, float amax) {
   const uint32_t bits = FloatToBits(amax) & 0x7FFFFFFFu;
   int x = kMxMinExponent;
-  if (rule.mx_rounding == ScaleRounding::kRceil) {
+  if (rule.mx_rounding == ScaleRounding::kNearest) {
+    const uint32_t field = bits >> 23;
+    if (field != 0) {
+      x = static_cast<int>(field) - 127 + ((bits & 0x7FFFFFu) >= 0x3504F4u ? 1 : 0) - rule.mx_emax;
+    }
+  } else if (rule.mx_rounding == ScaleRounding::kRceil) {
     const uint32_t q = FloatToBits(BitsToFloat(bits) / rule.divisor);
     const uint32_t field = q >> 23, mantissa = q & 0x7FFFFFu;
     if (field != 0) {
@@ -358,6 +481,39 @@ QUANTD_HD uint32_t E8M0CodeOfScale(float scale, int implicit_exponent) {
 QUANTD_HD float ScaleOfE8M0Code(uint32_t code, int implicit_exponent) {
   if (code >= 0xFFu) return BitsToFloat(0x7FC00000u);
   return ScaleByPow2(1.0f, static_cast<int>(code) - 127 - implicit_exponent);
+}
+
+// ---- NVFP4 (FORMATS.md "Block formats": TransformerEngine's core_nvfp4.cuh recipe). ----
+//
+// Two levels: a per-tensor fp32 global (encode) scale S_enc, and per block of 16 an E4M3 block
+// scale s_b. The backends keep s_b as its value (exact in fp32), report S_enc as
+// `global_scale`, and divide the elements by d_b = fp32(decode(s_b) / S_enc).
+
+// OCP E4M3 (the fp8-e4m3 row of the traits table), as a function so device code can use it.
+QUANTD_HD MinifloatParams E4M3Params() { return {4, 3, 7, 0x7E, NanEncoding::kAllOnes}; }
+
+// S_enc = fp32(448 · 6 / amax) over the tensor's finite elements; 1 when amax is 0. A
+// quotient that overflows (amax below ~7.9e-36) becomes FLT_MAX: FORMATS.md is silent there,
+// and TransformerEngine's compute_global_encode_scaling_factor_FP4 clamps it so.
+QUANTD_HD float Nvfp4GlobalScale(float tensor_amax) {
+  if (tensor_amax == 0.0f) return 1.0f;
+  const float s = 2688.0f / tensor_amax;
+  return s > 3.40282346638528859812e+38f ? 3.40282346638528859812e+38f : s;
+}
+
+// The block scale's value decode(s_b), s_b = e4m3(fp32(amax_b · fp32(S_enc / 6))), rounded to
+// nearest even and saturating (a product that overflows to +Inf saturates to 448).
+QUANTD_HD float Nvfp4BlockScale(float block_amax, float global_scale) {
+  const float v = block_amax * (global_scale / 6.0f);
+  const MinifloatParams e4m3 = E4M3Params();
+  return MinifloatDecode(
+      e4m3, MinifloatEncodePortable(e4m3, v, Rounding::kNearestEven, 0u, Overflow::kSaturate));
+}
+
+// d_b = fp32(decode(s_b) / S_enc): what a block's elements are divided by (and x̂ multiplied
+// by). It is 0 when s_b is, and the block's codes are then 0 (QuantizeElementAs).
+QUANTD_HD float Nvfp4ElementScale(float block_scale, float global_scale) {
+  return block_scale / global_scale;
 }
 
 // The scale (and, asymmetric, the zero-point) of a group whose finite elements span [lo, hi]
@@ -460,11 +616,17 @@ QUANTD_HD uint32_t QuantizeElementAs(ElementKind kind, Rounding rounding, const 
                                      float x, float s, float reciprocal, int32_t zero_point,
                                      uint32_t random_bits) {
   const bool is_minifloat = kind == ElementKind::kMinifloat;
+  // Only NVFP4 has zero scales (d_b of a block scale that rounds to 0): its codes are then 0.
+  if (s == 0.0f) return 0u;
   if (x != x) {
     // A NaN that got this far in a format without NaN (its request was not rejected:
     // nan_policy ZERO) quantizes as 0, as it does on request in any format.
-    if (codec.nan_to_zero || !is_minifloat || codec.minifloat.nan_encoding == NanEncoding::kNone) {
+    const bool has_nan = kind == ElementKind::kHif8 ||
+                         (is_minifloat && codec.minifloat.nan_encoding != NanEncoding::kNone);
+    if (codec.nan_to_zero || !has_nan) {
       x = 0.0f;
+    } else if (kind == ElementKind::kHif8) {
+      return kHif8Nan;
     } else {
       // Encoded from x itself: x / s would drop the NaN's sign on GPUs, which return the
       // canonical NaN from arithmetic on a NaN where x86 keeps the operand's payload.
@@ -475,6 +637,7 @@ QUANTD_HD uint32_t QuantizeElementAs(ElementKind kind, Rounding rounding, const 
   if (is_minifloat) {
     return MinifloatEncode(codec.minifloat, v, rounding, random_bits, codec.overflow);
   }
+  if (kind == ElementKind::kHif8) return Hif8Encode(v, rounding, random_bits, codec.overflow);
   const uint32_t mask = (codec.bits >= 32) ? 0xFFFFFFFFu : ((1u << codec.bits) - 1u);
   const int32_t q = IntQuantize(v, zero_point, codec.qmin, codec.qmax, rounding, random_bits);
   return static_cast<uint32_t>(q) & mask;
@@ -493,6 +656,7 @@ QUANTD_HD uint32_t QuantizeElement(const ElementCodec& codec, float x, float s, 
 QUANTD_HD float DecodeElementAs(ElementKind kind, const ElementCodec& codec, uint32_t code,
                                 int32_t zero_point) {
   if (kind == ElementKind::kMinifloat) return MinifloatDecode(codec.minifloat, code);
+  if (kind == ElementKind::kHif8) return Hif8Decode(code);
   int32_t q = static_cast<int32_t>(code);
   if (codec.qmin < 0 && codec.bits < 32) {
     const uint32_t sign_bit = 1u << (codec.bits - 1);
