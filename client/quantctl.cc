@@ -62,7 +62,8 @@ ABSL_FLAG(uint64_t, seed, 0, "seed of stochastic rounding");
 ABSL_FLAG(std::string, overflow, "", "saturate (default) | nonfinite");
 ABSL_FLAG(double, clip_ratio, 0.0, "multiplies amax (or min/max) before the scale, in (0, 1]");
 ABSL_FLAG(std::string, nan_policy, "", "reject | zero | propagate (default: per format)");
-ABSL_FLAG(std::string, packing, "", "bitstream (default) | int32_offset (int4)");
+ABSL_FLAG(std::string, packing, "",
+          "bitstream (default) | int32_offset (int4) | high_nibble_first (nf4's default)");
 ABSL_FLAG(std::string, scale_rule, "",
           "MX formats: floor (default, OCP MX) | rceil (cuBLAS / TransformerEngine) | even "
           "(torchao) | nearest (fake_quant_ops carry)");
@@ -238,10 +239,12 @@ absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
     spec.set_nan_policy(policy);
   }
   if (const std::string p = absl::GetFlag(FLAGS_packing); !p.empty()) {
-    QUANTD_ASSIGN_OR_RETURN(const v1::Packing packing,
-                            FlagChoice<v1::Packing>("packing", p,
-                                                    {{"bitstream", v1::PACKING_BITSTREAM},
-                                                     {"int32_offset", v1::PACKING_INT32_OFFSET}}));
+    QUANTD_ASSIGN_OR_RETURN(
+        const v1::Packing packing,
+        FlagChoice<v1::Packing>("packing", p,
+                                {{"bitstream", v1::PACKING_BITSTREAM},
+                                 {"int32_offset", v1::PACKING_INT32_OFFSET},
+                                 {"high_nibble_first", v1::PACKING_HIGH_NIBBLE_FIRST}}));
     spec.set_packing(packing);
   }
   if (const std::string r = absl::GetFlag(FLAGS_scale_rule); !r.empty()) {

@@ -40,6 +40,7 @@ QUANTD_MIRRORS(Format::kMxfp4, v1::FORMAT_MXFP4);
 QUANTD_MIRRORS(Format::kMxint8, v1::FORMAT_MXINT8);
 QUANTD_MIRRORS(Format::kNvfp4, v1::FORMAT_NVFP4);
 QUANTD_MIRRORS(Format::kHif8, v1::FORMAT_HIF8);
+QUANTD_MIRRORS(Format::kNf4, v1::FORMAT_NF4);
 static_assert(kNumFormats == v1::Format_ARRAYSIZE,
               "the traits table (quantd::kNumFormats) must have one row per quantd.v1.Format");
 
@@ -70,6 +71,7 @@ QUANTD_MIRRORS(NanPolicy::kPropagate, v1::NAN_POLICY_PROPAGATE);
 QUANTD_MIRRORS(Packing::kUnspecified, v1::PACKING_UNSPECIFIED);
 QUANTD_MIRRORS(Packing::kBitstream, v1::PACKING_BITSTREAM);
 QUANTD_MIRRORS(Packing::kInt32Offset, v1::PACKING_INT32_OFFSET);
+QUANTD_MIRRORS(Packing::kHighNibbleFirst, v1::PACKING_HIGH_NIBBLE_FIRST);
 QUANTD_MIRRORS(ScaleRounding::kUnspecified, v1::SCALE_RULE_UNSPECIFIED);
 QUANTD_MIRRORS(ScaleRounding::kFloor, v1::SCALE_RULE_FLOOR);
 QUANTD_MIRRORS(ScaleRounding::kRceil, v1::SCALE_RULE_RCEIL);

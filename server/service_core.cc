@@ -477,9 +477,12 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
       }
       float s;
       std::memcpy(&s, scale_data.data() + i * sizeof(float), sizeof(float));
-      if (!std::isfinite(s) || !(s > 0.0f)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("quantized.scales[", i, "] is ", s, "; scales must be finite and > 0"));
+      // NF4 stores an all-zero block's absmax as 0 (bitsandbytes).
+      const bool zero_ok = MakeScaleRule(Traits(plan.spec.format), false).zero_scale_ok;
+      if (!std::isfinite(s) || !(s > 0.0f || (zero_ok && s == 0.0f))) {
+        return absl::InvalidArgumentError(absl::StrCat("quantized.scales[", i, "] is ", s,
+                                                       "; scales must be finite and ",
+                                                       zero_ok ? ">= 0" : "> 0"));
       }
     }
     if (HasGlobalScale(plan.spec)) {
@@ -681,6 +684,10 @@ v1::GetCapabilitiesResponse QuantizerCore::GetCapabilities() const {
       case ElementKind::kInt:
         info->set_element_kind("int");
         info->set_max_finite(static_cast<double>(row.qmax));
+        break;
+      case ElementKind::kNf4:
+        info->set_element_kind("nf4");
+        info->set_max_finite(static_cast<double>(Nf4Value(15)));
         break;
       case ElementKind::kHif8:
         info->set_element_kind("hif8");

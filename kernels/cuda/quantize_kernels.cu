@@ -174,7 +174,8 @@ __global__ void __launch_bounds__(kThreads)
       if (p.reject_nan && x != x) OfferNan(flags, index);
       const uint32_t code =
           QuantizeElement(p.codec, x, s, zp, p.stochastic ? StochasticBits(p.seed, index) : 0u);
-      if (kCodes) word |= PackingTransform(code, bits, p.packing) << (j * bits);
+      if (kCodes)
+        word |= PackingTransform(code, bits, p.packing) << CodeBitOffset(j, bits, p.packing);
       if (kOutput || kMetrics) {
         const float x_hat = DequantizeElement(p.codec, code, s, zp);
         if (kOutput) StoreFromFloat(output_dtype, output, index, x_hat);
@@ -233,7 +234,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < n; ++j) {
       const int64_t group = g.Index(row, c0 + j);
       const int32_t zp = zero_points != nullptr ? zero_points[group] : 0;
-      const uint32_t code = PackingTransform((word >> (j * bits)) & mask, bits, p.packing);
+      const uint32_t code =
+          PackingTransform((word >> CodeBitOffset(j, bits, p.packing)) & mask, bits, p.packing);
       StoreFromFloat(output_dtype, output, base + j,
                      DequantizeElement(p.codec, code, scales[group], zp));
     }

@@ -75,7 +75,7 @@ absl::Status CheckCalibration(const QuantSpec& spec, const CalibrationOptions& o
         "token, group or block");
   }
   if (spec.has_static_scales()) return invalid("calibrate computes scales; drop static_scales");
-  if (Traits(spec.format).block > 0) {
+  if (Traits(spec.format).block.size > 0) {
     return invalid(absl::StrCat(FormatName(spec.format),
                                 " scales are computed from each block when it is quantized "
                                 "(they cannot be given as static scales): nothing to calibrate"));

@@ -47,7 +47,7 @@ class ReferenceBackend final : public Backend {
     QUANTD_ASSIGN_OR_RETURN(const Scales scales,
                             reference::ComputeScales(executor_, input, spec, layout, pass));
     std::copy(scales.scale.begin(), scales.scale.end(), out.scales);
-    if (out.global_scale != nullptr) *out.global_scale = scales.global_scale;
+    if (Traits(spec.format).scale_kind == ScaleKind::kE4M3) *out.global_scale = scales.global_scale;
     if (spec.asymmetric) {
       std::copy(scales.zero_point.begin(), scales.zero_point.end(), out.zero_points);
     }

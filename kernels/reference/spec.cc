@@ -250,9 +250,9 @@ std::string DescriptorHelp() {
 std::string DescriptorOf(const QuantSpec& spec) {
   std::string name(FormatName(spec.format));
   const FormatTraits& t = Traits(spec.format);
-  if (t.block > 0) {
+  if (t.block.size > 0) {
     // The name implies the blocks; MX blocks of another size are a group.
-    if (spec.group_size != t.block) absl::StrAppend(&name, "-g", spec.group_size);
+    if (spec.group_size != t.block.size) absl::StrAppend(&name, "-g", spec.group_size);
     return name;
   }
   if (spec.asymmetric && t.symmetric_ok) absl::StrAppend(&name, "-asym");
@@ -288,31 +288,37 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
         absl::StrCat("granularity ", static_cast<int>(spec.granularity), " is not a granularity"));
   }
   if (!InRange(spec.rounding, 4) || !InRange(spec.overflow, 3) || !InRange(spec.nan_policy, 4) ||
-      !InRange(spec.packing, 3)) {
+      !InRange(spec.packing, 4)) {
     return Invalid("spec has an unknown rounding, overflow, nan_policy or packing value");
   }
   QUANTD_ASSIGN_OR_RETURN(const int64_t numel, NumElements(shape));
   (void)numel;
   const int rank = static_cast<int>(shape.size());
 
-  // Block formats (MX, NVFP4): blocks along the last axis, scales computed from each block.
+  // Block formats (MX, NVFP4, NF4): blocks of a size the traits bound, scales computed from
+  // each block.
   if (!InRange(spec.scale_rounding, 5)) {
     return Invalid(absl::StrCat("scale_rule ", static_cast<int>(spec.scale_rounding),
                                 " is not a scale rule; use floor, rceil, even or nearest"));
   }
-  if (t.block > 0) {
+  if (t.block.size > 0) {
     if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kGroup;
     if (spec.granularity == Granularity::kGroup && spec.group_size == 0) {
-      spec.group_size = t.block;
+      spec.group_size = t.block.size;
     }
-    // MX's blocks are 32 (OCP MX v1.0); other sizes serve the fake_quant_ops grammar
-    // (e2m1k8b16, ...). NVFP4's are 16, always.
-    const bool any_size = t.scale_kind == ScaleKind::kE8M0;
-    if (spec.granularity != Granularity::kGroup || (!any_size && spec.group_size != t.block)) {
-      return Invalid(absl::StrCat(
-          name, " scales blocks of ", t.block, any_size ? " (or group_size)" : "",
-          " elements along the last axis: leave granularity and group_size unset (or group, ",
-          t.block, ")"));
+    const BlockParams& b = t.block;
+    // MX: any size (the fake_quant_ops grammar's b<B>); NF4: bitsandbytes' 32..4096.
+    const std::string sizes =
+        b.min_size == b.max_size
+            ? ""
+            : (b.min_size == 1 ? " (or group_size)"
+                               : absl::StrCat(" (group_size ", b.min_size, "..", b.max_size, ")"));
+    if (spec.granularity != Granularity::kGroup || spec.group_size < b.min_size ||
+        spec.group_size > b.max_size) {
+      return Invalid(absl::StrCat(name, " scales blocks of ", b.size, sizes, " elements ",
+                                  b.flattened ? "over the flattened tensor" : "along the last axis",
+                                  ": leave granularity and group_size unset (or group, ", b.size,
+                                  ")"));
     }
     if (spec.has_static_scales()) {
       return Invalid(absl::StrCat(name, " block scales are computed from each block",
@@ -332,9 +338,10 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
       spec.scale_rounding = ScaleRounding::kFloor;
     }
   } else if (spec.scale_rounding != ScaleRounding::kUnspecified) {
-    return Invalid(absl::StrCat("scale_rule applies to MX formats (mxfp8, mxfp4, ...); ", name,
-                                t.block > 0 ? " has E4M3 block scales" : " has free fp32 scales",
-                                ": leave it unset"));
+    return Invalid(absl::StrCat(
+        "scale_rule applies to MX formats (mxfp8, mxfp4, ...); ", name,
+        t.scale_kind == ScaleKind::kE4M3 ? " has E4M3 block scales" : " has fp32 scales",
+        ": leave it unset"));
   }
 
   // Granularity and its parameters.
@@ -394,6 +401,12 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   if (!t.symmetric_ok) spec.asymmetric = true;
 
   // Rounding, overflow, NaN policy, packing.
+  if (t.kind == ElementKind::kNf4 && spec.rounding != Rounding::kUnspecified &&
+      spec.rounding != Rounding::kNearestEven) {
+    return Invalid(absl::StrCat(name,
+                                " takes the nearest of its 16 values by bitsandbytes' "
+                                "decision tree: rounding does not apply; leave it unset"));
+  }
   if (t.kind == ElementKind::kHif8) {
     // FORMATS.md: ties away from zero is HiF8's only rounding.
     if (spec.rounding == Rounding::kUnspecified) spec.rounding = Rounding::kNearestAway;
@@ -416,7 +429,14 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   if (spec.nan_policy == NanPolicy::kPropagate && !t.has_nan) {
     return Invalid(absl::StrCat(name, " has no NaN to propagate; use nan_policy reject or zero"));
   }
-  if (spec.packing == Packing::kUnspecified) spec.packing = Packing::kBitstream;
+  if (spec.packing == Packing::kUnspecified) {
+    // NF4 packs as bitsandbytes does: element 0 in the high nibble.
+    spec.packing = t.kind == ElementKind::kNf4 ? Packing::kHighNibbleFirst : Packing::kBitstream;
+  }
+  if (spec.packing == Packing::kHighNibbleFirst && t.kind != ElementKind::kNf4) {
+    return Invalid(absl::StrCat("packing high_nibble_first (bitsandbytes) is for nf4; ", name,
+                                " uses bitstream"));
+  }
   if (spec.packing == Packing::kInt32Offset &&
       !(t.kind == ElementKind::kInt && t.bits == 4 && t.is_signed)) {
     return Invalid(
@@ -494,6 +514,12 @@ absl::StatusOr<QuantLayout> ComputeLayout(const QuantSpec& spec, const Shape& sh
   g.cols = rank == 0 ? 1 : shape.back();
   g.rows = 1;
   for (int i = 0; i + 1 < rank; ++i) g.rows *= shape[i];  // ≤ numel, or a factor of 0 dims
+  // NF4's blocks run over the flattened tensor: its 2-D view is one row.
+  const bool flattened = Traits(spec.format).block.flattened;
+  if (flattened) {
+    g.rows = 1;
+    g.cols = layout.numel;
+  }
 
   switch (spec.granularity) {
     case Granularity::kNone:
@@ -529,6 +555,7 @@ absl::StatusOr<QuantLayout> ComputeLayout(const QuantSpec& spec, const Shape& sh
       g.groups_per_row = CeilDiv(g.cols, group_cols);
       const int64_t scale_rows = CeilDiv(g.rows, group_rows);
       layout.scale_shape = {scale_rows, g.groups_per_row};
+      if (flattened) layout.scale_shape = {g.groups_per_row};  // bitsandbytes' absmax
       QUANTD_ASSIGN_OR_RETURN(g.num_scales,
                               CheckedMul(scale_rows, g.groups_per_row, "number of scales"));
       break;
@@ -553,6 +580,8 @@ absl::StatusOr<QuantLayout> ComputeLayout(const QuantSpec& spec, const Shape& sh
                           : (spec.format == Format::kInt8 ? DType::kI8 : DType::kU8);
   if (t.bits == 8) {
     layout.code_shape = shape;
+  } else if (flattened) {
+    layout.code_shape = {layout.code_row_bytes};  // bitsandbytes packs the flattened tensor
   } else {
     layout.code_shape = rank == 0 ? Shape{} : Shape(shape.begin(), shape.end() - 1);
     layout.code_shape.push_back(packing == Packing::kInt32Offset ? layout.code_row_bytes / 4

@@ -100,6 +100,8 @@ FORMATS = {
     "nvfp4": FormatInfo("nvfp4", "float", 4, max_finite=6.0, block=16),
     # HiF8: tapered, not an IEEE-like minifloat; listed only (the C++ oracle computes it).
     "hif8": FormatInfo("hif8", "float", 8, max_finite=32768.0),
+    # NF4 (bitsandbytes): blocks of 64 over the flattened tensor; test_server computes it.
+    "nf4": FormatInfo("nf4", "nf4", 4, 0, 15, True, False, max_finite=1.0, block=64),
 }
 
 GRANULARITIES = ("none", "tensor", "channel", "token", "group", "block")

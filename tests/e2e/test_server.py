@@ -411,3 +411,45 @@ def test_nvfp4_through_the_server(server, tmp_path):
     with np.load(str(tmp_path / "local.npz")) as local:
         assert np.array_equal(local["codes"], codes) and np.array_equal(local["scales"], scales)
         assert local["global_scale"][0] == global_scale[0]
+
+
+# bitsandbytes' NF4 table and its decision-tree thresholds as the fp32 values its C++ literals
+# compile to (four of them differ by one ulp from the fp32 of the double midpoint).
+NF4_VALUES = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                       -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                       0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+                       0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                       0.7229568362236023, 1.0], np.float32)
+NF4_THRESHOLDS = np.array([0xBF591CD9, 0xBF1C5270, 0xBEEB8480, 0xBEADEA76, 0xBE703CEC, 0xBE0D38BC,
+                           0xBD3A7871, 0x3D22FAFF, 0x3DF64863, 0x3E5067E0, 0x3E9582D4, 0x3EC753F9,
+                           0x3F006D03, 0x3F248DAF, 0x3F5C89D9], np.uint32).view(np.float32)
+
+
+def test_nf4_through_the_server(server, tmp_path):
+    """NF4 end to end against numpy: blocks of 64 over the flattened tensor, F32 absmax (0 for an
+    all-zero block, whose codes are 7), n = x · fp32(1 / absmax), code = the number of thresholds
+    n exceeds, element 0 in the high nibble; dequantization x̂ = value · absmax."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 45)).astype(np.float32)  # 135 elements: blocks of 64, 64, 7
+    x.reshape(-1)[64:128] = 0.0
+    x_path = e2e_util.save_npy(tmp_path / "x.npy", x)
+    q_path = tmp_path / "q.npz"
+    run_quantctl(["quantize", "--format=nf4", x_path, q_path], server=server.address)
+    flat = x.reshape(-1)
+    blocks = [flat[i:i + 64] for i in range(0, flat.size, 64)]
+    absmax = np.array([np.abs(b).max() for b in blocks], np.float32)
+    with np.errstate(divide="ignore"):
+        reciprocal = (np.float32(1.0) / absmax).astype(np.float32)
+    n = (flat * np.repeat(reciprocal, 64)[:flat.size]).astype(np.float32)
+    codes = (n[:, None] > NF4_THRESHOLDS[None, :]).sum(axis=1).astype(np.uint8)
+    codes[np.repeat(absmax == 0, 64)[:flat.size]] = 7
+    padded = np.concatenate([codes, np.zeros(flat.size % 2, np.uint8)])
+    want_codes = ((padded[0::2] << 4) | padded[1::2]).astype(np.uint8)
+    with np.load(str(q_path)) as q:
+        assert q["scales"].dtype == np.float32 and q["scales"].shape == (3,)
+        assert np.array_equal(q["scales"], absmax), (q["scales"], absmax)
+        assert q["codes"].dtype == np.uint8 and q["codes"].shape == (68,)
+        assert np.array_equal(q["codes"], want_codes), np.argwhere(q["codes"] != want_codes)[:5]
+    run_quantctl(["dequantize", q_path, tmp_path / "d.npy"], server=server.address)
+    want_x_hat = (NF4_VALUES[codes] * np.repeat(absmax, 64)[:flat.size]).astype(np.float32)
+    e2e_util.assert_same_floats(np.load(str(tmp_path / "d.npy")).reshape(-1), want_x_hat, "nf4 x̂")

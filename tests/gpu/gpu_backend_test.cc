@@ -187,7 +187,7 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
         requested.nan_policy = knob.nan_policy;
         requested.clip_ratio = knob.clip;
         requested.seed = RunSeed();
-        if (Traits(format).block > 0) {
+        if (Traits(format).block.size > 0) {
           // Block formats: no clip ratio and saturating elements; MX rotates the scale rule.
           requested.clip_ratio = 0.0f;
           requested.overflow = Overflow::kSaturate;
@@ -254,7 +254,7 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
     }
   }
   // Every granularity the format takes ran at least once (block formats take their block only).
-  const int block = Traits(format).block;
+  const int block = Traits(format).block.size;
   if (FormatAllows(format, gc.granularity) && (block == 0 || gc.group_size == block)) {
     EXPECT_GT(compared, 0);
   }

@@ -120,8 +120,16 @@ TEST(TraitsTest, EveryFormatIsKnownToTheOracleAndAgreesWithIt) {
     EXPECT_EQ(t.asymmetric_ok, info->asymmetric_ok);
     EXPECT_EQ(t.has_nan, info->has_nan);
     EXPECT_EQ(t.has_inf, info->has_inf);
-    EXPECT_EQ(t.block, info->block());
-    if (info->nvfp4_block > 0) {
+    EXPECT_EQ(t.block.size, info->block());
+    if (info->nf4_block > 0) {
+      // NF4: F32 absmax per block over the flattened tensor, groups only.
+      EXPECT_EQ(t.kind, ElementKind::kNf4);
+      EXPECT_EQ(t.scale_kind, ScaleKind::kF32);
+      EXPECT_TRUE(t.block.flattened);
+      EXPECT_EQ(t.block.min_size, 32);
+      EXPECT_EQ(t.block.max_size, 4096);
+      EXPECT_EQ(t.granularities, GranularityBit(Granularity::kGroup));
+    } else if (info->nvfp4_block > 0) {
       // NVFP4: E4M3 block scales over blocks of 16 along the last axis, groups of 16 only.
       EXPECT_EQ(t.scale_kind, ScaleKind::kE4M3);
       EXPECT_EQ(t.scale_divisor, info->symmetric_divisor);
@@ -147,6 +155,10 @@ TEST(TraitsTest, EveryFormatIsKnownToTheOracleAndAgreesWithIt) {
       EXPECT_EQ(t.qmin, info->qmin);
       EXPECT_EQ(t.qmax, info->qmax);
       EXPECT_EQ(t.is_signed, info->qmin < 0);
+    } else if (info->nf4_block > 0) {
+      for (uint32_t code = 0; code < 16; ++code) {
+        EXPECT_EQ(Nf4Value(code), oracle::Nf4Values()[code]) << code;
+      }
     } else if (info->hif8) {
       EXPECT_EQ(t.kind, ElementKind::kHif8);
       EXPECT_EQ(Hif8Decode(kHif8Max), info->max_finite);

@@ -193,6 +193,45 @@ uint32_t EncodeHif8(float v, Overflow overflow) {
   return magnitude == 0 ? 0u : (sign | magnitude);  // one zero: 0x80 is the NaN
 }
 
+const std::vector<float>& Nf4Values() {
+  // bitsandbytes' NF4 table (functional.py get_4bit_type("nf4")).
+  static const std::vector<float> values = {-1.0f,
+                                            -0.6961928009986877f,
+                                            -0.5250730514526367f,
+                                            -0.39491748809814453f,
+                                            -0.28444138169288635f,
+                                            -0.18477343022823334f,
+                                            -0.09105003625154495f,
+                                            0.0f,
+                                            0.07958029955625534f,
+                                            0.16093020141124725f,
+                                            0.24611230194568634f,
+                                            0.33791524171829224f,
+                                            0.44070982933044434f,
+                                            0.5626170039176941f,
+                                            0.7229568362236023f,
+                                            1.0f};
+  return values;
+}
+
+uint32_t EncodeNf4(float n) {
+  // The tree's thresholds are the midpoints of neighbouring values, written in bitsandbytes as
+  // fp32 literals (rounded from the decimal straight to fp32: four of them, e.g.
+  // 0.8614784181118011f = 0x3F5C89D9, are one ulp off the fp32 of the double midpoint). The
+  // tree visits them in another order; for a number, the count of thresholds it exceeds is the
+  // same index, and NaN exceeds none (code 0), as in the tree.
+  static constexpr float kThresholds[15] = {
+      -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
+      -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+      0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
+      0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f};
+  uint32_t code = 0;
+  for (float threshold : kThresholds) {
+    if (n > threshold) ++code;
+  }
+  return code;
+}
+
 float HalfBitsToFloat(uint16_t h) { return static_cast<float>(MinifloatValue(kF16, h)); }
 uint16_t FloatToHalfBits(float v) {
   return static_cast<uint16_t>(
@@ -355,7 +394,16 @@ const FormatInfo* FindFormat(Format format) {
     info.hif8 = true;
     return info;
   }();
+  // "NF4 (bitsandbytes): blocks of 64 (32..4096) over the flattened tensor, F32 absmax per
+  // block".
+  static const FormatInfo kNf4Info = [&] {
+    FormatInfo info{"nf4", false, 4, 0, 15, {}, 1.0, 0.0, 1.0f, true, false, false, false};
+    info.nf4_block = 64;
+    return info;
+  }();
   switch (format) {
+    case Format::kNf4:
+      return &kNf4Info;
     case Format::kHif8:
       return &kHif8Info;
     case Format::kNvfp4:
@@ -390,6 +438,13 @@ const FormatInfo* FindFormat(Format format) {
 }
 
 std::vector<double> ElementMagnitudes(const FormatInfo& info) {
+  if (info.nf4_block > 0) {
+    std::vector<double> values;
+    for (float v : Nf4Values()) {
+      if (v >= 0.0f) values.push_back(v);
+    }
+    return values;
+  }
   if (!info.hif8) return FiniteMagnitudes(info.minifloat);
   std::vector<double> values;
   for (uint32_t code = 0; code < 0x6Fu; ++code) {
@@ -457,7 +512,8 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
     if (q.granularity == Granularity::kUnspecified) r.granularity = Granularity::kGroup;
     const int64_t size = q.group_size == 0 ? r.info->block() : q.group_size;
     if (r.granularity != Granularity::kGroup || size <= 0 ||
-        (r.info->nvfp4_block > 0 && size != r.info->nvfp4_block)) {
+        (r.info->nvfp4_block > 0 && size != r.info->nvfp4_block) ||
+        (r.info->nf4_block > 0 && (size < 32 || size > 4096))) {
       return refuse("block formats take blocks along the last axis");
     }
     if (q.clip_ratio != 0.0f && q.clip_ratio != 1.0f) return refuse("clip ratio on a block format");
@@ -503,6 +559,12 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
   r.asymmetric = q.asymmetric || !r.info->symmetric_ok;
   if (r.asymmetric && !r.info->asymmetric_ok) return refuse("asymmetric");
   if (r.asymmetric && r.granularity == Granularity::kNone) return refuse("asymmetric cast");
+  // NF4's tree has no rounding mode to choose (kernels/ choice: anything but RNE, the default,
+  // is refused).
+  if (r.info->nf4_block > 0 && q.rounding != Rounding::kUnspecified &&
+      q.rounding != Rounding::kNearestEven) {
+    return refuse("NF4 takes no rounding mode");
+  }
   // HiF8: "ties away from zero", its only rounding.
   if (r.info->hif8 && q.rounding != Rounding::kUnspecified &&
       q.rounding != Rounding::kNearestAway) {
@@ -560,8 +622,15 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
   }
   switch (q.packing) {
     case Packing::kUnspecified:
+      // "NF4: element 0 in the high nibble (bitsandbytes compatibility)".
+      r.packing = r.info->nf4_block > 0 ? Packing::kHighNibbleFirst : Packing::kBitstream;
+      break;
     case Packing::kBitstream:
       r.packing = Packing::kBitstream;
+      break;
+    case Packing::kHighNibbleFirst:
+      if (r.info->nf4_block == 0) return refuse("high-nibble-first packing is NF4's");
+      r.packing = Packing::kHighNibbleFirst;
       break;
     case Packing::kInt32Offset:
       // "INT32_OFFSET (compressed-tensors pack_to_int32): value + 8": signed 4-bit codes.
@@ -614,6 +683,17 @@ Grouping GroupElements(const Resolved& spec, const Shape& shape) {
   g.rows = 1;
   for (size_t k = 0; k + 1 < rank; ++k) g.rows *= shape[k];
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  if (spec.info->nf4_block > 0) {
+    // "blocks ... over the flattened tensor": one row of numel codes, block k = elements
+    // [k·B, (k+1)·B).
+    g.rows = 1;
+    g.cols = numel;
+    g.scale_shape = {ceil_div(numel, spec.group)};
+    g.num_scales = g.scale_shape[0];
+    g.group_of.resize(static_cast<size_t>(numel));
+    for (int64_t i = 0; i < numel; ++i) g.group_of[static_cast<size_t>(i)] = i / spec.group;
+    return g;
+  }
   switch (spec.granularity) {
     case Granularity::kChannel:
       // "reduces over every other dim and keeps the input's rank with 1 elsewhere"
@@ -718,6 +798,13 @@ bool ScaleOf(const FormatInfo& info, bool asymmetric, float clip, const std::vec
     *scale = static_cast<float>(std::ldexp(1.0, x - info.mx_implicit_exponent));
     return true;
   }
+  if (info.nf4_block > 0) {
+    // "F32 absmax per block" (0 for an all-zero block).
+    float absmax = 0.0f;
+    for (float v : group) absmax = std::max(absmax, std::fabs(v));
+    *scale = absmax;
+    return true;
+  }
   if (!asymmetric) {
     // "Symmetric: s = fp32(amax / qmax)", amax times clip_ratio first.
     float amax = 0.0f;
@@ -770,10 +857,13 @@ std::vector<uint8_t> Pack(const std::vector<uint32_t>& codes, int64_t rows, int6
         const int32_t value = static_cast<int32_t>(stored) - ((stored & 8u) ? 16 : 0);
         stored = static_cast<uint32_t>(value + 8);
       }
-      // "element i occupies bits [b·i, b·i + b) counting from bit 0 of byte 0"
+      // "element i occupies bits [b·i, b·i + b) counting from bit 0 of byte 0"; NF4's
+      // "element 0 in the high nibble" puts element i in the other nibble of the same byte.
+      const int64_t first_bit =
+          packing == Packing::kHighNibbleFirst ? (c / 2) * 8 + (c % 2 == 0 ? 4 : 0) : c * bits;
       for (int b = 0; b < bits; ++b) {
         if ((stored >> b) & 1u) {
-          const int64_t bit = c * bits + b;
+          const int64_t bit = first_bit + b;
           out[static_cast<size_t>(r * row_bytes + bit / 8)] |=
               static_cast<uint8_t>(1u << (bit % 8));
         }
@@ -790,8 +880,10 @@ std::vector<uint32_t> Unpack(const std::vector<uint8_t>& packed, int64_t rows, i
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       uint32_t stored = 0;
+      const int64_t first_bit =
+          packing == Packing::kHighNibbleFirst ? (c / 2) * 8 + (c % 2 == 0 ? 4 : 0) : c * bits;
       for (int b = 0; b < bits; ++b) {
-        const int64_t bit = c * bits + b;
+        const int64_t bit = first_bit + b;
         if ((packed[static_cast<size_t>(r * row_bytes + bit / 8)] >> (bit % 8)) & 1u) {
           stored |= 1u << b;
         }
@@ -814,6 +906,7 @@ float DequantizeCode(const FormatInfo& info, uint32_t code, float scale, int32_t
     const float level = static_cast<float>(q - zero_point);
     return scale * level;
   }
+  if (info.nf4_block > 0) return Nf4Values()[code & 15u] * scale;  // bitsandbytes' order
   const float value =
       static_cast<float>(info.hif8 ? Hif8Value(code) : MinifloatValue(info.minifloat, code));
   return scale * value;
@@ -825,6 +918,13 @@ uint32_t QuantizeOne(const Resolved& spec, float x, float s, int32_t zp, uint64_
   const FormatInfo& info = *spec.info;
   // NVFP4: "element = e2m1(x / d_b) (codes 0 when d_b is 0)".
   if (info.nvfp4_block > 0 && s == 0.0f) return 0u;
+  if (info.nf4_block > 0) {
+    // "absmax 0 gives code 7, the 0.0 entry"; "n = fp32(x · fp32(1 / absmax))".
+    if (s == 0.0f) return 7u;
+    if (std::isnan(x)) x = 0.0f;  // nan_policy ZERO (REJECT never gets here)
+    const float reciprocal = 1.0f / s;
+    return EncodeNf4(x * reciprocal);
+  }
   const uint32_t random_bits =
       spec.rounding == Rounding::kStochastic ? RandomBits(spec.seed, flat_index) : 0u;
   if (std::isnan(x)) {

@@ -74,6 +74,13 @@ double Hif8Value(uint32_t code);
 // away). SATURATE maps every |x| > 32768 to ±32768; NONFINITE maps |x| ≥ 40960 ... to ±Inf."
 uint32_t EncodeHif8(float v, Overflow overflow);
 
+// ---- NF4 (bitsandbytes). ----
+// The 16 values, code order.
+const std::vector<float>& Nf4Values();
+// "code = index of the nearest of the 16 NF4 values by bitsandbytes' decision tree (strict >
+// on midpoints)": the number of (fp32) midpoints that n exceeds.
+uint32_t EncodeNf4(float n);
+
 // ---- Conversions of the input / output dtypes, through the same engine. ----
 float HalfBitsToFloat(uint16_t h);
 uint16_t FloatToHalfBits(float v);
@@ -121,13 +128,18 @@ struct FormatInfo {
   // the scale the oracle reports is the E4M3 block scale's value, decode(s_b).
   int nvfp4_block = 0;
   bool hif8 = false;  // HiF8 elements (Hif8Value / EncodeHif8), `minifloat` unused
+  // NF4: "blocks of 64 (32..4096) over the flattened tensor, F32 absmax per block"; codes are
+  // indices into Nf4Values().
+  int nf4_block = 0;
   // The block size of a block format (MX or NVFP4), 0 for free-scale formats.
-  int block() const { return mx_block > 0 ? mx_block : nvfp4_block; }
+  int block() const {
+    return mx_block > 0 ? mx_block : (nvfp4_block > 0 ? nvfp4_block : nf4_block);
+  }
 };
 // Null when the oracle has not been taught `format` yet.
 const FormatInfo* FindFormat(Format format);
-// A minifloat or HiF8 format's finite non-negative element values in order (HiF8: those up to
-// 8, where a scaled amax lands).
+// A minifloat, HiF8 or NF4 format's finite non-negative element values in order (HiF8: those
+// up to 8, where a scaled amax lands).
 std::vector<double> ElementMagnitudes(const FormatInfo& info);
 
 // ---- Whole tensors. ----

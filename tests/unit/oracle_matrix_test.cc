@@ -139,7 +139,7 @@ QuantSpec MakeSpec(const MatrixCase& c, bool asymmetric, const Knob& knob) {
   if (knob.packing == Packing::kInt32Offset && c.format != Format::kInt4) {
     spec.packing = Packing::kBitstream;
   }
-  if (traits.block > 0) {
+  if (traits.block.size > 0) {
     // Block scales come from each block: no clip ratio, saturating elements.
     spec.clip_ratio = 0.0f;
     if (spec.overflow == Overflow::kNonfinite) spec.overflow = Overflow::kSaturate;

@@ -88,7 +88,7 @@ QuantSpec MakeSpec(Format format, const GranularityChoice& g, bool asymmetric,
 // MX, of 16 for NVFP4).
 bool Takes(Format format, const GranularityChoice& g) {
   const FormatTraits& t = Traits(format);
-  return FormatAllows(format, g.granularity) && (t.block == 0 || g.group_size == t.block);
+  return FormatAllows(format, g.granularity) && (t.block.size == 0 || g.group_size == t.block.size);
 }
 
 // What the elements of scale group `k` were divided by: the reported scale, except for NVFP4,
@@ -140,7 +140,8 @@ TEST_P(PropertyTest, RoundTripErrorWithinTolerance) {
             const double largest =
                 (t.kind == ElementKind::kInt ? t.qmax : t.scale_divisor) * static_cast<double>(s);
             const double saturated =
-                t.block > 0 ? std::max(0.0, std::fabs(static_cast<double>(x[i])) - largest) : 0.0;
+                t.block.size > 0 ? std::max(0.0, std::fabs(static_cast<double>(x[i])) - largest)
+                                 : 0.0;
             const double err = std::fabs(static_cast<double>(x[i]) - q.x_hat[i]);
             if (!(err <= saturated + bound.abs + bound.rel * std::fabs(x[i]))) {
               ++bad;
@@ -163,7 +164,7 @@ TEST_P(PropertyTest, CodesStayInRange) {
     if (!Takes(format, g)) continue;
     for (bool asymmetric : Symmetries(format)) {
       for (Overflow overflow : {Overflow::kSaturate, Overflow::kNonfinite}) {
-        if (overflow == Overflow::kNonfinite && ((!t.has_inf && !t.has_nan) || t.block > 0)) {
+        if (overflow == Overflow::kNonfinite && ((!t.has_inf && !t.has_nan) || t.block.size > 0)) {
           continue;  // nothing to overflow into, or (block formats) elements that saturate
         }
         QuantSpec spec = MakeSpec(format, g, asymmetric);
@@ -339,7 +340,7 @@ TEST_P(PropertyTest, ConcurrentCallsOnOneBackendAgreeWithSerialOnes) {
   std::vector<BackendRun> serial;
   QuantSpec spec =
       MakeSpec(format, kGranularities[4], !Traits(format).symmetric_ok, Rounding::kStochastic);
-  if (Traits(format).block > 0) spec.group_size = Traits(format).block;  // its blocks
+  if (Traits(format).block.size > 0) spec.group_size = Traits(format).block.size;  // its blocks
   for (int t = 0; t < kCallers; ++t) {
     inputs.push_back(
         FloatBytes(MakeFill(FillKind::kNormal, 64 * 96, format, spec.asymmetric, 100 + t)));
@@ -379,7 +380,7 @@ QuantSpec StochasticSpec(Format format, uint64_t seed) {
       Traits(format).kind == ElementKind::kMinifloat ? Granularity::kNone : Granularity::kTensor;
   spec.rounding = RoundingFor(format, Rounding::kStochastic);
   spec.seed = seed;
-  if (Traits(format).block > 0) {
+  if (Traits(format).block.size > 0) {
     spec.granularity = Granularity::kUnspecified;  // block formats: their blocks
   } else if (Traits(format).kind == ElementKind::kInt) {
     spec.asymmetric = !Traits(format).symmetric_ok;

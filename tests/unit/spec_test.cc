@@ -70,7 +70,7 @@ TEST(ResolveSpecTest, FillsTheDocumentedDefaults) {
 TEST(ResolveSpecTest, ResolvedSpecsResolveToThemselves) {
   for (Format format : AllFormats()) {
     QuantSpec requested = Spec(format, Granularity::kGroup);
-    requested.group_size = Traits(format).block > 0 ? Traits(format).block : 3;
+    requested.group_size = Traits(format).block.size > 0 ? Traits(format).block.size : 3;
     requested.asymmetric = !Traits(format).symmetric_ok;
     absl::StatusOr<QuantSpec> once = ResolveSpec(requested, kMatrix);
     ASSERT_THAT(once, IsOk()) << FormatName(format);
@@ -98,10 +98,11 @@ TEST(ResolveSpecTest, GranularityNoneIsForMinifloatsOnly) {
     const bool minifloat = Traits(format).kind != ElementKind::kInt;  // HiF8 included
     QuantSpec spec = Spec(format, Granularity::kNone);
     spec.asymmetric = !Traits(format).symmetric_ok;
-    if (Traits(format).block > 0) {
+    if (Traits(format).block.size > 0) {
       // A block format's element is meaningless without its block's scale.
-      EXPECT_THAT(ResolveSpec(spec, kMatrix),
-                  StatusIs(kInvalid, HasSubstr(absl::StrCat("blocks of ", Traits(format).block))))
+      EXPECT_THAT(
+          ResolveSpec(spec, kMatrix),
+          StatusIs(kInvalid, HasSubstr(absl::StrCat("blocks of ", Traits(format).block.size))))
           << FormatName(format);
     } else if (minifloat) {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), IsOk()) << FormatName(format);
@@ -215,7 +216,7 @@ TEST(ResolveSpecTest, OverflowNonfiniteNeedsInfOrNan) {
     QuantSpec spec = Spec(format);
     spec.asymmetric = !Traits(format).symmetric_ok;
     spec.overflow = Overflow::kNonfinite;
-    if (Traits(format).block > 0) {
+    if (Traits(format).block.size > 0) {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid, HasSubstr("elements saturate")))
           << FormatName(format);
     } else if (Traits(format).has_inf || Traits(format).has_nan) {
@@ -574,6 +575,9 @@ TEST(ResolveSpecTest, MxRefusesWhatItCannotDo) {
   QuantSpec tensor = mx;
   tensor.granularity = Granularity::kTensor;
   refused(tensor, "blocks of 32 (or group_size) elements along the last axis");
+  QuantSpec nf4_small = Spec(Format::kNf4, Granularity::kGroup);
+  nf4_small.group_size = 16;
+  refused(nf4_small, "nf4 scales blocks of 64 (group_size 32..4096) elements over the flattened");
   // Other block sizes serve the fake_quant_ops grammar (e2m1k8b16).
   QuantSpec group16 = mx;
   group16.granularity = Granularity::kGroup;
@@ -665,7 +669,7 @@ TEST(DescriptorTest, FakeQuantOpsGrammar) {
 TEST(DescriptorTest, UnknownNamesListWhatIsAccepted) {
   for (const char* bad :
        {"int3", "", "fp8", "int4-g0", "int4-g-1", "int4-gabc", "int4-b128", "int4-g128-g64",
-        "int8-asym-sym", "int8-channel-token", "nf4", "mxfp4e2m1", "mxfp7"}) {
+        "int8-asym-sym", "int8-channel-token", "nf5", "mxfp4e2m1", "mxfp7"}) {
     QuantSpec spec;
     absl::Status status = ApplyDescriptor(bad, &spec);
     EXPECT_THAT(status, StatusIs(kInvalid, HasSubstr("unknown descriptor"))) << bad;

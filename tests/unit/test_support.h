@@ -126,16 +126,23 @@ inline std::string FormatParamName(const ::testing::TestParamInfo<Format>& info)
 inline std::vector<Format> FormatsWithFreeScales() {
   std::vector<Format> formats;
   for (Format format : AllFormats()) {
-    if (Traits(format).scale_kind == ScaleKind::kF32) formats.push_back(format);
+    if (Traits(format).block.size == 0) formats.push_back(format);
   }
   return formats;
 }
 std::string ShapeName(const Shape& shape);
 
 // The rounding a test asks for, or the format's only one where it has just one (HiF8: ties
-// away from zero; ResolveSpec refuses the others).
+// away from zero; NF4: its decision tree, spelled RNE; ResolveSpec refuses the others).
 inline Rounding RoundingFor(Format format, Rounding wanted) {
-  return Traits(format).kind == ElementKind::kHif8 ? Rounding::kNearestAway : wanted;
+  switch (Traits(format).kind) {
+    case ElementKind::kHif8:
+      return Rounding::kNearestAway;
+    case ElementKind::kNf4:
+      return Rounding::kNearestEven;
+    default:
+      return wanted;
+  }
 }
 
 struct BackendRun {

@@ -45,6 +45,7 @@ enum class Packing : int32_t {
   kUnspecified = 0,
   kBitstream = 1,
   kInt32Offset = 2,
+  kHighNibbleFirst = 3,  // bitsandbytes: 4-bit codes, element 0 in the high nibble (NF4)
 };
 // How an MX block's shared exponent follows from its amax (FORMATS.md "Block formats").
 enum class ScaleRounding : int32_t {
@@ -358,6 +359,68 @@ QUANTD_HD float Hif8Decode(uint32_t code) {
   return (code & 0x80u) ? -value : value;
 }
 
+// ---- NF4 (bitsandbytes): the index of one of 16 quantiles of N(0, 1), scaled to [-1, 1]. ----
+
+// The NF4 values (bitsandbytes' nf4 table; code 7 is 0).
+QUANTD_HD float Nf4Value(uint32_t code) {
+  switch (code & 15u) {
+    case 0:
+      return -1.0f;
+    case 1:
+      return -0.6961928009986877f;
+    case 2:
+      return -0.5250730514526367f;
+    case 3:
+      return -0.39491748809814453f;
+    case 4:
+      return -0.28444138169288635f;
+    case 5:
+      return -0.18477343022823334f;
+    case 6:
+      return -0.09105003625154495f;
+    case 7:
+      return 0.0f;
+    case 8:
+      return 0.07958029955625534f;
+    case 9:
+      return 0.16093020141124725f;
+    case 10:
+      return 0.24611230194568634f;
+    case 11:
+      return 0.33791524171829224f;
+    case 12:
+      return 0.44070982933044434f;
+    case 13:
+      return 0.5626170039176941f;
+    case 14:
+      return 0.7229568362236023f;
+    default:
+      return 1.0f;
+  }
+}
+
+// The code of a normalized value n = x · (1 / absmax): bitsandbytes' dQuantizeNF4 decision tree
+// verbatim (csrc/kernels.cu; the thresholds are the midpoints of neighbouring values, as fp32
+// literals, compared with a strict >). NaN falls through every test to code 0.
+QUANTD_HD uint32_t Nf4Encode(float x) {
+  if (x > 0.03979014977812767f) {
+    if (x > 0.3893125355243683f) {
+      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 0b1111u : 0b1110u;
+      return x > 0.5016634166240692f ? 0b1101u : 0b1100u;
+    }
+    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 0b1011u : 0b1010u;
+    return x > 0.1202552504837513f ? 0b1001u : 0b1000u;
+  }
+  if (x > -0.33967943489551544f) {
+    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 0b0111u : 0b0110u;
+    return x > -0.23460740596055984f ? 0b0101u : 0b0100u;
+  }
+  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 0b0011u : 0b0010u;
+  return x > -0.8480964004993439f ? 0b0001u : 0b0000u;
+}
+
+inline constexpr uint32_t kNf4Zero = 7u;  // the code of 0.0, and of every element of a zero block
+
 // ---- Integer elements. ----
 
 // q = clamp(round(v) + zero_point, qmin, qmax) for v = x / s. Rounding acts on |v| and the sign
@@ -393,6 +456,9 @@ struct ScaleRule {
   int mx_emax = 0;
   int mx_mbits = 0;
   int mx_implicit_exponent = 0;
+  // NF4: the scale is the block's absmax itself, 0 for an all-zero block (bitsandbytes stores
+  // it so); every other format floors a zero scale at 1.
+  bool zero_scale_ok = false;
 };
 
 // `scale_rounding` applies to MX formats (kUnspecified there: FLOOR) and is ignored otherwise.
@@ -403,6 +469,7 @@ inline ScaleRule MakeScaleRule(const FormatTraits& traits, bool asymmetric,
   rule.divisor = traits.scale_divisor;
   rule.qmin = traits.qmin;
   rule.qmax = traits.qmax;
+  rule.zero_scale_ok = traits.kind == ElementKind::kNf4;
   if (traits.scale_kind == ScaleKind::kE8M0) {
     rule.mx_rounding =
         scale_rounding == ScaleRounding::kUnspecified ? ScaleRounding::kFloor : scale_rounding;
@@ -534,7 +601,7 @@ QUANTD_HD bool ScaleFromRange(const ScaleRule& rule, float lo, float hi, float c
   if (!rule.asymmetric) {
     const float amax = fmaxf(hi, -lo) * clip;
     const float s = amax / rule.divisor;
-    *scale = s == 0.0f ? 1.0f : s;
+    *scale = s == 0.0f && !rule.zero_scale_ok ? 1.0f : s;
     return true;
   }
   // max >= 0 >= min, so that 0 is exactly representable (zero padding stays zero).
@@ -616,8 +683,9 @@ QUANTD_HD uint32_t QuantizeElementAs(ElementKind kind, Rounding rounding, const 
                                      float x, float s, float reciprocal, int32_t zero_point,
                                      uint32_t random_bits) {
   const bool is_minifloat = kind == ElementKind::kMinifloat;
-  // Only NVFP4 has zero scales (d_b of a block scale that rounds to 0): its codes are then 0.
-  if (s == 0.0f) return 0u;
+  // Zero scales: NF4's all-zero blocks (code 7, FORMATS.md) and NVFP4's block scales that round
+  // to 0 (codes 0).
+  if (s == 0.0f) return kind == ElementKind::kNf4 ? kNf4Zero : 0u;
   if (x != x) {
     // A NaN that got this far in a format without NaN (its request was not rejected:
     // nan_policy ZERO) quantizes as 0, as it does on request in any format.
@@ -632,6 +700,11 @@ QUANTD_HD uint32_t QuantizeElementAs(ElementKind kind, Rounding rounding, const 
       // canonical NaN from arithmetic on a NaN where x86 keeps the operand's payload.
       return MinifloatEncode(codec.minifloat, x, rounding, random_bits, codec.overflow);
     }
+  }
+  if (kind == ElementKind::kNf4) {
+    // bitsandbytes multiplies by the block's reciprocal, fp32(1 / absmax): the one place the
+    // contract has a reciprocal. `reciprocal` is that value whenever it is not 0.
+    return Nf4Encode(x * (reciprocal != 0.0f ? reciprocal : 1.0f / s));
   }
   const float v = DivideByScale(x, s, reciprocal);  // s > 0 and finite: NaN only if x is
   if (is_minifloat) {
@@ -657,6 +730,7 @@ QUANTD_HD float DecodeElementAs(ElementKind kind, const ElementCodec& codec, uin
                                 int32_t zero_point) {
   if (kind == ElementKind::kMinifloat) return MinifloatDecode(codec.minifloat, code);
   if (kind == ElementKind::kHif8) return Hif8Decode(code);
+  if (kind == ElementKind::kNf4) return Nf4Value(code);
   int32_t q = static_cast<int32_t>(code);
   if (codec.qmin < 0 && codec.bits < 32) {
     const uint32_t sign_bit = 1u << (codec.bits - 1);

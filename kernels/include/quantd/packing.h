@@ -5,6 +5,7 @@
 // 6-bit: four codes in three bytes). INT32_OFFSET (compressed-tensors pack_to_int32) stores
 // q + 8 in eight nibbles per little-endian int32, element 0 in bits 0-3: byte for byte the same
 // bit stream with the nibble's top bit flipped and rows padded to whole int32 words.
+// HIGH_NIBBLE_FIRST (bitsandbytes, NF4) swaps the two nibbles of every byte of the bit stream.
 //
 //   std::fill(row, row + layout.code_row_bytes, 0);   // StoreCode ORs sub-byte codes in
 //   StoreCode(row, i, /*bits=*/4, Packing::kBitstream, code);
@@ -33,6 +34,13 @@ QUANTD_HD uint32_t PackingTransform(uint32_t code, int bits, Packing packing) {
   return packing == Packing::kInt32Offset ? code ^ (1u << (bits - 1)) : code;
 }
 
+// Where element i's code starts among the bits of its row: b·i, except that HIGH_NIBBLE_FIRST
+// puts the even elements of 4-bit codes in the high nibble. Within a 32-bit word of whole
+// bytes the same holds for the element's index in the word.
+QUANTD_HD int64_t CodeBitOffset(int64_t i, int bits, Packing packing) {
+  return (packing == Packing::kHighNibbleFirst ? (i ^ 1) : i) * bits;
+}
+
 // Writes `code` as element i of a row. Sub-byte codes are ORed in: zero the row first.
 QUANTD_HD void StoreCode(uint8_t* row, int64_t i, int bits, Packing packing, uint32_t code) {
   if (bits == 8) {
@@ -40,7 +48,7 @@ QUANTD_HD void StoreCode(uint8_t* row, int64_t i, int bits, Packing packing, uin
     return;
   }
   const uint32_t stored = PackingTransform(code, bits, packing);
-  const int64_t bit = i * bits;
+  const int64_t bit = CodeBitOffset(i, bits, packing);
   const int64_t byte = bit >> 3;
   const int shift = static_cast<int>(bit & 7);
   row[byte] |= static_cast<uint8_t>(stored << shift);
@@ -50,7 +58,7 @@ QUANTD_HD void StoreCode(uint8_t* row, int64_t i, int bits, Packing packing, uin
 // Reads element i of a row as the format's native code.
 QUANTD_HD uint32_t LoadCode(const uint8_t* row, int64_t i, int bits, Packing packing) {
   if (bits == 8) return row[i];
-  const int64_t bit = i * bits;
+  const int64_t bit = CodeBitOffset(i, bits, packing);
   const int64_t byte = bit >> 3;
   const int shift = static_cast<int>(bit & 7);
   uint32_t stored = static_cast<uint32_t>(row[byte]) >> shift;
