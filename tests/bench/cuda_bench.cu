@@ -77,6 +77,9 @@ const Op kOps[] = {
     {"dequantize nvfp4", Format::kNvfp4, Granularity::kGroup, 16, 0, false, false, Op::kDequantize},
     // HiF8 (generic element kernels: its tapered encode has no vector path yet).
     {"quantize hif8 token", Format::kHif8, Granularity::kToken, 0, 0, false, false, Op::kQuantize},
+    // NF4: blocks of 64 over the flattened tensor (generic element kernels).
+    {"quantize nf4", Format::kNf4, Granularity::kGroup, 64, 0, false, false, Op::kQuantize},
+    {"dequantize nf4", Format::kNf4, Granularity::kGroup, 64, 0, false, false, Op::kDequantize},
     // Percentile calibration (Calibrate's scales): four selection passes over the input.
     {"calibrate percentile int8 tensor", Format::kInt8, Granularity::kTensor, 0, 0, false, false,
      Op::kPercentile},
