@@ -164,7 +164,8 @@ __global__ void __launch_bounds__(kThreads)
       const uint32_t code = QuantizeElementAs(kKind, kRounding, p.codec, x[j], s, reciprocal, zp,
                                               kStochastic ? random[j] : 0u);
       if (kCodes) {
-        packed |= static_cast<uint64_t>(PackingTransform(code, bits, p.packing)) << (j * bits);
+        packed |= static_cast<uint64_t>(PackingTransform(code, bits, p.packing))
+                  << CodeBitOffset(j, bits, p.packing);
       }
       if (kOutput || metrics) {
         x_hat[j] = DequantizeElementAs(kKind, p.codec, code, s, zp);
@@ -226,8 +227,9 @@ __global__ void __launch_bounds__(kThreads)
         s = scales[cursor.group];
         zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
       }
-      const uint32_t code =
-          PackingTransform(static_cast<uint32_t>(packed >> (j * bits)) & mask, bits, p.packing);
+      const uint32_t code = PackingTransform(
+          static_cast<uint32_t>(packed >> CodeBitOffset(j, bits, p.packing)) & mask, bits,
+          p.packing);
       y[j] = DequantizeElementAs(kKind, p.codec, code, s, zp);
     }
     StoreVector(output, output_dtype, first, y);
@@ -494,9 +496,19 @@ cudaError_t LaunchQuantizeVectorTyped(const ElementParams& p, const float* scale
                                       const int32_t* zero_points, uint8_t* codes, void* output,
                                       DType output_dtype, MetricPartial* partials,
                                       DeviceFlags* flags, int grid, cudaStream_t stream) {
-  if (p.codec.kind == ElementKind::kMinifloat) {
-    return LaunchQuantizeVectorKind<kDType, ElementKind::kMinifloat>(
-        p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+  switch (p.codec.kind) {
+    case ElementKind::kMinifloat:
+      return LaunchQuantizeVectorKind<kDType, ElementKind::kMinifloat>(
+          p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+    // HiF8 and NF4 each have one rounding (ResolveSpec refuses the others).
+    case ElementKind::kHif8:
+      return LaunchQuantizeVectorAs<kDType, ElementKind::kHif8, Rounding::kNearestAway>(
+          p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+    case ElementKind::kNf4:
+      return LaunchQuantizeVectorAs<kDType, ElementKind::kNf4, Rounding::kNearestEven>(
+          p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
+    default:
+      break;
   }
   return LaunchQuantizeVectorKind<kDType, ElementKind::kInt>(
       p, scales, zero_points, codes, output, output_dtype, partials, flags, grid, stream);
@@ -538,11 +550,9 @@ cudaError_t LaunchQuantizeTokenFused(const ElementParams& p, const ScaleRule& ru
 }
 
 bool VectorPathApplies(const ElementParams& p) {
-  // Its kernels are instantiated for integer and minifloat elements (HiF8 takes the generic
-  // kernels).
+  // Its kernels are instantiated for every element kind, HiF8 and NF4 with their one rounding.
   return p.geometry.cols > 0 && p.geometry.cols % kVector == 0 && p.geometry.rows > 0 &&
-         (p.codec.bits == 8 || p.codec.bits == 4) &&
-         (p.codec.kind == ElementKind::kInt || p.codec.kind == ElementKind::kMinifloat);
+         (p.codec.bits == 8 || p.codec.bits == 4);
 }
 
 int VectorGrid(const ElementParams& p) {
@@ -572,6 +582,12 @@ cudaError_t LaunchDequantizeVector(const ElementParams& p, const uint8_t* codes,
   const int64_t vectors = p.geometry.rows * p.geometry.cols / kVector;
   if (p.codec.kind == ElementKind::kMinifloat) {
     DequantizeVectorKernel<ElementKind::kMinifloat><<<VectorGrid(p), kThreads, 0, stream>>>(
+        p, codes, scales, zero_points, output, output_dtype, vectors);
+  } else if (p.codec.kind == ElementKind::kHif8) {
+    DequantizeVectorKernel<ElementKind::kHif8><<<VectorGrid(p), kThreads, 0, stream>>>(
+        p, codes, scales, zero_points, output, output_dtype, vectors);
+  } else if (p.codec.kind == ElementKind::kNf4) {
+    DequantizeVectorKernel<ElementKind::kNf4><<<VectorGrid(p), kThreads, 0, stream>>>(
         p, codes, scales, zero_points, output, output_dtype, vectors);
   } else {
     DequantizeVectorKernel<ElementKind::kInt><<<VectorGrid(p), kThreads, 0, stream>>>(

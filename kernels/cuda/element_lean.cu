@@ -123,6 +123,16 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
                                                   float clip, float lo, float hi, uint32_t group,
                                                   bool writer, float* scales, int32_t* zero_points,
                                                   DeviceFlags* flags) {
+  if (p.scale_kind == ScaleKind::kE4M3) {
+    // NVFP4: the block scale from the block's amax under S_enc, whose tensor amax an earlier
+    // kernel (LaunchNvfp4TensorAmax) left in the flags. The elements divide by d_b; a d_b of 0
+    // (or below 2^-60) is not lean, and QuantizeVector then takes codec.h, which gives codes 0.
+    const float global_scale = Nvfp4GlobalScale(__uint_as_float(flags->tensor_amax_bits));
+    const float amax = lo <= hi ? fmaxf(hi, -lo) + 0.0f : 0.0f;
+    const float block_scale = Nvfp4BlockScale(amax, global_scale);
+    if (writer) scales[group] = block_scale;
+    return MakeLeanScale(p.codec, Nvfp4ElementScale(block_scale, global_scale), 0);
+  }
   float s = 1.0f;
   int32_t zp = 0;
   // The statistics pass counts -0 as +0; a zero extreme of either sign becomes +0 here.
@@ -443,7 +453,6 @@ bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* o
   const ScaleGeometry& g = p.geometry;
   const ElementCodec& c = p.codec;
   if ((codes == nullptr) == (output == nullptr)) return false;  // one of the two, not both
-  if (p.scale_kind == ScaleKind::kE4M3) return false;           // NVFP4: zero element scales
   if (g.rows <= 0 || g.cols <= 0 || g.cols % kVector != 0) return false;
   if (g.rows * g.cols / kVector >= (int64_t{1} << 31) || g.num_scales >= (int64_t{1} << 31)) {
     return false;
@@ -497,6 +506,56 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
         <<<grid, kThreads, 0, stream>>>(p, lg, scales, zero_points, codes, output, output_dtype,
                                         partials, flags, code_xor, vectors);
   });
+  return cudaGetLastError();
+}
+
+namespace {
+
+// NVFP4's first pass: the tensor's amax over its finite elements into flags->tensor_amax_bits
+// (a float >= 0 orders as its bits: one atomicMax per warp). NaNs are flagged by the pass
+// that follows, which sees every vector.
+template <DType kDType>
+__global__ void __launch_bounds__(kThreads)
+    TensorAmaxLeanKernel(const void* __restrict__ input, uint32_t vectors, DeviceFlags* flags) {
+  float amax = 0.0f;
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t v = blockIdx.x * blockDim.x + threadIdx.x; v < vectors; v += stride) {
+    float x[kVector];
+    LoadLean<kDType>(input, static_cast<int64_t>(v) * kVector, x);
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) {
+      if (IsFinite(x[j])) amax = fmaxf(amax, fabsf(x[j]));
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+  }
+  if ((threadIdx.x & 31) == 0) atomicMax(&flags->tensor_amax_bits, __float_as_uint(amax));
+}
+
+__global__ void Nvfp4GlobalScaleKernel(const DeviceFlags* flags, float* global_scale) {
+  *global_scale = Nvfp4GlobalScale(__uint_as_float(flags->tensor_amax_bits));
+}
+
+}  // namespace
+
+cudaError_t LaunchNvfp4TensorAmax(const ElementParams& p, DeviceFlags* flags, float* global_scale,
+                                  cudaStream_t stream) {
+  const uint32_t vectors = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kVector);
+  const int grid = GridFor(vectors, p.max_blocks);
+  switch (p.input_dtype) {
+    case DType::kF16:
+      TensorAmaxLeanKernel<DType::kF16><<<grid, kThreads, 0, stream>>>(p.input, vectors, flags);
+      break;
+    case DType::kBF16:
+      TensorAmaxLeanKernel<DType::kBF16><<<grid, kThreads, 0, stream>>>(p.input, vectors, flags);
+      break;
+    default:
+      TensorAmaxLeanKernel<DType::kF32><<<grid, kThreads, 0, stream>>>(p.input, vectors, flags);
+      break;
+  }
+  if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
+  Nvfp4GlobalScaleKernel<<<1, 1, 0, stream>>>(flags, global_scale);
   return cudaGetLastError();
 }
 

@@ -283,7 +283,9 @@ struct ElementLaunch {
                          uint8_t* codes, void* output, DType output_dtype, MetricPartial* partials,
                          DeviceFlags* flags, cudaStream_t stream) {
     const bool metrics = partials != nullptr;
-    if (LeanPathApplies(p, codes, output)) {
+    // NVFP4's element scales can be 0, which the lean codec leaves to codec.h only when it
+    // computes the scales itself (LeanFusedApplies).
+    if (p.scale_kind != ScaleKind::kE4M3 && LeanPathApplies(p, codes, output)) {
       const int grid = LeanGrid(p);
       if (cudaError_t error = LaunchQuantizeLean(p, scales, zero_points, codes, output,
                                                  output_dtype, partials, flags, grid, stream);
@@ -419,6 +421,23 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
                                const GlobalScaleBuffers& nvfp4, uint8_t* codes, void* output,
                                DType output_dtype, MetricPartial* partials, cudaStream_t stream) {
   if (p.scale_kind == ScaleKind::kE4M3) {
+    if (LeanFusedApplies(p, codes, output)) {
+      // Two passes: the tensor's amax, then blocks of 16 quantized from registers.
+      if (cudaError_t error = LaunchNvfp4TensorAmax(p, stats.flags, nvfp4.global_scale, stream);
+          error != cudaSuccess) {
+        return error;
+      }
+      const ScaleRule rule = MakeScaleRule(Traits(spec.format), false);
+      const int grid = LeanFusedGrid(p);
+      if (cudaError_t error =
+              LaunchQuantizeLeanFused(p, rule, 1.0f, scales, nullptr, codes, output, output_dtype,
+                                      partials, stats.flags, grid, stream);
+          error != cudaSuccess || partials == nullptr) {
+        return error;
+      }
+      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
+      return cudaGetLastError();
+    }
     if (cudaError_t error = LaunchGroupStats(p, stats, stream); error != cudaSuccess) return error;
     if (cudaError_t error = LaunchNvfp4Scales(stats, p.geometry.num_scales, scales, nvfp4, stream);
         error != cudaSuccess) {

@@ -73,12 +73,32 @@ def mxfp4(x):
     # midpoints passed (ties to the even code), saturating at 6; element 0 in the low nibble.
     g = x.view(x.shape[0], -1, 32)
     e = _mx_exponent(g, 2)
-    v = g / torch.exp2(e)
+    code = _e2m1_codes(g / torch.exp2(e)).view(x.shape[0], -1)
+    return code[:, 0::2] | (code[:, 1::2] << 4), (e + 127).to(torch.uint8)
+
+
+def _e2m1_codes(v):
     a = v.abs()
     code = ((a > 0.25).to(torch.uint8) + (a >= 0.75) + (a > 1.25) + (a >= 1.75) + (a > 2.5) +
             (a >= 3.5) + (a > 5.0))
-    code = (code | (torch.signbit(v).to(torch.uint8) << 3)).view(x.shape[0], -1)
-    return code[:, 0::2] | (code[:, 1::2] << 4), (e + 127).to(torch.uint8)
+    return code | (torch.signbit(v).to(torch.uint8) << 3)
+
+
+def nvfp4(x):
+    # TransformerEngine's NVFP4 recipe written in PyTorch: S_enc = 2688 / amax (1 for 0, clamped
+    # to FLT_MAX), E4M3 block scales per 16, d_b = s_b / S_enc, E2M1 by the midpoints passed
+    # (codes 0 where d_b is 0), element 0 in the low nibble.
+    amax = x.abs().amax()
+    s_enc = torch.where(amax == 0, torch.ones_like(amax),
+                        torch.clamp(2688.0 / amax, max=torch.finfo(torch.float32).max))
+    g = x.view(x.shape[0], -1, 16)
+    block_amax = g.abs().amax(dim=-1, keepdim=True)
+    s_b = torch.clamp(block_amax * (s_enc / 6.0), max=448.0).to(torch.float8_e4m3fn)
+    d_b = s_b.to(torch.float32) / s_enc
+    v = torch.where(d_b == 0, torch.zeros_like(g), g / d_b)
+    code = torch.where(d_b == 0, torch.zeros_like(v, dtype=torch.uint8), _e2m1_codes(v))
+    code = code.view(x.shape[0], -1)
+    return code[:, 0::2] | (code[:, 1::2] << 4), s_b.view(torch.uint8), s_enc
 
 
 def median_ms(fn, reps):
@@ -138,6 +158,7 @@ def main():
             # MX, FLOOR: the minimum bytes as quantd_cuda_bench counts them (fp32 scales).
             ("quantize mxfp8 (e4m3)", lambda f: f(x), mxfp8_e4m3, numel * 5 + numel // 32 * 4),
             ("quantize mxfp4", lambda f: f(x), mxfp4, numel * 4 + numel // 2 + numel // 32 * 4),
+            ("quantize nvfp4", lambda f: f(x), nvfp4, numel * 4 + numel // 2 + numel // 16 * 4),
         ]
         ops = [op for op in ops if args.only in op[0]]
         reps = 5 if numel >= (1 << 28) else 20

@@ -573,8 +573,8 @@ QUANTD_HD float Nvfp4GlobalScale(float tensor_amax) {
 QUANTD_HD float Nvfp4BlockScale(float block_amax, float global_scale) {
   const float v = block_amax * (global_scale / 6.0f);
   const MinifloatParams e4m3 = E4M3Params();
-  return MinifloatDecode(
-      e4m3, MinifloatEncodePortable(e4m3, v, Rounding::kNearestEven, 0u, Overflow::kSaturate));
+  return MinifloatDecode(e4m3,
+                         MinifloatEncode(e4m3, v, Rounding::kNearestEven, 0u, Overflow::kSaturate));
 }
 
 // d_b = fp32(decode(s_b) / S_enc): what a block's elements are divided by (and x̂ multiplied
