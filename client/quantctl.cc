@@ -67,6 +67,8 @@ ABSL_FLAG(std::string, packing, "",
 ABSL_FLAG(std::string, scale_rule, "",
           "MX formats: floor (default, OCP MX) | rceil (cuBLAS / TransformerEngine) | even "
           "(torchao) | nearest (fake_quant_ops carry)");
+ABSL_FLAG(bool, double_quant, false,
+          "nf4: quantize the absmax values too (bitsandbytes compress_statistics)");
 ABSL_FLAG(std::string, static_scales, "", ".npy of float32 scales to use instead of amax");
 ABSL_FLAG(std::string, static_zero_points, "", ".npy of int32 zero-points (with --asymmetric)");
 ABSL_FLAG(bool, no_metrics, false, "skip the error metrics");
@@ -256,6 +258,7 @@ absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
                                                        {"nearest", v1::SCALE_RULE_NEAREST}}));
     spec.set_scale_rule(rule);
   }
+  spec.set_double_quant(absl::GetFlag(FLAGS_double_quant));
   if (const std::string path = absl::GetFlag(FLAGS_static_scales); !path.empty()) {
     QUANTD_ASSIGN_OR_RETURN(npy::Array scales, npy::ReadNpy(path));
     if (scales.dtype != DType::kF32) {
@@ -302,6 +305,16 @@ absl::Status RunQuantize(Client& client, const std::vector<char*>& args) {
   outputs.emplace_back("scales", ArrayFromTensor(quantized->mutable_scales()));
   if (quantized->spec().asymmetric()) {
     outputs.emplace_back("zero_points", ArrayFromTensor(quantized->mutable_zero_points()));
+  }
+  if (quantized->spec().double_quant()) {  // NF4: the nested absmax quantization
+    outputs.emplace_back("double_quant_scales",
+                         ArrayFromTensor(quantized->mutable_double_quant_scales()));
+    npy::Array offset;
+    offset.dtype = DType::kF32;
+    offset.shape = {1};
+    const float value = quantized->double_quant_offset();
+    offset.data.assign(reinterpret_cast<const char*>(&value), sizeof(value));
+    outputs.emplace_back("double_quant_offset", std::move(offset));
   }
   if (quantized->global_scale() != 0.0f) {  // NVFP4
     npy::Array global_scale;
@@ -370,6 +383,18 @@ absl::Status RunDequantize(Client& client, const std::vector<char*>& args) {
     if (name == "source_dtype") {
       absl::StatusOr<v1::DType> dtype = DTypeFromFlag(array.data);
       if (dtype.ok()) quantized->set_source_dtype(*dtype);
+    }
+    if (name == "double_quant_scales") {
+      *quantized->mutable_double_quant_scales() = TensorFromArray(std::move(array));
+    }
+    if (name == "double_quant_offset") {
+      if (array.dtype != DType::kF32 || array.data.size() != sizeof(float)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": \"double_quant_offset\" must hold one float32"));
+      }
+      float value;
+      std::memcpy(&value, array.data.data(), sizeof(value));
+      quantized->set_double_quant_offset(value);
     }
     if (name == "global_scale") {
       if (array.dtype != DType::kF32 || array.data.size() != sizeof(float)) {

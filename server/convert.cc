@@ -238,6 +238,7 @@ absl::StatusOr<QuantSpec> QuantSpecFromProto(const v1::QuantSpec& proto, absl::s
   spec.block_rows = proto.block_rows();
   spec.block_cols = proto.block_cols();
   spec.asymmetric = proto.asymmetric();
+  spec.double_quant = proto.double_quant();
   spec.seed = proto.seed();
   spec.clip_ratio = proto.clip_ratio();
   if (!proto.descriptor_string().empty()) {
@@ -281,6 +282,7 @@ void QuantSpecToProto(const QuantSpec& spec, const Shape& scale_shape, v1::Quant
   proto->set_nan_policy(static_cast<v1::NanPolicy>(spec.nan_policy));
   proto->set_packing(static_cast<v1::Packing>(spec.packing));
   proto->set_scale_rule(static_cast<v1::ScaleRule>(spec.scale_rounding));
+  proto->set_double_quant(spec.double_quant);
   if (!spec.static_scales.empty()) {
     WriteStaticTensor(spec.static_scales, DType::kF32, scale_shape, proto->mutable_static_scales());
   }

@@ -184,7 +184,12 @@ std::string FormatNames() {
 // for MX, E4M3 for NVFP4. The backends work with fp32 scales either way (the codes' values).
 bool HasScaleCodes(const QuantSpec& spec) {
   const ScaleKind kind = Traits(spec.format).scale_kind;
-  return kind == ScaleKind::kE8M0 || kind == ScaleKind::kE4M3;
+  return kind == ScaleKind::kE8M0 || kind == ScaleKind::kE4M3 || spec.double_quant;
+}
+
+// NF4 double quantization: how many nested scales `num_scales` absmax values have.
+int64_t DoubleQuantScaleCount(int64_t num_scales) {
+  return (num_scales + kDoubleQuantBlock - 1) / kDoubleQuantBlock;
 }
 
 bool HasGlobalScale(const QuantSpec& spec) {
@@ -254,7 +259,15 @@ void SetScales(const QuantSpec& spec, const Shape& shape, const std::vector<floa
 }
 
 // The fp32 scales of a quantized tensor's wire scales (checked by PlanDequantize).
-std::vector<float> ScalesFromWire(const QuantSpec& spec, const std::string& bytes) {
+std::vector<float> ScalesFromWire(const QuantSpec& spec, const v1::QuantizedTensor& q) {
+  const std::string& bytes = q.scales().data();
+  if (spec.double_quant) {
+    DoubleQuantized double_quant;
+    double_quant.codes.assign(bytes.begin(), bytes.end());
+    double_quant.scales = CopyValues<float>(q.double_quant_scales().data());
+    double_quant.offset = q.double_quant_offset();
+    return DoubleDequantize(double_quant);
+  }
   if (!HasScaleCodes(spec)) return CopyValues<float>(bytes);
   const FormatTraits& traits = Traits(spec.format);
   std::vector<float> scales(bytes.size());
@@ -265,6 +278,41 @@ std::vector<float> ScalesFromWire(const QuantSpec& spec, const std::string& byte
                     : MinifloatDecode(E4M3Params(), code);
   }
   return scales;
+}
+
+bool TensorIsEmpty(const v1::Tensor& tensor);
+
+// NF4 double quantization's nested scales and offset: present (F32, one per 256 absmax codes,
+// finite and >= 0; a finite offset) exactly when the spec asks for it.
+[[nodiscard]] absl::Status CheckDoubleQuantParts(const RequestPlan& plan,
+                                                 const v1::QuantizedTensor& q) {
+  if (!plan.spec.double_quant) {
+    if (!TensorIsEmpty(q.double_quant_scales()) || q.double_quant_offset() != 0.0f) {
+      return absl::InvalidArgumentError(
+          "quantized.double_quant_scales / double_quant_offset are set but quantized.spec has "
+          "no double_quant; leave them unset or set spec.double_quant (nf4)");
+    }
+    return absl::OkStatus();
+  }
+  const int64_t want = DoubleQuantScaleCount(plan.layout.geometry.num_scales);
+  const v1::Tensor& nested = q.double_quant_scales();
+  if (nested.dtype() != v1::DTYPE_F32 || static_cast<int64_t>(nested.data().size()) != want * 4) {
+    return absl::InvalidArgumentError(absl::StrCat("quantized.double_quant_scales must hold ", want,
+                                                   " F32 values (one per ", kDoubleQuantBlock,
+                                                   " absmax codes), got ", nested.data().size(),
+                                                   " bytes of ", v1::DType_Name(nested.dtype())));
+  }
+  const std::vector<float> values = CopyValues<float>(nested.data());
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!(std::isfinite(values[i]) && values[i] >= 0.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat("quantized.double_quant_scales[", i, "] is ",
+                                                     values[i], "; they must be finite and >= 0"));
+    }
+  }
+  if (!std::isfinite(q.double_quant_offset())) {
+    return absl::InvalidArgumentError("quantized.double_quant_offset must be finite");
+  }
+  return absl::OkStatus();
 }
 
 // One of the quantized tensors of a DequantizeRequest against what the layout says.
@@ -456,7 +504,9 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
     // would dequantize to garbage without any error, so refuse it here.
     const std::string& scale_data = q.scales().data();
     const ScaleKind scale_kind = Traits(plan.spec.format).scale_kind;
-    for (int64_t i = 0; i < plan.layout.geometry.num_scales; ++i) {
+    // NF4 double quantization: every code of the dynamic map is a value.
+    const int64_t checked_scales = plan.spec.double_quant ? 0 : plan.layout.geometry.num_scales;
+    for (int64_t i = 0; i < checked_scales; ++i) {
       const uint8_t code = static_cast<uint8_t>(scale_data[i]);
       if (scale_kind == ScaleKind::kE8M0) {
         if (code == 0xFF) {
@@ -485,6 +535,7 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
                                                        zero_ok ? ">= 0" : "> 0"));
       }
     }
+    QUANTD_RETURN_IF_ERROR(CheckDoubleQuantParts(plan, q));
     if (HasGlobalScale(plan.spec)) {
       const float global_scale = q.global_scale();
       if (!(std::isfinite(global_scale) && global_scale > 0.0f)) {
@@ -536,6 +587,7 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
   float global_scale = 0.0f;
+  DoubleQuantized double_quant;
   ErrorMetrics metrics;
   QUANTD_RETURN_IF_ERROR(Guarded("Quantize", [&]() -> absl::Status {
     QuantSpecToProto(plan.spec, layout.scale_shape, q->mutable_spec());
@@ -553,6 +605,7 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
     out.num_scales = layout.geometry.num_scales;
     out.zero_points = plan.spec.asymmetric ? zero_points.data() : nullptr;
     out.global_scale = HasGlobalScale(plan.spec) ? &global_scale : nullptr;
+    out.double_quant = plan.spec.double_quant ? &double_quant : nullptr;
     TensorView input = ViewOf(request.input(), layout.shape, plan.input_dtype);
     if (upload != nullptr) {
       input.data = nullptr;
@@ -561,7 +614,14 @@ absl::StatusOr<v1::QuantizeResponse> QuantizerCore::Quantize(const v1::QuantizeR
     }
     return backend_->Quantize(input, plan.spec, out, request.skip_metrics() ? nullptr : &metrics);
   }));
-  SetScales(plan.spec, layout.scale_shape, scales, q->mutable_scales());
+  if (plan.spec.double_quant) {
+    SetTensor(DType::kU8, layout.scale_shape, double_quant.codes, q->mutable_scales());
+    SetTensor(DType::kF32, {static_cast<int64_t>(double_quant.scales.size())}, double_quant.scales,
+              q->mutable_double_quant_scales());
+    q->set_double_quant_offset(double_quant.offset);
+  } else {
+    SetScales(plan.spec, layout.scale_shape, scales, q->mutable_scales());
+  }
   if (HasGlobalScale(plan.spec)) q->set_global_scale(global_scale);
   if (plan.spec.asymmetric) {
     SetTensor(DType::kI32, layout.scale_shape, zero_points, q->mutable_zero_points());
@@ -579,7 +639,7 @@ absl::StatusOr<v1::DequantizeResponse> QuantizerCore::Dequantize(
   v1::DequantizeResponse response;
   QUANTD_RETURN_IF_ERROR(Guarded("Dequantize", [&]() -> absl::Status {
     // Scales and zero-points are small; copying them gives the backend aligned arrays.
-    const std::vector<float> scales = ScalesFromWire(plan.spec, q.scales().data());
+    const std::vector<float> scales = ScalesFromWire(plan.spec, q);
     const std::vector<int32_t> zero_points = CopyValues<int32_t>(q.zero_points().data());
     v1::Tensor* output = response.mutable_output();
     SetTensorHeader(plan.output_dtype, layout.shape, output);

@@ -361,6 +361,13 @@ class CudaBackend final : public Backend {
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
+    DoubleQuantized double_quant;
+    if (spec.double_quant) {
+      if (out.double_quant == nullptr) {
+        return absl::InternalError("NF4 double quantization needs out.double_quant");
+      }
+      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &double_quant));
+    }
     QUANTD_ASSIGN_OR_RETURN(void* codes, arena.Allocate(layout.code_bytes));
     QUANTD_CUDA_RETURN_IF_ERROR(
         LaunchQuantizePass(pass.params, spec, pass.scales_ready, pass.stats, pass.scales,
@@ -375,6 +382,7 @@ class CudaBackend final : public Backend {
       }
       QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.global_scale, pass.nvfp4.global_scale, 4));
     }
+    if (spec.double_quant) *out.double_quant = std::move(double_quant);
     if (spec.asymmetric) {
       QUANTD_RETURN_IF_ERROR(
           lease->CopyOut(out.zero_points, pass.zero_points, 4 * layout.geometry.num_scales));
@@ -429,6 +437,10 @@ class CudaBackend final : public Backend {
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
+    if (spec.double_quant) {
+      DoubleQuantized unused;
+      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &unused));
+    }
     QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
         pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points, pass.nvfp4,
@@ -585,6 +597,33 @@ class CudaBackend final : public Backend {
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchInitStats(pass.stats, n, stream));
     pass.scales_ready = spec.granularity == Granularity::kNone || spec.has_static_scales();
     return pass;
+  }
+
+  // NF4 with double quantization (double_quant.h): the exact absmax values on the device, their
+  // double quantization on the host (one value per block of 32..4096 elements), then the
+  // element pass, whose x̂ multiplies by the values DoubleDequantize reconstructs.
+  absl::Status PrepareDoubleQuant(const QuantSpec& spec, Pass& pass, DeviceArena& arena,
+                                  cudaStream_t stream, DoubleQuantized* double_quant) {
+    const int64_t n = pass.params.geometry.num_scales;
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchGroupStats(pass.params, pass.stats, stream));
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchScales(MakeScaleRule(Traits(spec.format), false),
+                                             spec.clip_ratio, pass.stats, n, pass.scales, nullptr,
+                                             stream));
+    std::vector<float> absmax(n);
+    // Plain copies, waited for here: the host needs the values now, and `reconstructed` goes
+    // out of scope (the lease's copies complete only at its Synchronize).
+    QUANTD_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(absmax.data(), pass.scales, 4 * n, cudaMemcpyDeviceToHost, stream));
+    QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    *double_quant = DoubleQuantize(absmax);
+    const std::vector<float> reconstructed = DoubleDequantize(*double_quant);
+    QUANTD_ASSIGN_OR_RETURN(void* dequant_scales, arena.Allocate(4 * n));
+    QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dequant_scales, reconstructed.data(), 4 * n,
+                                                cudaMemcpyHostToDevice, stream));
+    QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    pass.params.dequant_scales = static_cast<const float*>(dequant_scales);
+    pass.scales_ready = true;
+    return absl::OkStatus();
   }
 
   // Copies the flags (and metrics) back, waits for the stream, turns flags into statuses.

@@ -150,6 +150,8 @@ __global__ void __launch_bounds__(kThreads)
     GroupCursor cursor(g, row, col);
     float s = scales[cursor.group];
     float reciprocal = ScaleReciprocal(s);
+    // NF4 with double quantization: x̂ multiplies by another scale than the codes divide by.
+    float s_hat = p.dequant_scales != nullptr ? p.dequant_scales[cursor.group] : s;
     int32_t zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
     uint64_t packed = 0;
     float x_hat[kVector];
@@ -168,7 +170,7 @@ __global__ void __launch_bounds__(kThreads)
                   << CodeBitOffset(j, bits, p.packing);
       }
       if (kOutput || metrics) {
-        x_hat[j] = DequantizeElementAs(kKind, p.codec, code, s, zp);
+        x_hat[j] = DequantizeElementAs(kKind, p.codec, code, s_hat, zp);
         if (metrics) acc.Add(x[j], x_hat[j]);
       }
     };
@@ -183,6 +185,7 @@ __global__ void __launch_bounds__(kThreads)
         if (j > 0 && cursor.Step()) {
           s = scales[cursor.group];
           reciprocal = ScaleReciprocal(s);
+          s_hat = p.dequant_scales != nullptr ? p.dequant_scales[cursor.group] : s;
           zp = zero_points != nullptr ? zero_points[cursor.group] : 0;
         }
         quantize(j);

@@ -39,6 +39,9 @@ struct ElementParams {
   // NVFP4 (kE4M3): the element scales may be 0, which only codec.h's QuantizeElementAs
   // handles (its codes are then 0), so the lean quantize kernels stand aside.
   ScaleKind scale_kind = ScaleKind::kF32;
+  // NF4 with double quantization: what x̂ multiplies by, per scale group (the codes still use
+  // the exact scales); null otherwise. Only the generic and vector kernels take it.
+  const float* dequant_scales = nullptr;
   int max_blocks = 1024;  // grid size cap (a few waves of the device's SMs)
 };
 

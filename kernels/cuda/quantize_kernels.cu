@@ -177,7 +177,8 @@ __global__ void __launch_bounds__(kThreads)
       if (kCodes)
         word |= PackingTransform(code, bits, p.packing) << CodeBitOffset(j, bits, p.packing);
       if (kOutput || kMetrics) {
-        const float x_hat = DequantizeElement(p.codec, code, s, zp);
+        const float s_hat = p.dequant_scales != nullptr ? p.dequant_scales[group] : s;
+        const float x_hat = DequantizeElement(p.codec, code, s_hat, zp);
         if (kOutput) StoreFromFloat(output_dtype, output, index, x_hat);
         if (kMetrics) acc.Add(x, x_hat);
       }

@@ -38,7 +38,8 @@ class ReferenceBackend final : public Backend {
         (layout.code_bytes > 0 && out.codes == nullptr) ||
         (out.num_scales > 0 && out.scales == nullptr) ||
         (spec.asymmetric && out.num_scales > 0 && out.zero_points == nullptr) ||
-        (Traits(spec.format).scale_kind == ScaleKind::kE4M3 && out.global_scale == nullptr)) {
+        (Traits(spec.format).scale_kind == ScaleKind::kE4M3 && out.global_scale == nullptr) ||
+        (spec.double_quant && out.double_quant == nullptr)) {
       return absl::InternalError(absl::StrCat(
           "Quantize output buffers do not match the layout: ", out.code_bytes, " code bytes for ",
           layout.code_bytes, ", ", out.num_scales, " scales for ", layout.geometry.num_scales));
@@ -48,6 +49,7 @@ class ReferenceBackend final : public Backend {
                             reference::ComputeScales(executor_, input, spec, layout, pass));
     std::copy(scales.scale.begin(), scales.scale.end(), out.scales);
     if (Traits(spec.format).scale_kind == ScaleKind::kE4M3) *out.global_scale = scales.global_scale;
+    if (spec.double_quant) *out.double_quant = scales.double_quant;
     if (spec.asymmetric) {
       std::copy(scales.zero_point.begin(), scales.zero_point.end(), out.zero_points);
     }

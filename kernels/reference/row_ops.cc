@@ -137,6 +137,10 @@ absl::StatusOr<Scales> ComputeScales(Executor* executor, const TensorView& x, co
                    spec.asymmetric ? &scales.zero_point[i] : nullptr);
     if (!status.ok()) return status;
   }
+  if (spec.double_quant) {
+    scales.double_quant = DoubleQuantize(scales.scale);
+    scales.dequant = DoubleDequantize(scales.double_quant);
+  }
   return scales;
 }
 

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "quantd/backend.h"
 #include "quantd/codec.h"
+#include "quantd/double_quant.h"
 #include "quantd/executor.h"
 #include "quantd/metrics.h"
 #include "quantd/spec.h"
@@ -127,10 +128,18 @@ struct Scales {
   // NVFP4: the element scales d_b (scale holds the E4M3 block scales' values) and S_enc.
   std::vector<float> element;
   float global_scale = 0.0f;
+  // NF4 with double quantization: the absmax values x̂ multiplies by (DoubleDequantize), and
+  // the double quantization itself.
+  std::vector<float> dequant;
+  DoubleQuantized double_quant;
 
   // What the elements of group `group` are divided by.
   float ElementScale(int64_t group) const {
     return element.empty() ? scale[group] : element[group];
+  }
+  // What x̂ of group `group` multiplies by.
+  float DequantScale(int64_t group) const {
+    return dequant.empty() ? ElementScale(group) : dequant[group];
   }
 };
 
@@ -158,6 +167,7 @@ absl::Status RunElementPass(Executor* executor, const TensorView& x, const Quant
       LoadRow(x, row, g.cols, row_values.data());
       ForEachRun(g, row, [&](int64_t c0, int64_t c1, int64_t group) {
         const float s = scales.ElementScale(group);
+        const float s_hat = scales.DequantScale(group);
         const int32_t zp = asymmetric ? scales.zero_point[group] : 0;
         for (int64_t col = c0; col < c1; ++col) {
           const int64_t index = row * g.cols + col;
@@ -166,7 +176,7 @@ absl::Status RunElementPass(Executor* executor, const TensorView& x, const Quant
           const uint32_t code = QuantizeElement(pass.codec, v, s, zp, pass.RandomBits(index));
           float x_hat = 0.0f;
           if (need_dequantized) {
-            x_hat = DequantizeElement(pass.codec, code, s, zp);
+            x_hat = DequantizeElement(pass.codec, code, s_hat, zp);
             if (metrics != nullptr) sums.Add(v, x_hat);
           }
           sink(row, col, code, x_hat);

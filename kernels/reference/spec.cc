@@ -344,6 +344,13 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
         ": leave it unset"));
   }
 
+  if (spec.double_quant && t.kind != ElementKind::kNf4) {
+    return Invalid(
+        absl::StrCat("double_quant (bitsandbytes' nested absmax quantization) is for "
+                     "nf4; ",
+                     name, " takes no double quantization"));
+  }
+
   // Granularity and its parameters.
   if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kTensor;
   if (!FormatAllows(spec.format, spec.granularity)) {
@@ -650,6 +657,7 @@ std::string SpecToString(const QuantSpec& spec) {
     absl::StrAppend(&text, absl::StrFormat(" clip %g", spec.clip_ratio));
   }
   if (spec.has_static_scales()) absl::StrAppend(&text, " static");
+  if (spec.double_quant) absl::StrAppend(&text, " double-quant");
   return text;
 }
 

@@ -453,3 +453,44 @@ def test_nf4_through_the_server(server, tmp_path):
     run_quantctl(["dequantize", q_path, tmp_path / "d.npy"], server=server.address)
     want_x_hat = (NF4_VALUES[codes] * np.repeat(absmax, 64)[:flat.size]).astype(np.float32)
     e2e_util.assert_same_floats(np.load(str(tmp_path / "d.npy")).reshape(-1), want_x_hat, "nf4 x̂")
+
+
+def test_nf4_double_quant_through_the_server(server, tmp_path):
+    """NF4 with --double-quant: the same codes as without it; the absmax values travel as uint8
+    codes beside double_quant_scales (one per 256) and double_quant_offset; dequantization
+    through the server multiplies by the reconstructed absmax, within the 8-bit map's error of
+    the exact one; the server and the in-process run write the same bytes."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(40, 1000)).astype(np.float32) * np.float32(0.5)  # 625 blocks of 64
+    x_path = e2e_util.save_npy(tmp_path / "x.npy", x)
+    run_quantctl(["quantize", "--format=nf4", x_path, tmp_path / "plain.npz"],
+                 server=server.address)
+    run_quantctl(["quantize", "--format=nf4", "--double-quant", x_path, tmp_path / "dq.npz"],
+                 server=server.address)
+    run_quantctl(["quantize", "--format=nf4", "--double-quant", x_path, tmp_path / "local.npz"])
+    with np.load(str(tmp_path / "plain.npz")) as plain, np.load(str(tmp_path / "dq.npz")) as dq, \
+            np.load(str(tmp_path / "local.npz")) as local:
+        assert np.array_equal(plain["codes"], dq["codes"])
+        assert dq["scales"].dtype == np.uint8 and dq["scales"].shape == (625,)
+        assert dq["double_quant_scales"].dtype == np.float32
+        assert dq["double_quant_scales"].shape == (3,)
+        assert dq["double_quant_offset"].shape == (1,)
+        offset = float(dq["double_quant_offset"][0])
+        assert abs(offset - float(plain["scales"].astype(np.float64).mean())) < 1e-6 * offset
+        for name in ("codes", "scales", "double_quant_scales", "double_quant_offset"):
+            assert np.array_equal(dq[name], local[name]), name
+        exact_absmax = plain["scales"]
+    run_quantctl(["dequantize", tmp_path / "plain.npz", tmp_path / "plain.npy"],
+                 server=server.address)
+    run_quantctl(["dequantize", tmp_path / "dq.npz", tmp_path / "dq.npy"], server=server.address)
+    exact = np.load(str(tmp_path / "plain.npy")).reshape(-1, 64)
+    nested = np.load(str(tmp_path / "dq.npy")).reshape(-1, 64)
+    # Per block, x̂ scales by reconstructed / exact absmax: one common factor close to 1.
+    big = np.abs(exact) > 0
+    ratio = np.where(big, nested / np.where(big, exact, 1), 1)
+    assert np.all(np.abs(ratio - 1) < 0.05), np.abs(ratio - 1).max()
+    assert not np.array_equal(exact, nested)
+    # One factor per block (up to fp32 rounding of each product).
+    spread = np.where(big, ratio, np.nan)
+    assert np.nanmax(np.nanmax(spread, axis=1) - np.nanmin(spread, axis=1)) < 1e-6
+    assert exact_absmax.shape == (625,)

@@ -74,7 +74,8 @@ struct Outputs {
   std::vector<uint8_t> codes;
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
-  float global_scale = -1.0f;  // NVFP4: written by Quantize
+  float global_scale = -1.0f;    // NVFP4: written by Quantize
+  DoubleQuantized double_quant;  // NF4 with double quantization
   ErrorMetrics metrics;
 };
 
@@ -93,7 +94,8 @@ Outputs Quantize(Backend& backend, const std::vector<uint8_t>& bytes, DType dtyp
   o.status = backend.Quantize(
       input, spec,
       {o.codes.data(), layout.code_bytes, o.scales.data(), layout.geometry.num_scales,
-       spec.asymmetric ? o.zero_points.data() : nullptr, &o.global_scale},
+       spec.asymmetric ? o.zero_points.data() : nullptr, &o.global_scale,
+       spec.double_quant ? &o.double_quant : nullptr},
       &o.metrics);
   return o;
 }
@@ -195,6 +197,8 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
         if (Traits(format).scale_kind == ScaleKind::kE8M0) {
           requested.scale_rounding = static_cast<ScaleRounding>(1 + (&knob - kKnobs + numel) % 3);
         }
+        // NF4: double quantization on every other shape.
+        requested.double_quant = format == Format::kNf4 && numel % 2 == 1;
         absl::StatusOr<QuantSpec> spec = ResolveSpec(requested, shape);
         if (!spec.ok()) continue;  // a combination the format refuses: the CPU tests cover it
         const QuantLayout layout = *ComputeLayout(*spec, shape);
@@ -215,6 +219,10 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
             ++compared;
             ASSERT_EQ(gpu.codes, cpu.codes);
             ASSERT_EQ(testing::Bits(gpu.global_scale), testing::Bits(cpu.global_scale));
+            ASSERT_EQ(gpu.double_quant.codes, cpu.double_quant.codes);
+            ASSERT_EQ(gpu.double_quant.scales, cpu.double_quant.scales);
+            ASSERT_EQ(testing::Bits(gpu.double_quant.offset),
+                      testing::Bits(cpu.double_quant.offset));
             for (size_t i = 0; i < cpu.scales.size(); ++i) {
               ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i]))
                   << "scale " << i;
@@ -226,9 +234,12 @@ TEST_P(GpuMatrixTest, CodesScalesAndOutputsMatchTheCpuBitForBit) {
             const DType out_dtype = dtype == DType::kF32 ? DType::kBF16 : DType::kF32;
             std::vector<uint8_t> cpu_out(numel * DTypeSize(out_dtype), 0x7F);
             std::vector<uint8_t> gpu_out(cpu_out.size(), 0xC3);
+            // NF4 with double quantization dequantizes with the absmax it reconstructs.
+            const std::vector<float> dequant_scales =
+                spec->double_quant ? DoubleDequantize(cpu.double_quant) : cpu.scales;
             const ConstQuantizedBuffers in{cpu.codes.data(),
                                            layout.code_bytes,
-                                           cpu.scales.data(),
+                                           dequant_scales.data(),
                                            layout.geometry.num_scales,
                                            spec->asymmetric ? cpu.zero_points.data() : nullptr,
                                            cpu.global_scale};

@@ -211,6 +211,7 @@ BackendRun RunQuantize(Backend& backend, const std::vector<uint8_t>& bytes, DTyp
   out.num_scales = layout->geometry.num_scales;
   out.zero_points = spec->asymmetric ? run.zero_points.data() : nullptr;
   out.global_scale = &run.global_scale;
+  out.double_quant = spec->double_quant ? &run.double_quant : nullptr;
   TensorView x{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
   run.status = backend.Quantize(x, *spec, out, &run.metrics);
   return run;
@@ -225,7 +226,10 @@ absl::StatusOr<std::vector<uint8_t>> RunDequantize(Backend& backend, const Quant
   ConstQuantizedBuffers in;
   in.codes = run.codes.data();
   in.code_bytes = static_cast<int64_t>(run.codes.size());
-  in.scales = run.scales.data();
+  // NF4 with double quantization dequantizes with the absmax values it reconstructs.
+  const std::vector<float> reconstructed =
+      resolved.double_quant ? DoubleDequantize(run.double_quant) : std::vector<float>();
+  in.scales = resolved.double_quant ? reconstructed.data() : run.scales.data();
   in.num_scales = static_cast<int64_t>(run.scales.size());
   in.zero_points = resolved.asymmetric ? run.zero_points.data() : nullptr;
   in.global_scale = run.global_scale;

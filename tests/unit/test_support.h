@@ -151,7 +151,8 @@ struct BackendRun {
   std::vector<uint8_t> codes;
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
-  float global_scale = 0.0f;  // NVFP4
+  float global_scale = 0.0f;     // NVFP4
+  DoubleQuantized double_quant;  // NF4 with double quantization
   ErrorMetrics metrics;
 };
 

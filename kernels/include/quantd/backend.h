@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "quantd/double_quant.h"
 #include "quantd/executor.h"
 #include "quantd/metrics.h"
 #include "quantd/spec.h"
@@ -42,6 +43,10 @@ struct QuantizedBuffers {
   // NVFP4 (ScaleKind::kE4M3): `scales` are the E4M3 block scales' values and this receives the
   // tensor's global scale S_enc; null for every other format.
   float* global_scale = nullptr;
+  // NF4 with spec.double_quant: receives the absmax values' double quantization; `scales` still
+  // receive the exact absmax values the codes were computed with, and the metrics are those of
+  // dequantizing with DoubleDequantize's values. Null otherwise.
+  DoubleQuantized* double_quant = nullptr;
 };
 
 // Input buffers of a dequantization.
@@ -154,7 +159,8 @@ class Backend {
                                               const QuantizedBuffers& out,
                                               ErrorMetrics* metrics) = 0;
 
-  // x̂ = s · decode(q) into `out` (F32, F16 or BF16, shaped as the original tensor).
+  // x̂ = s · decode(q) into `out` (F32, F16 or BF16, shaped as the original tensor). NF4 with
+  // double quantization takes DoubleDequantize's absmax values as its scales.
   [[nodiscard]] virtual absl::Status Dequantize(const ConstQuantizedBuffers& in,
                                                 const QuantSpec& spec,
                                                 const MutableTensorView& out) = 0;

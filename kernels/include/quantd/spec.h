@@ -42,6 +42,7 @@ struct QuantSpec {
   NanPolicy nan_policy = NanPolicy::kUnspecified;
   Packing packing = Packing::kUnspecified;
   ScaleRounding scale_rounding = ScaleRounding::kUnspecified;  // MX formats only; FLOOR
+  bool double_quant = false;  // NF4 only: quantize the absmax values too (double_quant.h)
   // Caller-given scales (one per scale group, row-major over the scale shape) and, when
   // asymmetric, zero-points. Empty: scales come from the data.
   std::vector<float> static_scales;
