@@ -290,6 +290,25 @@ absl::Status CheckArgs(const std::vector<char*>& args, size_t want, absl::string
   return absl::OkStatus();
 }
 
+// A float32 [1] array, and its one value back (the .npz's global_scale, double_quant_offset).
+npy::Array FloatArray(float value) {
+  npy::Array array;
+  array.dtype = DType::kF32;
+  array.shape = {1};
+  array.data.assign(reinterpret_cast<const char*>(&value), sizeof(value));
+  return array;
+}
+
+absl::StatusOr<float> OneFloat(const npy::Array& array, absl::string_view name,
+                               const std::string& path) {
+  if (array.dtype != DType::kF32 || array.data.size() != sizeof(float)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": \"", name, "\" must hold one float32"));
+  }
+  float value;
+  std::memcpy(&value, array.data.data(), sizeof(value));
+  return value;
+}
+
 absl::Status RunQuantize(Client& client, const std::vector<char*>& args) {
   QUANTD_RETURN_IF_ERROR(CheckArgs(args, 2, "--format=F [...] IN.npy OUT.npz"));
   v1::QuantizeRequest request;
@@ -309,20 +328,10 @@ absl::Status RunQuantize(Client& client, const std::vector<char*>& args) {
   if (quantized->spec().double_quant()) {  // NF4: the nested absmax quantization
     outputs.emplace_back("double_quant_scales",
                          ArrayFromTensor(quantized->mutable_double_quant_scales()));
-    npy::Array offset;
-    offset.dtype = DType::kF32;
-    offset.shape = {1};
-    const float value = quantized->double_quant_offset();
-    offset.data.assign(reinterpret_cast<const char*>(&value), sizeof(value));
-    outputs.emplace_back("double_quant_offset", std::move(offset));
+    outputs.emplace_back("double_quant_offset", FloatArray(quantized->double_quant_offset()));
   }
   if (quantized->global_scale() != 0.0f) {  // NVFP4
-    npy::Array global_scale;
-    global_scale.dtype = DType::kF32;
-    global_scale.shape = {1};
-    const float value = quantized->global_scale();
-    global_scale.data.assign(reinterpret_cast<const char*>(&value), sizeof(value));
-    outputs.emplace_back("global_scale", std::move(global_scale));
+    outputs.emplace_back("global_scale", FloatArray(quantized->global_scale()));
   }
   npy::Array shape;
   shape.descr = "<i8";
@@ -388,21 +397,11 @@ absl::Status RunDequantize(Client& client, const std::vector<char*>& args) {
       *quantized->mutable_double_quant_scales() = TensorFromArray(std::move(array));
     }
     if (name == "double_quant_offset") {
-      if (array.dtype != DType::kF32 || array.data.size() != sizeof(float)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": \"double_quant_offset\" must hold one float32"));
-      }
-      float value;
-      std::memcpy(&value, array.data.data(), sizeof(value));
+      QUANTD_ASSIGN_OR_RETURN(const float value, OneFloat(array, name, path));
       quantized->set_double_quant_offset(value);
     }
     if (name == "global_scale") {
-      if (array.dtype != DType::kF32 || array.data.size() != sizeof(float)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": \"global_scale\" must hold one float32"));
-      }
-      float value;
-      std::memcpy(&value, array.data.data(), sizeof(value));
+      QUANTD_ASSIGN_OR_RETURN(const float value, OneFloat(array, name, path));
       quantized->set_global_scale(value);
     }
   }
