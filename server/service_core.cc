@@ -506,6 +506,8 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
     const ScaleKind scale_kind = Traits(plan.spec.format).scale_kind;
     // NF4 double quantization: every code of the dynamic map is a value.
     const int64_t checked_scales = plan.spec.double_quant ? 0 : plan.layout.geometry.num_scales;
+    // NF4 stores an all-zero block's absmax as 0 (bitsandbytes).
+    const bool zero_ok = MakeScaleRule(Traits(plan.spec.format), false).zero_scale_ok;
     for (int64_t i = 0; i < checked_scales; ++i) {
       const uint8_t code = static_cast<uint8_t>(scale_data[i]);
       if (scale_kind == ScaleKind::kE8M0) {
@@ -527,8 +529,6 @@ absl::StatusOr<RequestPlan> QuantizerCore::PlanDequantize(const v1::DequantizeRe
       }
       float s;
       std::memcpy(&s, scale_data.data() + i * sizeof(float), sizeof(float));
-      // NF4 stores an all-zero block's absmax as 0 (bitsandbytes).
-      const bool zero_ok = MakeScaleRule(Traits(plan.spec.format), false).zero_scale_ok;
       if (!std::isfinite(s) || !(s > 0.0f || (zero_ok && s == 0.0f))) {
         return absl::InvalidArgumentError(absl::StrCat("quantized.scales[", i, "] is ", s,
                                                        "; scales must be finite and ",

@@ -362,11 +362,12 @@ class CudaBackend final : public Backend {
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
     DoubleQuantized double_quant;
+    std::vector<float> absmax;  // double quantization: the scales, already on the host
     if (spec.double_quant) {
       if (out.double_quant == nullptr) {
         return absl::InternalError("NF4 double quantization needs out.double_quant");
       }
-      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &double_quant));
+      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &double_quant));
     }
     QUANTD_ASSIGN_OR_RETURN(void* codes, arena.Allocate(layout.code_bytes));
     QUANTD_CUDA_RETURN_IF_ERROR(
@@ -375,7 +376,12 @@ class CudaBackend final : public Backend {
                            DType::kF32, metrics != nullptr ? pass.partials : nullptr, stream));
     QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.codes, codes, layout.code_bytes));
-    QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.scales, pass.scales, 4 * layout.geometry.num_scales));
+    if (spec.double_quant) {
+      std::copy(absmax.begin(), absmax.end(), out.scales);
+    } else {
+      QUANTD_RETURN_IF_ERROR(
+          lease->CopyOut(out.scales, pass.scales, 4 * layout.geometry.num_scales));
+    }
     if (pass.nvfp4.global_scale != nullptr) {
       if (out.global_scale == nullptr) {
         return absl::InternalError("NVFP4 Quantize needs out.global_scale");
@@ -438,8 +444,9 @@ class CudaBackend final : public Backend {
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
     if (spec.double_quant) {
+      std::vector<float> absmax;
       DoubleQuantized unused;
-      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &unused));
+      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &unused));
     }
     QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
@@ -602,20 +609,22 @@ class CudaBackend final : public Backend {
   // NF4 with double quantization (double_quant.h): the exact absmax values on the device, their
   // double quantization on the host (one value per block of 32..4096 elements), then the
   // element pass, whose x̂ multiplies by the values DoubleDequantize reconstructs.
+  // `absmax` receives the exact absmax values (what Quantize reports as scales).
   absl::Status PrepareDoubleQuant(const QuantSpec& spec, Pass& pass, DeviceArena& arena,
-                                  cudaStream_t stream, DoubleQuantized* double_quant) {
+                                  cudaStream_t stream, std::vector<float>* absmax,
+                                  DoubleQuantized* double_quant) {
     const int64_t n = pass.params.geometry.num_scales;
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchGroupStats(pass.params, pass.stats, stream));
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchScales(MakeScaleRule(Traits(spec.format), false),
                                              spec.clip_ratio, pass.stats, n, pass.scales, nullptr,
                                              stream));
-    std::vector<float> absmax(n);
+    absmax->resize(n);
     // Plain copies, waited for here: the host needs the values now, and `reconstructed` goes
     // out of scope (the lease's copies complete only at its Synchronize).
     QUANTD_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(absmax.data(), pass.scales, 4 * n, cudaMemcpyDeviceToHost, stream));
+        cudaMemcpyAsync(absmax->data(), pass.scales, 4 * n, cudaMemcpyDeviceToHost, stream));
     QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-    *double_quant = DoubleQuantize(absmax);
+    *double_quant = DoubleQuantize(*absmax);
     const std::vector<float> reconstructed = DoubleDequantize(*double_quant);
     QUANTD_ASSIGN_OR_RETURN(void* dequant_scales, arena.Allocate(4 * n));
     QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dequant_scales, reconstructed.data(), 4 * n,

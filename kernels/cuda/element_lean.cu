@@ -125,7 +125,7 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
                                                   DeviceFlags* flags) {
   if (p.scale_kind == ScaleKind::kE4M3) {
     // NVFP4: the block scale from the block's amax under S_enc, whose tensor amax an earlier
-    // kernel (LaunchNvfp4TensorAmax) left in the flags. The elements divide by d_b; a d_b of 0
+    // kernel left in the flags (LaunchQuantizePass). The elements divide by d_b; a d_b of 0
     // (or below 2^-60) is not lean, and QuantizeVector then takes codec.h, which gives codes 0.
     const float global_scale = Nvfp4GlobalScale(__uint_as_float(flags->tensor_amax_bits));
     const float amax = lo <= hi ? fmaxf(hi, -lo) + 0.0f : 0.0f;
@@ -506,56 +506,6 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
         <<<grid, kThreads, 0, stream>>>(p, lg, scales, zero_points, codes, output, output_dtype,
                                         partials, flags, code_xor, vectors);
   });
-  return cudaGetLastError();
-}
-
-namespace {
-
-// NVFP4's first pass: the tensor's amax over its finite elements into flags->tensor_amax_bits
-// (a float >= 0 orders as its bits: one atomicMax per warp). NaNs are flagged by the pass
-// that follows, which sees every vector.
-template <DType kDType>
-__global__ void __launch_bounds__(kThreads)
-    TensorAmaxLeanKernel(const void* __restrict__ input, uint32_t vectors, DeviceFlags* flags) {
-  float amax = 0.0f;
-  const uint32_t stride = gridDim.x * blockDim.x;
-  for (uint32_t v = blockIdx.x * blockDim.x + threadIdx.x; v < vectors; v += stride) {
-    float x[kVector];
-    LoadLean<kDType>(input, static_cast<int64_t>(v) * kVector, x);
-#pragma unroll
-    for (int j = 0; j < kVector; ++j) {
-      if (IsFinite(x[j])) amax = fmaxf(amax, fabsf(x[j]));
-    }
-  }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
-  }
-  if ((threadIdx.x & 31) == 0) atomicMax(&flags->tensor_amax_bits, __float_as_uint(amax));
-}
-
-__global__ void Nvfp4GlobalScaleKernel(const DeviceFlags* flags, float* global_scale) {
-  *global_scale = Nvfp4GlobalScale(__uint_as_float(flags->tensor_amax_bits));
-}
-
-}  // namespace
-
-cudaError_t LaunchNvfp4TensorAmax(const ElementParams& p, DeviceFlags* flags, float* global_scale,
-                                  cudaStream_t stream) {
-  const uint32_t vectors = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / kVector);
-  const int grid = GridFor(vectors, p.max_blocks);
-  switch (p.input_dtype) {
-    case DType::kF16:
-      TensorAmaxLeanKernel<DType::kF16><<<grid, kThreads, 0, stream>>>(p.input, vectors, flags);
-      break;
-    case DType::kBF16:
-      TensorAmaxLeanKernel<DType::kBF16><<<grid, kThreads, 0, stream>>>(p.input, vectors, flags);
-      break;
-    default:
-      TensorAmaxLeanKernel<DType::kF32><<<grid, kThreads, 0, stream>>>(p.input, vectors, flags);
-      break;
-  }
-  if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
-  Nvfp4GlobalScaleKernel<<<1, 1, 0, stream>>>(flags, global_scale);
   return cudaGetLastError();
 }
 

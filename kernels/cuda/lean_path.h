@@ -49,12 +49,6 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
                                     void* output, DType output_dtype, MetricPartial* partials,
                                     DeviceFlags* flags, int grid, cudaStream_t stream);
 
-// NVFP4's first pass where the fused pass applies: the tensor's amax into
-// flags->tensor_amax_bits (initialized to 0 by LaunchInitStats), and S_enc into
-// `global_scale`. LeanFusedApplies' fused kernel then computes the block scales from it.
-cudaError_t LaunchNvfp4TensorAmax(const ElementParams& p, DeviceFlags* flags, float* global_scale,
-                                  cudaStream_t stream);
-
 // Whether the lean dequantization handles these codes: the same formats (any overflow mode),
 // contiguous packing, and granularities as LeanPathApplies.
 bool LeanDequantizeApplies(const ElementParams& p, DType output_dtype);

@@ -137,6 +137,16 @@ __global__ void Nvfp4ScalesKernel(StatsBuffers stats, int64_t n, float* scales,
   }
 }
 
+// NVFP4 before its fused pass: S_enc from the tensor's range, which LaunchTensorStatsVector
+// left in group 0's keys (the fused pass reads none), and the amax into the flags, where the
+// fused pass's ScaleOfRange reads it.
+__global__ void Nvfp4GlobalFromTensorStatsKernel(StatsBuffers stats, float* global_scale) {
+  const float lo = KeyFloat(stats.min_keys[0]), hi = KeyFloat(stats.max_keys[0]);
+  const float amax = lo <= hi ? fmaxf(hi, -lo) : 0.0f;
+  stats.flags->tensor_amax_bits = __float_as_uint(amax);
+  *global_scale = Nvfp4GlobalScale(amax);
+}
+
 // ---- Element passes. ----
 
 // Elements per thread: whole bytes of codes in one 32-bit word: 4 bytes (8-bit codes), 8
@@ -423,11 +433,13 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
                                DType output_dtype, MetricPartial* partials, cudaStream_t stream) {
   if (p.scale_kind == ScaleKind::kE4M3) {
     if (LeanFusedApplies(p, codes, output)) {
-      // Two passes: the tensor's amax, then blocks of 16 quantized from registers.
-      if (cudaError_t error = LaunchNvfp4TensorAmax(p, stats.flags, nvfp4.global_scale, stream);
-          error != cudaSuccess) {
+      // Two passes: the tensor's range (the vector statistics kernel), then blocks of 16
+      // quantized from registers.
+      if (cudaError_t error = LaunchTensorStatsVector(p, stats, stream); error != cudaSuccess) {
         return error;
       }
+      Nvfp4GlobalFromTensorStatsKernel<<<1, 1, 0, stream>>>(stats, nvfp4.global_scale);
+      if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
       const ScaleRule rule = MakeScaleRule(Traits(spec.format), false);
       const int grid = LeanFusedGrid(p);
       if (cudaError_t error =

@@ -109,5 +109,28 @@ TEST(DoubleQuantTest, Nf4CodesKeepTheExactAbsmaxAndXHatUsesTheNestedOne) {
               StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("nf4")));
 }
 
+// absmax FLT_MAX, FLT_MAX, 0: offset 2/3 · FLT_MAX; the first two normalize to 0.5, whose
+// nearest map entry is 0.50078 (0x3F003333), so their reconstructed absmax overflows to Inf and
+// the zeros of those blocks dequantize as 0 · Inf: NaN, which must be the canonical NaN on
+// every backend (x86 would make 0xFFC00000 of it, a GPU 0x7FFFFFFF).
+TEST(DoubleQuantTest, OverflowingReconstructionGivesTheCanonicalNan) {
+  std::vector<float> x(3 * 64, 0.0f);
+  x[0] = x[64] = std::numeric_limits<float>::max();
+  QuantSpec spec;
+  spec.format = Format::kNf4;
+  spec.double_quant = true;
+  const Quantized q = QuantizeFloats(x, {3 * 64}, spec);
+  ASSERT_THAT(q.status, IsOk());
+  EXPECT_TRUE(std::isinf(DoubleDequantize(q.run.double_quant)[0]));
+  int nans = 0;
+  for (float v : q.x_hat) {
+    if (std::isnan(v)) {
+      ++nans;
+      EXPECT_EQ(Bits(v), 0x7FC00000u);
+    }
+  }
+  EXPECT_GT(nans, 0);
+}
+
 }  // namespace
 }  // namespace quantd::testing

@@ -748,8 +748,10 @@ QUANTD_HD float DecodeElement(const ElementCodec& codec, uint32_t code, int32_t 
 QUANTD_HD float DequantizeElementAs(ElementKind kind, const ElementCodec& codec, uint32_t code,
                                     float s, int32_t zero_point) {
   const float decoded = DecodeElementAs(kind, codec, code, zero_point);
-  if (decoded != decoded) return BitsToFloat(0x7FC00000u);
-  return s * decoded;
+  const float x_hat = s * decoded;
+  // NaN codes, and 0 · Inf where a double-quantized NF4 absmax overflowed on reconstruction:
+  // every NaN is the canonical one, since what a product makes of NaN differs by machine.
+  return x_hat != x_hat ? BitsToFloat(0x7FC00000u) : x_hat;
 }
 
 QUANTD_HD float DequantizeElement(const ElementCodec& codec, uint32_t code, float s,
