@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 #include <fstream>
 #include <iostream>
 #include <random>
@@ -67,6 +68,10 @@ ABSL_FLAG(std::string, packing, "",
 ABSL_FLAG(std::string, scale_rule, "",
           "MX formats: floor (default, OCP MX) | rceil (cuBLAS / TransformerEngine) | even "
           "(torchao) | nearest (fake_quant_ops carry)");
+ABSL_FLAG(std::string, flatquant_left, "",
+          "flatquant-int4: .npy of the float32 n1 x n1 left matrix P1 (with --flatquant-right)");
+ABSL_FLAG(std::string, flatquant_right, "",
+          "flatquant-int4: .npy of the float32 n2 x n2 right matrix P2 (n1 * n2 = last dim)");
 ABSL_FLAG(bool, double_quant, false,
           "nf4: quantize the absmax values too (bitsandbytes compress_statistics)");
 ABSL_FLAG(std::string, static_scales, "", ".npy of float32 scales to use instead of amax");
@@ -259,6 +264,16 @@ absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
     spec.set_scale_rule(rule);
   }
   spec.set_double_quant(absl::GetFlag(FLAGS_double_quant));
+  for (const auto& [path, tensor] :
+       {std::pair{absl::GetFlag(FLAGS_flatquant_left), spec.mutable_flatquant_left()},
+        std::pair{absl::GetFlag(FLAGS_flatquant_right), spec.mutable_flatquant_right()}}) {
+    if (path.empty()) continue;
+    QUANTD_ASSIGN_OR_RETURN(npy::Array matrix, npy::ReadNpy(path));
+    if (matrix.dtype != DType::kF32) {
+      return Usage(absl::StrCat(path, ": a FlatQuant matrix must be float32, not ", matrix.descr));
+    }
+    *tensor = TensorFromArray(std::move(matrix));
+  }
   if (const std::string path = absl::GetFlag(FLAGS_static_scales); !path.empty()) {
     QUANTD_ASSIGN_OR_RETURN(npy::Array scales, npy::ReadNpy(path));
     if (scales.dtype != DType::kF32) {

@@ -1,5 +1,6 @@
 #include "server/convert.h"
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -41,6 +42,7 @@ QUANTD_MIRRORS(Format::kMxint8, v1::FORMAT_MXINT8);
 QUANTD_MIRRORS(Format::kNvfp4, v1::FORMAT_NVFP4);
 QUANTD_MIRRORS(Format::kHif8, v1::FORMAT_HIF8);
 QUANTD_MIRRORS(Format::kNf4, v1::FORMAT_NF4);
+QUANTD_MIRRORS(Format::kFlatquantInt4, v1::FORMAT_FLATQUANT_INT4);
 static_assert(kNumFormats == v1::Format_ARRAYSIZE,
               "the traits table (quantd::kNumFormats) must have one row per quantd.v1.Format");
 
@@ -258,6 +260,10 @@ absl::StatusOr<QuantSpec> QuantSpecFromProto(const v1::QuantSpec& proto, absl::s
                                           &spec.static_scales));
   QUANTD_RETURN_IF_ERROR(CopyStaticTensor(proto.static_zero_points(), DType::kI32,
                                           name("static_zero_points"), &spec.static_zero_points));
+  QUANTD_RETURN_IF_ERROR(CopyStaticTensor(proto.flatquant_left(), DType::kF32,
+                                          name("flatquant_left"), &spec.transform_left));
+  QUANTD_RETURN_IF_ERROR(CopyStaticTensor(proto.flatquant_right(), DType::kF32,
+                                          name("flatquant_right"), &spec.transform_right));
   if (!spec.static_zero_points.empty() && spec.static_scales.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(name("static_zero_points"), " is set but ", name("static_scales"),
@@ -285,6 +291,13 @@ void QuantSpecToProto(const QuantSpec& spec, const Shape& scale_shape, v1::Quant
   proto->set_double_quant(spec.double_quant);
   if (!spec.static_scales.empty()) {
     WriteStaticTensor(spec.static_scales, DType::kF32, scale_shape, proto->mutable_static_scales());
+  }
+  for (const auto& [matrix, tensor] :
+       {std::pair{&spec.transform_left, proto->mutable_flatquant_left()},
+        std::pair{&spec.transform_right, proto->mutable_flatquant_right()}}) {
+    if (matrix->empty()) continue;
+    const auto n = static_cast<int64_t>(std::sqrt(static_cast<double>(matrix->size())) + 0.5);
+    WriteStaticTensor(*matrix, DType::kF32, {n, n}, tensor);
   }
   if (!spec.static_zero_points.empty()) {
     WriteStaticTensor(spec.static_zero_points, DType::kI32, scale_shape,

@@ -57,6 +57,13 @@ absl::StatusOr<QuantLayout> LayoutOfDequantization(const ConstQuantizedBuffers& 
   return layout;
 }
 
+absl::Status FlatquantInputError(Format format, int64_t index, float v) {
+  if (std::isnan(v)) return NanRejectedError(format, index);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "input element ", index, " is infinite; ", FormatName(format),
+      " transforms each row as a whole (one Inf would spread over its row): send finite values"));
+}
+
 std::vector<float> ElementScalesOf(const ConstQuantizedBuffers& in, const QuantSpec& spec) {
   std::vector<float> element_scales;
   if (Traits(spec.format).scale_kind != ScaleKind::kE4M3) return element_scales;

@@ -11,12 +11,65 @@
 #include "absl/strings/str_cat.h"
 #include "calibrate.h"
 #include "quantd/backend.h"
+#include "quantd/flatquant.h"
 #include "quantd/packing.h"
 #include "quantd/status.h"
 #include "row_ops.h"
 
 namespace quantd {
 namespace {
+
+// FlatQuant: the rows of `input` transformed (quantd/flatquant.h) into `rows` (F32, as many
+// elements), and a view of them; other formats: `input` itself. The transform mixes every
+// value into its row, so non-finite inputs are settled first (FlatquantInputError).
+absl::StatusOr<TensorView> TransformedInput(Executor* executor, const TensorView& input,
+                                            const QuantSpec& spec, const QuantLayout& layout,
+                                            std::vector<float>* rows) {
+  if (!Traits(spec.format).kronecker_transform) return input;
+  const ScaleGeometry& g = layout.geometry;
+  reference::FirstNan first_bad;
+  executor->ParallelFor(reference::RowsToVisit(g), reference::MinRowsPerChunk(g.cols),
+                        [&](int64_t r0, int64_t r1) {
+                          for (int64_t i = r0 * g.cols; i < r1 * g.cols; ++i) {
+                            const float v = LoadAsFloat(input.dtype, input.data, i);
+                            if (!std::isfinite(v) && !(std::isnan(v) && spec.nan_policy ==
+                                                                            NanPolicy::kZero)) {
+                              first_bad.Offer(i);
+                            }
+                          }
+                        });
+  if (first_bad.get() >= 0) {
+    return FlatquantInputError(spec.format, first_bad.get(),
+                               LoadAsFloat(input.dtype, input.data, first_bad.get()));
+  }
+  const int64_t n1 = MatrixSide(spec.transform_left.size());
+  const int64_t n2 = MatrixSide(spec.transform_right.size());
+  rows->resize(static_cast<size_t>(layout.numel));
+  executor->ParallelFor(
+      reference::RowsToVisit(g), reference::MinRowsPerChunk(g.cols), [&](int64_t r0, int64_t r1) {
+        std::vector<float> x(g.cols), t(g.cols);
+        for (int64_t row = r0; row < r1; ++row) {
+          reference::LoadRow(input, row, g.cols, x.data());
+          for (float& v : x) v = std::isnan(v) ? 0.0f : v;  // nan_policy ZERO
+          for (int64_t i = 0; i < n1; ++i) {
+            for (int64_t j = 0; j < n2; ++j) {
+              t[i * n2 + j] = KroneckerRightEntry(x.data(), spec.transform_right.data(), n2, i, j);
+            }
+          }
+          float* y = rows->data() + row * g.cols;
+          for (int64_t i = 0; i < n1; ++i) {
+            for (int64_t j = 0; j < n2; ++j) {
+              y[i * n2 + j] = KroneckerLeftEntry(t.data(), spec.transform_left.data(), n1, n2, i, j);
+            }
+          }
+        }
+      });
+  TensorView view = input;
+  view.dtype = DType::kF32;
+  view.data = rows->data();
+  view.bytes = layout.numel * static_cast<int64_t>(sizeof(float));
+  return view;
+}
 
 using reference::ElementPass;
 using reference::ForEachRun;
@@ -34,6 +87,9 @@ class ReferenceBackend final : public Backend {
                         ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
+    std::vector<float> transformed;  // FlatQuant's rows, what is quantized
+    QUANTD_ASSIGN_OR_RETURN(const TensorView x,
+                            TransformedInput(executor_, input, spec, layout, &transformed));
     if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales ||
         (layout.code_bytes > 0 && out.codes == nullptr) ||
         (out.num_scales > 0 && out.scales == nullptr) ||
@@ -46,7 +102,7 @@ class ReferenceBackend final : public Backend {
     }
     const ElementPass pass = MakeElementPass(spec);
     QUANTD_ASSIGN_OR_RETURN(const Scales scales,
-                            reference::ComputeScales(executor_, input, spec, layout, pass));
+                            reference::ComputeScales(executor_, x, spec, layout, pass));
     std::copy(scales.scale.begin(), scales.scale.end(), out.scales);
     if (Traits(spec.format).scale_kind == ScaleKind::kE4M3) *out.global_scale = scales.global_scale;
     if (spec.double_quant) *out.double_quant = scales.double_quant;
@@ -58,7 +114,7 @@ class ReferenceBackend final : public Backend {
     // Sub-byte codes are ORed into place, and row padding must read as zero.
     if (bits < 8 && layout.code_bytes > 0) std::memset(codes, 0, layout.code_bytes);
     return reference::RunElementPass(
-        executor_, input, layout, pass, scales, metrics, /*need_dequantized=*/false,
+        executor_, x, layout, pass, scales, metrics, /*need_dequantized=*/false,
         [&](int64_t row, int64_t col, uint32_t code, float) {
           StoreCode(codes + row * layout.code_row_bytes, col, bits, spec.packing, code);
         });
@@ -94,6 +150,9 @@ class ReferenceBackend final : public Backend {
                             const MutableTensorView& out, ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
+    std::vector<float> transformed;  // FlatQuant's rows, what is quantized
+    QUANTD_ASSIGN_OR_RETURN(const TensorView x,
+                            TransformedInput(executor_, input, spec, layout, &transformed));
     if (!IsFloatInput(out.dtype) || out.shape != input.shape) {
       return absl::InvalidArgumentError(
           absl::StrCat("fake quantization writes F32, F16 or BF16 shaped like the input ",
@@ -103,9 +162,9 @@ class ReferenceBackend final : public Backend {
     QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
     const ElementPass pass = MakeElementPass(spec);
     QUANTD_ASSIGN_OR_RETURN(const Scales scales,
-                            reference::ComputeScales(executor_, input, spec, layout, pass));
+                            reference::ComputeScales(executor_, x, spec, layout, pass));
     const int64_t cols = layout.geometry.cols;
-    return reference::RunElementPass(executor_, input, layout, pass, scales, metrics,
+    return reference::RunElementPass(executor_, x, layout, pass, scales, metrics,
                                      /*need_dequantized=*/true,
                                      [&](int64_t row, int64_t col, uint32_t, float x_hat) {
                                        StoreFromFloat(out.dtype, out.data, row * cols + col, x_hat);
@@ -116,7 +175,10 @@ class ReferenceBackend final : public Backend {
                          const CalibrationOptions& options, CalibrationResult* result) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
-    return reference::Calibrate(executor_, input, spec, layout, options, result);
+    std::vector<float> transformed;  // FlatQuant's rows, what is quantized
+    QUANTD_ASSIGN_OR_RETURN(const TensorView x,
+                            TransformedInput(executor_, input, spec, layout, &transformed));
+    return reference::Calibrate(executor_, x, spec, layout, options, result);
   }
 
  private:

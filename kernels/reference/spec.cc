@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "quantd/flatquant.h"
 #include "quantd/packing.h"
 #include "quantd/status.h"
 
@@ -100,6 +101,56 @@ absl::StatusOr<bool> ParseBlockGrammar(absl::string_view text, QuantSpec* parsed
   parsed->group_size = numbers[3];
   parsed->scale_rounding = carry ? ScaleRounding::kNearest : ScaleRounding::kUnspecified;
   return true;
+}
+
+// Integer square root of n >= 0 when n is a perfect square, else -1.
+int64_t ExactSqrt(int64_t n) {
+  int64_t r = 0;
+  while ((r + 1) * (r + 1) <= n) ++r;
+  return r * r == n ? r : -1;
+}
+
+// FlatQuant's P1 and P2 for `shape` (its last dim is hidden = n1 · n2): as given (both square,
+// finite, their sizes multiplying to hidden), or identities of DecomposeDim(hidden).
+absl::Status ResolveTransform(const Shape& shape, QuantSpec* spec) {
+  const int64_t hidden = shape.empty() ? 1 : shape.back();
+  if (spec->transform_left.empty() && spec->transform_right.empty()) {
+    if (!HasDecomposeDim(hidden)) {
+      return Invalid(absl::StrCat("flatquant-int4: the last dim ", hidden,
+                                  " is 2 mod 4, which get_decompose_dim cannot split into n1 · "
+                                  "n2 with n2 - n1 even; give the transform matrices"));
+    }
+    const auto [n1, n2] = DecomposeDim(hidden);
+    spec->transform_left.assign(static_cast<size_t>(n1 * n1), 0.0f);
+    spec->transform_right.assign(static_cast<size_t>(n2 * n2), 0.0f);
+    for (int64_t i = 0; i < n1; ++i) spec->transform_left[i * n1 + i] = 1.0f;
+    for (int64_t i = 0; i < n2; ++i) spec->transform_right[i * n2 + i] = 1.0f;
+    return absl::OkStatus();
+  }
+  const int64_t n1 = ExactSqrt(static_cast<int64_t>(spec->transform_left.size()));
+  const int64_t n2 = ExactSqrt(static_cast<int64_t>(spec->transform_right.size()));
+  if (n1 <= 0 || n2 <= 0) {
+    return Invalid(absl::StrCat(
+        "flatquant-int4 needs both transform matrices, square: left has ",
+        spec->transform_left.size(), " values and right ", spec->transform_right.size(),
+        " (give n1 × n1 and n2 × n2 with n1 · n2 = ", hidden,
+        HasDecomposeDim(hidden) ? ", or neither for identities" : "", ")"));
+  }
+  if (n1 * n2 != hidden) {
+    return Invalid(absl::StrCat("flatquant-int4 transform matrices are ", n1, " × ", n1, " and ",
+                                n2, " × ", n2, ", but ", n1, " · ", n2, " != ", hidden,
+                                ", the last dim of shape ", ShapeToString(shape)));
+  }
+  for (const std::vector<float>* m : {&spec->transform_left, &spec->transform_right}) {
+    for (size_t i = 0; i < m->size(); ++i) {
+      if (!std::isfinite((*m)[i])) {
+        return Invalid(absl::StrCat("flatquant-int4 transform ",
+                                    m == &spec->transform_left ? "left" : "right", "[", i,
+                                    "] is not finite"));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -344,6 +395,13 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
         ": leave it unset"));
   }
 
+  // FlatQuant: the transform's matrices, square and as large as the last dim's factors.
+  if (t.kronecker_transform) {
+    QUANTD_RETURN_IF_ERROR(ResolveTransform(shape, &spec));
+  } else if (!spec.transform_left.empty() || !spec.transform_right.empty()) {
+    return Invalid(absl::StrCat("transform matrices are for flatquant-int4; ", name,
+                                " takes none"));
+  }
   if (spec.double_quant && t.kind != ElementKind::kNf4) {
     return Invalid(
         absl::StrCat("double_quant (bitsandbytes' nested absmax quantization) is for "
@@ -352,7 +410,9 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   }
 
   // Granularity and its parameters.
-  if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kTensor;
+  if (spec.granularity == Granularity::kUnspecified) {
+    spec.granularity = t.kronecker_transform ? Granularity::kToken : Granularity::kTensor;
+  }
   if (!FormatAllows(spec.format, spec.granularity)) {
     if (spec.granularity == Granularity::kNone) {
       return Invalid(absl::StrCat("granularity none is a plain cast for minifloat formats; ", name,

@@ -401,7 +401,16 @@ const FormatInfo* FindFormat(Format format) {
     info.nf4_block = 64;
     return info;
   }();
+  static const FormatInfo kFlatquantInfo = [&] {
+    FormatInfo info = kInt4Info;
+    info.name = "flatquant-int4";
+    info.asymmetric_ok = false;
+    info.flatquant = true;
+    return info;
+  }();
   switch (format) {
+    case Format::kFlatquantInt4:
+      return &kFlatquantInfo;
     case Format::kNf4:
       return &kNf4Info;
     case Format::kHif8:
@@ -502,6 +511,42 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
   r.format = q.format;
   const int rank = static_cast<int>(shape.size());
   r.granularity = q.granularity == Granularity::kUnspecified ? Granularity::kTensor : q.granularity;
+  if (r.info->flatquant) {
+    // "per-token ... INT4": token is its granularity, and the default.
+    if (q.granularity == Granularity::kUnspecified) r.granularity = Granularity::kToken;
+    if (r.granularity != Granularity::kToken) return refuse("FlatQuant is per token");
+    const int64_t hidden = rank == 0 ? 1 : shape[rank - 1];
+    if (q.transform_left.empty() && q.transform_right.empty()) {
+      // kernels/ choice (FORMATS.md: "get_decompose_dim"): identities of its factors; a size
+      // 2 mod 4 has none (n = (a-b)(a+b) needs factors of one parity) and is refused.
+      if (hidden % 4 == 2) return refuse("no get_decompose_dim");
+      const auto [n1, n2] = GetDecomposeDim(hidden);
+      r.n1 = n1;
+      r.n2 = n2;
+      r.transform_left.assign(static_cast<size_t>(n1 * n1), 0.0f);
+      r.transform_right.assign(static_cast<size_t>(n2 * n2), 0.0f);
+      for (int64_t i = 0; i < n1; ++i) r.transform_left[static_cast<size_t>(i * n1 + i)] = 1.0f;
+      for (int64_t i = 0; i < n2; ++i) r.transform_right[static_cast<size_t>(i * n2 + i)] = 1.0f;
+    } else {
+      const auto side = [](size_t n) {
+        const auto s = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(n))));
+        return s * s == static_cast<int64_t>(n) ? s : int64_t{-1};
+      };
+      r.n1 = side(q.transform_left.size());
+      r.n2 = side(q.transform_right.size());
+      if (r.n1 <= 0 || r.n2 <= 0 || r.n1 * r.n2 != hidden) return refuse("FlatQuant matrices");
+      for (float v : q.transform_left) {
+        if (!std::isfinite(v)) return refuse("FlatQuant matrix value");
+      }
+      for (float v : q.transform_right) {
+        if (!std::isfinite(v)) return refuse("FlatQuant matrix value");
+      }
+      r.transform_left = q.transform_left;
+      r.transform_right = q.transform_right;
+    }
+  } else if (!q.transform_left.empty() || !q.transform_right.empty()) {
+    return refuse("transform matrices without FlatQuant");
+  }
   if (r.info->block() > 0) {
     // "blocks of 32 along the last axis" (MX), "blocks of 16" (NVFP4): a group of the block
     // size is the only granularity, and the default one. Block scales come from each block: no
@@ -966,10 +1011,72 @@ absl::Status CheckNans(const std::vector<float>& x, const Resolved& spec) {
 
 }  // namespace
 
-Result Quantize(const std::vector<float>& x, const Shape& shape, const QuantSpec& requested) {
+std::pair<int64_t, int64_t> GetDecomposeDim(int64_t n) {
+  // "a = ceil(√n), grow a until a²-n is a square b², return (a-b, a+b)"
+  auto a = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
+  while (a * a < n) ++a;
+  for (;; ++a) {
+    const int64_t d = a * a - n;
+    const auto b = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(d))));
+    if (b * b == d) return {a - b, a + b};
+  }
+}
+
+std::vector<float> FlatquantTransform(const std::vector<float>& x, int64_t rows,
+                                      const Resolved& spec) {
+  const int64_t n1 = spec.n1, n2 = spec.n2, cols = n1 * n2;
+  std::vector<float> y(x.size());
+  std::vector<float> t(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data() + r * cols;
+    // X · P2: X is the row as n1 × n2, row-major.
+    for (int64_t i = 0; i < n1; ++i) {
+      for (int64_t j = 0; j < n2; ++j) {
+        float acc = 0.0f;
+        for (int64_t l = 0; l < n2; ++l) {
+          acc += xr[i * n2 + l] * spec.transform_right[static_cast<size_t>(l * n2 + j)];
+        }
+        t[static_cast<size_t>(i * n2 + j)] = acc;
+      }
+    }
+    // P1ᵀ · (X · P2).
+    for (int64_t i = 0; i < n1; ++i) {
+      for (int64_t j = 0; j < n2; ++j) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < n1; ++k) {
+          acc += spec.transform_left[static_cast<size_t>(k * n1 + i)] *
+                 t[static_cast<size_t>(k * n2 + j)];
+        }
+        y[static_cast<size_t>(r * cols + i * n2 + j)] = acc;
+      }
+    }
+  }
+  return y;
+}
+
+Result Quantize(const std::vector<float>& input, const Shape& shape, const QuantSpec& requested) {
   Result r;
   r.status = Resolve(requested, shape, &r.spec);
   if (!r.status.ok()) return r;
+  // FlatQuant quantizes the transformed rows, and its metrics compare with them. kernels/
+  // choice: the transform would spread a non-finite value over its row, so NaN is refused (or,
+  // nan_policy ZERO, zeroed first) and ±Inf refused, naming the first such input element.
+  int64_t rows = 1;
+  for (size_t k = 0; k + 1 < shape.size(); ++k) rows *= shape[k];
+  std::vector<float> cleaned = input;
+  if (r.spec.info->flatquant) {
+    for (size_t i = 0; i < cleaned.size(); ++i) {
+      if (std::isnan(cleaned[i]) && r.spec.nan_policy == NanPolicy::kZero) {
+        cleaned[i] = 0.0f;
+      } else if (!std::isfinite(cleaned[i])) {
+        r.status = absl::InvalidArgumentError(absl::StrCat(
+            "oracle: element ", i, std::isnan(cleaned[i]) ? " is NaN" : " is infinite"));
+        return r;
+      }
+    }
+  }
+  const std::vector<float> x =
+      r.spec.info->flatquant ? FlatquantTransform(cleaned, rows, r.spec) : input;
   r.status = CheckNans(x, r.spec);
   if (!r.status.ok()) return r;
   const FormatInfo& info = *r.spec.info;

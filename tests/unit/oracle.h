@@ -131,6 +131,9 @@ struct FormatInfo {
   // NF4: "blocks of 64 (32..4096) over the flattened tensor, F32 absmax per block"; codes are
   // indices into Nf4Values().
   int nf4_block = 0;
+  // FlatQuant int4: "per-token transform X → P1ᵀ·X·P2 on the [n1, n2] view of each row", then
+  // per-token symmetric INT4 (the int4 row above).
+  bool flatquant = false;
   // The block size of a block format (MX or NVFP4), 0 for free-scale formats.
   int block() const {
     return mx_block > 0 ? mx_block : (nvfp4_block > 0 ? nvfp4_block : nf4_block);
@@ -165,6 +168,8 @@ struct Resolved {
   NanPolicy nan_policy = NanPolicy::kReject;
   Packing packing = Packing::kBitstream;
   ScaleRounding scale_rounding = ScaleRounding::kUnspecified;  // MX: FLOOR, RCEIL or EVEN
+  std::vector<float> transform_left, transform_right;  // FlatQuant: P1, P2 (row-major)
+  int64_t n1 = 0, n2 = 0;
   std::vector<float> static_scales;
   std::vector<int32_t> static_zero_points;
 };
@@ -191,6 +196,14 @@ struct Result {
   std::vector<float> x_hat;
   Metrics metrics;
 };
+// FlatQuant's get_decompose_dim(n).
+std::pair<int64_t, int64_t> GetDecomposeDim(int64_t n);
+// FlatQuant's transform of every row of `x` (the [rows, cols] view), in the order
+// kernels/include/quantd/flatquant.h fixes: X · P2 first, then P1ᵀ ·, each entry an fp32 sum
+// from +0 in ascending index order.
+std::vector<float> FlatquantTransform(const std::vector<float>& x, int64_t rows,
+                                      const Resolved& spec);
+
 // `x` holds the fp32 values of the input (already converted from its dtype).
 Result Quantize(const std::vector<float>& x, const Shape& shape, const QuantSpec& requested);
 

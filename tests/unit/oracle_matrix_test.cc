@@ -184,9 +184,14 @@ void CompareWithOracle(Backend& backend, const MatrixCase& c, DType dtype, FillK
     // A refused NaN ("InvalidArgument naming the element"), or an asymmetric range that
     // overflows fp32.
     std::string fragment = "overflows float32";
+    const bool flatquant = Traits(c.format).kronecker_transform;
     for (size_t i = 0; i < x.size(); ++i) {
-      if (std::isnan(x[i])) {
+      if (std::isnan(x[i]) && !(flatquant && oracle_spec.nan_policy == NanPolicy::kZero)) {
         fragment = absl::StrCat("element ", i, " is NaN");
+        break;
+      }
+      if (flatquant && std::isinf(x[i])) {  // FlatQuant refuses ±Inf too
+        fragment = absl::StrCat("element ", i, " is infinite");
         break;
       }
     }

@@ -198,6 +198,9 @@ std::vector<float> ElementScalesOf(const ConstQuantizedBuffers& in, const QuantS
                                             const CalibrationOptions& options);
 // InvalidArgument for flat input element `index` being NaN where the spec rejects NaN.
 absl::Status NanRejectedError(Format format, int64_t index);
+// InvalidArgument for FlatQuant input element `index` (value `v`): NaN (unless nan_policy is
+// ZERO) or ±Inf, which its transform would spread over the element's row.
+absl::Status FlatquantInputError(Format format, int64_t index, float v);
 // InvalidArgument for an asymmetric range (max - min) of scale group `group` overflowing fp32.
 absl::Status RangeOverflowError(int64_t group);
 

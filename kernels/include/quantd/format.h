@@ -38,8 +38,9 @@ enum class Format : int32_t {
   kNvfp4 = 13,
   kHif8 = 14,
   kNf4 = 15,
+  kFlatquantInt4 = 16,
 };
-inline constexpr int kNumFormats = 16;  // rows of the traits table, kUnspecified included
+inline constexpr int kNumFormats = 17;  // rows of the traits table, kUnspecified included
 
 enum class ElementKind : uint8_t {
   kNone,       // the kUnspecified row
@@ -132,6 +133,9 @@ struct FormatTraits {
   bool has_inf;
   BlockParams block;
   MxParams mx;
+  // FlatQuant: each row is transformed (P1ᵀ·X·P2 on its [n1, n2] view, quantd/flatquant.h)
+  // before it is quantized.
+  bool kronecker_transform;
 };
 
 namespace format_internal {
@@ -144,28 +148,30 @@ inline constexpr uint32_t kBlockGranularities = GranularityBit(Granularity::kGro
 
 // clang-format off
 inline constexpr std::array<FormatTraits, kNumFormats> kFormatTraits = {{
-//  format                name          bits kind                  signed qmin  qmax minifloat {E, M, bias, max_code, nan}      divisor   sym    asym   granularities                              scale            nan    inf    block {size, min, max, flat}   mx {emax, mbits, implicit}
-  {Format::kUnspecified, "unspecified", 0,  ElementKind::kNone,      false,   0,   0, {},                                       0.0f,     false, false, 0,                                          ScaleKind::kNone, false, false, {},               {}},
-  {Format::kInt8,        "int8",        8,  ElementKind::kInt,       true, -128, 127, {},                                       127.0f,   true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}},
-  {Format::kInt4,        "int4",        4,  ElementKind::kInt,       true,   -8,   7, {},                                       7.0f,     true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}},
-  {Format::kUint8,       "uint8",       8,  ElementKind::kInt,       false,   0, 255, {},                                       255.0f,   false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}},
-  {Format::kUint4,       "uint4",       4,  ElementKind::kInt,       false,   0,  15, {},                                       15.0f,    false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}},
-  {Format::kFp8E4M3,     "fp8-e4m3",    8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  false, {},               {}},
-  {Format::kFp8E5M2,     "fp8-e5m2",    8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  true,  {},               {}},
+//  format                name          bits kind                  signed qmin  qmax minifloat {E, M, bias, max_code, nan}      divisor   sym    asym   granularities                              scale            nan    inf    block {size, min, max, flat}   mx {emax, mbits, implicit}  kronecker
+  {Format::kUnspecified, "unspecified", 0,  ElementKind::kNone,      false,   0,   0, {},                                       0.0f,     false, false, 0,                                          ScaleKind::kNone, false, false, {},               {}, false},
+  {Format::kInt8,        "int8",        8,  ElementKind::kInt,       true, -128, 127, {},                                       127.0f,   true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}, false},
+  {Format::kInt4,        "int4",        4,  ElementKind::kInt,       true,   -8,   7, {},                                       7.0f,     true,  true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}, false},
+  {Format::kUint8,       "uint8",       8,  ElementKind::kInt,       false,   0, 255, {},                                       255.0f,   false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}, false},
+  {Format::kUint4,       "uint4",       4,  ElementKind::kInt,       false,   0,  15, {},                                       15.0f,    false, true,  format_internal::kIntGranularities,       ScaleKind::kF32, false, false, {},               {}, false},
+  {Format::kFp8E4M3,     "fp8-e4m3",    8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  false, {},               {}, false},
+  {Format::kFp8E5M2,     "fp8-e5m2",    8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32, true,  true,  {},               {}, false},
   // MX (OCP MX v1.0): the divisor is the element's largest value (the RCEIL rule). Blocks of 32;
   // other sizes serve the fake_quant_ops grammar (e2m1k8b16).
-  {Format::kMxfp8E4M3,   "mxfp8",       8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, true,  false, {32, 1, 1 << 20}, { 8, 3, 0}},
-  {Format::kMxfp8E5M2,   "mxfp8e5m2",   8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, true,  true,  {32, 1, 1 << 20}, {15, 2, 0}},
-  {Format::kMxfp6E3M2,   "mxfp6e3m2",   6,  ElementKind::kMinifloat, true,    0,   0, {3, 2,  3, 0x1F, NanEncoding::kNone},    28.0f,    true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 4, 2, 0}},
-  {Format::kMxfp6E2M3,   "mxfp6e2m3",   6,  ElementKind::kMinifloat, true,    0,   0, {2, 3,  1, 0x1F, NanEncoding::kNone},    7.5f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 2, 3, 0}},
-  {Format::kMxfp4,       "mxfp4",       4,  ElementKind::kMinifloat, true,    0,   0, {2, 1,  1, 0x07, NanEncoding::kNone},    6.0f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 2, 1, 0}},
-  {Format::kMxint8,      "mxint8",      8,  ElementKind::kInt,       true, -127, 127, {},                                       1.984375f, true, false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 0, 6, 6}},
+  {Format::kMxfp8E4M3,   "mxfp8",       8,  ElementKind::kMinifloat, true,    0,   0, {4, 3,  7, 0x7E, NanEncoding::kAllOnes}, 448.0f,   true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, true,  false, {32, 1, 1 << 20}, { 8, 3, 0}, false},
+  {Format::kMxfp8E5M2,   "mxfp8e5m2",   8,  ElementKind::kMinifloat, true,    0,   0, {5, 2, 15, 0x7B, NanEncoding::kIeee},    57344.0f, true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, true,  true,  {32, 1, 1 << 20}, {15, 2, 0}, false},
+  {Format::kMxfp6E3M2,   "mxfp6e3m2",   6,  ElementKind::kMinifloat, true,    0,   0, {3, 2,  3, 0x1F, NanEncoding::kNone},    28.0f,    true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 4, 2, 0}, false},
+  {Format::kMxfp6E2M3,   "mxfp6e2m3",   6,  ElementKind::kMinifloat, true,    0,   0, {2, 3,  1, 0x1F, NanEncoding::kNone},    7.5f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 2, 3, 0}, false},
+  {Format::kMxfp4,       "mxfp4",       4,  ElementKind::kMinifloat, true,    0,   0, {2, 1,  1, 0x07, NanEncoding::kNone},    6.0f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 2, 1, 0}, false},
+  {Format::kMxint8,      "mxint8",      8,  ElementKind::kInt,       true, -127, 127, {},                                       1.984375f, true, false, format_internal::kBlockGranularities,      ScaleKind::kE8M0, false, false, {32, 1, 1 << 20}, { 0, 6, 6}, false},
   // NVFP4: E2M1 in blocks of 16; the block scales are E4M3 values under a per-tensor global scale.
-  {Format::kNvfp4,       "nvfp4",       4,  ElementKind::kMinifloat, true,    0,   0, {2, 1,  1, 0x07, NanEncoding::kNone},    6.0f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kE4M3, false, false, {16, 16, 16},      {}},
+  {Format::kNvfp4,       "nvfp4",       4,  ElementKind::kMinifloat, true,    0,   0, {2, 1,  1, 0x07, NanEncoding::kNone},    6.0f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kE4M3, false, false, {16, 16, 16},      {}, false},
   // HiF8: scales put the amax at 8, the end of the 3-mantissa-bit region (fake_quant_ops).
-  {Format::kHif8,        "hif8",        8,  ElementKind::kHif8,      true,    0,   0, {},                                       8.0f,     true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32,  true,  true,  {},               {}},
+  {Format::kHif8,        "hif8",        8,  ElementKind::kHif8,      true,    0,   0, {},                                       8.0f,     true,  false, format_internal::kMinifloatGranularities, ScaleKind::kF32,  true,  true,  {},               {}, false},
   // NF4 (bitsandbytes): s = absmax per block of 64 (32..4096) over the flattened tensor.
-  {Format::kNf4,         "nf4",         4,  ElementKind::kNf4,       false,   0,  15, {},                                       1.0f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kF32,  false, false, {64, 32, 4096, true}, {}},
+  {Format::kNf4,         "nf4",         4,  ElementKind::kNf4,       false,   0,  15, {},                                       1.0f,     true,  false, format_internal::kBlockGranularities,      ScaleKind::kF32,  false, false, {64, 32, 4096, true}, {}, false},
+  // FlatQuant: per-token INT4 of each row's Kronecker transform P1ᵀ·X·P2 (quantd/flatquant.h).
+  {Format::kFlatquantInt4, "flatquant-int4", 4, ElementKind::kInt,   true,   -8,   7, {},                                       7.0f,     true,  false, GranularityBit(Granularity::kToken),         ScaleKind::kF32,  false, false, {},               {}, true},
 }};
 // clang-format on
 

@@ -43,6 +43,10 @@ struct QuantSpec {
   Packing packing = Packing::kUnspecified;
   ScaleRounding scale_rounding = ScaleRounding::kUnspecified;  // MX formats only; FLOOR
   bool double_quant = false;  // NF4 only: quantize the absmax values too (double_quant.h)
+  // FlatQuant only: P1 (n1 × n1) and P2 (n2 × n2), row-major, n1 · n2 = the last dim. Both
+  // empty: identities of DecomposeDim(last dim), which ResolveSpec fills in.
+  std::vector<float> transform_left;
+  std::vector<float> transform_right;
   // Caller-given scales (one per scale group, row-major over the scale shape) and, when
   // asymmetric, zero-points. Empty: scales come from the data.
   std::vector<float> static_scales;
