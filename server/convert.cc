@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "quantd/codec.h"
+#include "quantd/flatquant.h"
 #include "quantd/status.h"
 
 namespace quantd::server {
@@ -184,6 +185,20 @@ void WriteStaticTensor(const std::vector<T>& values, DType dtype, const Shape& s
   tensor->set_data(values.data(), values.size() * sizeof(T));
 }
 
+// Whether `spec`'s FlatQuant matrices are the identities of DecomposeDim(n1 · n2) (or absent).
+bool IsDefaultTransform(const QuantSpec& spec) {
+  const int64_t n1 = MatrixSide(spec.transform_left.size());
+  const int64_t n2 = MatrixSide(spec.transform_right.size());
+  if (DecomposeDim(n1 * n2) != std::pair<int64_t, int64_t>{n1, n2}) return n1 == 0 && n2 == 0;
+  const auto is_identity = [](const std::vector<float>& m, int64_t n) {
+    for (int64_t i = 0; i < n * n; ++i) {
+      if (m[i] != (i % (n + 1) == 0 ? 1.0f : 0.0f)) return false;
+    }
+    return true;
+  };
+  return is_identity(spec.transform_left, n1) && is_identity(spec.transform_right, n2);
+}
+
 }  // namespace
 
 absl::StatusOr<DType> DTypeFromProto(int value, absl::string_view field) {
@@ -292,12 +307,15 @@ void QuantSpecToProto(const QuantSpec& spec, const Shape& scale_shape, v1::Quant
   if (!spec.static_scales.empty()) {
     WriteStaticTensor(spec.static_scales, DType::kF32, scale_shape, proto->mutable_static_scales());
   }
-  for (const auto& [matrix, tensor] :
-       {std::pair{&spec.transform_left, proto->mutable_flatquant_left()},
-        std::pair{&spec.transform_right, proto->mutable_flatquant_right()}}) {
-    if (matrix->empty()) continue;
-    const auto n = static_cast<int64_t>(std::sqrt(static_cast<double>(matrix->size())) + 0.5);
-    WriteStaticTensor(*matrix, DType::kF32, {n, n}, tensor);
+  // FlatQuant's matrices, unless they are the identities ResolveSpec fills in by default (a
+  // hidden of 28672 would otherwise add 266 KB of them to every response).
+  if (!IsDefaultTransform(spec)) {
+    for (const auto& [matrix, tensor] :
+         {std::pair{&spec.transform_left, proto->mutable_flatquant_left()},
+          std::pair{&spec.transform_right, proto->mutable_flatquant_right()}}) {
+      const int64_t n = MatrixSide(matrix->size());
+      if (n > 0) WriteStaticTensor(*matrix, DType::kF32, {n, n}, tensor);
+    }
   }
   if (!spec.static_zero_points.empty()) {
     WriteStaticTensor(spec.static_zero_points, DType::kI32, scale_shape,

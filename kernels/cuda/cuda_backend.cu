@@ -28,6 +28,7 @@
 #include "cuda_status.h"
 #include "kernels.h"
 #include "quantd/cuda.h"
+#include "quantd/flatquant.h"
 #include "quantd/status.h"
 
 namespace quantd {
@@ -553,6 +554,9 @@ class CudaBackend final : public Backend {
     bool scales_ready = false;  // static scales, or 1 for a plain cast, already in place
     MetricPartial total;        // host copy of partials[kMaxMetricBlocks]
     DeviceFlags flags;          // host copy of stats.flags
+    // The caller's input on the device (FlatQuant's params.input is its transform instead).
+    const void* input = nullptr;
+    DType input_dtype = DType::kF32;
   };
 
   // Copies the input in, initializes the statistics and puts static scales (or 1 for a plain
@@ -589,6 +593,12 @@ class CudaBackend final : public Backend {
       pass.nvfp4.global_scale = static_cast<float*>(global_scale);
     }
     pass.params = MakeElementParams(spec, layout, d_input, input.dtype, lease.device().max_blocks);
+    pass.input = d_input;
+    pass.input_dtype = input.dtype;
+    FlatquantTransform transform;
+    if (Traits(spec.format).kronecker_transform) {
+      QUANTD_ASSIGN_OR_RETURN(transform, PrepareTransform(spec, layout, lease, arena, pass));
+    }
     if (spec.granularity == Granularity::kNone) {
       // A copy this small is staged: CopyIn has consumed its source when it returns.
       const float one = 1.0f;
@@ -602,8 +612,41 @@ class CudaBackend final : public Backend {
     }
     QUANTD_RETURN_IF_ERROR(lease.MarkCopiedIn());
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchInitStats(pass.stats, n, stream));
+    if (transform.output != nullptr) {
+      // The quantization reads the transformed rows from here on.
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchFlatquantTransform(transform, stream));
+      pass.params.input = transform.output;
+      pass.params.input_dtype = DType::kF32;
+    }
     pass.scales_ready = spec.granularity == Granularity::kNone || spec.has_static_scales();
     return pass;
+  }
+
+  // FlatQuant: P1 and P2 copied in, and the device buffers of the transform of pass.input.
+  absl::StatusOr<FlatquantTransform> PrepareTransform(const QuantSpec& spec,
+                                                      const QuantLayout& layout, Lease& lease,
+                                                      DeviceArena& arena, const Pass& pass) {
+    FlatquantTransform t;
+    t.input = pass.input;
+    t.input_dtype = pass.input_dtype;
+    t.n1 = MatrixSide(spec.transform_left.size());
+    t.n2 = MatrixSide(spec.transform_right.size());
+    t.rows = layout.numel / std::max<int64_t>(1, t.n1 * t.n2);
+    t.nan_to_zero = spec.nan_policy == NanPolicy::kZero;
+    t.flags = pass.stats.flags;
+    t.max_blocks = lease.device().max_blocks;
+    const int64_t left_bytes = 4 * t.n1 * t.n1, right_bytes = 4 * t.n2 * t.n2;
+    QUANTD_ASSIGN_OR_RETURN(void* left, arena.Allocate(left_bytes));
+    QUANTD_ASSIGN_OR_RETURN(void* right, arena.Allocate(right_bytes));
+    QUANTD_ASSIGN_OR_RETURN(void* scratch, arena.Allocate(4 * layout.numel));
+    QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(4 * layout.numel));
+    QUANTD_RETURN_IF_ERROR(lease.CopyIn(left, spec.transform_left.data(), left_bytes));
+    QUANTD_RETURN_IF_ERROR(lease.CopyIn(right, spec.transform_right.data(), right_bytes));
+    t.left = static_cast<const float*>(left);
+    t.right = static_cast<const float*>(right);
+    t.scratch = static_cast<float*>(scratch);
+    t.output = static_cast<float*>(output);
+    return t;
   }
 
   // NF4 with double quantization (double_quant.h): the exact absmax values on the device, their
@@ -643,6 +686,16 @@ class CudaBackend final : public Backend {
           lease.CopyOut(&pass.total, pass.partials + kMaxMetricBlocks, sizeof(MetricPartial)));
     }
     QUANTD_RETURN_IF_ERROR(lease.Synchronize());
+    if (Traits(spec.format).kronecker_transform && pass.flags.first_bad_input != kNoNan) {
+      // The message says whether it is a NaN or an Inf: one input element comes back.
+      const int64_t index = static_cast<int64_t>(pass.flags.first_bad_input);
+      const int size = DTypeSize(pass.input_dtype);
+      uint32_t bits = 0;
+      QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpy(&bits,
+                                             static_cast<const char*>(pass.input) + index * size,
+                                             size, cudaMemcpyDeviceToHost));
+      return FlatquantInputError(spec.format, index, LoadAsFloat(pass.input_dtype, &bits, 0));
+    }
     if (pass.flags.first_nan != kNoNan) {
       return NanRejectedError(spec.format, static_cast<int64_t>(pass.flags.first_nan));
     }

@@ -53,6 +53,8 @@ struct DeviceFlags {
   unsigned long long first_nan;   // flat index of the first NaN a NaN-rejecting pass saw
   long long bad_scale_group;      // a group whose asymmetric range overflowed fp32
   unsigned int tensor_amax_bits;  // NVFP4: the tensor's amax (a float >= 0, as its bits)
+  // FlatQuant: flat index of the first input its transform refuses (FlatquantInputError).
+  unsigned long long first_bad_input;
 };
 inline constexpr unsigned long long kNoNan = ~0ull;
 inline constexpr long long kNoBadGroup = -1;
@@ -157,6 +159,24 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
 cudaError_t LaunchDequantize(const ElementParams& p, const uint8_t* codes, const float* scales,
                              const int32_t* zero_points, void* output, DType output_dtype,
                              cudaStream_t stream);
+
+// FlatQuant's transform (flatquant_kernels.cu): `rows` rows of n1 · n2 input elements into
+// their transforms Y = P1ᵀ · (X · P2) (quantd/flatquant.h's order, bit for bit the CPU's), F32
+// in `output`; `scratch` (as large) holds X · P2. A non-finite input (NaN unless
+// `nan_to_zero`, which reads it as 0) is offered to flags->first_bad_input.
+struct FlatquantTransform {
+  const void* input = nullptr;
+  DType input_dtype = DType::kF32;
+  int64_t rows = 0, n1 = 0, n2 = 0;
+  const float* left = nullptr;   // P1, n1 × n1 row-major
+  const float* right = nullptr;  // P2, n2 × n2 row-major
+  bool nan_to_zero = false;
+  float* scratch = nullptr;
+  float* output = nullptr;
+  DeviceFlags* flags = nullptr;
+  int max_blocks = 1024;
+};
+cudaError_t LaunchFlatquantTransform(const FlatquantTransform& transform, cudaStream_t stream);
 
 // Host side: the metrics from the total partial (copied back from partials[kMaxMetricBlocks]).
 ErrorMetrics MetricsFromPartial(const MetricPartial& total);

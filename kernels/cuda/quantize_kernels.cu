@@ -38,6 +38,7 @@ __global__ void InitStatsKernel(StatsBuffers stats, int64_t n) {
     stats.flags->first_nan = kNoNan;
     stats.flags->bad_scale_group = kNoBadGroup;
     stats.flags->tensor_amax_bits = 0u;
+    stats.flags->first_bad_input = kNoNan;
   }
 }
 

@@ -103,43 +103,50 @@ absl::StatusOr<bool> ParseBlockGrammar(absl::string_view text, QuantSpec* parsed
   return true;
 }
 
-// Integer square root of n >= 0 when n is a perfect square, else -1.
-int64_t ExactSqrt(int64_t n) {
-  int64_t r = 0;
-  while ((r + 1) * (r + 1) <= n) ++r;
-  return r * r == n ? r : -1;
+// The side of a square matrix of `values` entries, or -1 when that is not a square.
+int64_t SquareSide(size_t values) {
+  const int64_t side = IntegerSqrt(static_cast<int64_t>(values));
+  return side * side == static_cast<int64_t>(values) ? side : -1;
 }
 
 // FlatQuant's P1 and P2 for `shape` (its last dim is hidden = n1 · n2): as given (both square,
-// finite, their sizes multiplying to hidden), or identities of DecomposeDim(hidden).
+// finite, their sizes multiplying to hidden, each side at most kMaxTransformSide), or
+// identities of DecomposeDim(hidden).
 absl::Status ResolveTransform(const Shape& shape, QuantSpec* spec) {
   const int64_t hidden = shape.empty() ? 1 : shape.back();
+  const auto [d1, d2] = DecomposeDim(hidden);
+  const bool has_identities = d1 > 0 || hidden == 0;
   if (spec->transform_left.empty() && spec->transform_right.empty()) {
-    if (!HasDecomposeDim(hidden)) {
-      return Invalid(absl::StrCat("flatquant-int4: the last dim ", hidden,
-                                  " is 2 mod 4, which get_decompose_dim cannot split into n1 · "
-                                  "n2 with n2 - n1 even; give the transform matrices"));
+    if (!has_identities) {
+      return Invalid(absl::StrCat(
+          "flatquant-int4: get_decompose_dim cannot split the last dim ", hidden,
+          hidden % 4 == 2 ? " (it is 2 mod 4, and n1 · n2 needs n2 - n1 even)"
+                          : absl::StrCat(" into factors of at most ", kMaxTransformSide),
+          "; give the transform matrices (flatquant_left / flatquant_right)"));
     }
-    const auto [n1, n2] = DecomposeDim(hidden);
-    spec->transform_left.assign(static_cast<size_t>(n1 * n1), 0.0f);
-    spec->transform_right.assign(static_cast<size_t>(n2 * n2), 0.0f);
-    for (int64_t i = 0; i < n1; ++i) spec->transform_left[i * n1 + i] = 1.0f;
-    for (int64_t i = 0; i < n2; ++i) spec->transform_right[i * n2 + i] = 1.0f;
+    spec->transform_left.assign(static_cast<size_t>(d1 * d1), 0.0f);
+    spec->transform_right.assign(static_cast<size_t>(d2 * d2), 0.0f);
+    for (int64_t i = 0; i < d1; ++i) spec->transform_left[i * d1 + i] = 1.0f;
+    for (int64_t i = 0; i < d2; ++i) spec->transform_right[i * d2 + i] = 1.0f;
     return absl::OkStatus();
   }
-  const int64_t n1 = ExactSqrt(static_cast<int64_t>(spec->transform_left.size()));
-  const int64_t n2 = ExactSqrt(static_cast<int64_t>(spec->transform_right.size()));
+  const int64_t n1 = SquareSide(spec->transform_left.size());
+  const int64_t n2 = SquareSide(spec->transform_right.size());
   if (n1 <= 0 || n2 <= 0) {
-    return Invalid(absl::StrCat(
-        "flatquant-int4 needs both transform matrices, square: left has ",
-        spec->transform_left.size(), " values and right ", spec->transform_right.size(),
-        " (give n1 × n1 and n2 × n2 with n1 · n2 = ", hidden,
-        HasDecomposeDim(hidden) ? ", or neither for identities" : "", ")"));
+    return Invalid(absl::StrCat("flatquant-int4 needs both transform matrices, square: left has ",
+                                spec->transform_left.size(), " values and right ",
+                                spec->transform_right.size(),
+                                " (give n1 × n1 and n2 × n2 with n1 · n2 = ", hidden,
+                                has_identities ? ", or neither for identities" : "", ")"));
   }
   if (n1 * n2 != hidden) {
     return Invalid(absl::StrCat("flatquant-int4 transform matrices are ", n1, " × ", n1, " and ",
                                 n2, " × ", n2, ", but ", n1, " · ", n2, " != ", hidden,
                                 ", the last dim of shape ", ShapeToString(shape)));
+  }
+  if (std::max(n1, n2) > kMaxTransformSide) {
+    return Invalid(absl::StrCat("flatquant-int4 transform matrices are ", n1, " × ", n1, " and ",
+                                n2, " × ", n2, "; each side must be at most ", kMaxTransformSide));
   }
   for (const std::vector<float>* m : {&spec->transform_left, &spec->transform_right}) {
     for (size_t i = 0; i < m->size(); ++i) {
@@ -307,6 +314,7 @@ std::string DescriptorOf(const QuantSpec& spec) {
     return name;
   }
   if (spec.asymmetric && t.symmetric_ok) absl::StrAppend(&name, "-asym");
+  if (spec.granularity == DefaultGranularity(spec.format)) return name;
   switch (spec.granularity) {
     case Granularity::kChannel:
       absl::StrAppend(&name, "-channel");
@@ -353,7 +361,8 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
                                 " is not a scale rule; use floor, rceil, even or nearest"));
   }
   if (t.block.size > 0) {
-    if (spec.granularity == Granularity::kUnspecified) spec.granularity = Granularity::kGroup;
+    if (spec.granularity == Granularity::kUnspecified)
+      spec.granularity = DefaultGranularity(spec.format);
     if (spec.granularity == Granularity::kGroup && spec.group_size == 0) {
       spec.group_size = t.block.size;
     }
@@ -399,8 +408,8 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   if (t.kronecker_transform) {
     QUANTD_RETURN_IF_ERROR(ResolveTransform(shape, &spec));
   } else if (!spec.transform_left.empty() || !spec.transform_right.empty()) {
-    return Invalid(absl::StrCat("transform matrices are for flatquant-int4; ", name,
-                                " takes none"));
+    return Invalid(
+        absl::StrCat("transform matrices are for flatquant-int4; ", name, " takes none"));
   }
   if (spec.double_quant && t.kind != ElementKind::kNf4) {
     return Invalid(
@@ -410,9 +419,8 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
   }
 
   // Granularity and its parameters.
-  if (spec.granularity == Granularity::kUnspecified) {
-    spec.granularity = t.kronecker_transform ? Granularity::kToken : Granularity::kTensor;
-  }
+  if (spec.granularity == Granularity::kUnspecified)
+    spec.granularity = DefaultGranularity(spec.format);
   if (!FormatAllows(spec.format, spec.granularity)) {
     if (spec.granularity == Granularity::kNone) {
       return Invalid(absl::StrCat("granularity none is a plain cast for minifloat formats; ", name,

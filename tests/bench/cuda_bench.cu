@@ -16,6 +16,7 @@
 
 #include "cuda_check.h"
 #include "kernels.h"
+#include "quantd/flatquant.h"
 #include "quantd/spec.h"
 
 namespace quantd::cuda {
@@ -80,6 +81,10 @@ const Op kOps[] = {
     // NF4: blocks of 64 over the flattened tensor (generic element kernels).
     {"quantize nf4", Format::kNf4, Granularity::kGroup, 64, 0, false, false, Op::kQuantize},
     {"dequantize nf4", Format::kNf4, Granularity::kGroup, 64, 0, false, false, Op::kDequantize},
+    // FlatQuant: rows of 4096 as 64 × 64, random P1 and P2; the transform's two GEMM kernels
+    // plus per-token INT4 of their output.
+    {"quantize flatquant-int4", Format::kFlatquantInt4, Granularity::kToken, 0, 0, false, false,
+     Op::kQuantize},
     // Percentile calibration (Calibrate's scales): four selection passes over the input.
     {"calibrate percentile int8 tensor", Format::kInt8, Granularity::kTensor, 0, 0, false, false,
      Op::kPercentile},
@@ -186,12 +191,36 @@ int Main(int argc, char** argv) {
       StatsBuffers stats;
       MetricPartial* partials;
       SplitWorkspace(workspace, layout, &stats, &partials);
-      const ElementParams p = MakeElementParams(spec, layout, x, DType::kF32, sms * 8);
+      ElementParams p = MakeElementParams(spec, layout, x, DType::kF32, sms * 8);
+      FlatquantTransform transform;
+      if (Traits(spec.format).kronecker_transform) {
+        // P1 and P2 of random values (what FlatQuant learns is dense too).
+        std::vector<float> left(spec.transform_left.size()), right(spec.transform_right.size());
+        for (size_t i = 0; i < left.size(); ++i) left[i] = UniformFromBits(StochasticBits(1, i));
+        for (size_t i = 0; i < right.size(); ++i) right[i] = UniformFromBits(StochasticBits(2, i));
+        float *d_left, *d_right;
+        CUDA_CHECK(cudaMalloc(&d_left, 4 * left.size()));
+        CUDA_CHECK(cudaMalloc(&d_right, 4 * right.size()));
+        CUDA_CHECK(cudaMemcpy(d_left, left.data(), 4 * left.size(), cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(d_right, right.data(), 4 * right.size(), cudaMemcpyHostToDevice));
+        transform.input = x;
+        transform.rows = numel / cols;
+        transform.n1 = MatrixSide(left.size());
+        transform.n2 = MatrixSide(right.size());
+        transform.left = d_left;
+        transform.right = d_right;
+        transform.flags = stats.flags;
+        transform.max_blocks = sms * 8;
+        CUDA_CHECK(cudaMalloc(&transform.scratch, numel * 4));
+        CUDA_CHECK(cudaMalloc(&transform.output, numel * 4));
+        p.input = transform.output;
+      }
       int32_t* zps = op.asymmetric ? static_cast<int32_t*>(zero_points) : nullptr;
       // What Backend::Quantize runs on the device: statistics and scales (fused into the
       // element pass where a kernel for that exists) unless the scales are static.
       auto quantize = [&](bool scales_ready) {
         CUDA_CHECK(LaunchInitStats(stats, n, stream));
+        if (transform.output != nullptr) CUDA_CHECK(LaunchFlatquantTransform(transform, stream));
         CUDA_CHECK(LaunchQuantizePass(p, spec, scales_ready, stats, static_cast<float*>(scales),
                                       zps, nvfp4, static_cast<uint8_t*>(codes), nullptr,
                                       DType::kF32, nullptr, stream));
@@ -242,6 +271,12 @@ int Main(int argc, char** argv) {
       if (nvfp4.element_scales != nullptr) CUDA_CHECK(cudaFree(nvfp4.element_scales));
       if (nvfp4.global_scale != nullptr) CUDA_CHECK(cudaFree(nvfp4.global_scale));
       if (select_workspace != nullptr) CUDA_CHECK(cudaFree(select_workspace));
+      if (transform.output != nullptr) {
+        CUDA_CHECK(cudaFree(const_cast<float*>(transform.left)));
+        CUDA_CHECK(cudaFree(const_cast<float*>(transform.right)));
+        CUDA_CHECK(cudaFree(transform.scratch));
+        CUDA_CHECK(cudaFree(transform.output));
+      }
     }
     CUDA_CHECK(cudaFree(x));
   }

@@ -102,6 +102,8 @@ FORMATS = {
     "hif8": FormatInfo("hif8", "float", 8, max_finite=32768.0),
     # NF4 (bitsandbytes): blocks of 64 over the flattened tensor; test_server computes it.
     "nf4": FormatInfo("nf4", "nf4", 4, 0, 15, True, False, max_finite=1.0, block=64),
+    # FlatQuant: INT4 per token of each row's Kronecker transform; test_server computes it.
+    "flatquant-int4": FormatInfo("flatquant-int4", "int", 4, -8, 7, True, False),
 }
 
 GRANULARITIES = ("none", "tensor", "channel", "token", "group", "block")

@@ -455,6 +455,59 @@ def test_nf4_through_the_server(server, tmp_path):
     e2e_util.assert_same_floats(np.load(str(tmp_path / "d.npy")).reshape(-1), want_x_hat, "nf4 x̂")
 
 
+def flatquant_transform(x: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Y = P1ᵀ · (X · P2) of every row, X the row as [n1, n2], in docs/FORMATS.md's fp32
+    order: each entry a float32 sum from +0, one rounded product at a time, ascending index."""
+    rows, n1, n2 = x.shape[0], left.shape[0], right.shape[0]
+    xs = x.reshape(rows, n1, n2)
+    t = np.zeros((rows, n1, n2), np.float32)
+    for l in range(n2):  # T[i][j] += X[i][l] · P2[l][j]
+        t = t + (xs[:, :, l:l + 1] * right[l][None, None, :])
+    y = np.zeros((rows, n1, n2), np.float32)
+    for k in range(n1):  # Y[i][j] += P1[k][i] · T[k][j]
+        y = y + (left[k][None, :, None] * t[:, k:k + 1, :])
+    assert y.dtype == np.float32
+    return y.reshape(rows, n1 * n2)
+
+
+def test_flatquant_through_the_server(server, tmp_path):
+    """FlatQuant int4 end to end against numpy: caller-given P1 (7 × 7) and P2 (10 × 10) on rows
+    of 70 (2 mod 4: get_decompose_dim has no split, so the matrices are required), per-token
+    symmetric INT4 of Y with clip ratio 0.9, element 0 in the low nibble; x̂ is ŷ. Without
+    matrices a row of 40 takes identities of get_decompose_dim(40) = (4, 10): the codes of
+    plain int4-token."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(5, 70)).astype(np.float32)
+    left = (rng.normal(size=(7, 7)) * 0.4).astype(np.float32)
+    right = (rng.normal(size=(10, 10)) * 0.3).astype(np.float32)
+    paths = {name: e2e_util.save_npy(tmp_path / f"{name}.npy", value)
+             for name, value in (("x", x), ("left", left), ("right", right))}
+    q_path = tmp_path / "q.npz"
+    run_quantctl(["quantize", "--format=flatquant-int4", "--clip-ratio=0.9",
+                  f"--flatquant-left={paths['left']}", f"--flatquant-right={paths['right']}",
+                  paths["x"], q_path], server=server.address)
+    y = flatquant_transform(x, left, right)
+    want = oracle.quantize(y, oracle.Spec("int4", "token", clip_ratio=0.9))
+    with np.load(str(q_path)) as q:
+        assert np.array_equal(q["scales"], want.scales), (q["scales"], want.scales)
+        assert np.array_equal(q["codes"], want.codes), np.argwhere(q["codes"] != want.codes)[:5]
+    run_quantctl(["dequantize", q_path, tmp_path / "d.npy"], server=server.address)
+    e2e_util.assert_same_floats(np.load(str(tmp_path / "d.npy")), oracle.dequantize(want), "ŷ")
+    # Refused without the matrices, with a message that says what to give.
+    proc = run_quantctl(["quantize", "--format=flatquant-int4", paths["x"], tmp_path / "r.npz"],
+                        server=server.address, check=False)
+    assert proc.returncode != 0 and "flatquant_left" in proc.stderr, proc.stderr
+    # Identities by default.
+    x40 = rng.normal(size=(6, 40)).astype(np.float32)
+    x40_path = e2e_util.save_npy(tmp_path / "x40.npy", x40)
+    run_quantctl(["quantize", "--format=flatquant-int4", x40_path, tmp_path / "i.npz"],
+                 server=server.address)
+    want40 = oracle.quantize(x40, oracle.Spec("int4", "token"))
+    with np.load(str(tmp_path / "i.npz")) as q:
+        assert np.array_equal(q["codes"], want40.codes)
+        assert np.array_equal(q["scales"], want40.scales)
+
+
 def test_nf4_double_quant_through_the_server(server, tmp_path):
     """NF4 with --double-quant: the same codes as without it; the absmax values travel as uint8
     codes beside double_quant_scales (one per 256) and double_quant_offset; dequantization

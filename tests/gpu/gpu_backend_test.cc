@@ -683,6 +683,93 @@ TEST_F(GpuBackendTest, NanRejectionMatchesTheCpu) {
   EXPECT_EQ(gpu.status, cpu.status);  // same message: the first NaN is element 1234
 }
 
+// FlatQuant with caller-given matrices (the matrix test above runs the default identities):
+// the transform's two GEMM kernels must add every product in the CPU's order. Real splits
+// (64 · 64, 112 · 128), a ragged one (7 · 10 on rows of 70) and a lopsided one (1 · 33), in
+// every input dtype, then the refusals of NaN / Inf (same first index) and nan_policy ZERO.
+TEST_F(GpuBackendTest, FlatquantTransformMatchesTheCpuBitForBit) {
+  struct Case {
+    int64_t rows, n1, n2;
+  };
+  std::mt19937 rng(static_cast<uint32_t>(RunSeed()));
+  std::normal_distribution<float> normal;
+  for (const Case& c : {Case{5, 7, 10}, Case{300, 64, 64}, Case{17, 112, 128}, Case{9, 1, 33},
+                        Case{2000, 16, 16}}) {
+    const Shape shape = {c.rows, c.n1 * c.n2};
+    QuantSpec requested;
+    requested.format = Format::kFlatquantInt4;
+    requested.clip_ratio = 0.9f;
+    for (int64_t i = 0; i < c.n1 * c.n1; ++i)
+      requested.transform_left.push_back(normal(rng) * 0.2f);
+    for (int64_t i = 0; i < c.n2 * c.n2; ++i)
+      requested.transform_right.push_back(normal(rng) * 0.2f);
+    std::vector<float> values(static_cast<size_t>(c.rows * c.n1 * c.n2));
+    for (float& v : values) v = normal(rng) * 4.0f;
+    for (Packing packing : {Packing::kBitstream, Packing::kInt32Offset}) {
+      requested.packing = packing;
+      const QuantSpec spec = *ResolveSpec(requested, shape);
+      const QuantLayout layout = *ComputeLayout(spec, shape);
+      for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+        SCOPED_TRACE(
+            absl::StrCat(ShapeToString(shape), " ", DTypeName(dtype), " seed=", RunSeed()));
+        const std::vector<uint8_t> bytes = Encode(values, dtype);
+        const Outputs cpu = Quantize(*cpu_, bytes, dtype, shape, spec, layout);
+        const Outputs gpu = Quantize(*gpu_, bytes, dtype, shape, spec, layout);
+        ASSERT_TRUE(cpu.status.ok()) << cpu.status;
+        ASSERT_TRUE(gpu.status.ok()) << gpu.status;
+        ASSERT_EQ(gpu.codes, cpu.codes);
+        for (size_t i = 0; i < cpu.scales.size(); ++i) {
+          ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << "scale " << i;
+        }
+        ExpectMetricsClose(gpu.metrics, cpu.metrics);
+        // Fake quantization: ŷ in F32.
+        std::vector<uint8_t> cpu_out(values.size() * 4, 0x11), gpu_out(values.size() * 4, 0xEE);
+        const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
+        ErrorMetrics cpu_metrics, gpu_metrics;
+        ASSERT_TRUE(cpu_->QuantDequant(input, spec,
+                                       {DType::kF32, shape, cpu_out.data(),
+                                        static_cast<int64_t>(cpu_out.size())},
+                                       &cpu_metrics)
+                        .ok());
+        ASSERT_TRUE(gpu_->QuantDequant(input, spec,
+                                       {DType::kF32, shape, gpu_out.data(),
+                                        static_cast<int64_t>(gpu_out.size())},
+                                       &gpu_metrics)
+                        .ok());
+        ASSERT_EQ(gpu_out, cpu_out);
+      }
+    }
+    // Non-finite input: the same refusal (the first bad element), or zeros under ZERO.
+    std::vector<float> bad = values;
+    bad[bad.size() / 2] = -std::numeric_limits<float>::infinity();
+    bad[bad.size() / 3] = std::numeric_limits<float>::quiet_NaN();
+    for (NanPolicy policy : {NanPolicy::kReject, NanPolicy::kZero}) {
+      QuantSpec with_policy = requested;
+      with_policy.packing = Packing::kUnspecified;
+      with_policy.nan_policy = policy;
+      const QuantSpec spec = *ResolveSpec(with_policy, shape);
+      const QuantLayout layout = *ComputeLayout(spec, shape);
+      const std::vector<uint8_t> bytes = Encode(bad, DType::kF32);
+      const Outputs cpu = Quantize(*cpu_, bytes, DType::kF32, shape, spec, layout);
+      const Outputs gpu = Quantize(*gpu_, bytes, DType::kF32, shape, spec, layout);
+      EXPECT_EQ(cpu.status.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_EQ(gpu.status, cpu.status);  // REJECT: the NaN first; ZERO: the Inf
+    }
+    bad[bad.size() / 2] = 1.0f;  // only the NaN is left, which ZERO reads as 0
+    QuantSpec zero = requested;
+    zero.packing = Packing::kUnspecified;
+    zero.nan_policy = NanPolicy::kZero;
+    const QuantSpec spec = *ResolveSpec(zero, shape);
+    const QuantLayout layout = *ComputeLayout(spec, shape);
+    const std::vector<uint8_t> bytes = Encode(bad, DType::kBF16);
+    const Outputs cpu = Quantize(*cpu_, bytes, DType::kBF16, shape, spec, layout);
+    const Outputs gpu = Quantize(*gpu_, bytes, DType::kBF16, shape, spec, layout);
+    ASSERT_TRUE(cpu.status.ok()) << cpu.status;
+    ASSERT_TRUE(gpu.status.ok()) << gpu.status;
+    EXPECT_EQ(gpu.codes, cpu.codes);
+  }
+}
+
 TEST_F(GpuBackendTest, OutOfDeviceMemoryIsResourceExhaustedAndTheBackendKeepsWorking) {
   CudaBackendOptions options;
   options.device_memory_cap = int64_t{64} << 20;

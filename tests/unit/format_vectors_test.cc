@@ -142,7 +142,14 @@ TEST(TraitsTest, EveryFormatIsKnownToTheOracleAndAgreesWithIt) {
       EXPECT_EQ(t.mx.implicit_exponent, info->mx_implicit_exponent);
       EXPECT_EQ(t.scale_divisor, static_cast<float>(info->mx_max_element));
       EXPECT_EQ(t.granularities, GranularityBit(Granularity::kGroup));
+    } else if (info->flatquant) {
+      // FlatQuant: symmetric INT4 per token of the transformed rows.
+      EXPECT_TRUE(t.kronecker_transform);
+      EXPECT_EQ(t.scale_kind, ScaleKind::kF32);
+      EXPECT_EQ(t.scale_divisor, info->symmetric_divisor);
+      EXPECT_EQ(t.granularities, GranularityBit(Granularity::kToken));
     } else {
+      EXPECT_FALSE(t.kronecker_transform);
       EXPECT_EQ(t.scale_kind, ScaleKind::kF32);
       EXPECT_EQ(t.scale_divisor, info->symmetric_divisor);
       EXPECT_EQ(FormatAllows(format, Granularity::kNone), !info->is_int);

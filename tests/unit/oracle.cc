@@ -521,6 +521,7 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
       // 2 mod 4 has none (n = (a-b)(a+b) needs factors of one parity) and is refused.
       if (hidden % 4 == 2) return refuse("no get_decompose_dim");
       const auto [n1, n2] = GetDecomposeDim(hidden);
+      if (n1 == 0 && hidden != 0) return refuse("get_decompose_dim's factors above 4096");
       r.n1 = n1;
       r.n2 = n2;
       r.transform_left.assign(static_cast<size_t>(n1 * n1), 0.0f);
@@ -534,7 +535,9 @@ absl::Status Resolve(const QuantSpec& q, const Shape& shape, Resolved* out) {
       };
       r.n1 = side(q.transform_left.size());
       r.n2 = side(q.transform_right.size());
-      if (r.n1 <= 0 || r.n2 <= 0 || r.n1 * r.n2 != hidden) return refuse("FlatQuant matrices");
+      if (r.n1 <= 0 || r.n2 <= 0 || r.n1 * r.n2 != hidden || std::max(r.n1, r.n2) > 4096) {
+        return refuse("FlatQuant matrices");
+      }
       for (float v : q.transform_left) {
         if (!std::isfinite(v)) return refuse("FlatQuant matrix value");
       }
@@ -1015,11 +1018,16 @@ std::pair<int64_t, int64_t> GetDecomposeDim(int64_t n) {
   // "a = ceil(√n), grow a until a²-n is a square b², return (a-b, a+b)"
   auto a = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
   while (a * a < n) ++a;
-  for (;; ++a) {
+  // kernels/ choice: factors above 4096 (a P2 of 64 MiB) are refused; a + b >= a bounds the
+  // search.
+  for (; a <= 4096; ++a) {
     const int64_t d = a * a - n;
     const auto b = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(d))));
-    if (b * b == d) return {a - b, a + b};
+    if (b * b == d)
+      return a + b <= 4096 ? std::pair<int64_t, int64_t>{a - b, a + b}
+                           : std::pair<int64_t, int64_t>{0, 0};
   }
+  return {0, 0};
 }
 
 std::vector<float> FlatquantTransform(const std::vector<float>& x, int64_t rows,

@@ -374,9 +374,14 @@ TEST_P(OracleStaticTest, StaticScalesMatchOracle) {
           }
           const std::vector<float> x = MakeFill(fill, 6 * 21, format, asymmetric, 13);
           const oracle::Result want = oracle::Quantize(x, shape, spec);
-          ASSERT_THAT(want.status, IsOk());
           const BackendRun got =
               RunQuantize(*backend, oracle::ToBytes(x, DType::kF32), DType::kF32, shape, spec);
+          if (t.kronecker_transform && !want.status.ok()) {
+            // FlatQuant refuses ±Inf input, which its transform would spread over the row.
+            EXPECT_THAT(got.status, StatusIs(absl::StatusCode::kInvalidArgument));
+            continue;
+          }
+          ASSERT_THAT(want.status, IsOk());
           ASSERT_THAT(got.status, IsOk());
           EXPECT_EQ(got.codes, want.packed_codes);
           EXPECT_EQ(got.scales, spec.static_scales);

@@ -368,8 +368,8 @@ TEST_P(PropertyTest, ConcurrentCallsOnOneBackendAgreeWithSerialOnes) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllFormats, PropertyTest, ::testing::ValuesIn(AllFormats()),
-                         FormatParamName);
+INSTANTIATE_TEST_SUITE_P(AllFormats, PropertyTest,
+                         ::testing::ValuesIn(FormatsQuantizingTheirInput()), FormatParamName);
 
 // ---- Stochastic rounding. ----
 
@@ -380,8 +380,8 @@ QuantSpec StochasticSpec(Format format, uint64_t seed) {
       Traits(format).kind == ElementKind::kMinifloat ? Granularity::kNone : Granularity::kTensor;
   spec.rounding = RoundingFor(format, Rounding::kStochastic);
   spec.seed = seed;
-  if (Traits(format).block.size > 0) {
-    spec.granularity = Granularity::kUnspecified;  // block formats: their blocks
+  if (Traits(format).block.size > 0 || Traits(format).kronecker_transform) {
+    spec.granularity = Granularity::kUnspecified;  // block formats, FlatQuant: their own
   } else if (Traits(format).kind == ElementKind::kInt) {
     spec.asymmetric = !Traits(format).symmetric_ok;
     spec.static_scales = {1.0f};

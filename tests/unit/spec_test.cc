@@ -69,8 +69,13 @@ TEST(ResolveSpecTest, FillsTheDocumentedDefaults) {
 
 TEST(ResolveSpecTest, ResolvedSpecsResolveToThemselves) {
   for (Format format : AllFormats()) {
-    QuantSpec requested = Spec(format, Granularity::kGroup);
-    requested.group_size = Traits(format).block.size > 0 ? Traits(format).block.size : 3;
+    // Groups where the format takes them (FlatQuant takes tokens only).
+    QuantSpec requested =
+        Spec(format, FormatAllows(format, Granularity::kGroup) ? Granularity::kGroup
+                                                               : DefaultGranularity(format));
+    if (requested.granularity == Granularity::kGroup) {
+      requested.group_size = Traits(format).block.size > 0 ? Traits(format).block.size : 3;
+    }
     requested.asymmetric = !Traits(format).symmetric_ok;
     absl::StatusOr<QuantSpec> once = ResolveSpec(requested, kMatrix);
     ASSERT_THAT(once, IsOk()) << FormatName(format);
@@ -238,7 +243,7 @@ TEST(ResolveSpecTest, NanPolicyAndPacking) {
     QuantSpec spec = Spec(format);
     spec.asymmetric = !Traits(format).symmetric_ok;
     spec.packing = Packing::kInt32Offset;
-    if (format == Format::kInt4) {
+    if (format == Format::kInt4 || format == Format::kFlatquantInt4) {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), IsOk());
     } else {
       EXPECT_THAT(ResolveSpec(spec, kMatrix), StatusIs(kInvalid, HasSubstr("int32_offset")))

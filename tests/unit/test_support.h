@@ -130,6 +130,15 @@ inline std::vector<Format> FormatsWithFreeScales() {
   }
   return formats;
 }
+// The formats whose x̂ approximates the input itself: all but FlatQuant, which quantizes (and
+// reconstructs) each row's transform (flatquant_test.cc has its properties).
+inline std::vector<Format> FormatsQuantizingTheirInput() {
+  std::vector<Format> formats;
+  for (Format format : AllFormats()) {
+    if (!Traits(format).kronecker_transform) formats.push_back(format);
+  }
+  return formats;
+}
 std::string ShapeName(const Shape& shape);
 
 // The rounding a test asks for, or the format's only one where it has just one (HiF8: ties

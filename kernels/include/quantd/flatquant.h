@@ -14,6 +14,7 @@
 #ifndef QUANTD_FLATQUANT_H_
 #define QUANTD_FLATQUANT_H_
 
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -21,29 +22,39 @@
 
 namespace quantd {
 
-// Whether get_decompose_dim(n) ends: n = (a - b)(a + b) needs two factors of the same parity,
-// so n ≡ 2 (mod 4) has none (FlatQuant's own loop never returns for it).
-inline bool HasDecomposeDim(int64_t n) { return n >= 0 && n % 4 != 2; }
+// The largest side of a transform matrix: P2 of 4096 × 4096 is 64 MiB of F32, and each
+// element costs n1 + n2 products. Real hidden sizes split far below it (4096 = 64 · 64,
+// 14336 = 112 · 128, 28672 = 128 · 224); a prime hidden n would need n × n.
+inline constexpr int64_t kMaxTransformSide = 4096;
+
+// floor(√n) for n >= 0.
+inline int64_t IntegerSqrt(int64_t n) {
+  auto r = static_cast<int64_t>(std::sqrt(static_cast<double>(n)));
+  while (r > 0 && r * r > n) --r;
+  while ((r + 1) * (r + 1) <= n) ++r;
+  return r;
+}
 
 // FlatQuant's get_decompose_dim(n): a = ceil(√n), grown until a² - n is a square b²; returns
-// (a - b, a + b), whose product is n. Requires HasDecomposeDim(n).
-inline std::pair<int64_t, int64_t> DecomposeDim(int64_t n) {
-  int64_t a = 0;
-  while (a * a < n) ++a;
-  for (;; ++a) {
+// (a - b, a + b), whose product is n. {0, 0} when there is none with a + b <= max_side: n ≡ 2
+// (mod 4) has none at all (n = (a - b)(a + b) needs two factors of the same parity; FlatQuant's
+// own loop never returns for it), and a + b >= a bounds the search.
+inline std::pair<int64_t, int64_t> DecomposeDim(int64_t n, int64_t max_side = kMaxTransformSide) {
+  if (n < 0 || n % 4 == 2) return {0, 0};
+  int64_t a = IntegerSqrt(n);
+  if (a * a < n) ++a;
+  for (; a <= max_side; ++a) {
     const int64_t d = a * a - n;
-    int64_t b = 0;
-    while ((b + 1) * (b + 1) <= d) ++b;
-    if (b * b == d) return {a - b, a + b};
+    const int64_t b = IntegerSqrt(d);
+    if (b * b == d)
+      return a + b <= max_side ? std::pair<int64_t, int64_t>{a - b, a + b}
+                               : std::pair<int64_t, int64_t>{0, 0};
   }
+  return {0, 0};
 }
 
 // The side of a square matrix of `values` entries (a perfect square, as ResolveSpec checks).
-inline int64_t MatrixSide(size_t values) {
-  int64_t side = 0;
-  while (static_cast<size_t>((side + 1) * (side + 1)) <= values) ++side;
-  return side;
-}
+inline int64_t MatrixSide(size_t values) { return IntegerSqrt(static_cast<int64_t>(values)); }
 
 // T[i][j] of one row (see the file comment): `x` is the row, `right` P2 (n2 × n2, row-major).
 QUANTD_HD float KroneckerRightEntry(const float* x, const float* right, int64_t n2, int64_t i,

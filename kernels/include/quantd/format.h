@@ -207,6 +207,14 @@ inline bool FormatAllows(Format format, Granularity granularity) {
   return (Traits(format).granularities & GranularityBit(granularity)) != 0;
 }
 
+// The granularity a spec that names none gets: block formats their blocks (groups), FlatQuant
+// its tokens, the rest one scale for the tensor.
+inline Granularity DefaultGranularity(Format format) {
+  const FormatTraits& t = Traits(format);
+  if (t.block.size > 0) return Granularity::kGroup;
+  return t.kronecker_transform ? Granularity::kToken : Granularity::kTensor;
+}
+
 }  // namespace quantd
 
 #endif  // QUANTD_FORMAT_H_
