@@ -117,6 +117,22 @@ __device__ __forceinline__ void FoldRange(const float x[kVector], float* lo, flo
   *hi = fmaxf(*hi, vector_hi);
 }
 
+// The largest finite |x| of the vector (0 when none), folded into *amax: what a symmetric
+// scale needs of the range, in half of FoldRange's instructions.
+__device__ __forceinline__ void FoldAbsMax(const float x[kVector], float* amax) {
+  float m = fabsf(x[0]);
+#pragma unroll
+  for (int j = 1; j < kVector; ++j) m = fmaxf(m, fabsf(x[j]));
+  if (m == __int_as_float(0x7F800000)) {
+    m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) {
+      if (IsFinite(x[j])) m = fmaxf(m, fabsf(x[j]));
+    }
+  }
+  *amax = fmaxf(*amax, m);
+}
+
 // The scale (and zero-point) of one group from its range, as LaunchScales computes it; the
 // caller's `writer` thread stores them.
 __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const ScaleRule& rule,
@@ -142,7 +158,8 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
     scales[group] = s;
     if (zero_points != nullptr) zero_points[group] = zp;
   }
-  return MakeLeanScale(p.codec, s, zero_points != nullptr ? zp : 0);
+  return MakeLeanScale(p.codec, s, zero_points != nullptr ? zp : 0,
+                       /*power_of_two=*/p.scale_kind == ScaleKind::kE8M0);
 }
 
 // Dynamic quantization in one pass for groups of 8·L elements, L = 1..32 a power of two (groups
@@ -166,11 +183,26 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t first = static_cast<int64_t>(v) * kVector;
     float x[kVector];
     float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
-    if (active) {
-      LoadLean<kDType>(p.input, first, x);
-      FoldRange(x, &lo, &hi);
+    if (rule.asymmetric) {
+      if (active) {
+        LoadLean<kDType>(p.input, first, x);
+        FoldRange(x, &lo, &hi);
+      }
+      WarpRange(&lo, &hi, lanes);
+    } else {
+      // Symmetric scales see only max(hi, -lo): [-amax, amax] gives the same (an empty
+      // range and an all-zero one both give amax 0, as ScaleOfRange reads them).
+      float amax = 0.0f;
+      if (active) {
+        LoadLean<kDType>(p.input, first, x);
+        FoldAbsMax(x, &amax);
+      }
+      for (int offset = lanes / 2; offset > 0; offset >>= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset, lanes));
+      }
+      lo = -amax;
+      hi = amax;
     }
-    WarpRange(&lo, &hi, lanes);
     if (!active) continue;
     const LeanScale scale = ScaleOfRange(p, rule, clip, lo, hi, v >> log2_lanes,
                                          (v & (lanes - 1)) == 0, scales, zero_points, flags);

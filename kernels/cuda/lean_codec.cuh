@@ -16,11 +16,16 @@
 //   conversion, and the same sum minus 1.5·2^23 is q − zp as a float for x̂.
 // - FP8. cvt.rn.satfinite is the engine's RNE + SATURATE (tests/gpu checks all 2^32 inputs);
 //   decoding goes through f16, which holds every E4M3 and E5M2 value exactly.
-// - FP4 E2M1 (MXFP4; Hopper has no conversion for it). |v| against the seven midpoints of
-//   0, 0.5, 1, 1.5, 2, 3, 4, 6 counts the code: a tie goes to the even code, so the test is
-//   "> t" where the even neighbour is below (0.25, 1.25, 2.5, 5) and ">= t" where it is above
-//   (0.75, 1.75, 3.5); past 5 everything saturates to 6. The sign is v's own, ±0 included:
-//   the engine's RNE + SATURATE exactly.
+// - FP4 E2M1 (MXFP4; Hopper has no conversion for it). The magnitude code of a = min(|v|, 6)
+//   (saturation) is RNE(f(a)) for f(a) = min(2a, a + 2, a/2 + 4): f maps E2M1's magnitudes
+//   0, 0.5, 1, 1.5, 2, 3, 4, 6 to their codes 0..7, and is affine with a power-of-two slope
+//   between them, so its midpoints are the midpoints and an even code is an even integer.
+//   RNE is monotone, so RNE(f(a)) = min(RNE(2a), RNE(a) + 2, RNE(a/2) + 4), and each term is
+//   one fp32 operation: adding M = 1.5 · 2^23 (plus 2 or 4, exact there) to 2a, a or a/2
+//   rounds it to an integer half to even, which the sum's low bits hold. Three FMA-pipe
+//   operations and two minima instead of compares on the integer pipe, which bounds the MX
+//   kernels. The sign is x's own, ±0 included: the engine's RNE + SATURATE exactly (tests/gpu
+//   checks the codes against codec.h's).
 // A vector holding a NaN, or a scale outside the range above, takes codec.h's general path.
 #ifndef QUANTD_KERNELS_CUDA_LEAN_CODEC_CUH_
 #define QUANTD_KERNELS_CUDA_LEAN_CODEC_CUH_
@@ -58,14 +63,20 @@ struct LeanScale {
   float hi = 0.0f;
   int32_t zp = 0;
   bool lean = false;  // s in [2^-60, 2^90]
+  // s is a power of two (MX's E8M0 scales): x · RN(1/s) is already RN(x / s).
+  bool power_of_two = false;
 };
 
-__device__ __forceinline__ LeanScale MakeLeanScale(const ElementCodec& codec, float s, int32_t zp) {
+__device__ __forceinline__ LeanScale MakeLeanScale(const ElementCodec& codec, float s, int32_t zp,
+                                                   bool power_of_two = false) {
   LeanScale scale;
+  scale.power_of_two = power_of_two;
   scale.s = s;
   scale.zp = zp;
   scale.lean = s >= 0x1p-60f && s <= 0x1p90f;  // false for NaN
-  scale.reciprocal = __frcp_rn(s);
+  // 1/2^X is 2^-X: its exponent field is 254 minus s's (exact for s in [2^-126, 2^126]).
+  scale.reciprocal =
+      power_of_two ? __uint_as_float(0x7F000000u - __float_as_uint(s)) : __frcp_rn(s);
   scale.bound = s * 0x1p20f;
   scale.lo = static_cast<float>(codec.qmin - zp);
   scale.hi = static_cast<float>(codec.qmax - zp);
@@ -74,6 +85,10 @@ __device__ __forceinline__ LeanScale MakeLeanScale(const ElementCodec& codec, fl
 
 // The quotient x / s of a lean scale (see the file comment).
 __device__ __forceinline__ float LeanQuotient(float x, const LeanScale& scale) {
+  // 1/s is exact for a power of two in the lean range, so one rounding gives RN(x / s), and
+  // no clamp is needed: an overflowing quotient is ±Inf both ways, which every lean format
+  // saturates as it saturates x / s.
+  if (scale.power_of_two) return __fmul_rn(x, scale.reciprocal);
   const float clamped = fminf(fmaxf(x, -scale.bound), scale.bound);
   const float q0 = __fmul_rn(clamped, scale.reciprocal);
   const float remainder = __fmaf_rn(-scale.s, q0, clamped);
@@ -95,12 +110,15 @@ __device__ __forceinline__ __half2 DecodeFp8Pair(unsigned short pair) {
   return *reinterpret_cast<const __half2*>(&halves);
 }
 
-// The E2M1 code of v (finite) by RNE + SATURATE (see the file comment), and its value.
-__device__ __forceinline__ uint32_t EncodeE2M1(float v) {
-  const float a = fabsf(v);
-  const uint32_t magnitude = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) +
-                             (a >= 3.5f) + (a > 5.0f);
-  return (__float_as_uint(v) >> 28 & 8u) | magnitude;
+// The E2M1 code of v = x / s (not NaN) by RNE + SATURATE, with the sign of x (which v has too,
+// but a division step may lose on ±0); see the file comment. Its value: DecodeE2M1.
+__device__ __forceinline__ uint32_t EncodeE2M1(float v, float x) {
+  const float a = fminf(fabsf(v), 6.0f);
+  const float t0 = __fmaf_rn(a, 2.0f, kRoundingMagic);         // M + RNE(2a)
+  const float t1 = __fadd_rn(a, kRoundingMagic + 2.0f);        // M + RNE(a) + 2
+  const float t2 = __fmaf_rn(a, 0.5f, kRoundingMagic + 4.0f);  // M + RNE(a/2) + 4
+  const uint32_t magnitude = __float_as_uint(fminf(fminf(t0, t1), t2)) - kRoundingMagicBits;
+  return (__float_as_uint(x) >> 28 & 8u) | magnitude;
 }
 __device__ __forceinline__ float DecodeE2M1(uint32_t code) {
   const uint32_t m = code & 7u;
@@ -116,7 +134,7 @@ __device__ __forceinline__ void LeanEncode(const float x[kVector], const LeanSca
   if constexpr (kFormat == LeanFormat::kE2M1) {
 #pragma unroll
     for (int j = 0; j < kVector; ++j) {
-      codes[j] = EncodeE2M1(copysignf(LeanQuotient(x[j], scale), x[j]));
+      codes[j] = EncodeE2M1(LeanQuotient(x[j], scale), x[j]);
       if (kDequantize) x_hat[j] = __fmul_rn(scale.s, DecodeE2M1(codes[j]));
     }
   } else if constexpr (Lean<kFormat>::kInt) {
@@ -223,9 +241,13 @@ __device__ __forceinline__ void QuantizeVector(const ElementParams& p, int64_t f
                                                float x[kVector], const LeanScale& scale,
                                                DeviceFlags* flags, uint32_t codes[kVector],
                                                float x_hat[kVector]) {
-  bool nan = false;
+  // A NaN makes the vector's sum NaN. So does Inf - Inf, which then takes the general path
+  // too (correct, only slower); the adds run on the FMA pipe, where the lean kernels have room,
+  // instead of eight compares on the integer pipe, where they have none.
+  float sum = x[0];
 #pragma unroll
-  for (int j = 0; j < kVector; ++j) nan |= x[j] != x[j];
+  for (int j = 1; j < kVector; ++j) sum = __fadd_rn(sum, x[j]);
+  const bool nan = sum != sum;
   if (!nan && scale.lean) {
     LeanEncode<kFormat, kDequantize>(x, scale, codes, x_hat);
     return;
