@@ -50,8 +50,9 @@ ABSL_FLAG(absl::Duration, timeout, absl::InfiniteDuration(), "deadline of each c
 ABSL_FLAG(int64_t, chunk_bytes, int64_t{4} << 20, "payload bytes per stream frame");
 
 ABSL_FLAG(std::string, format, "",
-          "format or descriptor: int8, int4, uint8, uint4, fp8-e4m3, fp8-e5m2, int8-asym, "
-          "int4-g128, ...");
+          "format or descriptor: int8, int4, uint8, uint4, fp8-e4m3, fp8-e5m2, mxfp8, mxfp4, "
+          "nvfp4, nf4, hif8, flatquant-int4, int8-asym, int4-g128, e2m1k8b32, ... (quantctl "
+          "capabilities lists them all)");
 ABSL_FLAG(std::string, granularity, "", "none|tensor|channel|token|group|block (default tensor)");
 ABSL_FLAG(int32_t, axis, 0,
           "channel axis for --granularity=channel (negative counts from the end)");
