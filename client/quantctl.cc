@@ -14,11 +14,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <utility>
 #include <fstream>
 #include <iostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <google/protobuf/util/json_util.h>

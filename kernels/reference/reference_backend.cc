@@ -21,36 +21,31 @@ namespace {
 
 // FlatQuant: the rows of `input` transformed (quantd/flatquant.h) into `rows` (F32, as many
 // elements), and a view of them; other formats: `input` itself. The transform mixes every
-// value into its row, so non-finite inputs are settled first (FlatquantInputError).
+// value into its row, so a non-finite input fails the call (FlatquantInputError), except NaN
+// under nan_policy ZERO, which reads as 0. One pass: rows are checked as they are loaded.
 absl::StatusOr<TensorView> TransformedInput(Executor* executor, const TensorView& input,
                                             const QuantSpec& spec, const QuantLayout& layout,
                                             std::vector<float>* rows) {
   if (!Traits(spec.format).kronecker_transform) return input;
   const ScaleGeometry& g = layout.geometry;
-  reference::FirstNan first_bad;
-  executor->ParallelFor(reference::RowsToVisit(g), reference::MinRowsPerChunk(g.cols),
-                        [&](int64_t r0, int64_t r1) {
-                          for (int64_t i = r0 * g.cols; i < r1 * g.cols; ++i) {
-                            const float v = LoadAsFloat(input.dtype, input.data, i);
-                            if (!std::isfinite(v) && !(std::isnan(v) && spec.nan_policy ==
-                                                                            NanPolicy::kZero)) {
-                              first_bad.Offer(i);
-                            }
-                          }
-                        });
-  if (first_bad.get() >= 0) {
-    return FlatquantInputError(spec.format, first_bad.get(),
-                               LoadAsFloat(input.dtype, input.data, first_bad.get()));
-  }
   const int64_t n1 = MatrixSide(spec.transform_left.size());
   const int64_t n2 = MatrixSide(spec.transform_right.size());
+  const bool nan_to_zero = spec.nan_policy == NanPolicy::kZero;
+  reference::FirstNan first_bad;
   rows->resize(static_cast<size_t>(layout.numel));
   executor->ParallelFor(
       reference::RowsToVisit(g), reference::MinRowsPerChunk(g.cols), [&](int64_t r0, int64_t r1) {
         std::vector<float> x(g.cols), t(g.cols);
         for (int64_t row = r0; row < r1; ++row) {
           reference::LoadRow(input, row, g.cols, x.data());
-          for (float& v : x) v = std::isnan(v) ? 0.0f : v;  // nan_policy ZERO
+          for (int64_t c = 0; c < g.cols; ++c) {
+            if (std::isfinite(x[c])) continue;
+            if (std::isnan(x[c]) && nan_to_zero) {
+              x[c] = 0.0f;
+            } else {
+              first_bad.Offer(row * g.cols + c);
+            }
+          }
           for (int64_t i = 0; i < n1; ++i) {
             for (int64_t j = 0; j < n2; ++j) {
               t[i * n2 + j] = KroneckerRightEntry(x.data(), spec.transform_right.data(), n2, i, j);
@@ -59,11 +54,16 @@ absl::StatusOr<TensorView> TransformedInput(Executor* executor, const TensorView
           float* y = rows->data() + row * g.cols;
           for (int64_t i = 0; i < n1; ++i) {
             for (int64_t j = 0; j < n2; ++j) {
-              y[i * n2 + j] = KroneckerLeftEntry(t.data(), spec.transform_left.data(), n1, n2, i, j);
+              y[i * n2 + j] =
+                  KroneckerLeftEntry(t.data(), spec.transform_left.data(), n1, n2, i, j);
             }
           }
         }
       });
+  if (first_bad.get() >= 0) {
+    return FlatquantInputError(spec.format, first_bad.get(),
+                               LoadAsFloat(input.dtype, input.data, first_bad.get()));
+  }
   TensorView view = input;
   view.dtype = DType::kF32;
   view.data = rows->data();

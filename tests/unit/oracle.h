@@ -168,7 +168,7 @@ struct Resolved {
   NanPolicy nan_policy = NanPolicy::kReject;
   Packing packing = Packing::kBitstream;
   ScaleRounding scale_rounding = ScaleRounding::kUnspecified;  // MX: FLOOR, RCEIL or EVEN
-  std::vector<float> transform_left, transform_right;  // FlatQuant: P1, P2 (row-major)
+  std::vector<float> transform_left, transform_right;          // FlatQuant: P1, P2 (row-major)
   int64_t n1 = 0, n2 = 0;
   std::vector<float> static_scales;
   std::vector<int32_t> static_zero_points;
