@@ -69,6 +69,9 @@ ABSL_FLAG(std::string, packing, "",
 ABSL_FLAG(std::string, scale_rule, "",
           "MX formats: floor (default, OCP MX) | rceil (cuBLAS / TransformerEngine) | even "
           "(torchao) | nearest (fake_quant_ops carry)");
+ABSL_FLAG(double, global_scale, 0.0,
+          "nvfp4: the per-tensor S_enc to use (e.g. an earlier run's global_scale, or 2688 / a "
+          "tracked amax) instead of the tensor's own; one pass over the input on the GPU");
 ABSL_FLAG(std::string, flatquant_left, "",
           "flatquant-int4: .npy of the float32 n1 x n1 left matrix P1 (with --flatquant-right)");
 ABSL_FLAG(std::string, flatquant_right, "",
@@ -106,7 +109,8 @@ constexpr char kUsage[] = R"(quantctl: the quantd command line
 
   quantctl [--server=HOST:PORT[,HOST:PORT...]] quantize --format=F [--granularity=G] [--axis=A]
            [--group-size=N] [--block=RxC] [--asymmetric] [--rounding=rne|stochastic|away]
-           [--seed=S] [--overflow=saturate|nonfinite] [--clip-ratio=C] IN.npy OUT.npz
+           [--seed=S] [--overflow=saturate|nonfinite] [--clip-ratio=C] [--global-scale=S]
+           IN.npy OUT.npz
   quantctl [--server=...] dequantize [--output-dtype=f32|f16|bf16] IN.npz OUT.npy
   quantctl [--server=...] quantdequant --format=F ... IN.npy OUT.npy
   quantctl [--server=...] calibrate --format=F ... [--method=amax|percentile|mse] IN.npy
@@ -265,6 +269,7 @@ absl::StatusOr<v1::QuantSpec> SpecFromFlags() {
     spec.set_scale_rule(rule);
   }
   spec.set_double_quant(absl::GetFlag(FLAGS_double_quant));
+  spec.set_static_global_scale(static_cast<float>(absl::GetFlag(FLAGS_global_scale)));
   for (const auto& [path, tensor] :
        {std::pair{absl::GetFlag(FLAGS_flatquant_left), spec.mutable_flatquant_left()},
         std::pair{absl::GetFlag(FLAGS_flatquant_right), spec.mutable_flatquant_right()}}) {

@@ -256,6 +256,7 @@ absl::StatusOr<QuantSpec> QuantSpecFromProto(const v1::QuantSpec& proto, absl::s
   spec.block_cols = proto.block_cols();
   spec.asymmetric = proto.asymmetric();
   spec.double_quant = proto.double_quant();
+  spec.static_global_scale = proto.static_global_scale();
   spec.seed = proto.seed();
   spec.clip_ratio = proto.clip_ratio();
   if (!proto.descriptor_string().empty()) {
@@ -304,6 +305,7 @@ void QuantSpecToProto(const QuantSpec& spec, const Shape& scale_shape, v1::Quant
   proto->set_packing(static_cast<v1::Packing>(spec.packing));
   proto->set_scale_rule(static_cast<v1::ScaleRule>(spec.scale_rounding));
   proto->set_double_quant(spec.double_quant);
+  proto->set_static_global_scale(spec.static_global_scale);
   if (!spec.static_scales.empty()) {
     WriteStaticTensor(spec.static_scales, DType::kF32, scale_shape, proto->mutable_static_scales());
   }

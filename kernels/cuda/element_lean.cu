@@ -44,23 +44,36 @@ __device__ __forceinline__ uint32_t LeanGroup(const LeanGeometry& g, uint32_t v)
   }
 }
 
-// Quantizes vector v (loaded in x) with `scale` and writes what the launch asks for: codes,
-// x̂, and the vector's share of the metrics. Every lean quantizing kernel ends its loop here.
+// Quantizes vector v (loaded in x) with `scale`, adds its share of the metrics and writes x̂
+// when the launch asks for them, and returns its codes, packed as stored.
+template <DType kDType, LeanFormat kFormat, bool kOutput, bool kMetrics>
+__device__ __forceinline__ PackedVector QuantizeAndEmit(const ElementParams& p, uint32_t v,
+                                                        float x[kVector], const LeanScale& scale,
+                                                        DeviceFlags* flags, void* output,
+                                                        DType output_dtype,
+                                                        MetricAccumulator* acc) {
+  const int64_t first = static_cast<int64_t>(v) * kVector;
+  float x_hat[kVector];
+  const PackedVector packed = QuantizeVector < kDType, kFormat,
+                     kOutput || kMetrics > (p, first, x, scale, flags, x_hat);
+  if (kMetrics) {
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) acc->Add(x[j], x_hat[j]);
+  }
+  if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+  return packed;
+}
+
+// QuantizeAndEmit, then the codes stored when the launch asks for them. Every lean quantizing
+// kernel but the lane-group one (which stores two vectors at once) ends its loop here.
 template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
 __device__ __forceinline__ void EmitVector(const ElementParams& p, uint32_t v, float x[kVector],
                                            const LeanScale& scale, DeviceFlags* flags,
                                            uint32_t code_xor, uint8_t* codes_out, void* output,
                                            DType output_dtype, MetricAccumulator* acc) {
-  const int64_t first = static_cast<int64_t>(v) * kVector;
-  uint32_t codes[kVector];
-  float x_hat[kVector];
-  QuantizeVector<kDType, kFormat, kOutput || kMetrics>(p, first, x, scale, flags, codes, x_hat);
-  if (kMetrics) {
-#pragma unroll
-    for (int j = 0; j < kVector; ++j) acc->Add(x[j], x_hat[j]);
-  }
-  if (kCodes) StoreCodes<kFormat>(codes_out, v, codes, code_xor);
-  if (kOutput) StoreAs(output, output_dtype, first, x_hat);
+  const PackedVector packed = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(
+      p, v, x, scale, flags, output, output_dtype, acc);
+  if (kCodes) StoreCodes<kFormat>(codes_out, v, &packed, 1, code_xor);
 }
 
 // The element pass with scales already in memory (static, or from a statistics pass).
@@ -133,21 +146,44 @@ __device__ __forceinline__ void FoldAbsMax(const float x[kVector], float* amax) 
   *amax = fmaxf(*amax, m);
 }
 
+// NVFP4's per-tensor constants, read once per thread: S_enc, which an earlier kernel left in
+// the flags (LaunchQuantizePass), S_enc / 6 as Nvfp4BlockScale rounds it, and RN(1 / S_enc)
+// for DivideByScale's fast step.
+struct Nvfp4Constants {
+  float global_scale = 1.0f;
+  float global_over_6 = 0.0f;
+  float global_reciprocal = 0.0f;
+};
+
+__device__ __forceinline__ Nvfp4Constants LoadNvfp4Constants(const ElementParams& p,
+                                                             const DeviceFlags* flags) {
+  Nvfp4Constants c;
+  if (p.scale_kind == ScaleKind::kE4M3) {
+    c.global_scale = __uint_as_float(flags->global_scale_bits);
+    c.global_over_6 = c.global_scale / 6.0f;
+    c.global_reciprocal = ScaleReciprocal(c.global_scale);
+  }
+  return c;
+}
+
 // The scale (and zero-point) of one group from its range, as LaunchScales computes it; the
 // caller's `writer` thread stores them.
 __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const ScaleRule& rule,
-                                                  float clip, float lo, float hi, uint32_t group,
-                                                  bool writer, float* scales, int32_t* zero_points,
+                                                  float clip, const Nvfp4Constants& nvfp4, float lo,
+                                                  float hi, uint32_t group, bool writer,
+                                                  float* scales, int32_t* zero_points,
                                                   DeviceFlags* flags) {
   if (p.scale_kind == ScaleKind::kE4M3) {
-    // NVFP4: the block scale from the block's amax under S_enc, whose tensor amax an earlier
-    // kernel left in the flags (LaunchQuantizePass). The elements divide by d_b; a d_b of 0
-    // (or below 2^-60) is not lean, and QuantizeVector then takes codec.h, which gives codes 0.
-    const float global_scale = Nvfp4GlobalScale(__uint_as_float(flags->tensor_amax_bits));
+    // NVFP4: codec.h's Nvfp4BlockScale and Nvfp4ElementScale with the per-tensor quotients
+    // hoisted, the E4M3 rounding by the hardware's conversion (RNE + SATURATE, as codec.h:
+    // tests/gpu checks every input) and the division by DivideByScale (correctly rounded).
+    // The elements divide by d_b; a d_b of 0 (or below 2^-60) is not lean, and QuantizeVector
+    // then takes codec.h, which gives codes 0.
     const float amax = lo <= hi ? fmaxf(hi, -lo) + 0.0f : 0.0f;
-    const float block_scale = Nvfp4BlockScale(amax, global_scale);
+    const float block_scale = E4M3RoundTrip(amax * nvfp4.global_over_6);
     if (writer) scales[group] = block_scale;
-    return MakeLeanScale(p.codec, Nvfp4ElementScale(block_scale, global_scale), 0);
+    return MakeLeanScale(
+        p.codec, DivideByScale(block_scale, nvfp4.global_scale, nvfp4.global_reciprocal), 0);
   }
   float s = 1.0f;
   int32_t zp = 0;
@@ -162,52 +198,89 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
                        /*power_of_two=*/p.scale_kind == ScaleKind::kE8M0);
 }
 
-// Dynamic quantization in one pass for groups of 8·L elements, L = 1..32 a power of two (groups
-// up to 256 elements, and token rows that short): the L lanes holding a group reduce its range
-// with shuffles, every lane computes the group's scale, and each quantizes from registers.
+// Dynamic quantization in one pass for groups of G = 8·2^k elements, 0 ≤ k ≤ 5 (groups up to
+// 256 elements, and token rows that short). Each thread holds two consecutive vectors (16
+// elements): a group of 16 or more spans G/16 lanes, which reduce its range with shuffles, and
+// every lane computes the group's scale once for its 16 elements; with G = 8 each of a thread's
+// vectors is a group. (One vector per thread computed a scale per 8 elements, and the scale's
+// arithmetic then held the MX kernels on the integer pipe.)
 template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
 __global__ void __launch_bounds__(kThreads)
     LeanLaneGroupKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
                         int32_t* __restrict__ zero_points, uint8_t* __restrict__ codes_out,
                         void* __restrict__ output, DType output_dtype, MetricPartial* partials,
-                        DeviceFlags* flags, uint32_t code_xor, uint32_t vectors, int lanes,
-                        int log2_lanes) {
+                        DeviceFlags* flags, uint32_t code_xor, uint32_t vectors,
+                        int log2_group_vectors) {
   MetricAccumulator acc;
+  const Nvfp4Constants nvfp4 = LoadNvfp4Constants(p, flags);
+  const bool shared_group = log2_group_vectors > 0;                    // both vectors in one group
+  const int lanes = shared_group ? 1 << (log2_group_vectors - 1) : 1;  // lanes per group
+  const uint32_t pairs = (vectors + 1) / 2;
   const uint32_t stride = gridDim.x * blockDim.x;
   // Every lane of a warp runs the same iterations (the shuffles need all 32), and a group's
-  // lanes are all in range or all out: vectors is a multiple of `lanes`, which divides 32.
-  for (uint32_t base = (blockIdx.x * blockDim.x + threadIdx.x) & ~31u; base < vectors;
+  // lanes are all in range or all out: with G ≥ 16, vectors is a multiple of G / 8.
+  for (uint32_t base = (blockIdx.x * blockDim.x + threadIdx.x) & ~31u; base < pairs;
        base += stride) {
-    const uint32_t v = base + (threadIdx.x & 31);
-    const bool active = v < vectors;
-    const int64_t first = static_cast<int64_t>(v) * kVector;
-    float x[kVector];
-    float lo = __int_as_float(0x7F800000), hi = __int_as_float(0xFF800000);
+    const uint32_t v = 2 * (base + (threadIdx.x & 31));  // the thread's first vector
+    const bool active[2] = {v < vectors, v + 1 < vectors};
+    float x[2][kVector];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      if (active[k]) LoadLean<kDType>(p.input, static_cast<int64_t>(v + k) * kVector, x[k]);
+    }
+    float lo[2], hi[2];
     if (rule.asymmetric) {
-      if (active) {
-        LoadLean<kDType>(p.input, first, x);
-        FoldRange(x, &lo, &hi);
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        lo[k] = __int_as_float(0x7F800000);
+        hi[k] = __int_as_float(0xFF800000);
+        if (active[k]) FoldRange(x[k], &lo[k], &hi[k]);
       }
-      WarpRange(&lo, &hi, lanes);
+      if (shared_group) {
+        lo[0] = fminf(lo[0], lo[1]);
+        hi[0] = fmaxf(hi[0], hi[1]);
+        WarpRange(&lo[0], &hi[0], lanes);
+      }
     } else {
       // Symmetric scales see only max(hi, -lo): [-amax, amax] gives the same (an empty
       // range and an all-zero one both give amax 0, as ScaleOfRange reads them).
-      float amax = 0.0f;
-      if (active) {
-        LoadLean<kDType>(p.input, first, x);
-        FoldAbsMax(x, &amax);
+      float amax[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        if (active[k]) FoldAbsMax(x[k], &amax[k]);
       }
-      for (int offset = lanes / 2; offset > 0; offset >>= 1) {
-        amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset, lanes));
+      if (shared_group) {
+        amax[0] = fmaxf(amax[0], amax[1]);
+        for (int offset = lanes / 2; offset > 0; offset >>= 1) {
+          amax[0] = fmaxf(amax[0], __shfl_xor_sync(0xFFFFFFFFu, amax[0], offset, lanes));
+        }
       }
-      lo = -amax;
-      hi = amax;
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        lo[k] = -amax[k];
+        hi[k] = amax[k];
+      }
     }
-    if (!active) continue;
-    const LeanScale scale = ScaleOfRange(p, rule, clip, lo, hi, v >> log2_lanes,
-                                         (v & (lanes - 1)) == 0, scales, zero_points, flags);
-    EmitVector<kDType, kFormat, kCodes, kOutput, kMetrics>(p, v, x, scale, flags, code_xor,
-                                                           codes_out, output, output_dtype, &acc);
+    if (!active[0]) continue;
+    PackedVector packed[2];
+    const uint32_t group_mask = (1u << log2_group_vectors) - 1;
+    const LeanScale scale =
+        ScaleOfRange(p, rule, clip, nvfp4, lo[0], hi[0], v >> log2_group_vectors,
+                     (v & group_mask) == 0, scales, zero_points, flags);
+    packed[0] = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(p, v, x[0], scale, flags,
+                                                                    output, output_dtype, &acc);
+    if (active[1]) {
+      if (shared_group) {
+        packed[1] = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(
+            p, v + 1, x[1], scale, flags, output, output_dtype, &acc);
+      } else {
+        const LeanScale second = ScaleOfRange(p, rule, clip, nvfp4, lo[1], hi[1], v + 1, true,
+                                              scales, zero_points, flags);
+        packed[1] = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(
+            p, v + 1, x[1], second, flags, output, output_dtype, &acc);
+      }
+    }
+    if (kCodes) StoreCodes<kFormat>(codes_out, v, packed, active[1] ? 2 : 1, code_xor);
   }
   if (kMetrics) WriteBlockPartial(acc.sums, partials);
 }
@@ -229,6 +302,7 @@ __global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
                   DeviceFlags* flags, uint32_t code_xor, uint32_t row_vectors, uint32_t rows) {
   __shared__ float warp_lo[2][kRowWarps], warp_hi[2][kRowWarps];
   MetricAccumulator acc;
+  const Nvfp4Constants nvfp4 = LoadNvfp4Constants(p, flags);
   int parity = 0;  // alternate shared slots, so one barrier per row suffices
   for (uint32_t row = blockIdx.x; row < rows; row += gridDim.x) {
     float x[kSlots][kVector];
@@ -245,8 +319,8 @@ __global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
     // Every thread gets the row's range and computes the (same) scale itself.
     BlockRowRange<kRowThreads>(warp_lo, warp_hi, parity, &lo, &hi);
     parity ^= 1;
-    const LeanScale scale =
-        ScaleOfRange(p, rule, clip, lo, hi, row, threadIdx.x == 0, scales, zero_points, flags);
+    const LeanScale scale = ScaleOfRange(p, rule, clip, nvfp4, lo, hi, row, threadIdx.x == 0,
+                                         scales, zero_points, flags);
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
       const uint32_t c = threadIdx.x + k * kRowThreads;
@@ -274,6 +348,7 @@ __global__ void __launch_bounds__(kThreads)
                     uint32_t num_blocks) {
   __shared__ float warp_lo[2][kWarps], warp_hi[2][kWarps];
   MetricAccumulator acc;
+  const Nvfp4Constants nvfp4 = LoadNvfp4Constants(p, flags);
   int parity = 0;  // alternate shared slots, so one barrier per tile suffices
   const uint32_t width = block_vectors.divisor;
   for (uint32_t b = blockIdx.x; b < num_blocks; b += gridDim.x) {
@@ -297,7 +372,7 @@ __global__ void __launch_bounds__(kThreads)
     BlockRowRange<kThreads>(warp_lo, warp_hi, parity, &lo, &hi);
     parity ^= 1;
     const LeanScale scale =
-        ScaleOfRange(p, rule, clip, lo, hi, b, threadIdx.x == 0, scales, zero_points, flags);
+        ScaleOfRange(p, rule, clip, nvfp4, lo, hi, b, threadIdx.x == 0, scales, zero_points, flags);
 #pragma unroll 2
     for (uint32_t t = threadIdx.x; t < tile_vectors; t += kThreads) {
       const uint32_t v = vector_of(t);
@@ -374,10 +449,22 @@ bool IsE2M1(const MinifloatParams& m) {
          m.nan_encoding == NanEncoding::kNone;
 }
 
+// OCP E3M2 and E2M3 (MXFP6's elements): finite-only, max 28 and 7.5.
+bool IsE3M2(const MinifloatParams& m) {
+  return m.exp_bits == 3 && m.man_bits == 2 && m.bias == 3 && m.max_code == 0x1F &&
+         m.nan_encoding == NanEncoding::kNone;
+}
+bool IsE2M3(const MinifloatParams& m) {
+  return m.exp_bits == 2 && m.man_bits == 3 && m.bias == 1 && m.max_code == 0x1F &&
+         m.nan_encoding == NanEncoding::kNone;
+}
+
 // The lean format of a codec LeanPathApplies / LeanDequantizeApplies accepted.
 LeanFormat LeanFormatOf(const ElementCodec& c) {
   if (c.kind == ElementKind::kInt) return c.bits == 8 ? LeanFormat::kInt8 : LeanFormat::kInt4;
   if (IsE2M1(c.minifloat)) return LeanFormat::kE2M1;
+  if (IsE3M2(c.minifloat)) return LeanFormat::kE3M2;
+  if (IsE2M3(c.minifloat)) return LeanFormat::kE2M3;
   return IsE4M3(c.minifloat) ? LeanFormat::kE4M3 : LeanFormat::kE5M2;
 }
 
@@ -408,6 +495,10 @@ void VisitLeanFormat(const ElementCodec& codec, Visit&& visit) {
       return visit(Constant<LeanFormat::kE5M2>{});
     case LeanFormat::kE2M1:
       return visit(Constant<LeanFormat::kE2M1>{});
+    case LeanFormat::kE3M2:
+      return visit(Constant<LeanFormat::kE3M2>{});
+    case LeanFormat::kE2M3:
+      return visit(Constant<LeanFormat::kE2M3>{});
   }
 }
 
@@ -493,7 +584,8 @@ bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* o
   if (c.kind == ElementKind::kInt) {
     if (c.bits != 8 && c.bits != 4) return false;
   } else if (c.kind == ElementKind::kMinifloat) {
-    if (!(IsE4M3(c.minifloat) || IsE5M2(c.minifloat) || IsE2M1(c.minifloat)) ||
+    if (!(IsE4M3(c.minifloat) || IsE5M2(c.minifloat) || IsE2M1(c.minifloat) ||
+          IsE3M2(c.minifloat) || IsE2M3(c.minifloat)) ||
         c.overflow == Overflow::kNonfinite) {
       return false;
     }
@@ -566,7 +658,9 @@ int LeanFusedGrid(const ElementParams& p) {
     return static_cast<int>(
         std::clamp<int64_t>(std::min<int64_t>(sms * per_sm, cap), 1, p.geometry.num_scales));
   }
-  if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) return LeanGrid(p);
+  if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) {
+    return GridFor((p.geometry.rows * p.geometry.cols / kVector + 1) / 2, cap);  // two vectors
+  }
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.geometry.rows, cap)));
 }
 
@@ -592,14 +686,14 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
     return cudaGetLastError();
   }
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) {
-    int log2_lanes = 0;
-    while ((1u << log2_lanes) < group_vectors) ++log2_lanes;
+    int log2_group_vectors = 0;
+    while ((1u << log2_group_vectors) < group_vectors) ++log2_group_vectors;
     VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
       using C = decltype(config);
       LeanLaneGroupKernel<C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
           <<<grid, kThreads, 0, stream>>>(p, rule, clip, scales, zero_points, codes, output,
                                           output_dtype, partials, flags, code_xor, vectors,
-                                          static_cast<int>(group_vectors), log2_lanes);
+                                          log2_group_vectors);
     });
   } else {
     const uint32_t rows = static_cast<uint32_t>(p.geometry.rows);
@@ -657,13 +751,17 @@ cudaError_t LaunchDequantizeLean(const ElementParams& p, const uint8_t* codes, c
   };
   const auto for_output = [&](auto format) {
     constexpr LeanFormat kF = decltype(format)::value;
-    switch (output_dtype) {
-      case DType::kF16:
-        return launch(LeanDequantizeKernel<kF, DType::kF16>);
-      case DType::kBF16:
-        return launch(LeanDequantizeKernel<kF, DType::kBF16>);
-      default:
-        return launch(LeanDequantizeKernel<kF, DType::kF32>);
+    if constexpr (Lean<kF>::kFp6) {
+      return;  // LeanDequantizeApplies refuses FP6
+    } else {
+      switch (output_dtype) {
+        case DType::kF16:
+          return launch(LeanDequantizeKernel<kF, DType::kF16>);
+        case DType::kBF16:
+          return launch(LeanDequantizeKernel<kF, DType::kBF16>);
+        default:
+          return launch(LeanDequantizeKernel<kF, DType::kF32>);
+      }
     }
   };
   VisitLeanFormat(p.codec, for_output);

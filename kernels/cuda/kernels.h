@@ -50,9 +50,10 @@ ElementParams MakeElementParams(const QuantSpec& spec, const QuantLayout& layout
 
 // Flags a launch raises for the host to turn into a Status after the stream synchronizes.
 struct DeviceFlags {
-  unsigned long long first_nan;   // flat index of the first NaN a NaN-rejecting pass saw
-  long long bad_scale_group;      // a group whose asymmetric range overflowed fp32
-  unsigned int tensor_amax_bits;  // NVFP4: the tensor's amax (a float >= 0, as its bits)
+  unsigned long long first_nan;    // flat index of the first NaN a NaN-rejecting pass saw
+  long long bad_scale_group;       // a group whose asymmetric range overflowed fp32
+  unsigned int tensor_amax_bits;   // NVFP4: the tensor's amax (a float >= 0, as its bits)
+  unsigned int global_scale_bits;  // NVFP4: S_enc as its bits, for the fused element pass
   // FlatQuant: flat index of the first input its transform refuses (FlatquantInputError).
   unsigned long long first_bad_input;
 };
@@ -133,10 +134,12 @@ struct GlobalScaleBuffers {
   float* global_scale = nullptr;
 };
 
-// NVFP4 scales from the block statistics (LaunchGroupStats): the tensor's amax, S_enc, then
-// per block the E4M3 block scale's value into `scales` and d_b into `nvfp4.element_scales`.
+// NVFP4 scales from the block statistics (LaunchGroupStats): the tensor's amax and S_enc (or
+// `static_global_scale` as S_enc when it is not 0), then per block the E4M3 block scale's
+// value into `scales` and d_b into `nvfp4.element_scales`.
 cudaError_t LaunchNvfp4Scales(const StatsBuffers& stats, int64_t num_scales, float* scales,
-                              const GlobalScaleBuffers& nvfp4, cudaStream_t stream);
+                              const GlobalScaleBuffers& nvfp4, float static_global_scale,
+                              cudaStream_t stream);
 
 // The element pass: quantizes every element with its group's scale. Writes packed codes when
 // `codes` is set, x̂ in `output_dtype` when `output` is set, and per-block metric partials

@@ -16,16 +16,31 @@
 //   conversion, and the same sum minus 1.5·2^23 is q − zp as a float for x̂.
 // - FP8. cvt.rn.satfinite is the engine's RNE + SATURATE (tests/gpu checks all 2^32 inputs);
 //   decoding goes through f16, which holds every E4M3 and E5M2 value exactly.
-// - FP4 E2M1 (MXFP4; Hopper has no conversion for it). The magnitude code of a = min(|v|, 6)
-//   (saturation) is RNE(f(a)) for f(a) = min(2a, a + 2, a/2 + 4): f maps E2M1's magnitudes
-//   0, 0.5, 1, 1.5, 2, 3, 4, 6 to their codes 0..7, and is affine with a power-of-two slope
-//   between them, so its midpoints are the midpoints and an even code is an even integer.
+// - FP4 E2M1 (MXFP4 and NVFP4; Hopper has no conversion for it). The magnitude code of
+//   a = min(|v|, 6) (saturation) is RNE(f(a)) for f(a) = min(2a, a + 2, a/2 + 4): f maps E2M1's
+//   magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 to their codes 0..7, and is affine with a power-of-two
+//   slope between them, so its midpoints are the midpoints and an even code is an even integer.
 //   RNE is monotone, so RNE(f(a)) = min(RNE(2a), RNE(a) + 2, RNE(a/2) + 4), and each term is
-//   one fp32 operation: adding M = 1.5 · 2^23 (plus 2 or 4, exact there) to 2a, a or a/2
-//   rounds it to an integer half to even, which the sum's low bits hold. Three FMA-pipe
-//   operations and two minima instead of compares on the integer pipe, which bounds the MX
-//   kernels. The sign is x's own, ±0 included: the engine's RNE + SATURATE exactly (tests/gpu
-//   checks the codes against codec.h's).
+//   one fp32 operation: adding M = 1.5 · 2^23 (plus an even 2 or 4, which keeps the tie
+//   parity) to 2a, a or a/2 rounds it to an integer half to even, which the sum's low bits
+//   hold. The saturation rides on the third term: u = sat(|v|/8 + 1/4) (one FFMA.SAT) is
+//   min(|v|, 6)/8 + 1/4 exactly wherever the third term can be the least (|v| ≥ 4: the sum is
+//   below 1 with ulp 2^-24, or saturates), and RN(4u + M + 3) = M + RNE(min(|v|, 6)/2) + 4
+//   there. Below 4, u may round, but 4u + 3 ≥ |v|/2 + 4 − 2^-23 ≥ |v| + 2 for every float
+//   |v| ≤ 4 − 2^-22, so the third term never undercuts the second. Unclamped, the first two
+//   terms exceed M + 7 from |v| ≥ 6 on (+Inf included), where the third is M + 7. So the
+//   code is the least of three FMA-pipe terms: two minima on the integer pipe, which bounds
+//   the MX kernels. Eight terms pack by Horner's rule (w = 16w + bits(t): one IMAD each), and
+//   one subtraction takes the magic's share out; the signs are x's own, ±0 included (the
+//   engine's RNE + SATURATE), gathered four bits at a time by funnel shifts of x's top nibble
+//   and masked once per vector. tests/gpu checks the codes against codec.h's.
+// - FP6 E3M2 and E2M3 (MXFP6). Scaled by 2^-12, E3M2's grid (min normal 2^-2, subnormal step
+//   2^-4, two mantissa bits) is E5M2's below 2^-7, field for field; scaled by 2^-6, E2M3's
+//   (min normal 1, step 2^-3, three bits) is E4M3's below 2^-4. So the code of
+//   min(|v|, max) (saturation) is the low 5 bits of the FP8 conversion of its scaled value
+//   (exact: a power-of-two product, which only loses bits far below the smallest subnormal's
+//   half), and the sign, bit 5, is x's own. Codes pack as a little-endian bit stream: 8
+//   codes in 6 bytes.
 // A vector holding a NaN, or a scale outside the range above, takes codec.h's general path.
 #ifndef QUANTD_KERNELS_CUDA_LEAN_CODEC_CUH_
 #define QUANTD_KERNELS_CUDA_LEAN_CODEC_CUH_
@@ -42,12 +57,14 @@ namespace quantd::cuda::lean {
 
 constexpr int kVector = 8;  // elements per thread and iteration
 
-enum class LeanFormat { kInt8, kInt4, kE4M3, kE5M2, kE2M1 };
+enum class LeanFormat { kInt8, kInt4, kE4M3, kE5M2, kE2M1, kE3M2, kE2M3 };
 
 template <LeanFormat kFormat>
 struct Lean {
   static constexpr bool kInt = kFormat == LeanFormat::kInt8 || kFormat == LeanFormat::kInt4;
-  static constexpr int kBits = kFormat == LeanFormat::kInt4 || kFormat == LeanFormat::kE2M1 ? 4 : 8;
+  static constexpr bool kFp6 = kFormat == LeanFormat::kE3M2 || kFormat == LeanFormat::kE2M3;
+  static constexpr int kBits =
+      kFormat == LeanFormat::kInt4 || kFormat == LeanFormat::kE2M1 ? 4 : (kFp6 ? 6 : 8);
   static constexpr ElementKind kKind = kInt ? ElementKind::kInt : ElementKind::kMinifloat;
 };
 
@@ -83,20 +100,27 @@ __device__ __forceinline__ LeanScale MakeLeanScale(const ElementCodec& codec, fl
   return scale;
 }
 
-// The quotient x / s of a lean scale (see the file comment).
+// The quotient x / s of a lean scale (see the file comment). kPowerOfTwo: s is a power of
+// two (MX's E8M0 scales), so 1/s is exact and one rounding gives RN(x / s), signed zeros
+// included; no clamp is needed either: an overflowing quotient is ±Inf both ways, which every
+// lean format saturates as it saturates x / s. Otherwise the sign of a zero or tiny quotient
+// may be lost, and callers that keep it take it from x.
+template <bool kPowerOfTwo>
 __device__ __forceinline__ float LeanQuotient(float x, const LeanScale& scale) {
-  // 1/s is exact for a power of two in the lean range, so one rounding gives RN(x / s), and
-  // no clamp is needed: an overflowing quotient is ±Inf both ways, which every lean format
-  // saturates as it saturates x / s.
-  if (scale.power_of_two) return __fmul_rn(x, scale.reciprocal);
-  const float clamped = fminf(fmaxf(x, -scale.bound), scale.bound);
-  const float q0 = __fmul_rn(clamped, scale.reciprocal);
-  const float remainder = __fmaf_rn(-scale.s, q0, clamped);
-  return __fmaf_rn(remainder, scale.reciprocal, q0);
+  if constexpr (kPowerOfTwo) {
+    return __fmul_rn(x, scale.reciprocal);
+  } else {
+    const float clamped = fminf(fmaxf(x, -scale.bound), scale.bound);
+    const float q0 = __fmul_rn(clamped, scale.reciprocal);
+    const float remainder = __fmaf_rn(-scale.s, q0, clamped);
+    return __fmaf_rn(remainder, scale.reciprocal, q0);
+  }
 }
 
-// Codes of 8 non-NaN elements with a lean scale, in the low bits of codes[j] (higher bits are
-// garbage for the integers: packing keeps only the low ones), and x̂ when asked.
+// A vector's codes as stored: 8-bit formats in .x (elements 0-3, the first in the low byte)
+// and .y (4-7); 4-bit formats in .x alone (element 0 in the low nibble).
+using PackedVector = uint2;
+
 // Two FP8 codes (E4M3 or E5M2; the low byte is the first) as two halves, by the hardware's
 // exact conversion.
 template <LeanFormat kFormat>
@@ -110,16 +134,32 @@ __device__ __forceinline__ __half2 DecodeFp8Pair(unsigned short pair) {
   return *reinterpret_cast<const __half2*>(&halves);
 }
 
-// The E2M1 code of v = x / s (not NaN) by RNE + SATURATE, with the sign of x (which v has too,
-// but a division step may lose on ±0); see the file comment. Its value: DecodeE2M1.
-__device__ __forceinline__ uint32_t EncodeE2M1(float v, float x) {
-  const float a = fminf(fabsf(v), 6.0f);
-  const float t0 = __fmaf_rn(a, 2.0f, kRoundingMagic);         // M + RNE(2a)
-  const float t1 = __fadd_rn(a, kRoundingMagic + 2.0f);        // M + RNE(a) + 2
-  const float t2 = __fmaf_rn(a, 0.5f, kRoundingMagic + 4.0f);  // M + RNE(a/2) + 4
-  const uint32_t magnitude = __float_as_uint(fminf(fminf(t0, t1), t2)) - kRoundingMagicBits;
-  return (__float_as_uint(x) >> 28 & 8u) | magnitude;
+// decode(e4m3(v)) for v ≥ 0 (not NaN), rounded to nearest even and saturating.
+__device__ __forceinline__ float E4M3RoundTrip(float v) {
+  unsigned short pair;  // the code in the low byte
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
+  return __low2float(DecodeFp8Pair<LeanFormat::kE4M3>(pair));
 }
+
+// M + the E2M1 magnitude code of v = x / s (not NaN) by RNE + SATURATE; see the file comment.
+__device__ __forceinline__ float E2M1MagnitudeTerm(float v) {
+  const float a = fabsf(v);
+  float u;  // min(a, 6)/8 + 1/4 where it matters
+  asm("fma.rn.sat.f32 %0, %1, 0f3E000000, 0f3E800000;" : "=f"(u) : "f"(a));  // a/8 + 1/4
+  const float t0 = __fmaf_rn(a, 2.0f, kRoundingMagic);                       // M + RNE(2a)
+  const float t1 = __fadd_rn(a, kRoundingMagic + 2.0f);                      // M + RNE(a) + 2
+  const float t2 = __fmaf_rn(u, 4.0f, kRoundingMagic + 3.0f);  // M + RNE(min(a, 6)/2) + 4
+  return fminf(fminf(t0, t1), t2);
+}
+
+// Σ_j bits(M) · 16^j (mod 2^32): what packing 8 magnitude terms by Horner's rule adds.
+constexpr uint32_t HornerOfMagic() {
+  uint32_t sum = 0;
+  for (int j = 0; j < 8; ++j) sum = sum * 16u + kRoundingMagicBits;
+  return sum;
+}
+constexpr uint32_t kE2M1PackedMagic = HornerOfMagic();
+
 __device__ __forceinline__ float DecodeE2M1(uint32_t code) {
   const uint32_t m = code & 7u;
   const float magnitude = m < 4u
@@ -128,42 +168,133 @@ __device__ __forceinline__ float DecodeE2M1(uint32_t code) {
   return (code & 8u) ? -magnitude : magnitude;
 }
 
-template <LeanFormat kFormat, bool kDequantize>
-__device__ __forceinline__ void LeanEncode(const float x[kVector], const LeanScale& scale,
-                                           uint32_t codes[kVector], float x_hat[kVector]) {
+// Codes in the low bits of codes[j] (higher bits are ignored), packed as stored.
+__device__ __forceinline__ uint32_t PackNibbles(const uint32_t codes[kVector]) {
+  uint32_t word = 0;
+#pragma unroll
+  for (int j = 0; j < kVector; ++j) word |= (codes[j] & 0xFu) << (4 * j);
+  return word;
+}
+
+__device__ __forceinline__ uint2 PackBytes(const uint32_t codes[kVector]) {
+  // __byte_perm(a, b, 0x0040): byte 0 of a, then byte 0 of b; 0x5410: the low halves of both.
+  const uint32_t w0 = __byte_perm(__byte_perm(codes[0], codes[1], 0x0040),
+                                  __byte_perm(codes[2], codes[3], 0x0040), 0x5410);
+  const uint32_t w1 = __byte_perm(__byte_perm(codes[4], codes[5], 0x0040),
+                                  __byte_perm(codes[6], codes[7], 0x0040), 0x5410);
+  return make_uint2(w0, w1);
+}
+
+// Codes in the low bits of codes[j], packed as stored.
+template <LeanFormat kFormat>
+__device__ __forceinline__ PackedVector PackCodes(const uint32_t codes[kVector]) {
+  if constexpr (Lean<kFormat>::kBits == 8) {
+    return PackBytes(codes);
+  } else if constexpr (Lean<kFormat>::kBits == 4) {
+    return make_uint2(PackNibbles(codes), 0u);
+  } else {
+    uint64_t stream = 0;  // element j at bits [6j, 6j + 6)
+#pragma unroll
+    for (int j = 0; j < kVector; ++j) stream |= static_cast<uint64_t>(codes[j] & 0x3Fu) << (6 * j);
+    return make_uint2(static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32));
+  }
+}
+
+// The codes of 8 non-NaN elements with a lean scale, packed as stored, and x̂ when asked.
+template <LeanFormat kFormat, bool kPowerOfTwo, bool kDequantize>
+__device__ __forceinline__ PackedVector LeanEncode(const float x[kVector], const LeanScale& scale,
+                                                   float x_hat[kVector]) {
   if constexpr (kFormat == LeanFormat::kE2M1) {
+    uint32_t terms = 0, signs = 0;
 #pragma unroll
-    for (int j = 0; j < kVector; ++j) {
-      codes[j] = EncodeE2M1(LeanQuotient(x[j], scale), x[j]);
-      if (kDequantize) x_hat[j] = __fmul_rn(scale.s, DecodeE2M1(codes[j]));
+    for (int j = kVector - 1; j >= 0; --j) {
+      const float t = E2M1MagnitudeTerm(LeanQuotient<kPowerOfTwo>(x[j], scale));
+      terms = terms * 16u + __float_as_uint(t);
+      // (signs << 4) | (bits(x) >> 28): x's sign lands on bit 3 of the new low nibble.
+      signs = __funnelshift_l(__float_as_uint(x[j]), signs, 4);
+      if (kDequantize) {
+        const uint32_t code =
+            (__float_as_uint(t) - kRoundingMagicBits) | (__float_as_uint(x[j]) >> 28 & 8u);
+        x_hat[j] = __fmul_rn(scale.s, DecodeE2M1(code));
+      }
     }
+    return make_uint2((terms - kE2M1PackedMagic) | (signs & 0x88888888u), 0u);
+  } else if constexpr (Lean<kFormat>::kFp6) {
+    // E3M2 through E5M2 at 2^-12, E2M3 through E4M3 at 2^-6 (see the file comment).
+    constexpr bool kE3M2 = kFormat == LeanFormat::kE3M2;
+    constexpr float kMax = kE3M2 ? 28.0f : 7.5f;
+    constexpr float kShift = kE3M2 ? 0x1p-12f : 0x1p-6f;
+    uint32_t halves[2];  // elements 4h..4h+3: 6-bit codes at bits 0, 6, 12, 18
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      unsigned short pairs[2];  // 5-bit magnitude codes, one per byte
+      uint32_t signs = 0;
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int j = 4 * h + 2 * k;
+        const float a0 =
+            __fmul_rn(fminf(fabsf(LeanQuotient<kPowerOfTwo>(x[j], scale)), kMax), kShift);
+        const float a1 =
+            __fmul_rn(fminf(fabsf(LeanQuotient<kPowerOfTwo>(x[j + 1], scale)), kMax), kShift);
+        if (kE3M2) {
+          asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pairs[k]) : "f"(a1), "f"(a0));
+        } else {
+          asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pairs[k]) : "f"(a1), "f"(a0));
+        }
+        if (kDequantize) {
+          const __half2 d =
+              DecodeFp8Pair < kE3M2 ? LeanFormat::kE5M2 : LeanFormat::kE4M3 > (pairs[k]);
+          const float s0 = copysignf(scale.s, x[j]), s1 = copysignf(scale.s, x[j + 1]);
+          x_hat[j] = __fmul_rn(s0, __fmul_rn(__low2float(d), 1.0f / kShift));
+          x_hat[j + 1] = __fmul_rn(s1, __fmul_rn(__high2float(d), 1.0f / kShift));
+        }
+      }
+#pragma unroll
+      for (int j = 4 * h + 3; j >= 4 * h; --j) {
+        // (signs << 6) | (bits(x) >> 26): x's sign lands on bit 5 of the new 6-bit field.
+        signs = __funnelshift_l(__float_as_uint(x[j]), signs, 6);
+      }
+      // Bytes 0..3 hold the magnitudes; squeeze them to 6-bit fields in two steps.
+      const uint32_t bytes = pairs[0] | static_cast<uint32_t>(pairs[1]) << 16;
+      const uint32_t twelves = (bytes & 0x001F001Fu) | (bytes >> 2 & 0x07C007C0u);
+      const uint32_t magnitudes = (twelves & 0xFFFu) | (twelves >> 4 & 0xFFF000u);
+      halves[h] = magnitudes | (signs & 0x820820u);
+    }
+    return make_uint2(halves[0] | halves[1] << 24, halves[1] >> 8);
   } else if constexpr (Lean<kFormat>::kInt) {
+    uint32_t codes[kVector];
 #pragma unroll
     for (int j = 0; j < kVector; ++j) {
-      const float v = fminf(fmaxf(LeanQuotient(x[j], scale), scale.lo), scale.hi);
+      const float v = fminf(fmaxf(LeanQuotient<kPowerOfTwo>(x[j], scale), scale.lo), scale.hi);
       const float t = __fadd_rn(v, kRoundingMagic);
-      codes[j] = __float_as_uint(t) - kRoundingMagicBits + static_cast<uint32_t>(scale.zp);
+      // The magic's low byte is 0: the code's low bits are those of bits(t) + zp.
+      codes[j] = __float_as_uint(t) + static_cast<uint32_t>(scale.zp);
       if (kDequantize) x_hat[j] = __fmul_rn(scale.s, __fsub_rn(t, kRoundingMagic));
     }
+    return PackCodes<kFormat>(codes);
   } else {
+    unsigned short pairs[kVector / 2];
 #pragma unroll
     for (int j = 0; j < kVector; j += 2) {
-      const float v0 = copysignf(LeanQuotient(x[j], scale), x[j]);
-      const float v1 = copysignf(LeanQuotient(x[j + 1], scale), x[j + 1]);
-      unsigned short pair;
-      if (kFormat == LeanFormat::kE4M3) {
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(v1), "f"(v0));
-      } else {
-        asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(v1), "f"(v0));
+      float v0 = LeanQuotient<kPowerOfTwo>(x[j], scale);
+      float v1 = LeanQuotient<kPowerOfTwo>(x[j + 1], scale);
+      if (!kPowerOfTwo) {
+        v0 = copysignf(v0, x[j]);
+        v1 = copysignf(v1, x[j + 1]);
       }
-      codes[j] = pair & 0xFFu;
-      codes[j + 1] = pair >> 8;
+      if (kFormat == LeanFormat::kE4M3) {
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pairs[j / 2]) : "f"(v1), "f"(v0));
+      } else {
+        asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pairs[j / 2]) : "f"(v1), "f"(v0));
+      }
       if (kDequantize) {
-        const __half2 h = DecodeFp8Pair<kFormat>(pair);
+        const __half2 h = DecodeFp8Pair<kFormat>(pairs[j / 2]);
         x_hat[j] = __fmul_rn(scale.s, __low2float(h));
         x_hat[j + 1] = __fmul_rn(scale.s, __high2float(h));
       }
     }
+    return make_uint2(pairs[0] | static_cast<uint32_t>(pairs[1]) << 16,
+                      pairs[2] | static_cast<uint32_t>(pairs[3]) << 16);
   }
 }
 
@@ -180,22 +311,6 @@ __device__ __forceinline__ void GeneralEncode(const ElementCodec& codec, const f
     codes[j] = QuantizeElementAs(kKind, Rounding::kNearestEven, codec, x[j], s, reciprocal, zp, 0u);
     if (kDequantize) x_hat[j] = DequantizeElementAs(kKind, codec, codes[j], s, zp);
   }
-}
-
-__device__ __forceinline__ uint32_t PackNibbles(const uint32_t codes[kVector]) {
-  uint32_t word = 0;
-#pragma unroll
-  for (int j = 0; j < kVector; ++j) word |= (codes[j] & 0xFu) << (4 * j);
-  return word;
-}
-
-__device__ __forceinline__ uint2 PackBytes(const uint32_t codes[kVector]) {
-  // __byte_perm(a, b, 0x0040): byte 0 of a, then byte 0 of b; 0x5410: the low halves of both.
-  const uint32_t w0 = __byte_perm(__byte_perm(codes[0], codes[1], 0x0040),
-                                  __byte_perm(codes[2], codes[3], 0x0040), 0x5410);
-  const uint32_t w1 = __byte_perm(__byte_perm(codes[4], codes[5], 0x0040),
-                                  __byte_perm(codes[6], codes[7], 0x0040), 0x5410);
-  return make_uint2(w0, w1);
 }
 
 // Loads 8 elements as fp32 with the hardware's conversions (exact for every non-NaN value).
@@ -233,14 +348,13 @@ __device__ __forceinline__ void ReloadExact(const void* data, int64_t first, flo
   }
 }
 
-// One vector's codes (and x̂ when kDequantize) with scale `scale`: the lean arithmetic unless
-// the vector holds a NaN or the scale is outside its range, then codec.h's. Flags NaNs when the
-// request rejects them.
+// One vector's codes, packed as stored (and x̂ when kDequantize), with scale `scale`: the lean
+// arithmetic unless the vector holds a NaN or the scale is outside its range, then codec.h's.
+// Flags NaNs when the request rejects them.
 template <DType kDType, LeanFormat kFormat, bool kDequantize>
-__device__ __forceinline__ void QuantizeVector(const ElementParams& p, int64_t first,
-                                               float x[kVector], const LeanScale& scale,
-                                               DeviceFlags* flags, uint32_t codes[kVector],
-                                               float x_hat[kVector]) {
+__device__ __forceinline__ PackedVector QuantizeVector(const ElementParams& p, int64_t first,
+                                                       float x[kVector], const LeanScale& scale,
+                                                       DeviceFlags* flags, float x_hat[kVector]) {
   // A NaN makes the vector's sum NaN. So does Inf - Inf, which then takes the general path
   // too (correct, only slower); the adds run on the FMA pipe, where the lean kernels have room,
   // instead of eight compares on the integer pipe, where they have none.
@@ -249,8 +363,8 @@ __device__ __forceinline__ void QuantizeVector(const ElementParams& p, int64_t f
   for (int j = 1; j < kVector; ++j) sum = __fadd_rn(sum, x[j]);
   const bool nan = sum != sum;
   if (!nan && scale.lean) {
-    LeanEncode<kFormat, kDequantize>(x, scale, codes, x_hat);
-    return;
+    return scale.power_of_two ? LeanEncode<kFormat, true, kDequantize>(x, scale, x_hat)
+                              : LeanEncode<kFormat, false, kDequantize>(x, scale, x_hat);
   }
   ReloadExact<kDType>(p.input, first, x);
   if (nan && p.reject_nan) {
@@ -258,19 +372,46 @@ __device__ __forceinline__ void QuantizeVector(const ElementParams& p, int64_t f
       if (x[j] != x[j]) atomicMin(&flags->first_nan, static_cast<unsigned long long>(first + j));
     }
   }
+  uint32_t codes[kVector];
   GeneralEncode<kFormat, kDequantize>(p.codec, x, scale.s, scale.zp, codes, x_hat);
+  return PackCodes<kFormat>(codes);
 }
 
-// Stores one vector's codes as vector v of a contiguous code array; `code_xor` applies
-// INT32_OFFSET's top-bit flip to a whole word.
+// Stores `count` (1 or 2) vectors' codes as vectors v, v + 1 of a contiguous code array, in one
+// store when count is 2 (v is then even); `code_xor` applies INT32_OFFSET's top-bit flip to a
+// whole word.
 template <LeanFormat kFormat>
-__device__ __forceinline__ void StoreCodes(uint8_t* out, uint32_t v, const uint32_t codes[kVector],
-                                           uint32_t code_xor) {
+__device__ __forceinline__ void StoreCodes(uint8_t* out, uint32_t v, const PackedVector* packed,
+                                           int count, uint32_t code_xor) {
   if constexpr (Lean<kFormat>::kBits == 8) {
-    const uint2 packed = PackBytes(codes);
-    reinterpret_cast<uint2*>(out)[v] = make_uint2(packed.x ^ code_xor, packed.y ^ code_xor);
+    if (count == 2) {
+      reinterpret_cast<uint4*>(out)[v / 2] =
+          make_uint4(packed[0].x ^ code_xor, packed[0].y ^ code_xor, packed[1].x ^ code_xor,
+                     packed[1].y ^ code_xor);
+    } else {
+      reinterpret_cast<uint2*>(out)[v] = make_uint2(packed[0].x ^ code_xor, packed[0].y ^ code_xor);
+    }
+  } else if constexpr (Lean<kFormat>::kBits == 4) {
+    if (count == 2) {
+      reinterpret_cast<uint2*>(out)[v / 2] =
+          make_uint2(packed[0].x ^ code_xor, packed[1].x ^ code_xor);
+    } else {
+      reinterpret_cast<uint32_t*>(out)[v] = packed[0].x ^ code_xor;
+    }
   } else {
-    reinterpret_cast<uint32_t*>(out)[v] = PackNibbles(codes) ^ code_xor;
+    // 6 bytes a vector (FP6 has no INT32_OFFSET packing, so code_xor is 0): a pair's 12 bytes
+    // start on a 4-byte boundary, a lone vector's on a 2-byte one.
+    if (count == 2) {
+      uint32_t* words = reinterpret_cast<uint32_t*>(out + 6 * static_cast<int64_t>(v));
+      words[0] = packed[0].x;
+      words[1] = packed[0].y | packed[1].x << 16;
+      words[2] = packed[1].x >> 16 | packed[1].y << 16;
+    } else {
+      uint16_t* halves = reinterpret_cast<uint16_t*>(out + 6 * static_cast<int64_t>(v));
+      halves[0] = static_cast<uint16_t>(packed[0].x);
+      halves[1] = static_cast<uint16_t>(packed[0].x >> 16);
+      halves[2] = static_cast<uint16_t>(packed[0].y);
+    }
   }
 }
 

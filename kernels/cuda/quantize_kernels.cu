@@ -123,10 +123,13 @@ __global__ void TensorAmaxKernel(StatsBuffers stats, int64_t n) {
   if ((threadIdx.x & 31) == 0) atomicMax(&stats.flags->tensor_amax_bits, __float_as_uint(amax));
 }
 
-// NVFP4, second step: S_enc, then every block's scale value and element scale (codec.h).
+// NVFP4, second step: S_enc (the caller's when static_global_scale is not 0, else from the
+// tensor's amax), then every block's scale value and element scale (codec.h).
 __global__ void Nvfp4ScalesKernel(StatsBuffers stats, int64_t n, float* scales,
-                                  GlobalScaleBuffers nvfp4) {
-  const float global_scale = Nvfp4GlobalScale(__uint_as_float(stats.flags->tensor_amax_bits));
+                                  GlobalScaleBuffers nvfp4, float static_global_scale) {
+  const float global_scale = static_global_scale != 0.0f
+                                 ? static_global_scale
+                                 : Nvfp4GlobalScale(__uint_as_float(stats.flags->tensor_amax_bits));
   if (blockIdx.x == 0 && threadIdx.x == 0) *nvfp4.global_scale = global_scale;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -146,6 +149,14 @@ __global__ void Nvfp4GlobalFromTensorStatsKernel(StatsBuffers stats, float* glob
   const float amax = lo <= hi ? fmaxf(hi, -lo) : 0.0f;
   stats.flags->tensor_amax_bits = __float_as_uint(amax);
   *global_scale = Nvfp4GlobalScale(amax);
+  stats.flags->global_scale_bits = __float_as_uint(*global_scale);
+}
+
+// NVFP4 with the caller's S_enc (QuantSpec::static_global_scale): reported as given, and left
+// in the flags for the fused pass.
+__global__ void Nvfp4StaticGlobalKernel(DeviceFlags* flags, float* global_scale, float value) {
+  *global_scale = value;
+  flags->global_scale_bits = __float_as_uint(value);
 }
 
 // ---- Element passes. ----
@@ -408,11 +419,19 @@ cudaError_t LaunchScales(const ScaleRule& rule, float clip, const StatsBuffers& 
 }
 
 cudaError_t LaunchNvfp4Scales(const StatsBuffers& stats, int64_t num_scales, float* scales,
-                              const GlobalScaleBuffers& nvfp4, cudaStream_t stream) {
+                              const GlobalScaleBuffers& nvfp4, float static_global_scale,
+                              cudaStream_t stream) {
   const int grid = GridFor(std::max<int64_t>(num_scales, 1), 1024);
-  TensorAmaxKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales);
-  if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
-  Nvfp4ScalesKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales, scales, nvfp4);
+  if (static_global_scale == 0.0f) {
+    TensorAmaxKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales);
+    if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
+  } else {
+    Nvfp4StaticGlobalKernel<<<1, 1, 0, stream>>>(stats.flags, nvfp4.global_scale,
+                                                 static_global_scale);
+    if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
+  }
+  Nvfp4ScalesKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales, scales, nvfp4,
+                                                   static_global_scale);
   return cudaGetLastError();
 }
 
@@ -435,11 +454,16 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
   if (p.scale_kind == ScaleKind::kE4M3) {
     if (LeanFusedApplies(p, codes, output)) {
       // Two passes: the tensor's range (the vector statistics kernel), then blocks of 16
-      // quantized from registers.
-      if (cudaError_t error = LaunchTensorStatsVector(p, stats, stream); error != cudaSuccess) {
-        return error;
+      // quantized from registers. One with the caller's S_enc.
+      if (spec.static_global_scale != 0.0f) {
+        Nvfp4StaticGlobalKernel<<<1, 1, 0, stream>>>(stats.flags, nvfp4.global_scale,
+                                                     spec.static_global_scale);
+      } else {
+        if (cudaError_t error = LaunchTensorStatsVector(p, stats, stream); error != cudaSuccess) {
+          return error;
+        }
+        Nvfp4GlobalFromTensorStatsKernel<<<1, 1, 0, stream>>>(stats, nvfp4.global_scale);
       }
-      Nvfp4GlobalFromTensorStatsKernel<<<1, 1, 0, stream>>>(stats, nvfp4.global_scale);
       if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
       const ScaleRule rule = MakeScaleRule(Traits(spec.format), false);
       const int grid = LeanFusedGrid(p);
@@ -453,7 +477,8 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
       return cudaGetLastError();
     }
     if (cudaError_t error = LaunchGroupStats(p, stats, stream); error != cudaSuccess) return error;
-    if (cudaError_t error = LaunchNvfp4Scales(stats, p.geometry.num_scales, scales, nvfp4, stream);
+    if (cudaError_t error = LaunchNvfp4Scales(stats, p.geometry.num_scales, scales, nvfp4,
+                                              spec.static_global_scale, stream);
         error != cudaSuccess) {
       return error;
     }

@@ -120,9 +120,13 @@ absl::StatusOr<Scales> ComputeScales(Executor* executor, const TensorView& x, co
   const int64_t n = layout.geometry.num_scales;
   scales.scale.resize(n);
   if (Traits(spec.format).scale_kind == ScaleKind::kE4M3) {
-    float tensor_amax = 0.0f;
-    for (int64_t i = 0; i < n; ++i) tensor_amax = std::max(tensor_amax, stats.amax(i));
-    scales.global_scale = Nvfp4GlobalScale(tensor_amax);
+    if (spec.static_global_scale != 0.0f) {
+      scales.global_scale = spec.static_global_scale;
+    } else {
+      float tensor_amax = 0.0f;
+      for (int64_t i = 0; i < n; ++i) tensor_amax = std::max(tensor_amax, stats.amax(i));
+      scales.global_scale = Nvfp4GlobalScale(tensor_amax);
+    }
     scales.element.resize(n);
     for (int64_t i = 0; i < n; ++i) {
       scales.scale[i] = Nvfp4BlockScale(stats.amax(i), scales.global_scale);

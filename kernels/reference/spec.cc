@@ -411,6 +411,17 @@ absl::StatusOr<QuantSpec> ResolveSpec(const QuantSpec& requested, const Shape& s
     return Invalid(
         absl::StrCat("transform matrices are for flatquant-int4; ", name, " takes none"));
   }
+  if (spec.static_global_scale != 0.0f) {
+    if (t.scale_kind != ScaleKind::kE4M3) {
+      return Invalid(absl::StrCat("static_global_scale is NVFP4's per-tensor S_enc; ", name,
+                                  " has no global scale: leave it unset"));
+    }
+    if (!(std::isfinite(spec.static_global_scale) && spec.static_global_scale > 0.0f)) {
+      return Invalid(absl::StrCat("static_global_scale is ", spec.static_global_scale,
+                                  "; it must be finite and > 0 (or unset: S_enc from the "
+                                  "tensor's amax)"));
+    }
+  }
   if (spec.double_quant && t.kind != ElementKind::kNf4) {
     return Invalid(
         absl::StrCat("double_quant (bitsandbytes' nested absmax quantization) is for "
@@ -725,6 +736,9 @@ std::string SpecToString(const QuantSpec& spec) {
     absl::StrAppend(&text, absl::StrFormat(" clip %g", spec.clip_ratio));
   }
   if (spec.has_static_scales()) absl::StrAppend(&text, " static");
+  if (spec.static_global_scale != 0.0f) {
+    absl::StrAppend(&text, absl::StrFormat(" global %g", spec.static_global_scale));
+  }
   if (spec.double_quant) absl::StrAppend(&text, " double-quant");
   return text;
 }

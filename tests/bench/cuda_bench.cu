@@ -40,7 +40,7 @@ struct Op {
   int64_t group_size;
   int64_t block;
   bool asymmetric;
-  bool static_scales;                                        // scales given: one pass
+  bool static_scales;  // scales given (NVFP4: its S_enc): one pass
   enum Timed { kQuantize, kDequantize, kPercentile } timed;  // kPercentile: the calibration
 };
 
@@ -71,10 +71,20 @@ const Op kOps[] = {
     // OCP MX: E8M0 scales per block of 32 (FLOOR).
     {"quantize mxfp8 (e4m3)", Format::kMxfp8E4M3, Granularity::kGroup, 32, 0, false, false,
      Op::kQuantize},
+    {"quantize mxfp8 (e5m2)", Format::kMxfp8E5M2, Granularity::kGroup, 32, 0, false, false,
+     Op::kQuantize},
+    {"quantize mxfp6 (e3m2)", Format::kMxfp6E3M2, Granularity::kGroup, 32, 0, false, false,
+     Op::kQuantize},
+    {"quantize mxfp6 (e2m3)", Format::kMxfp6E2M3, Granularity::kGroup, 32, 0, false, false,
+     Op::kQuantize},
+    {"quantize mxint8", Format::kMxint8, Granularity::kGroup, 32, 0, false, false, Op::kQuantize},
     {"quantize mxfp4", Format::kMxfp4, Granularity::kGroup, 32, 0, false, false, Op::kQuantize},
     {"dequantize mxfp4", Format::kMxfp4, Granularity::kGroup, 32, 0, false, false, Op::kDequantize},
     // NVFP4: E4M3 scales per block of 16 under a per-tensor global scale.
     {"quantize nvfp4", Format::kNvfp4, Granularity::kGroup, 16, 0, false, false, Op::kQuantize},
+    // The caller's S_enc (static_global_scale: TransformerEngine's amax history): one pass.
+    {"quantize nvfp4 static global", Format::kNvfp4, Granularity::kGroup, 16, 0, false, true,
+     Op::kQuantize},
     {"dequantize nvfp4", Format::kNvfp4, Granularity::kGroup, 16, 0, false, false, Op::kDequantize},
     // HiF8 (generic element kernels: its tapered encode has no vector path yet).
     {"quantize hif8 token", Format::kHif8, Granularity::kToken, 0, 0, false, false, Op::kQuantize},
@@ -226,6 +236,11 @@ int Main(int argc, char** argv) {
                                       DType::kF32, nullptr, stream));
       };
       quantize(/*scales_ready=*/false);  // scales (and codes) to start from
+      if (op.static_scales && nvfp4.global_scale != nullptr) {
+        // NVFP4's static form is its S_enc: the one just computed.
+        CUDA_CHECK(
+            cudaMemcpy(&spec.static_global_scale, nvfp4.global_scale, 4, cudaMemcpyDeviceToHost));
+      }
       const int reps = numel >= (int64_t{1} << 28) ? 5 : 20;
       float ms;
       int64_t bytes;

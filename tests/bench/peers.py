@@ -77,6 +77,46 @@ def mxfp4(x):
     return code[:, 0::2] | (code[:, 1::2] << 4), (e + 127).to(torch.uint8)
 
 
+def mxint8(x):
+    # Elements are int8 fixed point 1.6: clamp(rne(x / 2^(X - 6)), -127, 127), emax 0.
+    g = x.view(x.shape[0], -1, 32)
+    e = _mx_exponent(g, 0)
+    q = torch.clamp(torch.round(g / torch.exp2(e - 6)), -127, 127).to(torch.int8).view(x.shape)
+    return q, (e + 127).to(torch.uint8)
+
+
+def _fp6_codes(v, exp_bits, man_bits, bias, max_value):
+    # PyTorch has no FP6: RNE onto the format's magnitudes by counting the midpoints passed
+    # (ties to the even code), saturating; sign in bit 5.
+    magnitudes = []
+    for code in range(32):
+        e, m = code >> man_bits, code & ((1 << man_bits) - 1)
+        value = (m / (1 << man_bits)) * 2.0 ** (1 - bias) if e == 0 else \
+            (1 + m / (1 << man_bits)) * 2.0 ** (e - bias)
+        magnitudes.append(value)
+    a = v.abs().clamp(max=max_value)
+    code = torch.zeros_like(a, dtype=torch.uint8)
+    for k in range(31):
+        mid = (magnitudes[k] + magnitudes[k + 1]) / 2
+        code += (a >= mid if k % 2 == 1 else a > mid).to(torch.uint8)  # ties to the even code
+    return code | (torch.signbit(v).to(torch.uint8) << 5)
+
+
+def _pack_fp6(code, rows):
+    # Four codes in three bytes, a little-endian bit stream.
+    c = code.view(rows, -1, 4).to(torch.int32)
+    word = c[..., 0] | (c[..., 1] << 6) | (c[..., 2] << 12) | (c[..., 3] << 18)
+    return torch.stack([word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF],
+                       dim=-1).to(torch.uint8).view(rows, -1)
+
+
+def mxfp6_e3m2(x):
+    g = x.view(x.shape[0], -1, 32)
+    e = _mx_exponent(g, 4)
+    code = _fp6_codes(g / torch.exp2(e), 3, 2, 3, 28.0)
+    return _pack_fp6(code, x.shape[0]), (e + 127).to(torch.uint8)
+
+
 def _e2m1_codes(v):
     a = v.abs()
     code = ((a > 0.25).to(torch.uint8) + (a >= 0.75) + (a > 1.25) + (a >= 1.75) + (a > 2.5) +
@@ -91,6 +131,11 @@ def nvfp4(x):
     amax = x.abs().amax()
     s_enc = torch.where(amax == 0, torch.ones_like(amax),
                         torch.clamp(2688.0 / amax, max=torch.finfo(torch.float32).max))
+    return nvfp4_static_global(x, s_enc)
+
+
+def nvfp4_static_global(x, s_enc):
+    # The same with S_enc given (an amax history): no tensor amax pass.
     g = x.view(x.shape[0], -1, 16)
     block_amax = g.abs().amax(dim=-1, keepdim=True)
     s_b = torch.clamp(block_amax * (s_enc / 6.0), max=448.0).to(torch.float8_e4m3fn)
@@ -141,6 +186,7 @@ def main():
         rows = n // 4096
         x = torch.randn(rows, 4096, device=device, dtype=torch.float32)
         s_static = (x.abs().amax() / 127.0).reshape(1)
+        s_enc = 2688.0 / x.abs().amax()
         q8, s8 = int8_token(x)
         numel = rows * 4096
         ops = [
@@ -158,7 +204,12 @@ def main():
             # MX, FLOOR: the minimum bytes as quantd_cuda_bench counts them (fp32 scales).
             ("quantize mxfp8 (e4m3)", lambda f: f(x), mxfp8_e4m3, numel * 5 + numel // 32 * 4),
             ("quantize mxfp4", lambda f: f(x), mxfp4, numel * 4 + numel // 2 + numel // 32 * 4),
+            ("quantize mxint8", lambda f: f(x), mxint8, numel * 5 + numel // 32 * 4),
+            ("quantize mxfp6 (e3m2)", lambda f: f(x), mxfp6_e3m2,
+             numel * 4 + numel * 3 // 4 + numel // 32 * 4),
             ("quantize nvfp4", lambda f: f(x), nvfp4, numel * 4 + numel // 2 + numel // 16 * 4),
+            ("quantize nvfp4 static global", lambda f: f(x, s_enc), nvfp4_static_global,
+             numel * 4 + numel // 2 + numel // 16 * 4),
         ]
         ops = [op for op in ops if args.only in op[0]]
         reps = 5 if numel >= (1 << 28) else 20

@@ -683,6 +683,64 @@ TEST_F(GpuBackendTest, NanRejectionMatchesTheCpu) {
   EXPECT_EQ(gpu.status, cpu.status);  // same message: the first NaN is element 1234
 }
 
+// NVFP4 with the caller's S_enc (one pass on the GPU): the tensor's own S_enc (the same
+// answer as without it), one 64 times larger (blocks saturate at 448, elements at ±6), one
+// 2^-20 of it (tiny block scales: d_b below the lean range on some blocks), on ragged and
+// lean shapes in every input dtype, codes, scales, S_enc and x̂ bit for bit.
+TEST_F(GpuBackendTest, Nvfp4StaticGlobalScaleMatchesTheCpuBitForBit) {
+  std::mt19937 rng(static_cast<uint32_t>(RunSeed()));
+  std::normal_distribution<float> normal;
+  for (const Shape& shape : {Shape{3, 40}, Shape{64, 4096}, Shape{7, 1, 48}, Shape{1000, 16}}) {
+    std::vector<float> values(static_cast<size_t>(*NumElements(shape)));
+    for (float& v : values) v = normal(rng) * std::exp2(static_cast<float>(rng() % 9) - 4.0f);
+    QuantSpec requested;
+    requested.format = Format::kNvfp4;
+    const std::vector<uint8_t> f32 = Encode(values, DType::kF32);
+    QuantSpec dynamic = *ResolveSpec(requested, shape);
+    const QuantLayout layout = *ComputeLayout(dynamic, shape);
+    const Outputs reference = Quantize(*cpu_, f32, DType::kF32, shape, dynamic, layout);
+    ASSERT_TRUE(reference.status.ok()) << reference.status;
+    for (float global : {reference.global_scale, reference.global_scale * 64.0f,
+                         reference.global_scale * 0x1p-20f}) {
+      requested.static_global_scale = global;
+      const QuantSpec spec = *ResolveSpec(requested, shape);
+      for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+        SCOPED_TRACE(absl::StrCat(ShapeToString(shape), " ", DTypeName(dtype), " S_enc ", global,
+                                  " seed=", RunSeed()));
+        const std::vector<uint8_t> bytes = Encode(values, dtype);
+        const Outputs cpu = Quantize(*cpu_, bytes, dtype, shape, spec, layout);
+        const Outputs gpu = Quantize(*gpu_, bytes, dtype, shape, spec, layout);
+        ASSERT_TRUE(cpu.status.ok()) << cpu.status;
+        ASSERT_TRUE(gpu.status.ok()) << gpu.status;
+        EXPECT_EQ(testing::Bits(cpu.global_scale), testing::Bits(global));
+        EXPECT_EQ(testing::Bits(gpu.global_scale), testing::Bits(global));
+        ASSERT_EQ(gpu.codes, cpu.codes);
+        for (size_t i = 0; i < cpu.scales.size(); ++i) {
+          ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << "scale " << i;
+        }
+        if (dtype == DType::kF32 && global == reference.global_scale) {
+          EXPECT_EQ(cpu.codes, reference.codes);  // the tensor's own S_enc: the same answer
+        }
+        ExpectMetricsClose(gpu.metrics, cpu.metrics);
+        std::vector<uint8_t> cpu_out(values.size() * 4, 0x11), gpu_out(values.size() * 4, 0xEE);
+        const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
+        ErrorMetrics cpu_metrics, gpu_metrics;
+        ASSERT_TRUE(cpu_->QuantDequant(input, spec,
+                                       {DType::kF32, shape, cpu_out.data(),
+                                        static_cast<int64_t>(cpu_out.size())},
+                                       &cpu_metrics)
+                        .ok());
+        ASSERT_TRUE(gpu_->QuantDequant(input, spec,
+                                       {DType::kF32, shape, gpu_out.data(),
+                                        static_cast<int64_t>(gpu_out.size())},
+                                       &gpu_metrics)
+                        .ok());
+        ASSERT_EQ(gpu_out, cpu_out);
+      }
+    }
+  }
+}
+
 // FlatQuant with caller-given matrices (the matrix test above runs the default identities):
 // the transform's two GEMM kernels must add every product in the CPU's order. Real splits
 // (64 · 64, 112 · 128), a ragged one (7 · 10 on rows of 70) and a lopsided one (1 · 33), in

@@ -167,9 +167,11 @@ struct Nvfp4Run {
   std::vector<float> x_hat;
 };
 
-Nvfp4Run QuantizeNvfp4(const std::vector<float>& x, const Shape& shape) {
+Nvfp4Run QuantizeNvfp4(const std::vector<float>& x, const Shape& shape,
+                       float static_global_scale = 0.0f) {
   QuantSpec spec;
   spec.format = Format::kNvfp4;
+  spec.static_global_scale = static_global_scale;
   const Quantized q = QuantizeFloats(x, shape, spec);
   EXPECT_THAT(q.status, IsOk());
   Nvfp4Run run;
@@ -218,6 +220,43 @@ TEST(Nvfp4VectorsTest, TwoLevelScalesByHand) {
   EXPECT_EQ(run.x_hat[1], -0.875f);
   EXPECT_EQ(run.x_hat[16], 1.03125f);
   EXPECT_EQ(run.x_hat[17], -0.515625f);
+  EXPECT_EQ(run.x_hat[48], 0.0f);
+}
+
+// The same tensor with the caller's S_enc. 512 (its own) gives the same answer. 4096 (as if the
+// amax were 0.65625, below the tensor's 5.25) makes S_enc / 6 = 682.6667:
+//  Block 0: 5.25 · 682.67 = 3584 saturates to 448 (0x7E); d_b = 448 / 4096 = 0.109375;
+//   5.25 / d_b = 48 and -0.875 / d_b = -8 saturate to ±6 (0x7, 0xF), x̂ ±0.65625.
+//  Block 1: 682.67 → 448 again; 1 / d_b = 9.14 → 6 (0x7); -0.5 / d_b = -4.57 → -4 (0xE).
+//  Block 3: 1e-6 · 682.67 = 6.8e-4 is still below half of 2^-9: s_b = 0.
+TEST(Nvfp4VectorsTest, StaticGlobalScaleIsUsedAsGiven) {
+  std::vector<float> x(64, 0.0f);
+  x[0] = 5.25f;
+  x[1] = -0.875f;
+  x[16] = 1.0f;
+  x[17] = -0.5f;
+  x[48] = 1e-6f;
+  x[49] = -1e-6f;
+  const Nvfp4Run own = QuantizeNvfp4(x, {1, 64});
+  const Nvfp4Run same = QuantizeNvfp4(x, {1, 64}, 512.0f);
+  EXPECT_EQ(same.global_scale, 512.0f);
+  EXPECT_EQ(same.scale_codes, own.scale_codes);
+  EXPECT_EQ(same.codes, own.codes);
+  const Nvfp4Run run = QuantizeNvfp4(x, {1, 64}, 4096.0f);
+  EXPECT_EQ(run.global_scale, 4096.0f);
+  EXPECT_THAT(run.scale_codes, ::testing::ElementsAre(0x7Eu, 0x7Eu, 0x00u, 0x00u));
+  ASSERT_EQ(run.codes.size(), 32u);
+  EXPECT_EQ(run.codes[0], 0xF7);
+  EXPECT_EQ(run.codes[8], 0xE7);
+  for (size_t i = 0; i < run.codes.size(); ++i) {
+    if (i != 0 && i != 8) {
+      EXPECT_EQ(run.codes[i], 0) << i;
+    }
+  }
+  EXPECT_EQ(run.x_hat[0], 0.65625f);
+  EXPECT_EQ(run.x_hat[1], -0.65625f);
+  EXPECT_EQ(run.x_hat[16], 0.65625f);
+  EXPECT_EQ(run.x_hat[17], -0.4375f);
   EXPECT_EQ(run.x_hat[48], 0.0f);
 }
 

@@ -305,6 +305,24 @@ TEST(ResolveSpecTest, StaticZeroPoints) {
   EXPECT_THAT(ResolveSpec(without_scales, kMatrix), StatusIs(kInvalid));
 }
 
+TEST(ResolveSpecTest, StaticGlobalScaleIsNvfp4sAndPositive) {
+  QuantSpec spec = Spec(Format::kNvfp4);
+  spec.static_global_scale = 2688.0f;
+  EXPECT_THAT(ResolveSpec(spec, {4, 32}), IsOk());
+  for (float bad : {-1.0f, kNaN, kInf, -kInf}) {  // (±0 is unset: S_enc from the data)
+    spec.static_global_scale = bad;
+    EXPECT_THAT(ResolveSpec(spec, {4, 32}), StatusIs(kInvalid, HasSubstr("static_global_scale is")))
+        << bad;
+  }
+  for (Format format : {Format::kInt8, Format::kMxfp4, Format::kNf4}) {
+    QuantSpec other = Spec(format);
+    other.static_global_scale = 1.0f;
+    EXPECT_THAT(ResolveSpec(other, {4, 64}),
+                StatusIs(kInvalid, HasSubstr("has no global scale: leave it unset")))
+        << FormatName(format);
+  }
+}
+
 TEST(ResolveSpecTest, OracleAgreesOnEveryRefusalAbove) {
   // The oracle's own reading of the rules, over a grid of specs, must agree with ResolveSpec
   // on accept / refuse (the matrix test relies on it).

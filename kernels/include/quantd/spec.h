@@ -43,6 +43,12 @@ struct QuantSpec {
   Packing packing = Packing::kUnspecified;
   ScaleRounding scale_rounding = ScaleRounding::kUnspecified;  // MX formats only; FLOOR
   bool double_quant = false;  // NF4 only: quantize the absmax values too (double_quant.h)
+  // NVFP4 only: the per-tensor encode scale S_enc given by the caller (finite, > 0), e.g. an
+  // earlier response's global_scale or 448 · 6 / an amax the caller tracks (TransformerEngine's
+  // amax history). Quantization then skips the tensor's own amax and reads the input once;
+  // blocks beyond the given range saturate (block scale 448, elements ±6). 0: S_enc from the
+  // tensor's amax.
+  float static_global_scale = 0.0f;
   // FlatQuant only: P1 (n1 × n1) and P2 (n2 × n2), row-major, n1 · n2 = the last dim. Both
   // empty: identities of DecomposeDim(last dim), which ResolveSpec fills in.
   std::vector<float> transform_left;
