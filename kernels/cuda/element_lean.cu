@@ -434,29 +434,25 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool IsE4M3(const MinifloatParams& m) {
-  return m.exp_bits == 4 && m.man_bits == 3 && m.bias == 7 && m.max_code == 0x7E &&
-         m.nan_encoding == NanEncoding::kAllOnes;
+bool SameMinifloat(const MinifloatParams& m, const MinifloatParams& want) {
+  return m.exp_bits == want.exp_bits && m.man_bits == want.man_bits && m.bias == want.bias &&
+         m.max_code == want.max_code && m.nan_encoding == want.nan_encoding;
 }
+
+// The element formats with a lean encode: OCP FP8 (E4M3, E5M2), and MX's finite-only FP4
+// E2M1 (max 6) and FP6 E3M2 (max 28) and E2M3 (max 7.5).
+bool IsE4M3(const MinifloatParams& m) { return SameMinifloat(m, E4M3Params()); }
 bool IsE5M2(const MinifloatParams& m) {
-  return m.exp_bits == 5 && m.man_bits == 2 && m.bias == 15 && m.max_code == 0x7B &&
-         m.nan_encoding == NanEncoding::kIeee;
+  return SameMinifloat(m, {5, 2, 15, 0x7B, NanEncoding::kIeee});
 }
-
-// OCP E2M1 (MXFP4's elements): finite-only, max 6.
 bool IsE2M1(const MinifloatParams& m) {
-  return m.exp_bits == 2 && m.man_bits == 1 && m.bias == 1 && m.max_code == 0x7 &&
-         m.nan_encoding == NanEncoding::kNone;
+  return SameMinifloat(m, {2, 1, 1, 0x7, NanEncoding::kNone});
 }
-
-// OCP E3M2 and E2M3 (MXFP6's elements): finite-only, max 28 and 7.5.
 bool IsE3M2(const MinifloatParams& m) {
-  return m.exp_bits == 3 && m.man_bits == 2 && m.bias == 3 && m.max_code == 0x1F &&
-         m.nan_encoding == NanEncoding::kNone;
+  return SameMinifloat(m, {3, 2, 3, 0x1F, NanEncoding::kNone});
 }
 bool IsE2M3(const MinifloatParams& m) {
-  return m.exp_bits == 2 && m.man_bits == 3 && m.bias == 1 && m.max_code == 0x1F &&
-         m.nan_encoding == NanEncoding::kNone;
+  return SameMinifloat(m, {2, 3, 1, 0x1F, NanEncoding::kNone});
 }
 
 // The lean format of a codec LeanPathApplies / LeanDequantizeApplies accepted.

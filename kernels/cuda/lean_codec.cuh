@@ -117,6 +117,21 @@ __device__ __forceinline__ float LeanQuotient(float x, const LeanScale& scale) {
   }
 }
 
+// |x| / s (as LeanQuotient, whose magnitude it is: RN and the division step are symmetric in
+// the sign), for the formats that take the sign from x (E2M1, FP6): |x| needs one side of the
+// clamp, one FMNMX fewer per element where the scale is not a power of two (NVFP4).
+template <bool kPowerOfTwo>
+__device__ __forceinline__ float LeanMagnitudeQuotient(float x, const LeanScale& scale) {
+  if constexpr (kPowerOfTwo) {
+    return __fmul_rn(fabsf(x), scale.reciprocal);
+  } else {
+    const float clamped = fminf(fabsf(x), scale.bound);
+    const float q0 = __fmul_rn(clamped, scale.reciprocal);
+    const float remainder = __fmaf_rn(-scale.s, q0, clamped);
+    return __fmaf_rn(remainder, scale.reciprocal, q0);
+  }
+}
+
 // A vector's codes as stored: 8-bit formats in .x (elements 0-3, the first in the low byte)
 // and .y (4-7); 4-bit formats in .x alone (element 0 in the low nibble).
 using PackedVector = uint2;
@@ -141,7 +156,7 @@ __device__ __forceinline__ float E4M3RoundTrip(float v) {
   return __low2float(DecodeFp8Pair<LeanFormat::kE4M3>(pair));
 }
 
-// M + the E2M1 magnitude code of v = x / s (not NaN) by RNE + SATURATE; see the file comment.
+// M + the E2M1 magnitude code of v = |x| / s (not NaN) by RNE + SATURATE; see the file comment.
 __device__ __forceinline__ float E2M1MagnitudeTerm(float v) {
   const float a = fabsf(v);
   float u;  // min(a, 6)/8 + 1/4 where it matters
@@ -208,7 +223,7 @@ __device__ __forceinline__ PackedVector LeanEncode(const float x[kVector], const
     uint32_t terms = 0, signs = 0;
 #pragma unroll
     for (int j = kVector - 1; j >= 0; --j) {
-      const float t = E2M1MagnitudeTerm(LeanQuotient<kPowerOfTwo>(x[j], scale));
+      const float t = E2M1MagnitudeTerm(LeanMagnitudeQuotient<kPowerOfTwo>(x[j], scale));
       terms = terms * 16u + __float_as_uint(t);
       // (signs << 4) | (bits(x) >> 28): x's sign lands on bit 3 of the new low nibble.
       signs = __funnelshift_l(__float_as_uint(x[j]), signs, 4);
@@ -233,9 +248,9 @@ __device__ __forceinline__ PackedVector LeanEncode(const float x[kVector], const
       for (int k = 0; k < 2; ++k) {
         const int j = 4 * h + 2 * k;
         const float a0 =
-            __fmul_rn(fminf(fabsf(LeanQuotient<kPowerOfTwo>(x[j], scale)), kMax), kShift);
+            __fmul_rn(fminf(LeanMagnitudeQuotient<kPowerOfTwo>(x[j], scale), kMax), kShift);
         const float a1 =
-            __fmul_rn(fminf(fabsf(LeanQuotient<kPowerOfTwo>(x[j + 1], scale)), kMax), kShift);
+            __fmul_rn(fminf(LeanMagnitudeQuotient<kPowerOfTwo>(x[j + 1], scale), kMax), kShift);
         if (kE3M2) {
           asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pairs[k]) : "f"(a1), "f"(a0));
         } else {

@@ -683,6 +683,40 @@ TEST_F(GpuBackendTest, NanRejectionMatchesTheCpu) {
   EXPECT_EQ(gpu.status, cpu.status);  // same message: the first NaN is element 1234
 }
 
+// Quantize, then QuantDequant to F32, of `bytes` on both backends: both succeed with the same
+// codes, scales and x̂ bit for bit, and metrics within summation-order tolerance. The two
+// Quantize results are left in *cpu and *gpu for the caller's own checks.
+void ExpectQuantizeAndFakeQuantMatch(const std::vector<uint8_t>& bytes, DType dtype,
+                                     const Shape& shape, const QuantSpec& spec,
+                                     const QuantLayout& layout, Outputs* cpu, Outputs* gpu) {
+  *cpu = Quantize(*GpuBackendTest::cpu(), bytes, dtype, shape, spec, layout);
+  *gpu = Quantize(*GpuBackendTest::gpu(), bytes, dtype, shape, spec, layout);
+  ASSERT_TRUE(cpu->status.ok()) << cpu->status;
+  ASSERT_TRUE(gpu->status.ok()) << gpu->status;
+  ASSERT_EQ(gpu->codes, cpu->codes);
+  for (size_t i = 0; i < cpu->scales.size(); ++i) {
+    ASSERT_EQ(testing::Bits(gpu->scales[i]), testing::Bits(cpu->scales[i])) << "scale " << i;
+  }
+  ExpectMetricsClose(gpu->metrics, cpu->metrics);
+  const int64_t numel = *NumElements(shape);
+  std::vector<uint8_t> cpu_out(numel * 4, 0x11), gpu_out(numel * 4, 0xEE);
+  const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
+  ErrorMetrics cpu_metrics, gpu_metrics;
+  ASSERT_TRUE(
+      GpuBackendTest::cpu()
+          ->QuantDequant(input, spec,
+                         {DType::kF32, shape, cpu_out.data(), static_cast<int64_t>(cpu_out.size())},
+                         &cpu_metrics)
+          .ok());
+  ASSERT_TRUE(
+      GpuBackendTest::gpu()
+          ->QuantDequant(input, spec,
+                         {DType::kF32, shape, gpu_out.data(), static_cast<int64_t>(gpu_out.size())},
+                         &gpu_metrics)
+          .ok());
+  ASSERT_EQ(gpu_out, cpu_out);
+}
+
 // NVFP4 with the caller's S_enc (one pass on the GPU): the tensor's own S_enc (the same
 // answer as without it), one 64 times larger (blocks saturate at 448, elements at ±6), one
 // 2^-20 of it (tiny block scales: d_b below the lean range on some blocks), on ragged and
@@ -707,35 +741,15 @@ TEST_F(GpuBackendTest, Nvfp4StaticGlobalScaleMatchesTheCpuBitForBit) {
       for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
         SCOPED_TRACE(absl::StrCat(ShapeToString(shape), " ", DTypeName(dtype), " S_enc ", global,
                                   " seed=", RunSeed()));
-        const std::vector<uint8_t> bytes = Encode(values, dtype);
-        const Outputs cpu = Quantize(*cpu_, bytes, dtype, shape, spec, layout);
-        const Outputs gpu = Quantize(*gpu_, bytes, dtype, shape, spec, layout);
-        ASSERT_TRUE(cpu.status.ok()) << cpu.status;
-        ASSERT_TRUE(gpu.status.ok()) << gpu.status;
+        Outputs cpu, gpu;
+        ExpectQuantizeAndFakeQuantMatch(Encode(values, dtype), dtype, shape, spec, layout, &cpu,
+                                        &gpu);
+        if (HasFatalFailure()) return;
         EXPECT_EQ(testing::Bits(cpu.global_scale), testing::Bits(global));
         EXPECT_EQ(testing::Bits(gpu.global_scale), testing::Bits(global));
-        ASSERT_EQ(gpu.codes, cpu.codes);
-        for (size_t i = 0; i < cpu.scales.size(); ++i) {
-          ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << "scale " << i;
-        }
         if (dtype == DType::kF32 && global == reference.global_scale) {
           EXPECT_EQ(cpu.codes, reference.codes);  // the tensor's own S_enc: the same answer
         }
-        ExpectMetricsClose(gpu.metrics, cpu.metrics);
-        std::vector<uint8_t> cpu_out(values.size() * 4, 0x11), gpu_out(values.size() * 4, 0xEE);
-        const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
-        ErrorMetrics cpu_metrics, gpu_metrics;
-        ASSERT_TRUE(cpu_->QuantDequant(input, spec,
-                                       {DType::kF32, shape, cpu_out.data(),
-                                        static_cast<int64_t>(cpu_out.size())},
-                                       &cpu_metrics)
-                        .ok());
-        ASSERT_TRUE(gpu_->QuantDequant(input, spec,
-                                       {DType::kF32, shape, gpu_out.data(),
-                                        static_cast<int64_t>(gpu_out.size())},
-                                       &gpu_metrics)
-                        .ok());
-        ASSERT_EQ(gpu_out, cpu_out);
       }
     }
   }
@@ -770,31 +784,10 @@ TEST_F(GpuBackendTest, FlatquantTransformMatchesTheCpuBitForBit) {
       for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
         SCOPED_TRACE(
             absl::StrCat(ShapeToString(shape), " ", DTypeName(dtype), " seed=", RunSeed()));
-        const std::vector<uint8_t> bytes = Encode(values, dtype);
-        const Outputs cpu = Quantize(*cpu_, bytes, dtype, shape, spec, layout);
-        const Outputs gpu = Quantize(*gpu_, bytes, dtype, shape, spec, layout);
-        ASSERT_TRUE(cpu.status.ok()) << cpu.status;
-        ASSERT_TRUE(gpu.status.ok()) << gpu.status;
-        ASSERT_EQ(gpu.codes, cpu.codes);
-        for (size_t i = 0; i < cpu.scales.size(); ++i) {
-          ASSERT_EQ(testing::Bits(gpu.scales[i]), testing::Bits(cpu.scales[i])) << "scale " << i;
-        }
-        ExpectMetricsClose(gpu.metrics, cpu.metrics);
-        // Fake quantization: ŷ in F32.
-        std::vector<uint8_t> cpu_out(values.size() * 4, 0x11), gpu_out(values.size() * 4, 0xEE);
-        const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
-        ErrorMetrics cpu_metrics, gpu_metrics;
-        ASSERT_TRUE(cpu_->QuantDequant(input, spec,
-                                       {DType::kF32, shape, cpu_out.data(),
-                                        static_cast<int64_t>(cpu_out.size())},
-                                       &cpu_metrics)
-                        .ok());
-        ASSERT_TRUE(gpu_->QuantDequant(input, spec,
-                                       {DType::kF32, shape, gpu_out.data(),
-                                        static_cast<int64_t>(gpu_out.size())},
-                                       &gpu_metrics)
-                        .ok());
-        ASSERT_EQ(gpu_out, cpu_out);
+        Outputs cpu, gpu;
+        ExpectQuantizeAndFakeQuantMatch(Encode(values, dtype), dtype, shape, spec, layout, &cpu,
+                                        &gpu);
+        if (HasFatalFailure()) return;
       }
     }
     // Non-finite input: the same refusal (the first bad element), or zeros under ZERO.

@@ -187,6 +187,18 @@ Nvfp4Run QuantizeNvfp4(const std::vector<float>& x, const Shape& shape,
   return run;
 }
 
+// The four blocks of 16 the tests below work by hand.
+std::vector<float> FourNvfp4Blocks() {
+  std::vector<float> x(64, 0.0f);
+  x[0] = 5.25f;
+  x[1] = -0.875f;
+  x[16] = 1.0f;
+  x[17] = -0.5f;
+  x[48] = 1e-6f;
+  x[49] = -1e-6f;
+  return x;
+}
+
 // Four blocks of 16. The tensor's amax 5.25 = 2688 / 512 makes S_enc = 512 exactly, and
 // S_enc / 6 = fp32(85.333...) = 85.33333587646484.
 //  Block 0, amax 5.25: 5.25 · 85.333336 = 448.0000134 → fp32 448 → E4M3 0x7E; d_b = 448 / 512
@@ -198,13 +210,7 @@ Nvfp4Run QuantizeNvfp4(const std::vector<float>& x, const Shape& shape,
 //  Block 3, amax 1e-6: 1e-6 · 85.33 = 8.5e-5 is below half of E4M3's least subnormal 2^-9, so
 //   s_b = 0 and d_b = 0: its codes are 0 although its values are not.
 TEST(Nvfp4VectorsTest, TwoLevelScalesByHand) {
-  std::vector<float> x(64, 0.0f);
-  x[0] = 5.25f;
-  x[1] = -0.875f;
-  x[16] = 1.0f;
-  x[17] = -0.5f;
-  x[48] = 1e-6f;
-  x[49] = -1e-6f;
+  const std::vector<float> x = FourNvfp4Blocks();
   const Nvfp4Run run = QuantizeNvfp4(x, {1, 64});
   EXPECT_EQ(run.global_scale, 512.0f);
   EXPECT_THAT(run.scale_codes, ::testing::ElementsAre(0x7Eu, 0x6Bu, 0x00u, 0x00u));
@@ -230,13 +236,7 @@ TEST(Nvfp4VectorsTest, TwoLevelScalesByHand) {
 //  Block 1: 682.67 → 448 again; 1 / d_b = 9.14 → 6 (0x7); -0.5 / d_b = -4.57 → -4 (0xE).
 //  Block 3: 1e-6 · 682.67 = 6.8e-4 is still below half of 2^-9: s_b = 0.
 TEST(Nvfp4VectorsTest, StaticGlobalScaleIsUsedAsGiven) {
-  std::vector<float> x(64, 0.0f);
-  x[0] = 5.25f;
-  x[1] = -0.875f;
-  x[16] = 1.0f;
-  x[17] = -0.5f;
-  x[48] = 1e-6f;
-  x[49] = -1e-6f;
+  const std::vector<float> x = FourNvfp4Blocks();
   const Nvfp4Run own = QuantizeNvfp4(x, {1, 64});
   const Nvfp4Run same = QuantizeNvfp4(x, {1, 64}, 512.0f);
   EXPECT_EQ(same.global_scale, 512.0f);
