@@ -23,6 +23,7 @@ namespace {
 // elements), and a view of them; other formats: `input` itself. The transform mixes every
 // value into its row, so a non-finite input fails the call (FlatquantInputError), except NaN
 // under nan_policy ZERO, which reads as 0. One pass: rows are checked as they are loaded.
+// Callers check their output buffers first: the transform is the costly part of the call.
 absl::StatusOr<TensorView> TransformedInput(Executor* executor, const TensorView& input,
                                             const QuantSpec& spec, const QuantLayout& layout,
                                             std::vector<float>* rows) {
@@ -87,9 +88,6 @@ class ReferenceBackend final : public Backend {
                         ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
-    std::vector<float> transformed;  // FlatQuant's rows, what is quantized
-    QUANTD_ASSIGN_OR_RETURN(const TensorView x,
-                            TransformedInput(executor_, input, spec, layout, &transformed));
     if (out.code_bytes != layout.code_bytes || out.num_scales != layout.geometry.num_scales ||
         (layout.code_bytes > 0 && out.codes == nullptr) ||
         (out.num_scales > 0 && out.scales == nullptr) ||
@@ -100,6 +98,9 @@ class ReferenceBackend final : public Backend {
           "Quantize output buffers do not match the layout: ", out.code_bytes, " code bytes for ",
           layout.code_bytes, ", ", out.num_scales, " scales for ", layout.geometry.num_scales));
     }
+    std::vector<float> transformed;  // FlatQuant's rows, what is quantized
+    QUANTD_ASSIGN_OR_RETURN(const TensorView x,
+                            TransformedInput(executor_, input, spec, layout, &transformed));
     const ElementPass pass = MakeElementPass(spec);
     QUANTD_ASSIGN_OR_RETURN(const Scales scales,
                             reference::ComputeScales(executor_, x, spec, layout, pass));
@@ -150,9 +151,6 @@ class ReferenceBackend final : public Backend {
                             const MutableTensorView& out, ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout, LayoutOfFloatInput(input, spec));
     QUANTD_RETURN_IF_ERROR(CheckInHostMemory(input));
-    std::vector<float> transformed;  // FlatQuant's rows, what is quantized
-    QUANTD_ASSIGN_OR_RETURN(const TensorView x,
-                            TransformedInput(executor_, input, spec, layout, &transformed));
     if (!IsFloatInput(out.dtype) || out.shape != input.shape) {
       return absl::InvalidArgumentError(
           absl::StrCat("fake quantization writes F32, F16 or BF16 shaped like the input ",
@@ -160,6 +158,9 @@ class ReferenceBackend final : public Backend {
                        ShapeToString(out.shape)));
     }
     QUANTD_RETURN_IF_ERROR(CheckByteLength(out.dtype, out.shape, out.bytes));
+    std::vector<float> transformed;  // FlatQuant's rows, what is quantized
+    QUANTD_ASSIGN_OR_RETURN(const TensorView x,
+                            TransformedInput(executor_, input, spec, layout, &transformed));
     const ElementPass pass = MakeElementPass(spec);
     QUANTD_ASSIGN_OR_RETURN(const Scales scales,
                             reference::ComputeScales(executor_, x, spec, layout, pass));

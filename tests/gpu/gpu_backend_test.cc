@@ -12,6 +12,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -138,6 +139,10 @@ constexpr GranularityCase kGranularities[] = {
     {"group128", Granularity::kGroup, 0, 128, 0, 0},
     {"block16x32", Granularity::kBlock, 0, 0, 16, 32},
     {"block128x128", Granularity::kBlock, 0, 0, 128, 128},
+    // (Last: tests index the rows above.) One 8-element vector per group: the lane-group kernel's
+    // two vectors per thread are two groups, and an odd count of them leaves a lone last vector
+    // ({3, 5, 8} has 15).
+    {"group8", Granularity::kGroup, 0, 8, 0, 0},
 };
 
 // The spec a test asks for: `format` at granularity case `gc`, everything else default.
@@ -152,8 +157,9 @@ QuantSpec RequestedSpec(Format format, const GranularityCase& gc) {
   return requested;
 }
 
-const Shape kShapes[] = {{1, 16}, {5, 160}, {217, 256}, {3, 5, 7},  {1},        {0, 4},
-                         {2, 0},  {},       {4, 1, 33}, {64, 4096}, {3, 70000}, {1, 1000003}};
+const Shape kShapes[] = {{1, 16},    {5, 160},   {217, 256},  {3, 5, 7},  {1},
+                         {0, 4},     {2, 0},     {},          {4, 1, 33}, {3, 5, 8},
+                         {64, 4096}, {3, 70000}, {1, 1000003}};
 
 struct Knob {
   const char* name;
@@ -666,19 +672,25 @@ TEST_F(GpuBackendTest, TheCpuShareReadsTheUploadBackAndUploadsStayWithTheirBacke
   EXPECT_EQ(foreign.status.code(), absl::StatusCode::kInvalidArgument) << foreign.status;
 }
 
+// `values` as `dtype`, quantized by both backends with `requested` resolved for `shape`:
+// {cpu, gpu}.
+std::pair<Outputs, Outputs> QuantizeOnBoth(const std::vector<float>& values, DType dtype,
+                                           const Shape& shape, const QuantSpec& requested) {
+  const QuantSpec spec = *ResolveSpec(requested, shape);
+  const QuantLayout layout = *ComputeLayout(spec, shape);
+  const std::vector<uint8_t> bytes = Encode(values, dtype);
+  return {Quantize(*GpuBackendTest::cpu(), bytes, dtype, shape, spec, layout),
+          Quantize(*GpuBackendTest::gpu(), bytes, dtype, shape, spec, layout)};
+}
+
 TEST_F(GpuBackendTest, NanRejectionMatchesTheCpu) {
   std::vector<float> values(4096, 1.5f);
   values[1234] = std::numeric_limits<float>::quiet_NaN();
   values[3000] = std::numeric_limits<float>::quiet_NaN();
-  const Shape shape = {4, 1024};
   QuantSpec requested;
   requested.format = Format::kInt8;
   requested.granularity = Granularity::kToken;
-  const QuantSpec spec = *ResolveSpec(requested, shape);
-  const QuantLayout layout = *ComputeLayout(spec, shape);
-  const std::vector<uint8_t> bytes = Encode(values, DType::kF32);
-  const Outputs cpu = Quantize(*cpu_, bytes, DType::kF32, shape, spec, layout);
-  const Outputs gpu = Quantize(*gpu_, bytes, DType::kF32, shape, spec, layout);
+  const auto [cpu, gpu] = QuantizeOnBoth(values, DType::kF32, {4, 1024}, requested);
   EXPECT_EQ(cpu.status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(gpu.status, cpu.status);  // same message: the first NaN is element 1234
 }
@@ -798,11 +810,7 @@ TEST_F(GpuBackendTest, FlatquantTransformMatchesTheCpuBitForBit) {
       QuantSpec with_policy = requested;
       with_policy.packing = Packing::kUnspecified;
       with_policy.nan_policy = policy;
-      const QuantSpec spec = *ResolveSpec(with_policy, shape);
-      const QuantLayout layout = *ComputeLayout(spec, shape);
-      const std::vector<uint8_t> bytes = Encode(bad, DType::kF32);
-      const Outputs cpu = Quantize(*cpu_, bytes, DType::kF32, shape, spec, layout);
-      const Outputs gpu = Quantize(*gpu_, bytes, DType::kF32, shape, spec, layout);
+      const auto [cpu, gpu] = QuantizeOnBoth(bad, DType::kF32, shape, with_policy);
       EXPECT_EQ(cpu.status.code(), absl::StatusCode::kInvalidArgument);
       EXPECT_EQ(gpu.status, cpu.status);  // REJECT: the NaN first; ZERO: the Inf
     }
@@ -810,11 +818,7 @@ TEST_F(GpuBackendTest, FlatquantTransformMatchesTheCpuBitForBit) {
     QuantSpec zero = requested;
     zero.packing = Packing::kUnspecified;
     zero.nan_policy = NanPolicy::kZero;
-    const QuantSpec spec = *ResolveSpec(zero, shape);
-    const QuantLayout layout = *ComputeLayout(spec, shape);
-    const std::vector<uint8_t> bytes = Encode(bad, DType::kBF16);
-    const Outputs cpu = Quantize(*cpu_, bytes, DType::kBF16, shape, spec, layout);
-    const Outputs gpu = Quantize(*gpu_, bytes, DType::kBF16, shape, spec, layout);
+    const auto [cpu, gpu] = QuantizeOnBoth(bad, DType::kBF16, shape, zero);
     ASSERT_TRUE(cpu.status.ok()) << cpu.status;
     ASSERT_TRUE(gpu.status.ok()) << gpu.status;
     EXPECT_EQ(gpu.codes, cpu.codes);
