@@ -146,22 +146,44 @@ __device__ __forceinline__ void FoldAbsMax(const float x[kVector], float* amax) 
   *amax = fmaxf(*amax, m);
 }
 
-// NVFP4's per-tensor constants, read once per thread: S_enc, which an earlier kernel left in
-// the flags (LaunchQuantizePass), S_enc / 6 as Nvfp4BlockScale rounds it, and RN(1 / S_enc)
-// for DivideByScale's fast step.
+// NVFP4's block scale s_b is an E4M3 code c (0..0x7E: the conversion saturates), and what its
+// elements divide by, d_b = RN(decode(c) / S_enc), and RN(1 / d_b) depend on c and S_enc alone.
+// So each block of threads tabulates them once, {decode(c), d_b, RN(1 / d_b)} per code, from
+// S_enc, which an earlier kernel left in the flags (LaunchQuantizePass); a group's scale is
+// then one conversion and one shared load, instead of a division and a reciprocal per 16
+// elements. Kernels declare the table as Nvfp4Table<kFormat> (one entry unless E2M1).
+constexpr int kE4M3Codes = 0x7F;
+template <LeanFormat kFormat>
+using Nvfp4Table = float4[kFormat == LeanFormat::kE2M1 ? kE4M3Codes : 1];
+
 struct Nvfp4Constants {
-  float global_scale = 1.0f;
-  float global_over_6 = 0.0f;
-  float global_reciprocal = 0.0f;
+  float global_over_6 = 0.0f;  // S_enc / 6 as Nvfp4BlockScale rounds it
+  const float4* table = nullptr;
 };
 
+// Every thread of the block calls it (it synchronizes them).
+template <LeanFormat kFormat>
 __device__ __forceinline__ Nvfp4Constants LoadNvfp4Constants(const ElementParams& p,
-                                                             const DeviceFlags* flags) {
+                                                             const DeviceFlags* flags,
+                                                             Nvfp4Table<kFormat>& table) {
   Nvfp4Constants c;
-  if (p.scale_kind == ScaleKind::kE4M3) {
-    c.global_scale = __uint_as_float(flags->global_scale_bits);
-    c.global_over_6 = c.global_scale / 6.0f;
-    c.global_reciprocal = ScaleReciprocal(c.global_scale);
+  if constexpr (kFormat == LeanFormat::kE2M1) {
+    if (p.scale_kind == ScaleKind::kE4M3) {  // uniform over the block
+      const float global_scale = __uint_as_float(flags->global_scale_bits);
+      const float global_reciprocal = ScaleReciprocal(global_scale);
+      for (int code = threadIdx.x; code < kE4M3Codes; code += blockDim.x) {
+        // codec.h's Nvfp4BlockScale and Nvfp4ElementScale, the division by DivideByScale
+        // (correctly rounded).
+        const float block_scale =
+            __low2float(DecodeFp8Pair<LeanFormat::kE4M3>(static_cast<unsigned short>(code)));
+        const float element_scale = DivideByScale(block_scale, global_scale, global_reciprocal);
+        table[code] = make_float4(block_scale, element_scale,
+                                  LeanReciprocal(element_scale, /*power_of_two=*/false), 0.0f);
+      }
+      __syncthreads();
+      c.global_over_6 = global_scale / 6.0f;
+      c.table = table;
+    }
   }
   return c;
 }
@@ -174,16 +196,15 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
                                                   float* scales, int32_t* zero_points,
                                                   DeviceFlags* flags) {
   if (p.scale_kind == ScaleKind::kE4M3) {
-    // NVFP4: codec.h's Nvfp4BlockScale and Nvfp4ElementScale with the per-tensor quotients
-    // hoisted, the E4M3 rounding by the hardware's conversion (RNE + SATURATE, as codec.h:
-    // tests/gpu checks every input) and the division by DivideByScale (correctly rounded).
-    // The elements divide by d_b; a d_b of 0 (or below 2^-60) is not lean, and QuantizeVector
-    // then takes codec.h, which gives codes 0.
+    // NVFP4: codec.h's Nvfp4BlockScale with S_enc / 6 hoisted and the E4M3 rounding by the
+    // hardware's conversion (RNE + SATURATE, as codec.h: tests/gpu checks every input), then
+    // the code's entry of the table (LoadNvfp4Constants). The elements divide by d_b; a d_b
+    // of 0 (or below 2^-60) is not lean, and QuantizeVector then takes codec.h, which gives
+    // codes 0.
     const float amax = lo <= hi ? fmaxf(hi, -lo) + 0.0f : 0.0f;
-    const float block_scale = E4M3RoundTrip(amax * nvfp4.global_over_6);
-    if (writer) scales[group] = block_scale;
-    return MakeLeanScale(
-        p.codec, DivideByScale(block_scale, nvfp4.global_scale, nvfp4.global_reciprocal), 0);
+    const float4 entry = nvfp4.table[E4M3Code(amax * nvfp4.global_over_6)];
+    if (writer) scales[group] = entry.x;
+    return MakeLeanScale(p.codec, entry.y, 0, /*power_of_two=*/false, entry.z);
   }
   float s = 1.0f;
   int32_t zp = 0;
@@ -211,8 +232,9 @@ __global__ void __launch_bounds__(kThreads)
                         void* __restrict__ output, DType output_dtype, MetricPartial* partials,
                         DeviceFlags* flags, uint32_t code_xor, uint32_t vectors,
                         int log2_group_vectors) {
+  __shared__ Nvfp4Table<kFormat> nvfp4_table;
+  const Nvfp4Constants nvfp4 = LoadNvfp4Constants<kFormat>(p, flags, nvfp4_table);
   MetricAccumulator acc;
-  const Nvfp4Constants nvfp4 = LoadNvfp4Constants(p, flags);
   const bool shared_group = log2_group_vectors > 0;                    // both vectors in one group
   const int lanes = shared_group ? 1 << (log2_group_vectors - 1) : 1;  // lanes per group
   const uint32_t pairs = (vectors + 1) / 2;
@@ -301,8 +323,9 @@ __global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
                   void* __restrict__ output, DType output_dtype, MetricPartial* partials,
                   DeviceFlags* flags, uint32_t code_xor, uint32_t row_vectors, uint32_t rows) {
   __shared__ float warp_lo[2][kRowWarps], warp_hi[2][kRowWarps];
+  __shared__ Nvfp4Table<kFormat> nvfp4_table;
+  const Nvfp4Constants nvfp4 = LoadNvfp4Constants<kFormat>(p, flags, nvfp4_table);
   MetricAccumulator acc;
-  const Nvfp4Constants nvfp4 = LoadNvfp4Constants(p, flags);
   int parity = 0;  // alternate shared slots, so one barrier per row suffices
   for (uint32_t row = blockIdx.x; row < rows; row += gridDim.x) {
     float x[kSlots][kVector];
@@ -347,8 +370,9 @@ __global__ void __launch_bounds__(kThreads)
                     uint32_t block_rows, FastDivmod block_vectors, uint32_t blocks_per_row,
                     uint32_t num_blocks) {
   __shared__ float warp_lo[2][kWarps], warp_hi[2][kWarps];
+  __shared__ Nvfp4Table<kFormat> nvfp4_table;
+  const Nvfp4Constants nvfp4 = LoadNvfp4Constants<kFormat>(p, flags, nvfp4_table);
   MetricAccumulator acc;
-  const Nvfp4Constants nvfp4 = LoadNvfp4Constants(p, flags);
   int parity = 0;  // alternate shared slots, so one barrier per tile suffices
   const uint32_t width = block_vectors.divisor;
   for (uint32_t b = blockIdx.x; b < num_blocks; b += gridDim.x) {

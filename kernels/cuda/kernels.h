@@ -53,7 +53,7 @@ struct DeviceFlags {
   unsigned long long first_nan;    // flat index of the first NaN a NaN-rejecting pass saw
   long long bad_scale_group;       // a group whose asymmetric range overflowed fp32
   unsigned int tensor_amax_bits;   // NVFP4: the tensor's amax (a float >= 0, as its bits)
-  unsigned int global_scale_bits;  // NVFP4: S_enc as its bits, for the fused element pass
+  unsigned int global_scale_bits;  // NVFP4: S_enc as its bits, for the kernels after its own
   // FlatQuant: flat index of the first input its transform refuses (FlatquantInputError).
   unsigned long long first_bad_input;
 };

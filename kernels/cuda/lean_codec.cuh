@@ -9,7 +9,9 @@
 //   finite. Then Markstein's step q0 = x·r, q1 = q0 + (x − s·q0)·r (r = RN(1/s)) is RN(x/s)
 //   whenever the remainder is exact, i.e. |x| ≥ 2^-102; below that |x/s| ≤ 2^-42, which every
 //   lean format rounds to (signed) zero whatever the error. copysign restores the sign the step
-//   loses on ±0 and tiny quotients.
+//   loses on ±0 and tiny quotients. E2M1 and FP6 skip the clamp (LeanMagnitudeQuotient): there
+//   an x·r that overflows (or an infinite x) makes q1 NaN, and both map a NaN quotient to their
+//   saturated code, which is what a quotient that large takes.
 // - Integers. round(v) clamped to [qmin, qmax] after adding zp equals round(clamp(v, qmin − zp,
 //   qmax − zp)) + zp (rounding is monotone and the bounds are integers), and for |v| ≤ 2^22
 //   RN(v + 1.5·2^23) holds round-half-even(v) in its low mantissa bits: one add instead of a
@@ -23,14 +25,17 @@
 //   RNE is monotone, so RNE(f(a)) = min(RNE(2a), RNE(a) + 2, RNE(a/2) + 4), and each term is
 //   one fp32 operation: adding M = 1.5 · 2^23 (plus an even 2 or 4, which keeps the tie
 //   parity) to 2a, a or a/2 rounds it to an integer half to even, which the sum's low bits
-//   hold. The saturation rides on the third term: u = sat(|v|/8 + 1/4) (one FFMA.SAT) is
-//   min(|v|, 6)/8 + 1/4 exactly wherever the third term can be the least (|v| ≥ 4: the sum is
-//   below 1 with ulp 2^-24, or saturates), and RN(4u + M + 3) = M + RNE(min(|v|, 6)/2) + 4
-//   there. Below 4, u may round, but 4u + 3 ≥ |v|/2 + 4 − 2^-23 ≥ |v| + 2 for every float
-//   |v| ≤ 4 − 2^-22, so the third term never undercuts the second. Unclamped, the first two
-//   terms exceed M + 7 from |v| ≥ 6 on (+Inf included), where the third is M + 7. So the
-//   code is the least of three FMA-pipe terms: two minima on the integer pipe, which bounds
-//   the MX kernels. Eight terms pack by Horner's rule (w = 16w + bits(t): one IMAD each), and
+//   hold. The saturation rides on the third term: u = sat(3/4 − |v|/8) (one FFMA.SAT) is
+//   3/4 − min(|v|, 6)/8 exactly wherever the third term can be the least (|v| ≥ 4: Sterbenz,
+//   or saturated to 0), and RN(M + 7 − 4u) = M + RNE(min(|v|, 6)/2) + 4 there. Below 4, u may
+//   round by 2^-25 at most (it lies in (1/4, 3/4]), but 7 − 4u ≥ |v|/2 + 4 − 2^-23 > |v| + 2
+//   for |v| < 3, and u is exact from 3 on, so the third term never undercuts the second. The
+//   first two terms exceed M + 7 from |v| ≥ 6 on (+Inf included), where the third is M + 7;
+//   and a NaN v (an overflowing quotient, below) makes the first two NaN, which fminf skips,
+//   and u 0 (.sat flushes NaN to +0): M + 7 again, saturation, as the quotient's true value
+//   needs. So the code is the least of three FMA-pipe terms: two minima on the integer pipe,
+//   which bounds the MX kernels. (Checked exhaustively against codec.h over every fp32 ≥ 0 and
+//   NaN, as the earlier form was.) Eight terms pack by Horner's rule (w = 16w + bits(t): one IMAD each), and
 //   one subtraction takes the magic's share out; the signs are x's own, ±0 included (the
 //   engine's RNE + SATURATE), gathered four bits at a time by funnel shifts of x's top nibble
 //   and masked once per vector. tests/gpu checks the codes against codec.h's.
@@ -84,20 +89,30 @@ struct LeanScale {
   bool power_of_two = false;
 };
 
+// RN(1/s), as LeanScale::reciprocal holds it.
+__device__ __forceinline__ float LeanReciprocal(float s, bool power_of_two) {
+  // 1/2^X is 2^-X: its exponent field is 254 minus s's (exact for s in [2^-126, 2^126]).
+  return power_of_two ? __uint_as_float(0x7F000000u - __float_as_uint(s)) : __frcp_rn(s);
+}
+
+// The lean scale of s, whose LeanReciprocal the caller may already hold (NVFP4's table).
 __device__ __forceinline__ LeanScale MakeLeanScale(const ElementCodec& codec, float s, int32_t zp,
-                                                   bool power_of_two = false) {
+                                                   bool power_of_two, float reciprocal) {
   LeanScale scale;
   scale.power_of_two = power_of_two;
   scale.s = s;
   scale.zp = zp;
   scale.lean = s >= 0x1p-60f && s <= 0x1p90f;  // false for NaN
-  // 1/2^X is 2^-X: its exponent field is 254 minus s's (exact for s in [2^-126, 2^126]).
-  scale.reciprocal =
-      power_of_two ? __uint_as_float(0x7F000000u - __float_as_uint(s)) : __frcp_rn(s);
+  scale.reciprocal = reciprocal;
   scale.bound = s * 0x1p20f;
   scale.lo = static_cast<float>(codec.qmin - zp);
   scale.hi = static_cast<float>(codec.qmax - zp);
   return scale;
+}
+
+__device__ __forceinline__ LeanScale MakeLeanScale(const ElementCodec& codec, float s, int32_t zp,
+                                                   bool power_of_two = false) {
+  return MakeLeanScale(codec, s, zp, power_of_two, LeanReciprocal(s, power_of_two));
 }
 
 // The quotient x / s of a lean scale (see the file comment). kPowerOfTwo: s is a power of
@@ -117,17 +132,18 @@ __device__ __forceinline__ float LeanQuotient(float x, const LeanScale& scale) {
   }
 }
 
-// |x| / s (as LeanQuotient, whose magnitude it is: RN and the division step are symmetric in
-// the sign), for the formats that take the sign from x (E2M1, FP6): |x| needs one side of the
-// clamp, one FMNMX fewer per element where the scale is not a power of two (NVFP4).
+// |x| / s for the formats that take the sign from x (E2M1, FP6), or NaN where that quotient
+// overflows: both saturate a NaN quotient (see the file comment), so the step needs no clamp,
+// one FMNMX fewer per element where the scale is not a power of two (NVFP4). RN and the
+// division step are symmetric in the sign.
 template <bool kPowerOfTwo>
 __device__ __forceinline__ float LeanMagnitudeQuotient(float x, const LeanScale& scale) {
+  const float a = fabsf(x);
   if constexpr (kPowerOfTwo) {
-    return __fmul_rn(fabsf(x), scale.reciprocal);
+    return __fmul_rn(a, scale.reciprocal);  // +Inf where it overflows, which saturates too
   } else {
-    const float clamped = fminf(fabsf(x), scale.bound);
-    const float q0 = __fmul_rn(clamped, scale.reciprocal);
-    const float remainder = __fmaf_rn(-scale.s, q0, clamped);
+    const float q0 = __fmul_rn(a, scale.reciprocal);
+    const float remainder = __fmaf_rn(-scale.s, q0, a);  // -Inf (or NaN) when q0 is +Inf
     return __fmaf_rn(remainder, scale.reciprocal, q0);
   }
 }
@@ -149,22 +165,23 @@ __device__ __forceinline__ __half2 DecodeFp8Pair(unsigned short pair) {
   return *reinterpret_cast<const __half2*>(&halves);
 }
 
-// decode(e4m3(v)) for v ≥ 0 (not NaN), rounded to nearest even and saturating.
-__device__ __forceinline__ float E4M3RoundTrip(float v) {
-  unsigned short pair;  // the code in the low byte
+// The E4M3 code of v ≥ 0 (not NaN), rounded to nearest even and saturating: 0..0x7E.
+__device__ __forceinline__ uint32_t E4M3Code(float v) {
+  unsigned short pair;  // the code in the low byte, +0's in the high one
   asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
-  return __low2float(DecodeFp8Pair<LeanFormat::kE4M3>(pair));
+  return pair;
 }
 
-// M + the E2M1 magnitude code of v = |x| / s (not NaN) by RNE + SATURATE; see the file comment.
+// M + the E2M1 magnitude code of v = |x| / s by RNE + SATURATE, and M + 7 (saturation) for a
+// NaN v: an overflowing quotient (LeanMagnitudeQuotient); see the file comment.
 __device__ __forceinline__ float E2M1MagnitudeTerm(float v) {
   const float a = fabsf(v);
-  float u;  // min(a, 6)/8 + 1/4 where it matters
-  asm("fma.rn.sat.f32 %0, %1, 0f3E000000, 0f3E800000;" : "=f"(u) : "f"(a));  // a/8 + 1/4
+  float u;  // 3/4 - min(a, 6)/8 where it matters; 0 for NaN
+  asm("fma.rn.sat.f32 %0, %1, 0fBE000000, 0f3F400000;" : "=f"(u) : "f"(a));  // 3/4 - a/8
   const float t0 = __fmaf_rn(a, 2.0f, kRoundingMagic);                       // M + RNE(2a)
   const float t1 = __fadd_rn(a, kRoundingMagic + 2.0f);                      // M + RNE(a) + 2
-  const float t2 = __fmaf_rn(u, 4.0f, kRoundingMagic + 3.0f);  // M + RNE(min(a, 6)/2) + 4
-  return fminf(fminf(t0, t1), t2);
+  const float t2 = __fmaf_rn(u, -4.0f, kRoundingMagic + 7.0f);  // M + RNE(min(a, 6)/2) + 4
+  return fminf(fminf(t0, t1), t2);  // fminf skips NaN: a NaN v gives M + 7
 }
 
 // Σ_j bits(M) · 16^j (mod 2^32): what packing 8 magnitude terms by Horner's rule adds.

@@ -123,14 +123,38 @@ __global__ void TensorAmaxKernel(StatsBuffers stats, int64_t n) {
   if ((threadIdx.x & 31) == 0) atomicMax(&stats.flags->tensor_amax_bits, __float_as_uint(amax));
 }
 
-// NVFP4, second step: S_enc (the caller's when static_global_scale is not 0, else from the
-// tensor's amax), then every block's scale value and element scale (codec.h).
+// NVFP4's S_enc reaches every kernel after these one way: the flags (and the response's
+// global_scale buffer), set by one of the three one-thread kernels below.
+__device__ __forceinline__ void SetNvfp4GlobalScale(DeviceFlags* flags, float* global_scale,
+                                                    float value) {
+  *global_scale = value;
+  flags->global_scale_bits = __float_as_uint(value);
+}
+
+// S_enc from the tensor's amax that TensorAmaxKernel merged into the flags.
+__global__ void Nvfp4GlobalFromAmaxKernel(DeviceFlags* flags, float* global_scale) {
+  SetNvfp4GlobalScale(flags, global_scale,
+                      Nvfp4GlobalScale(__uint_as_float(flags->tensor_amax_bits)));
+}
+
+// NVFP4 before its fused pass: S_enc from the tensor's range, which LaunchTensorStatsVector
+// left in group 0's keys (the fused pass reads none); the amax goes into the flags too.
+__global__ void Nvfp4GlobalFromTensorStatsKernel(StatsBuffers stats, float* global_scale) {
+  const float lo = KeyFloat(stats.min_keys[0]), hi = KeyFloat(stats.max_keys[0]);
+  const float amax = lo <= hi ? fmaxf(hi, -lo) : 0.0f;
+  stats.flags->tensor_amax_bits = __float_as_uint(amax);
+  SetNvfp4GlobalScale(stats.flags, global_scale, Nvfp4GlobalScale(amax));
+}
+
+// NVFP4 with the caller's S_enc (QuantSpec::static_global_scale): reported as given.
+__global__ void Nvfp4StaticGlobalKernel(DeviceFlags* flags, float* global_scale, float value) {
+  SetNvfp4GlobalScale(flags, global_scale, value);
+}
+
+// NVFP4, last step: every block's scale value and element scale (codec.h) under S_enc.
 __global__ void Nvfp4ScalesKernel(StatsBuffers stats, int64_t n, float* scales,
-                                  GlobalScaleBuffers nvfp4, float static_global_scale) {
-  const float global_scale = static_global_scale != 0.0f
-                                 ? static_global_scale
-                                 : Nvfp4GlobalScale(__uint_as_float(stats.flags->tensor_amax_bits));
-  if (blockIdx.x == 0 && threadIdx.x == 0) *nvfp4.global_scale = global_scale;
+                                  GlobalScaleBuffers nvfp4) {
+  const float global_scale = __uint_as_float(stats.flags->global_scale_bits);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += stride) {
@@ -139,24 +163,6 @@ __global__ void Nvfp4ScalesKernel(StatsBuffers stats, int64_t n, float* scales,
     scales[i] = block_scale;
     nvfp4.element_scales[i] = Nvfp4ElementScale(block_scale, global_scale);
   }
-}
-
-// NVFP4 before its fused pass: S_enc from the tensor's range, which LaunchTensorStatsVector
-// left in group 0's keys (the fused pass reads none), and the amax into the flags, where the
-// fused pass's ScaleOfRange reads it.
-__global__ void Nvfp4GlobalFromTensorStatsKernel(StatsBuffers stats, float* global_scale) {
-  const float lo = KeyFloat(stats.min_keys[0]), hi = KeyFloat(stats.max_keys[0]);
-  const float amax = lo <= hi ? fmaxf(hi, -lo) : 0.0f;
-  stats.flags->tensor_amax_bits = __float_as_uint(amax);
-  *global_scale = Nvfp4GlobalScale(amax);
-  stats.flags->global_scale_bits = __float_as_uint(*global_scale);
-}
-
-// NVFP4 with the caller's S_enc (QuantSpec::static_global_scale): reported as given, and left
-// in the flags for the fused pass.
-__global__ void Nvfp4StaticGlobalKernel(DeviceFlags* flags, float* global_scale, float value) {
-  *global_scale = value;
-  flags->global_scale_bits = __float_as_uint(value);
 }
 
 // ---- Element passes. ----
@@ -424,14 +430,12 @@ cudaError_t LaunchNvfp4Scales(const StatsBuffers& stats, int64_t num_scales, flo
   const int grid = GridFor(std::max<int64_t>(num_scales, 1), 1024);
   if (static_global_scale == 0.0f) {
     TensorAmaxKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales);
-    if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
+    Nvfp4GlobalFromAmaxKernel<<<1, 1, 0, stream>>>(stats.flags, nvfp4.global_scale);
   } else {
     Nvfp4StaticGlobalKernel<<<1, 1, 0, stream>>>(stats.flags, nvfp4.global_scale,
                                                  static_global_scale);
-    if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
   }
-  Nvfp4ScalesKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales, scales, nvfp4,
-                                                   static_global_scale);
+  Nvfp4ScalesKernel<<<grid, kThreads, 0, stream>>>(stats, num_scales, scales, nvfp4);
   return cudaGetLastError();
 }
 

@@ -767,6 +767,39 @@ TEST_F(GpuBackendTest, Nvfp4StaticGlobalScaleMatchesTheCpuBitForBit) {
   }
 }
 
+// A caller's S_enc far above the tensor's saturates every block scale at 448, and |x| / d_b
+// then overflows fp32 for huge elements: the lean E2M1 path divides without a clamp and must
+// still saturate those (and ±Inf) as codec.h does, beside elements on and next to E2M1's
+// midpoints in the same blocks.
+TEST_F(GpuBackendTest, Nvfp4OverflowingQuotientsSaturateAsOnTheCpu) {
+  std::mt19937 rng(static_cast<uint32_t>(RunSeed()));
+  const float global = 0x1p50f;
+  const float d = 448.0f / global;  // every block's d_b (a lean scale: above 2^-60)
+  const float huge[] = {1e30f, std::numeric_limits<float>::max(),
+                        std::numeric_limits<float>::infinity(), 0x1p70f};
+  const float multiples[] = {0.0f, 0.25f, 0.5f, 0.75f, 1.25f, 1.75f, 2.5f,
+                             3.5f, 5.0f,  6.0f, 7.0f,  1e3f,  0x1p40f};
+  const Shape shape{5, 64};
+  std::vector<float> values(static_cast<size_t>(*NumElements(shape)));
+  for (size_t i = 0; i < values.size(); ++i) {
+    float v = i % 16 == 0 ? huge[(i / 16) % 4] : multiples[rng() % 13] * d;
+    if (rng() % 3 == 0) v = std::nextafter(v, rng() % 2 ? 0.0f : 2.0f * v);
+    values[i] = rng() % 2 ? -v : v;
+  }
+  QuantSpec requested;
+  requested.format = Format::kNvfp4;
+  requested.static_global_scale = global;
+  const QuantSpec spec = *ResolveSpec(requested, shape);
+  const QuantLayout layout = *ComputeLayout(spec, shape);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " seed=", RunSeed()));
+    Outputs cpu, gpu;
+    ExpectQuantizeAndFakeQuantMatch(Encode(values, dtype), dtype, shape, spec, layout, &cpu, &gpu);
+    if (HasFatalFailure()) return;
+    EXPECT_EQ(cpu.codes[0] & 0x7u, 0x7u);  // the first element saturated
+  }
+}
+
 // FlatQuant with caller-given matrices (the matrix test above runs the default identities):
 // the transform's two GEMM kernels must add every product in the CPU's order. Real splits
 // (64 · 64, 112 · 128), a ragged one (7 · 10 on rows of 70) and a lopsided one (1 · 33), in
