@@ -189,6 +189,22 @@ class RemoteClient final : public Client {
     return response;
   }
 
+  absl::StatusOr<v1::GemmResponse> Gemm(v1::GemmRequest request) override {
+    const int64_t limit = UnaryLimit();
+    if (static_cast<int64_t>(request.ByteSizeLong()) > limit) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("Gemm has no streamed form and this request is ", request.ByteSizeLong(),
+                       " bytes, above the server's message limit of ", limit + kMessageMarginBytes,
+                       "; split M into slices, or start quantd with a larger "
+                       "--max-message-bytes"));
+    }
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::GemmResponse response;
+    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->Gemm(&context, request, &response)));
+    return response;
+  }
+
   absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() override {
     grpc::ClientContext context;
     Prepare(&context);
@@ -390,6 +406,9 @@ class EmbeddedClient final : public Client {
   }
   absl::StatusOr<v1::CalibrateResponse> Calibrate(v1::CalibrateRequest request) override {
     return core_.Calibrate(request);
+  }
+  absl::StatusOr<v1::GemmResponse> Gemm(v1::GemmRequest request) override {
+    return core_.Gemm(request);
   }
   absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() override {
     return core_.GetCapabilities();

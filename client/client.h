@@ -68,6 +68,8 @@ class Client {
       v1::QuantDequantRequest request) = 0;
   [[nodiscard]] virtual absl::StatusOr<v1::CalibrateResponse> Calibrate(
       v1::CalibrateRequest request) = 0;
+  // Unary only: a request above the server's message limit fails with what to do instead.
+  [[nodiscard]] virtual absl::StatusOr<v1::GemmResponse> Gemm(v1::GemmRequest request) = 0;
   [[nodiscard]] virtual absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() = 0;
   // The transport alone (see EchoRequest): the payload there and `response_bytes` bytes back,
   // no quantization work. Unary only: gRPC refuses a request above the server's message limit

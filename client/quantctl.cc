@@ -81,6 +81,10 @@ ABSL_FLAG(bool, double_quant, false,
 ABSL_FLAG(std::string, static_scales, "", ".npy of float32 scales to use instead of amax");
 ABSL_FLAG(std::string, static_zero_points, "", ".npy of int32 zero-points (with --asymmetric)");
 ABSL_FLAG(bool, no_metrics, false, "skip the error metrics");
+ABSL_FLAG(std::string, weight_format, "",
+          "gemm: B's format or descriptor (default: --format's); the other flags apply to both");
+ABSL_FLAG(std::string, bias, "", "gemm: .npy of the float bias [N], added to every row");
+ABSL_FLAG(double, alpha, 1.0, "gemm: multiplies the product A·Bᵀ");
 ABSL_FLAG(std::string, output_dtype, "", "f32 | f16 | bf16 for dequantize / quantdequant");
 
 ABSL_FLAG(std::string, method, "amax", "calibrate: amax | percentile | mse");
@@ -114,6 +118,8 @@ constexpr char kUsage[] = R"(quantctl: the quantd command line
   quantctl [--server=...] dequantize [--output-dtype=f32|f16|bf16] IN.npz OUT.npy
   quantctl [--server=...] quantdequant --format=F ... IN.npy OUT.npy
   quantctl [--server=...] calibrate --format=F ... [--method=amax|percentile|mse] IN.npy
+  quantctl [--server=...] gemm --format=F [--weight-format=F2] [--bias=BIAS.npy] [--alpha=A]
+           [--output-dtype=f32|f16|bf16] A.npy B.npy OUT.npy
   quantctl --server=... capabilities | health
   quantctl random --shape=D0,D1,... [--dtype=f32] [--seed=S] OUT.npy
   quantctl --server=... bench [--format=F ...] [--op=quantize|dequantize|quantdequant]
@@ -122,7 +128,10 @@ constexpr char kUsage[] = R"(quantctl: the quantd command line
 
 Without --server the numerics run in this process. quantize writes codes, scales,
 zero_points (asymmetric), shape, spec (JSON text as uint8) and source_dtype; it prints the
-error metrics as one JSON object on the last line of stdout. bench measures latency and
+error metrics as one JSON object on the last line of stdout. gemm writes
+OUT = alpha · dequant(A) · dequant(B)ᵀ (+ bias) for activations A [M, K] (per-token scales unless
+--granularity says otherwise) and weights B [N, K] in nn.Linear's layout (per-channel scales),
+with the error against the unquantized product on the last line. bench measures latency and
 throughput of an op against an Echo of the same bytes (the bare transport) per size and
 concurrency, and prints a markdown table (format int8 unless --format says otherwise).)";
 
@@ -464,6 +473,39 @@ absl::Status RunQuantDequant(Client& client, const std::vector<char*>& args) {
   return absl::OkStatus();
 }
 
+absl::Status RunGemm(Client& client, const std::vector<char*>& args) {
+  QUANTD_RETURN_IF_ERROR(
+      CheckArgs(args, 3, "--format=F [--weight-format=F2] [--bias=BIAS.npy] A.npy B.npy OUT.npy"));
+  v1::GemmRequest request;
+  QUANTD_ASSIGN_OR_RETURN(*request.mutable_a_spec(), SpecFromFlags());
+  *request.mutable_b_spec() = request.a_spec();
+  if (const std::string weight = absl::GetFlag(FLAGS_weight_format); !weight.empty()) {
+    request.mutable_b_spec()->set_descriptor_string(weight);
+  }
+  QUANTD_ASSIGN_OR_RETURN(npy::Array a, ReadFloatInput(args[2]));
+  QUANTD_ASSIGN_OR_RETURN(npy::Array b, ReadFloatInput(args[3]));
+  *request.mutable_a() = TensorFromArray(std::move(a));
+  *request.mutable_b() = TensorFromArray(std::move(b));
+  if (const std::string bias = absl::GetFlag(FLAGS_bias); !bias.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(npy::Array values, ReadFloatInput(bias));
+    *request.mutable_bias() = TensorFromArray(std::move(values));
+  }
+  const auto alpha = static_cast<float>(absl::GetFlag(FLAGS_alpha));
+  request.set_alpha(alpha);
+  request.set_alpha_is_zero(alpha == 0.0f);
+  request.set_skip_metrics(absl::GetFlag(FLAGS_no_metrics));
+  if (const std::string dtype = absl::GetFlag(FLAGS_output_dtype); !dtype.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(const v1::DType output_dtype, DTypeFromFlag(dtype));
+    request.set_output_dtype(output_dtype);
+  }
+  QUANTD_ASSIGN_OR_RETURN(v1::GemmResponse response, client.Gemm(std::move(request)));
+  QUANTD_RETURN_IF_ERROR(npy::WriteNpy(args[4], ArrayFromTensor(response.mutable_output())));
+  std::cerr << "A " << SpecSummary(response.a_spec()) << " x B " << SpecSummary(response.b_spec())
+            << " on " << response.backend() << " -> " << args[4] << "\n";
+  if (response.has_metrics()) std::cout << MetricsJson(response.metrics()) << std::endl;
+  return absl::OkStatus();
+}
+
 // A JSON array of the float32 / int32 values in `tensor` (%.9g round-trips a float32).
 std::string JsonValues(const v1::Tensor& tensor) {
   std::vector<std::string> values;
@@ -611,9 +653,13 @@ absl::Status Run(const std::vector<char*>& args) {
   if (command == "bench") return RunBenchCommand(args);
   using Command = absl::Status (*)(Client&, const std::vector<char*>&);
   const std::pair<const char*, Command> commands[] = {
-      {"quantize", RunQuantize},         {"dequantize", RunDequantize},
-      {"quantdequant", RunQuantDequant}, {"calibrate", RunCalibrate},
-      {"capabilities", RunCapabilities}, {"health", RunHealth},
+      {"quantize", RunQuantize},
+      {"dequantize", RunDequantize},
+      {"quantdequant", RunQuantDequant},
+      {"calibrate", RunCalibrate},
+      {"gemm", RunGemm},
+      {"capabilities", RunCapabilities},
+      {"health", RunHealth},
   };
   for (const auto& [name, run] : commands) {
     if (command != name) continue;

@@ -60,6 +60,8 @@ absl::string_view MethodName(Method method) {
       return "DequantizeStream";
     case Method::kEcho:
       return "Echo";
+    case Method::kGemm:
+      return "Gemm";
   }
   return "unknown";
 }

@@ -55,8 +55,9 @@ enum class Method : int {
   kQuantizeStream,
   kDequantizeStream,
   kEcho,
+  kGemm,
 };
-inline constexpr int kNumMethods = 8;
+inline constexpr int kNumMethods = 9;
 absl::string_view MethodName(Method method);
 
 inline constexpr int kNumStatusCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)

@@ -749,6 +749,15 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
     return ServeUnary(state_, kMethod, context, request, response);
   }
 
+  grpc::ServerUnaryReactor* Gemm(grpc::CallbackServerContext* context,
+                                 const v1::GemmRequest* request,
+                                 v1::GemmResponse* response) override {
+    static const UnaryMethod<v1::GemmRequest, v1::GemmResponse> kMethod{
+        Method::kGemm, &QuantizerCore::PlanGemm, &QuantizerCore::Gemm,
+        &MetricsIfPresent<v1::GemmResponse>};
+    return ServeUnary(state_, kMethod, context, request, response);
+  }
+
   grpc::ServerUnaryReactor* Calibrate(grpc::CallbackServerContext* context,
                                       const v1::CalibrateRequest* request,
                                       v1::CalibrateResponse* response) override {

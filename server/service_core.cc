@@ -688,6 +688,104 @@ absl::StatusOr<v1::QuantDequantResponse> QuantizerCore::QuantDequant(
   return response;
 }
 
+// A GEMM request's operands as views, its resolved spec and dimensions.
+struct QuantizerCore::GemmPlan {
+  GemmOperands operands;
+  GemmSpec spec;
+  GemmDims dims;
+  DType output_dtype = DType::kF32;
+  int64_t input_bytes = 0;
+  int64_t output_bytes = 0;
+};
+
+absl::StatusOr<QuantizerCore::GemmPlan> QuantizerCore::PlanGemmOperands(
+    const v1::GemmRequest& request, DataCheck check) const {
+  GemmPlan plan;
+  // One float operand: dtype, shape and bytes checked as any float input's.
+  const auto operand = [&](const v1::Tensor& tensor, const char* field,
+                           TensorView* view) -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(const DType dtype,
+                            FloatDType(tensor.dtype(), absl::StrCat(field, ".dtype"), field));
+    QUANTD_ASSIGN_OR_RETURN(Extent extent, ExtentOf(absl::StrCat(field, ".shape"), tensor.shape(),
+                                                    dtype, options_.max_rank));
+    QUANTD_RETURN_IF_ERROR(CheckTensorBytes(field, extent.bytes));
+    QUANTD_RETURN_IF_ERROR(
+        CheckData(field, tensor.data(), extent.bytes, extent.shape, extent.numel, dtype, check));
+    *view = ViewOf(tensor, extent.shape, dtype);
+    plan.input_bytes += extent.bytes;
+    return absl::OkStatus();
+  };
+  QUANTD_RETURN_IF_ERROR(operand(request.a(), "a", &plan.operands.a));
+  QUANTD_RETURN_IF_ERROR(operand(request.b(), "b", &plan.operands.b));
+  if (!TensorIsEmpty(request.bias())) {
+    QUANTD_RETURN_IF_ERROR(operand(request.bias(), "bias", &plan.operands.bias));
+  }
+  if (!TensorIsEmpty(request.c())) {
+    QUANTD_RETURN_IF_ERROR(operand(request.c(), "c", &plan.operands.c));
+  }
+  // An operand spec left empty (no format, no descriptor) means "not quantized".
+  GemmSpec requested;
+  QUANTD_ASSIGN_OR_RETURN(requested.a, QuantSpecFromProto(request.a_spec(), "a_spec"));
+  QUANTD_ASSIGN_OR_RETURN(requested.b, QuantSpecFromProto(request.b_spec(), "b_spec"));
+  requested.alpha = request.alpha() == 0.0f && !request.alpha_is_zero() ? 1.0f : request.alpha();
+  requested.beta = request.beta();
+  QUANTD_ASSIGN_OR_RETURN(plan.spec,
+                          ResolveGemmSpec(requested, plan.operands.a.shape, plan.operands.b.shape));
+  if (request.output_dtype() != v1::DTYPE_UNSPECIFIED) {
+    QUANTD_ASSIGN_OR_RETURN(plan.output_dtype,
+                            FloatDType(request.output_dtype(), "output_dtype", "the output"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(plan.dims, CheckGemmOperands(plan.operands, plan.spec));
+  QUANTD_ASSIGN_OR_RETURN(const int64_t out_numel, NumElements(plan.dims.out_shape));
+  plan.output_bytes = out_numel * DTypeSize(plan.output_dtype);
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("output", plan.output_bytes));
+  return plan;
+}
+
+absl::StatusOr<RequestPlan> QuantizerCore::PlanGemm(const v1::GemmRequest& request,
+                                                    DataCheck check) const {
+  QUANTD_ASSIGN_OR_RETURN(const GemmPlan gemm, PlanGemmOperands(request, check));
+  RequestPlan plan;
+  plan.spec = gemm.spec.b.format != Format::kUnspecified ? gemm.spec.b : gemm.spec.a;
+  plan.input_dtype = gemm.operands.a.dtype;
+  plan.output_dtype = gemm.output_dtype;
+  plan.input_bytes = gemm.input_bytes;
+  plan.output_bytes = gemm.output_bytes;
+  return plan;
+}
+
+absl::StatusOr<v1::GemmResponse> QuantizerCore::Gemm(const v1::GemmRequest& request) const {
+  QUANTD_ASSIGN_OR_RETURN(const GemmPlan plan, PlanGemmOperands(request, DataCheck::kExact));
+  v1::GemmResponse response;
+  ErrorMetrics metrics;
+  QUANTD_RETURN_IF_ERROR(Guarded("Gemm", [&]() -> absl::Status {
+    v1::Tensor* output = response.mutable_output();
+    SetTensorHeader(plan.output_dtype, plan.dims.out_shape, output);
+    std::string* data = output->mutable_data();
+    data->resize(static_cast<size_t>(plan.output_bytes));
+    MutableTensorView out;
+    out.dtype = plan.output_dtype;
+    out.shape = plan.dims.out_shape;
+    out.data = data->data();
+    out.bytes = plan.output_bytes;
+    return backend_->Gemm(plan.operands, plan.spec, out,
+                          request.skip_metrics() ? nullptr : &metrics);
+  }));
+  if (plan.spec.a.format != Format::kUnspecified) {
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout,
+                            ComputeLayout(plan.spec.a, plan.operands.a.shape));
+    QuantSpecToProto(plan.spec.a, layout.scale_shape, response.mutable_a_spec());
+  }
+  if (plan.spec.b.format != Format::kUnspecified) {
+    QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout,
+                            ComputeLayout(plan.spec.b, plan.operands.b.shape));
+    QuantSpecToProto(plan.spec.b, layout.scale_shape, response.mutable_b_spec());
+  }
+  if (!request.skip_metrics()) ErrorMetricsToProto(metrics, response.mutable_metrics());
+  response.set_backend(std::string(backend_->name()));
+  return response;
+}
+
 absl::StatusOr<v1::CalibrateResponse> QuantizerCore::Calibrate(
     const v1::CalibrateRequest& request) const {
   QUANTD_ASSIGN_OR_RETURN(RequestPlan plan, PlanCalibrate(request, DataCheck::kExact));

@@ -97,6 +97,7 @@ class QuantizerCore {
       const v1::QuantDequantRequest& request) const;
   [[nodiscard]] absl::StatusOr<v1::CalibrateResponse> Calibrate(
       const v1::CalibrateRequest& request) const;
+  [[nodiscard]] absl::StatusOr<v1::GemmResponse> Gemm(const v1::GemmRequest& request) const;
   v1::GetCapabilitiesResponse GetCapabilities() const;
 
   // The backend's TensorUpload for the float input of a planned streamed request (null where
@@ -115,6 +116,10 @@ class QuantizerCore {
                                                              DataCheck check) const;
   [[nodiscard]] absl::StatusOr<RequestPlan> PlanCalibrate(const v1::CalibrateRequest& request,
                                                           DataCheck check) const;
+  // GEMM: `spec` is B's (the weights' format labels the call; A's when B is not quantized),
+  // input_bytes every operand's, output_bytes the product's.
+  [[nodiscard]] absl::StatusOr<RequestPlan> PlanGemm(const v1::GemmRequest& request,
+                                                     DataCheck check) const;
 
   absl::string_view backend_name() const { return backend_->name(); }
   const CoreOptions& options() const { return options_; }
@@ -125,6 +130,9 @@ class QuantizerCore {
                                                            const v1::QuantSpec& spec_proto,
                                                            DataCheck check) const;
   [[nodiscard]] absl::Status CheckTensorBytes(absl::string_view field, int64_t bytes) const;
+  struct GemmPlan;
+  [[nodiscard]] absl::StatusOr<GemmPlan> PlanGemmOperands(const v1::GemmRequest& request,
+                                                          DataCheck check) const;
 
   Backend* backend_;
   CoreOptions options_;

@@ -458,6 +458,13 @@ class CudaBackend final : public Backend {
     return Finish(spec, pass, metrics, *lease);
   }
 
+  // The operands' fake quantization runs on the GPU (QuantDequant: the CPU's bits), the product
+  // on the host, until the cuBLASLt paths take it over (issue 5).
+  absl::Status Gemm(const GemmOperands& operands, const GemmSpec& spec,
+                    const MutableTensorView& out, ErrorMetrics* metrics) override {
+    return GemmOfFakeQuantized(*this, InlineExecutor(), operands, spec, out, metrics);
+  }
+
   absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
                          const CalibrationOptions& options, CalibrationResult* result) override {
     const CalibrationMethod method = options.method == CalibrationMethod::kUnspecified

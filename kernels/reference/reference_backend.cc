@@ -182,6 +182,11 @@ class ReferenceBackend final : public Backend {
     return reference::Calibrate(executor_, x, spec, layout, options, result);
   }
 
+  absl::Status Gemm(const GemmOperands& operands, const GemmSpec& spec,
+                    const MutableTensorView& out, ErrorMetrics* metrics) override {
+    return GemmOfFakeQuantized(*this, executor_, operands, spec, out, metrics);
+  }
+
  private:
   Executor* executor_;
 };

@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "quantd/double_quant.h"
 #include "quantd/executor.h"
+#include "quantd/gemm.h"
 #include "quantd/metrics.h"
 #include "quantd/spec.h"
 #include "quantd/tensor.h"
@@ -174,6 +175,13 @@ class Backend {
   [[nodiscard]] virtual absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
                                                const CalibrationOptions& options,
                                                CalibrationResult* result) = 0;
+
+  // OUT = α · Â · B̂ᵀ + β · C + bias (quantd/gemm.h), `spec` resolved by ResolveGemmSpec for
+  // the operands' shapes; fills `metrics` (out against the product of the unquantized
+  // operands) when it is not null.
+  [[nodiscard]] virtual absl::Status Gemm(const GemmOperands& operands, const GemmSpec& spec,
+                                          const MutableTensorView& out,
+                                          ErrorMetrics* metrics) = 0;
 };
 
 // ---- Shared by every backend, so that each refuses the same requests in the same words. ----
@@ -198,6 +206,13 @@ std::vector<float> ElementScalesOf(const ConstQuantizedBuffers& in, const QuantS
                                             const CalibrationOptions& options);
 // InvalidArgument for flat input element `index` being NaN where the spec rejects NaN.
 absl::Status NanRejectedError(Format format, int64_t index);
+
+// A GEMM through `backend`'s own fake quantization: Â and B̂ from backend.QuantDequant (so
+// every backend's are the same bits), then HostGemm on `executor`.
+[[nodiscard]] absl::Status GemmOfFakeQuantized(Backend& backend, Executor* executor,
+                                               const GemmOperands& operands, const GemmSpec& spec,
+                                               const MutableTensorView& out,
+                                               ErrorMetrics* metrics);
 // InvalidArgument for FlatQuant input element `index` (value `v`): NaN (unless nan_policy is
 // ZERO) or ±Inf, which its transform would spread over the element's row.
 absl::Status FlatquantInputError(Format format, int64_t index, float v);
