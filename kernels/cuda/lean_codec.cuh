@@ -35,8 +35,8 @@
 //   and u 0 (.sat flushes NaN to +0): M + 7 again, saturation, as the quotient's true value
 //   needs. So the code is the least of three FMA-pipe terms: two minima on the integer pipe,
 //   which bounds the MX kernels. (Checked exhaustively against codec.h over every fp32 ≥ 0 and
-//   NaN, as the earlier form was.) Eight terms pack by Horner's rule (w = 16w + bits(t): one IMAD each), and
-//   one subtraction takes the magic's share out; the signs are x's own, ±0 included (the
+//   NaN, as the earlier form was.) Eight terms pack by Horner's rule (w = 16w + bits(t): one IMAD
+//   each), and one subtraction takes the magic's share out; the signs are x's own, ±0 included (the
 //   engine's RNE + SATURATE), gathered four bits at a time by funnel shifts of x's top nibble
 //   and masked once per vector. tests/gpu checks the codes against codec.h's.
 // - FP6 E3M2 and E2M3 (MXFP6). Scaled by 2^-12, E3M2's grid (min normal 2^-2, subnormal step

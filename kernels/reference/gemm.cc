@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "quantd/backend.h"
 #include "quantd/status.h"
+#include "row_ops.h"
 
 namespace quantd {
 namespace {
@@ -31,6 +32,12 @@ absl::Status CheckFloatOperand(const char* name, const TensorView& t) {
 
 bool Given(const TensorView& t) { return t.dtype != DType::kUnspecified; }
 
+// `status` with the operand named in front of its message ("GEMM operand B: ...").
+absl::Status OperandError(const char* name, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat("GEMM operand ", name, ": ", status.message()));
+}
+
 // One operand's spec: unquantized stays so; an open granularity becomes per token (rows)
 // where the format allows it.
 absl::StatusOr<QuantSpec> ResolveOperand(const char* name, QuantSpec spec, const Shape& shape) {
@@ -40,10 +47,7 @@ absl::StatusOr<QuantSpec> ResolveOperand(const char* name, QuantSpec spec, const
     spec.granularity = Granularity::kToken;
   }
   absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, shape);
-  if (!resolved.ok()) {
-    return absl::Status(resolved.status().code(),
-                        absl::StrCat("GEMM operand ", name, ": ", resolved.status().message()));
-  }
+  QUANTD_RETURN_IF_ERROR(OperandError(name, resolved.status()));
   return resolved;
 }
 
@@ -189,28 +193,25 @@ void HostGemm(Executor* executor, const GemmDims& dims, const float* a_hat, cons
 
 namespace {
 
-// An operand as fp32: fake-quantized by `backend` as `spec` says, or just converted when it
-// is not quantized; `exact` receives the conversion too when metrics need it.
-absl::Status OperandAsFloat(Backend& backend, const char* name, const TensorView& t,
-                            const QuantSpec& spec, std::vector<float>* hat,
-                            std::vector<float>* exact) {
+// An operand as the product sees it: fake-quantized by `backend` as `spec` says, into
+// `quantized`, or its fp32 conversion `plain` when it is not quantized. `plain` is filled
+// whenever it is needed: unquantized, or for the metrics' exact product (`want_plain`).
+absl::StatusOr<const float*> OperandForProduct(Backend& backend, const char* name,
+                                               const TensorView& t, const QuantSpec& spec,
+                                               bool want_plain, std::vector<float>* plain,
+                                               std::vector<float>* quantized) {
   const int64_t numel = t.bytes / DTypeSize(t.dtype);
-  if (exact != nullptr || spec.format == Format::kUnspecified) {
-    std::vector<float>* plain = spec.format == Format::kUnspecified ? hat : exact;
+  const bool quantize = spec.format != Format::kUnspecified;
+  if (want_plain || !quantize) {
     plain->resize(static_cast<size_t>(numel));
-    for (int64_t i = 0; i < numel; ++i) (*plain)[i] = LoadAsFloat(t.dtype, t.data, i);
-    if (spec.format == Format::kUnspecified) {
-      if (exact != nullptr) *exact = *hat;
-      return absl::OkStatus();
-    }
+    reference::LoadRow(t, 0, numel, plain->data());
   }
-  hat->resize(static_cast<size_t>(numel));
-  const absl::Status status =
-      backend.QuantDequant(t, spec, {DType::kF32, t.shape, hat->data(), numel * 4}, nullptr);
-  if (!status.ok()) {
-    return absl::Status(status.code(), absl::StrCat("GEMM operand ", name, ": ", status.message()));
-  }
-  return absl::OkStatus();
+  if (!quantize) return plain->data();
+  quantized->resize(static_cast<size_t>(numel));
+  QUANTD_RETURN_IF_ERROR(OperandError(
+      name, backend.QuantDequant(t, spec, {DType::kF32, t.shape, quantized->data(), numel * 4},
+                                 nullptr)));
+  return quantized->data();
 }
 
 }  // namespace
@@ -220,14 +221,13 @@ absl::Status GemmOfFakeQuantized(Backend& backend, Executor* executor, const Gem
                                  ErrorMetrics* metrics) {
   QUANTD_ASSIGN_OR_RETURN(const GemmDims dims, CheckGemmOperands(operands, spec));
   QUANTD_RETURN_IF_ERROR(CheckGemmOutput(dims, out));
-  std::vector<float> a_hat, b_hat, a, b;
   const bool exact = metrics != nullptr;
-  QUANTD_RETURN_IF_ERROR(
-      OperandAsFloat(backend, "A", operands.a, spec.a, &a_hat, exact ? &a : nullptr));
-  QUANTD_RETURN_IF_ERROR(
-      OperandAsFloat(backend, "B", operands.b, spec.b, &b_hat, exact ? &b : nullptr));
-  HostGemm(executor, dims, a_hat.data(), b_hat.data(), a.data(), b.data(), operands, spec, out,
-           metrics);
+  std::vector<float> a, a_quantized, b, b_quantized;
+  QUANTD_ASSIGN_OR_RETURN(const float* a_hat, OperandForProduct(backend, "A", operands.a, spec.a,
+                                                                exact, &a, &a_quantized));
+  QUANTD_ASSIGN_OR_RETURN(const float* b_hat, OperandForProduct(backend, "B", operands.b, spec.b,
+                                                                exact, &b, &b_quantized));
+  HostGemm(executor, dims, a_hat, b_hat, a.data(), b.data(), operands, spec, out, metrics);
   return absl::OkStatus();
 }
 

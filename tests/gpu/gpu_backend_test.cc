@@ -12,6 +12,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -714,19 +715,18 @@ void ExpectQuantizeAndFakeQuantMatch(const std::vector<uint8_t>& bytes, DType dt
   std::vector<uint8_t> cpu_out(numel * 4, 0x11), gpu_out(numel * 4, 0xEE);
   const TensorView input{dtype, shape, bytes.data(), static_cast<int64_t>(bytes.size())};
   ErrorMetrics cpu_metrics, gpu_metrics;
-  ASSERT_TRUE(
-      GpuBackendTest::cpu()
-          ->QuantDequant(input, spec,
-                         {DType::kF32, shape, cpu_out.data(), static_cast<int64_t>(cpu_out.size())},
-                         &cpu_metrics)
-          .ok());
-  ASSERT_TRUE(
-      GpuBackendTest::gpu()
-          ->QuantDequant(input, spec,
-                         {DType::kF32, shape, gpu_out.data(), static_cast<int64_t>(gpu_out.size())},
-                         &gpu_metrics)
-          .ok());
+  for (auto [backend, out, metrics] : {std::tuple{GpuBackendTest::cpu(), &cpu_out, &cpu_metrics},
+                                       std::tuple{GpuBackendTest::gpu(), &gpu_out, &gpu_metrics}}) {
+    ASSERT_TRUE(
+        backend
+            ->QuantDequant(input, spec,
+                           {DType::kF32, shape, out->data(), static_cast<int64_t>(out->size())},
+                           metrics)
+            .ok())
+        << backend->name();
+  }
   ASSERT_EQ(gpu_out, cpu_out);
+  ExpectMetricsClose(gpu_metrics, cpu_metrics);
 }
 
 // NVFP4 with the caller's S_enc (one pass on the GPU): the tensor's own S_enc (the same
@@ -777,7 +777,7 @@ TEST_F(GpuBackendTest, Nvfp4OverflowingQuotientsSaturateAsOnTheCpu) {
   const float d = 448.0f / global;  // every block's d_b (a lean scale: above 2^-60)
   const float huge[] = {1e30f, std::numeric_limits<float>::max(),
                         std::numeric_limits<float>::infinity(), 0x1p70f};
-  const float multiples[] = {0.0f, 0.25f, 0.5f, 0.75f, 1.25f, 1.75f, 2.5f,
+  const float multiples[] = {0.0f, 0.25f, 0.5f, 0.75f, 1.25f, 1.75f,  2.5f,
                              3.5f, 5.0f,  6.0f, 7.0f,  1e3f,  0x1p40f};
   const Shape shape{5, 64};
   std::vector<float> values(static_cast<size_t>(*NumElements(shape)));

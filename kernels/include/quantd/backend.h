@@ -180,8 +180,7 @@ class Backend {
   // the operands' shapes; fills `metrics` (out against the product of the unquantized
   // operands) when it is not null.
   [[nodiscard]] virtual absl::Status Gemm(const GemmOperands& operands, const GemmSpec& spec,
-                                          const MutableTensorView& out,
-                                          ErrorMetrics* metrics) = 0;
+                                          const MutableTensorView& out, ErrorMetrics* metrics) = 0;
 };
 
 // ---- Shared by every backend, so that each refuses the same requests in the same words. ----
@@ -211,8 +210,7 @@ absl::Status NanRejectedError(Format format, int64_t index);
 // every backend's are the same bits), then HostGemm on `executor`.
 [[nodiscard]] absl::Status GemmOfFakeQuantized(Backend& backend, Executor* executor,
                                                const GemmOperands& operands, const GemmSpec& spec,
-                                               const MutableTensorView& out,
-                                               ErrorMetrics* metrics);
+                                               const MutableTensorView& out, ErrorMetrics* metrics);
 // InvalidArgument for FlatQuant input element `index` (value `v`): NaN (unless nan_policy is
 // ZERO) or ±Inf, which its transform would spread over the element's row.
 absl::Status FlatquantInputError(Format format, int64_t index, float v);
