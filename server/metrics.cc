@@ -248,7 +248,16 @@ std::vector<prometheus::MetricFamily> DeviceCollector::Collect() const {
       Family("quantd_gpu_memory_pool_bytes",
              "Device memory the stream-ordered pool holds, freed blocks kept for reuse included.",
              MetricType::Gauge);
+  auto gemm = Family("quantd_gpu_gemm_products_total",
+                     "GEMM products per device by path: fp8 / int8 tensor cores, or fp32 on the "
+                     "operands' dequantized values (simulated formats).",
+                     MetricType::Counter);
   for (const DeviceTelemetry& device : devices) {
+    for (size_t path = 0; path < kGemmPathNames.size(); ++path) {
+      auto products = DeviceSample(device, {{"path", kGemmPathNames[path]}});
+      products.counter.value = static_cast<double>(device.gemm_products[path]);
+      gemm.metric.push_back(std::move(products));
+    }
     auto sample = DeviceSample(device, {{"name", device.name}});
     sample.gauge.value = 1;
     info.metric.push_back(std::move(sample));
@@ -287,7 +296,8 @@ std::vector<prometheus::MetricFamily> DeviceCollector::Collect() const {
   }
   return {std::move(info),         std::move(kernel),        std::move(copy_bytes),
           std::move(copy_seconds), std::move(streams),       std::move(streams_busy),
-          std::move(memory_cap),   std::move(memory_in_use), std::move(memory_pool)};
+          std::move(memory_cap),   std::move(memory_in_use), std::move(memory_pool),
+          std::move(gemm)};
 }
 
 }  // namespace quantd::server

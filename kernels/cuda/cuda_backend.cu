@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cuda_status.h"
+#include "gemm_path.h"
 #include "kernels.h"
 #include "quantd/cuda.h"
 #include "quantd/flatquant.h"
@@ -100,6 +101,8 @@ struct Device {
   // Page-locked kStagingBytes buffers of finished uploads, kept for the next ones: allocating
   // page-locked memory is slow and freeing it synchronizes the device.
   std::vector<char*> spare_staging;
+  // cuBLASLt for the GEMM (CudaBackend::EngineOf creates it on first use).
+  std::unique_ptr<LtEngine> lt;
 };
 
 class CudaBackend;
@@ -292,6 +295,8 @@ class CudaBackend final : public Backend {
     backend->host_max_elements_ = std::max<int64_t>(0, options.host_max_elements);
     backend->mse_search_min_pairs_ = std::max<int64_t>(0, options.mse_search_min_pairs);
     backend->upload_min_bytes_ = std::max<int64_t>(0, options.upload_min_bytes);
+    backend->gemm_autotune_ = options.gemm_autotune;
+    backend->gemm_algorithm_cache_ = options.gemm_algorithm_cache;
     return std::unique_ptr<Backend>(std::move(backend));
   }
 
@@ -458,11 +463,138 @@ class CudaBackend final : public Backend {
     return Finish(spec, pass, metrics, *lease);
   }
 
-  // The operands' fake quantization runs on the GPU (QuantDequant: the CPU's bits), the product
-  // on the host, until the cuBLASLt paths take it over (issue 5).
+  // The operands are quantized on the GPU by the passes Quantize runs (the CPU's codes and
+  // scales bit for bit), the product runs on cuBLASLt by the path PlanGemmPath picks
+  // (gemm_path.h), the epilogue (α, β·C, bias, INT8's scales) in fp32. Products whose operands
+  // are both small enough for the host (CudaBackendOptions::host_max_elements) run there.
   absl::Status Gemm(const GemmOperands& operands, const GemmSpec& spec,
                     const MutableTensorView& out, ErrorMetrics* metrics) override {
-    return GemmOfFakeQuantized(*this, InlineExecutor(), operands, spec, out, metrics);
+    QUANTD_ASSIGN_OR_RETURN(const GemmDims dims, CheckGemmOperands(operands, spec));
+    QUANTD_RETURN_IF_ERROR(CheckGemmOutput(dims, out));
+    if (OnHost(operands.a.shape) && OnHost(operands.b.shape)) {
+      return host_->Gemm(operands, spec, out, metrics);
+    }
+    std::unique_ptr<Lease> lease = Acquire(nullptr);
+    DeviceArena arena(this, *lease);
+    cudaStream_t stream = lease->stream();
+    const int max_blocks = lease->device().max_blocks;
+    QUANTD_ASSIGN_OR_RETURN(LtEngine * lt, EngineOf(lease->device()));
+    const int64_t rows = dims.batch * dims.m;
+    const int64_t out_elements = rows * dims.n;
+    const bool exact = metrics != nullptr;
+
+    const bool has_c = operands.c.dtype != DType::kUnspecified && spec.beta != 0.0f;
+    const bool has_bias = operands.bias.dtype != DType::kUnspecified;
+    const GemmRoute route = RouteGemm(dims, spec, out.dtype, has_c, operands.bias.dtype, *lt);
+    const GemmPathPlan& plan = route.plan;
+    LtProduct product = route.product;
+    QUANTD_ASSIGN_OR_RETURN(GemmOperand a,
+                            StageGemmOperand("A", operands.a, spec.a, plan, exact, *lease, arena));
+    QUANTD_ASSIGN_OR_RETURN(GemmOperand b,
+                            StageGemmOperand("B", operands.b, spec.b, plan, exact, *lease, arena));
+    product.a = a.data;
+    product.b = b.data;
+    product.a_type = a.element;
+    product.b_type = b.element;
+    if (plan.path == GemmPath::kFp8 && !route.scales_in_epilogue) {
+      QUANTD_RETURN_IF_ERROR(PrepareFp8Scales(dims, plan, a, b, arena, stream, &product));
+    }
+
+    // Epilogue operands, as given.
+    const void* c = nullptr;
+    const void* bias = nullptr;
+    if (has_c) {
+      QUANTD_ASSIGN_OR_RETURN(c, CopyInOperand(operands.c, *lease, arena));
+    }
+    if (has_bias) {
+      QUANTD_ASSIGN_OR_RETURN(bias, CopyInOperand(operands.bias, *lease, arena));
+    }
+    QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
+    QUANTD_ASSIGN_OR_RETURN(void* workspace, arena.Allocate(lt->workspace_bytes()));
+
+    GemmEpilogue epilogue;
+    epilogue.rows = rows;
+    epilogue.n = dims.n;
+    epilogue.m = dims.m;
+    epilogue.alpha = spec.alpha;
+    epilogue.beta = spec.beta;
+    epilogue.c = c;
+    epilogue.c_dtype = operands.c.dtype;
+    epilogue.c_batched = dims.c_batched;
+    epilogue.bias = bias;
+    epilogue.bias_dtype = operands.bias.dtype;
+    epilogue.out = output;
+    epilogue.out_dtype = out.dtype;
+    epilogue.max_blocks = max_blocks;
+    if (route.direct) {
+      product.d = output;
+      product.bias = bias;  // of the output's dtype (RouteGemm)
+      QUANTD_RETURN_IF_ERROR(lt->Run(product, workspace, stream));
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(void* sums, arena.Allocate(4 * out_elements));
+      product.d = sums;
+      QUANTD_RETURN_IF_ERROR(lt->Run(product, workspace, stream));
+      epilogue.acc = sums;
+      epilogue.acc_int32 = product.d_type == DType::kI32;
+      if (route.scales_in_epilogue) {
+        epilogue.row_scales = a.scales;
+        epilogue.row_stride = plan.a_scales == OperandScales::kRows ? 1 : 0;
+        epilogue.col_scales = b.scales;
+        const bool per_channel = plan.b_scales == OperandScales::kRows;
+        epilogue.col_stride = per_channel ? 1 : 0;
+        epilogue.col_batch_stride = per_channel && dims.b_batched ? dims.n : 0;
+      }
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchGemmEpilogue(epilogue, stream));
+    }
+
+    // The metrics: the same product of the unquantized operands (fp32, no TF32) with the same
+    // α, β·C and bias, against the output as stored.
+    MetricPartial* partials = nullptr;
+    if (exact) {
+      QUANTD_ASSIGN_OR_RETURN(void* sums, arena.Allocate(4 * out_elements));
+      QUANTD_ASSIGN_OR_RETURN(void* reference, arena.Allocate(4 * out_elements));
+      QUANTD_ASSIGN_OR_RETURN(void* partial_bytes,
+                              arena.Allocate((kMaxMetricBlocks + 1) * sizeof(MetricPartial)));
+      LtProduct plain = ProductShape(dims, spec, GemmPathPlan());
+      plain.a = a.plain;
+      plain.b = b.plain;
+      plain.d = sums;
+      QUANTD_RETURN_IF_ERROR(lt->Run(plain, workspace, stream));
+      GemmEpilogue exact_epilogue = epilogue;
+      exact_epilogue.acc = sums;
+      exact_epilogue.acc_int32 = false;
+      exact_epilogue.row_scales = exact_epilogue.col_scales = nullptr;
+      exact_epilogue.bias = operands.bias.dtype != DType::kUnspecified ? epilogue.bias : nullptr;
+      exact_epilogue.out = reference;
+      exact_epilogue.out_dtype = DType::kF32;
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchGemmEpilogue(exact_epilogue, stream));
+      partials = static_cast<MetricPartial*>(partial_bytes);
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchCompareMetrics(static_cast<const float*>(reference), output,
+                                                       out.dtype, out_elements, partials,
+                                                       max_blocks, stream));
+    }
+    QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
+    QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.data, output, out.bytes));
+    MetricPartial total;
+    if (exact) {
+      QUANTD_RETURN_IF_ERROR(
+          lease->CopyOut(&total, partials + kMaxMetricBlocks, sizeof(MetricPartial)));
+    }
+    for (GemmOperand* operand : {&a, &b}) {
+      if (operand->quantized) QUANTD_RETURN_IF_ERROR(QueueFlags(operand->pass, nullptr, *lease));
+    }
+    QUANTD_RETURN_IF_ERROR(lease->Synchronize());
+    for (GemmOperand* operand : {&a, &b}) {
+      if (!operand->quantized) continue;
+      QUANTD_RETURN_IF_ERROR(
+          GemmOperandError(operand->name, PassStatus(operand->spec, operand->pass, nullptr)));
+    }
+    if (exact) *metrics = MetricsFromPartial(total);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++lease->device().totals.gemm_products[static_cast<size_t>(plan.path)];
+    }
+    return absl::OkStatus();
   }
 
   absl::Status Calibrate(const TensorView& input, const QuantSpec& spec,
@@ -685,14 +817,144 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // One GEMM operand on the device: what the product reads (codes or x̂ / the values in fp32),
+  // its scales (codes only) and, for the metrics, its unquantized values in fp32.
+  struct GemmOperand {
+    const char* name = "";
+    QuantSpec spec;
+    bool quantized = false;
+    Pass pass;  // the quantization's (its flags are checked after the synchronization)
+    const void* data = nullptr;
+    LtElement element = LtElement::kF32;
+    const float* scales = nullptr;
+    const float* plain = nullptr;
+  };
+
+  absl::StatusOr<GemmOperand> StageGemmOperand(const char* name, const TensorView& t,
+                                               const QuantSpec& spec, const GemmPathPlan& plan,
+                                               bool want_plain, Lease& lease, DeviceArena& arena) {
+    cudaStream_t stream = lease.stream();
+    const int max_blocks = lease.device().max_blocks;
+    const int64_t numel = t.bytes / DTypeSize(t.dtype);
+    GemmOperand operand;
+    operand.name = name;
+    operand.spec = spec;
+    operand.quantized = spec.format != Format::kUnspecified;
+    const void* input = nullptr;
+    if (operand.quantized) {
+      QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout,
+                              LayoutOfFloatInput(t, spec));  // resolved: cannot fail here
+      QUANTD_ASSIGN_OR_RETURN(operand.pass, Prepare(t, spec, layout, lease, arena));
+      Pass& pass = operand.pass;
+      input = pass.input;
+      if (spec.double_quant) {
+        std::vector<float> absmax;
+        DoubleQuantized unused;
+        QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &unused));
+      }
+      const bool codes = plan.path != GemmPath::kFloat;
+      QUANTD_ASSIGN_OR_RETURN(void* buffer, arena.Allocate(codes ? layout.code_bytes : 4 * numel));
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
+          pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points,
+          pass.nvfp4, codes ? static_cast<uint8_t*>(buffer) : nullptr, codes ? nullptr : buffer,
+          DType::kF32, nullptr, stream));
+      operand.data = buffer;
+      operand.scales = pass.scales;
+      operand.element = !codes                            ? LtElement::kF32
+                        : plan.path == GemmPath::kInt8    ? LtElement::kI8
+                        : spec.format == Format::kFp8E5M2 ? LtElement::kE5M2
+                                                          : LtElement::kE4M3;
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(input, CopyInOperand(t, lease, arena));
+    }
+    if (!operand.quantized || want_plain) {
+      if (t.dtype == DType::kF32) {
+        operand.plain = static_cast<const float*>(input);
+      } else {
+        QUANTD_ASSIGN_OR_RETURN(void* plain, arena.Allocate(4 * numel));
+        QUANTD_CUDA_RETURN_IF_ERROR(
+            LaunchConvert(input, t.dtype, numel, plain, DType::kF32, max_blocks, stream));
+        operand.plain = static_cast<const float*>(plain);
+      }
+      if (!operand.quantized) operand.data = operand.plain;
+    }
+    return operand;
+  }
+
+  // A tensor's bytes on the device.
+  absl::StatusOr<const void*> CopyInOperand(const TensorView& t, Lease& lease, DeviceArena& arena) {
+    QUANTD_ASSIGN_OR_RETURN(void* copy, arena.Allocate(t.bytes));
+    QUANTD_RETURN_IF_ERROR(lease.CopyIn(copy, t.data, t.bytes));
+    return static_cast<const void*>(copy);
+  }
+
+  // The FP8 scales in the layouts cuBLASLt's modes read (gemm_path.h): a tensor's one scale
+  // beside the other operand's vector becomes a vector; block scales are repacked.
+  absl::Status PrepareFp8Scales(const GemmDims& dims, const GemmPathPlan& plan,
+                                const GemmOperand& a, const GemmOperand& b, DeviceArena& arena,
+                                cudaStream_t stream, LtProduct* product) {
+    const int64_t rows = dims.batch * dims.m;
+    product->a_scale_data = a.scales;
+    product->b_scale_data = b.scales;
+    product->b_scale_batch_stride =
+        plan.b_scales == OperandScales::kRows && dims.b_batched ? dims.n : 0;
+    if (plan.a_scales == OperandScales::kBlocks128) {
+      const int64_t k_blocks = dims.k / 128, n_blocks = (dims.n + 127) / 128;
+      const int64_t k_blocks_padded = (k_blocks + 3) / 4 * 4;
+      QUANTD_ASSIGN_OR_RETURN(void* a_scales, arena.Allocate(4 * rows * k_blocks));
+      QUANTD_ASSIGN_OR_RETURN(void* b_scales, arena.Allocate(4 * n_blocks * k_blocks_padded));
+      // A: [rows, K/128] to K-block-major; B: [N/128, K/128] to rows of a multiple of 4.
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchRepackScales(
+          a.scales, rows, k_blocks, static_cast<float*>(a_scales), 1, rows, stream));
+      QUANTD_CUDA_RETURN_IF_ERROR(
+          cudaMemsetAsync(b_scales, 0, 4 * n_blocks * k_blocks_padded, stream));
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchRepackScales(
+          b.scales, n_blocks, k_blocks, static_cast<float*>(b_scales), k_blocks_padded, 1, stream));
+      product->a_scale_data = static_cast<const float*>(a_scales);
+      product->b_scale_data = static_cast<const float*>(b_scales);
+      return absl::OkStatus();
+    }
+    if (plan.a_scales == plan.b_scales) return absl::OkStatus();
+    // One per tensor, one per row: both become per row (OUTER_VEC_32F).
+    const bool a_scalar = plan.a_scales == OperandScales::kTensor;
+    const int64_t n = a_scalar ? rows : dims.n;
+    QUANTD_ASSIGN_OR_RETURN(void* vector, arena.Allocate(4 * n));
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchBroadcastScale(a_scalar ? a.scales : b.scales, n,
+                                                     static_cast<float*>(vector), stream));
+    (a_scalar ? product->a_scale_data : product->b_scale_data) = static_cast<const float*>(vector);
+    (a_scalar ? product->a_scales : product->b_scales) = OperandScales::kRows;
+    return absl::OkStatus();
+  }
+
+  // The device's cuBLASLt engine, created on its first GEMM.
+  absl::StatusOr<LtEngine*> EngineOf(Device& device) {
+    std::lock_guard<std::mutex> lock(engine_mu_);
+    if (device.lt == nullptr) {
+      QUANTD_ASSIGN_OR_RETURN(device.lt,
+                              CreateLtEngine(device.id, gemm_autotune_, gemm_algorithm_cache_));
+    }
+    return device.lt.get();
+  }
+
   // Copies the flags (and metrics) back, waits for the stream, turns flags into statuses.
   absl::Status Finish(const QuantSpec& spec, Pass& pass, ErrorMetrics* metrics, Lease& lease) {
+    QUANTD_RETURN_IF_ERROR(QueueFlags(pass, metrics, lease));
+    QUANTD_RETURN_IF_ERROR(lease.Synchronize());
+    return PassStatus(spec, pass, metrics);
+  }
+
+  // Queues the copies of a pass's flags (and metric total) to pass.flags (pass.total).
+  absl::Status QueueFlags(Pass& pass, const ErrorMetrics* metrics, Lease& lease) {
     QUANTD_RETURN_IF_ERROR(lease.CopyOut(&pass.flags, pass.stats.flags, sizeof(DeviceFlags)));
     if (metrics != nullptr) {
       QUANTD_RETURN_IF_ERROR(
           lease.CopyOut(&pass.total, pass.partials + kMaxMetricBlocks, sizeof(MetricPartial)));
     }
-    QUANTD_RETURN_IF_ERROR(lease.Synchronize());
+    return absl::OkStatus();
+  }
+
+  // After the synchronization: the flags as a status, the metrics.
+  absl::Status PassStatus(const QuantSpec& spec, const Pass& pass, ErrorMetrics* metrics) {
     if (Traits(spec.format).kronecker_transform && pass.flags.first_bad_input != kNoNan) {
       // The message says whether it is a NaN or an Inf: one input element comes back.
       const int64_t index = static_cast<int64_t>(pass.flags.first_bad_input);
@@ -861,8 +1123,11 @@ class CudaBackend final : public Backend {
   int64_t host_max_elements_ = 0;
   int64_t mse_search_min_pairs_ = 0;
   int64_t upload_min_bytes_ = 0;
+  bool gemm_autotune_ = true;
+  std::string gemm_algorithm_cache_;
   mutable std::mutex mu_;
   std::condition_variable slot_freed_;
+  std::mutex engine_mu_;  // Device::lt's creation
 };
 
 Lease::Lease(CudaBackend* backend, Device* device, int slot)

@@ -181,6 +181,9 @@ struct FlatquantTransform {
 };
 cudaError_t LaunchFlatquantTransform(const FlatquantTransform& transform, cudaStream_t stream);
 
+// Sums partials[0, blocks) in a fixed order into partials[kMaxMetricBlocks].
+cudaError_t LaunchFinalizeMetrics(MetricPartial* partials, int blocks, cudaStream_t stream);
+
 // Host side: the metrics from the total partial (copied back from partials[kMaxMetricBlocks]).
 ErrorMetrics MetricsFromPartial(const MetricPartial& total);
 

@@ -554,4 +554,9 @@ ErrorMetrics MetricsFromPartial(const MetricPartial& total) {
   return FinalizeMetrics(sums);
 }
 
+cudaError_t LaunchFinalizeMetrics(MetricPartial* partials, int blocks, cudaStream_t stream) {
+  FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, blocks);
+  return cudaGetLastError();
+}
+
 }  // namespace quantd::cuda

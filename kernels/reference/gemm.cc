@@ -32,12 +32,6 @@ absl::Status CheckFloatOperand(const char* name, const TensorView& t) {
 
 bool Given(const TensorView& t) { return t.dtype != DType::kUnspecified; }
 
-// `status` with the operand named in front of its message ("GEMM operand B: ...").
-absl::Status OperandError(const char* name, const absl::Status& status) {
-  if (status.ok()) return status;
-  return absl::Status(status.code(), absl::StrCat("GEMM operand ", name, ": ", status.message()));
-}
-
 // One operand's spec: unquantized stays so; an open granularity becomes per token (rows)
 // where the format allows it.
 absl::StatusOr<QuantSpec> ResolveOperand(const char* name, QuantSpec spec, const Shape& shape) {
@@ -47,7 +41,7 @@ absl::StatusOr<QuantSpec> ResolveOperand(const char* name, QuantSpec spec, const
     spec.granularity = Granularity::kToken;
   }
   absl::StatusOr<QuantSpec> resolved = ResolveSpec(spec, shape);
-  QUANTD_RETURN_IF_ERROR(OperandError(name, resolved.status()));
+  QUANTD_RETURN_IF_ERROR(GemmOperandError(name, resolved.status()));
   return resolved;
 }
 
@@ -67,6 +61,11 @@ double Dot(const float* a, const float* b, int64_t k) {
 }
 
 }  // namespace
+
+absl::Status GemmOperandError(const char* name, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat("GEMM operand ", name, ": ", status.message()));
+}
 
 absl::StatusOr<GemmSpec> ResolveGemmSpec(const GemmSpec& requested, const Shape& a_shape,
                                          const Shape& b_shape) {
@@ -208,7 +207,7 @@ absl::StatusOr<const float*> OperandForProduct(Backend& backend, const char* nam
   }
   if (!quantize) return plain->data();
   quantized->resize(static_cast<size_t>(numel));
-  QUANTD_RETURN_IF_ERROR(OperandError(
+  QUANTD_RETURN_IF_ERROR(GemmOperandError(
       name, backend.QuantDequant(t, spec, {DType::kF32, t.shape, quantized->data(), numel * 4},
                                  nullptr)));
   return quantized->data();

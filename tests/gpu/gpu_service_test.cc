@@ -393,5 +393,48 @@ TEST(GpuServiceTest, PerGpuMetricsMove) {
   ts.server->Shutdown(absl::Now() + absl::Seconds(5));
 }
 
+// A GEMM through the server on the GPU: cuBLASLt opens on the first one (gemm_lt.cc: not at
+// start, where it broke the /metrics server's threads), the product agrees with the CPU
+// backend's, and /metrics keeps serving and counts it on the INT8 tensor cores.
+TEST(GpuServiceTest, GemmRunsOnTheTensorCoresAndMetricsKeepServing) {
+  SKIP_WITHOUT_GPU();
+  server::ServerOptions options = CudaOptions();
+  options.metrics_address = "127.0.0.1:0";
+  TestServer ts = TestServer::Start(options);
+  ASSERT_NE(ts.server, nullptr);
+  TestServer cpu = TestServer::Start(TestOptions());
+  ASSERT_NE(cpu.server, nullptr);
+  v1::GemmRequest request;
+  *request.mutable_a() = RandomTensor({64, 256}, DType::kF32, 1);
+  *request.mutable_b() = RandomTensor({128, 256}, DType::kF32, 2);
+  request.mutable_a_spec()->set_descriptor_string("int8");
+  request.mutable_b_spec()->set_descriptor_string("int8");
+  v1::GemmResponse gpu_response, cpu_response;
+  {
+    grpc::ClientContext context;
+    const grpc::Status status = ts.stub->Gemm(&context, request, &gpu_response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(cpu.stub->Gemm(&context, request, &cpu_response).ok());
+  }
+  EXPECT_EQ(gpu_response.backend(), "cuda");
+  const std::vector<float> gpu_out = ValuesOf<float>(gpu_response.output().data());
+  const std::vector<float> cpu_out = ValuesOf<float>(cpu_response.output().data());
+  ASSERT_EQ(gpu_out.size(), size_t{64 * 128});
+  ASSERT_EQ(cpu_out.size(), gpu_out.size());
+  for (size_t i = 0; i < gpu_out.size(); ++i) {
+    // INT8 sums are exact; the epilogue's fp32 steps against the CPU's fp64 (K = 256).
+    ASSERT_NEAR(gpu_out[i], cpu_out[i], 1e-3 + 1e-5 * std::fabs(cpu_out[i])) << i;
+  }
+  const std::string metrics = ScrapeMetrics(ts.server->metrics_port());
+  EXPECT_EQ(SampleValue(metrics, R"(quantd_gpu_gemm_products_total{device="0",path="int8"})"), 1)
+      << metrics;
+  EXPECT_EQ(SampleValue(metrics, R"(quantd_gpu_gemm_products_total{device="0",path="fp32"})"), 0);
+  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+  cpu.server->Shutdown(absl::Now() + absl::Seconds(5));
+}
+
 }  // namespace
 }  // namespace quantd::testing

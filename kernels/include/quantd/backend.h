@@ -117,7 +117,11 @@ struct DeviceTelemetry {
   double host_to_device_seconds = 0.0;
   int64_t device_to_host_bytes = 0;
   double device_to_host_seconds = 0.0;
+  // GEMM products by the path that ran them (kGemmPathNames): FP8 or INT8 tensor cores, or
+  // the operands' x̂ in fp32 (simulated formats, and shapes the tensor cores refuse).
+  std::array<int64_t, 3> gemm_products{};
 };
+inline constexpr std::array<const char*, 3> kGemmPathNames = {"fp8", "int8", "fp32"};
 
 // A tensor arriving in pieces (a client stream), handed to the backend as it arrives so that
 // moving it to the device overlaps with receiving it. The upload then holds the only copy: the

@@ -40,6 +40,11 @@ struct CudaBackendOptions {
   // (Backend::BeginUpload), so that only the kernels and the copy back remain once the last
   // byte is in; smaller ones are copied in with the call. 0: never.
   int64_t upload_min_bytes = int64_t{16} << 20;
+  // GEMM: the first product of each shape times cuBLASLt's best few algorithms on its own
+  // operands and keeps the fastest (else the heuristic's first is used); with a path, the
+  // choices are kept in that file (one per device: PATH.<PCI bus>) and read back at start.
+  bool gemm_autotune = true;
+  std::string gemm_algorithm_cache;
 };
 
 // The CUDA backend over every visible device. FailedPrecondition without a device or a CUDA

@@ -65,6 +65,9 @@ struct GemmDims {
 // That `out` is F32, F16 or BF16 shaped dims.out_shape, with its bytes.
 [[nodiscard]] absl::Status CheckGemmOutput(const GemmDims& dims, const MutableTensorView& out);
 
+// `status` with the operand named in front of its message ("GEMM operand B: ..."); OK stays OK.
+[[nodiscard]] absl::Status GemmOperandError(const char* name, const absl::Status& status);
+
 // The product on the host from the dequantized operands â ([batch?, M, K] as fp32) and b̂
 // ([batch?, N, K]): out = RN(α · Σ_k â·b̂ + β · c + bias), each dot product summed in fp64 in a
 // fixed order (so any thread count gives the same bits), then stored as out.dtype. With
