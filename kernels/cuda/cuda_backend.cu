@@ -528,6 +528,7 @@ class CudaBackend final : public Backend {
     epilogue.max_blocks = max_blocks;
     if (route.direct) {
       product.d = output;
+      product.alpha = spec.alpha;
       product.bias = bias;  // of the output's dtype (RouteGemm)
       QUANTD_RETURN_IF_ERROR(lt->Run(product, workspace, stream));
     } else {

@@ -510,7 +510,7 @@ GemmPathPlan PlanGemmPath(const GemmDims& dims, const GemmSpec& spec) {
       !(a.format == Format::kFp8E5M2 && b.format == Format::kFp8E5M2)) {
     if (a.granularity == Granularity::kGroup && a.group_size == 128 &&
         b.granularity == Granularity::kBlock && b.block_rows == 128 && b.block_cols == 128 &&
-        dims.k % 128 == 0 && !dims.b_batched) {
+        dims.k % 512 == 0 && dims.n % 128 == 0 && dims.batch * dims.m >= 16 && !dims.b_batched) {
       return {GemmPath::kFp8, OperandScales::kBlocks128, OperandScales::kBlocks128};
     }
     const OperandScales as = RowOrTensorScales(a, a_rank);
@@ -571,7 +571,9 @@ GemmRoute RouteGemm(const GemmDims& dims, const GemmSpec& spec, DType out, bool 
     const bool blocks = plan.a_scales == OperandScales::kBlocks128;
     const bool can_direct = !has_c && (has_bias ? sixteen_bit && bias == out : true);
     for (const bool in_epilogue : {false, true}) {
-      if (in_epilogue && blocks) break;  // block scales vary along K: only cuBLASLt applies them
+      // Block scales vary along K: only cuBLASLt applies them, and on the H200 only into a
+      // 16-bit output with no bias epilogue (it had no algorithm for F32 or a bias).
+      if (blocks && (in_epilogue || !can_direct || !sixteen_bit || has_bias)) break;
       if (!in_epilogue && per_row && (rows <= kFewRows || !sixteen_bit)) continue;
       route.scales_in_epilogue = in_epilogue;
       route.direct = can_direct && !in_epilogue;

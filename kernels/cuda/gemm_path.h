@@ -49,7 +49,9 @@ struct GemmPathPlan {
 
 // The path for a resolved spec over `dims` (see above). The tensor-core paths need K and N
 // multiples of 16 (cuBLASLt's 16-byte alignment of every leading dimension); the block path
-// also K a multiple of 128 and an unbatched B.
+// also N a multiple of 128, K of 512 (whole groups of four 128-blocks), 16 rows or more and an
+// unbatched B: cuBLASLt 13.1 on the H200 had no algorithm for 1 row, for N = 48, nor for
+// K = 384.
 GemmPathPlan PlanGemmPath(const GemmDims& dims, const GemmSpec& spec);
 
 // What an operand of the product holds: fp32 x̂, or codes.

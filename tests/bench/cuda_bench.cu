@@ -102,29 +102,6 @@ const Op kOps[] = {
      Op::kPercentile},
 };
 
-template <typename Fn>
-float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  fn();  // warm-up
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<float> times;
-  for (int r = 0; r < reps; ++r) {
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    fn();
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 int Main(int argc, char** argv) {
   int64_t max_elements = int64_t{1} << 30;
   int64_t min_elements = int64_t{1} << 10;

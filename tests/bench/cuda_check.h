@@ -1,12 +1,15 @@
 // CUDA_CHECK(expr) for the benchmarks: a failed CUDA runtime call prints the statement, the
 // error and the place, then exits 1. Benchmarks are not services: they stop at the first error.
+// MedianMs: the benchmarks' one timing rule.
 #ifndef QUANTD_TESTS_BENCH_CUDA_CHECK_H_
 #define QUANTD_TESTS_BENCH_CUDA_CHECK_H_
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #define CUDA_CHECK(expr)                                                                           \
   do {                                                                                             \
@@ -17,5 +20,30 @@
       std::exit(1);                                                                                \
     }                                                                                              \
   } while (false)
+
+// The median of `reps` CUDA-event timings of fn() on `stream`, after one untimed call (warm-up,
+// one-time setup such as a GEMM's autotune).
+template <typename Fn>
+float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  fn();
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<float> times;
+  for (int r = 0; r < reps; ++r) {
+    CUDA_CHECK(cudaEventRecord(start, stream));
+    fn();
+    CUDA_CHECK(cudaEventRecord(stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
 
 #endif  // QUANTD_TESTS_BENCH_CUDA_CHECK_H_

@@ -57,29 +57,6 @@ __global__ void HashedInput(__nv_bfloat16* x, int64_t n, uint32_t seed, float sc
   }
 }
 
-template <typename Fn>
-float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  fn();  // warm-up (and the algorithm's autotune on first use)
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<float> times;
-  for (int r = 0; r < reps; ++r) {
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    fn();
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 void Check(const absl::Status& status, const char* what) {
   if (!status.ok()) {
     std::fprintf(stderr, "%s: %s\n", what, std::string(status.message()).c_str());

@@ -22,6 +22,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
+from peers import median_ms  # tests/bench/peers.py: the same timing for every peer
+
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192),
           (8192, 28672)]
 E4M3_MAX = 448.0
@@ -42,20 +44,6 @@ def hashed_input(rows, cols, seed, scale):
     i = torch.arange(rows * cols, device="cuda", dtype=torch.int64)
     s = hashed_uniform(i, seed) + hashed_uniform(i, seed + 7)
     return (((s - 1.0) * 2.0) * scale).to(torch.bfloat16).view(rows, cols)
-
-
-def median_ms(fn, reps):
-    fn()  # warm-up
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
 
 
 def fp8_rows(x):

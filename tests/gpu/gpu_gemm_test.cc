@@ -63,7 +63,8 @@ struct ShapeCase {
 const ShapeCase kShapes[] = {
     {0, 1, 16, 128, false},     // a decode step
     {0, 37, 48, 256, false},    // ragged M
-    {0, 130, 256, 384, false},  // N over two 128-blocks, K of three
+    {0, 130, 256, 384, false},  // N over two 128-blocks, K of three (block scales padded to 4)
+    {0, 16, 128, 512, false},   // the fewest rows (and K-blocks) block scales run on
     {3, 5, 32, 128, false},     // batched activations, one weight
     {2, 7, 32, 256, true},      // baddbmm: a weight per batch
     {0, 9, 20, 40, false},      // K and N the tensor cores refuse: fp32 for every format
@@ -84,6 +85,7 @@ const EpilogueCase kEpilogues[] = {
     {DType::kF16, DType::kUnspecified, true, 0.5f, -1.5f},
     {DType::kF32, DType::kF16, true, 2.0f, 0.25f},
     {DType::kBF16, DType::kF32, false, 1.0f, 0.0f},
+    {DType::kBF16, DType::kUnspecified, false, 0.75f, 0.0f},  // α applied by cuBLASLt
 };
 
 std::vector<float> Random(size_t n, std::mt19937& rng, float scale = 1.0f) {
@@ -204,10 +206,14 @@ TEST_P(GpuGemmTest, MatchesTheCpuWithinTheAccumulationErrorOfItsPath) {
       ASSERT_TRUE(
           cpu_->Gemm(operands, *spec, {ec.out, out_shape, cpu_out.data(), out_bytes}, &cpu_metrics)
               .ok());
-      // cuBLASLt 13.1 has no kernel for block scales over one row: that product runs in fp32.
+      // Block scales need N a multiple of 128, K of 512, 16 rows or more (PlanGemmPath) and a
+      // product cuBLASLt writes into the 16-bit output itself, with no bias (RouteGemm).
       const bool aligned = sc.k % 16 == 0 && sc.n % 16 == 0;
-      const bool one_row_blocks = rows == 1 && spec->b.granularity == Granularity::kBlock;
-      const int path = aligned && !one_row_blocks ? fc.path : kFp32;
+      const bool direct_16_bit = ec.out != DType::kF32 && !ec.c && !has_bias;
+      const bool blocks_refused =
+          spec->b.granularity == Granularity::kBlock &&
+          (rows < 16 || sc.n % 128 != 0 || sc.k % 512 != 0 || sc.b_batched || !direct_16_bit);
+      const int path = aligned && !blocks_refused ? fc.path : kFp32;
       const int64_t before = Products(path);
       const absl::Status status =
           gpu_->Gemm(operands, *spec, {ec.out, out_shape, gpu_out.data(), out_bytes}, &gpu_metrics);
