@@ -54,6 +54,9 @@ ABSL_FLAG(int64_t, cuda_host_max_elements, 2048,
 ABSL_FLAG(int64_t, cuda_upload_min_bytes, int64_t{16} << 20,
           "CUDA backend: a streamed tensor of at least this many bytes moves to the GPU while it "
           "arrives (0: never; then it is copied in once complete)");
+ABSL_FLAG(std::string, cuda_gemm_algorithm_cache, "",
+          "CUDA backend: a file where the GEMM's autotuned cuBLASLt algorithms persist across "
+          "restarts (one per GPU: FILE.<PCI bus>); empty: each start tunes again");
 ABSL_FLAG(int64_t, cuda_memory_cap_bytes, 0,
           "CUDA backend: device memory requests may hold at once, per GPU (0: 90% of what is "
           "free at start); beyond, RESOURCE_EXHAUSTED");
@@ -152,6 +155,7 @@ int main(int argc, char** argv) {
   options.cuda_memory_cap_bytes = absl::GetFlag(FLAGS_cuda_memory_cap_bytes);
   options.cuda_host_max_elements = absl::GetFlag(FLAGS_cuda_host_max_elements);
   options.cuda_upload_min_bytes = absl::GetFlag(FLAGS_cuda_upload_min_bytes);
+  options.cuda_gemm_algorithm_cache = absl::GetFlag(FLAGS_cuda_gemm_algorithm_cache);
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
 
   // Block the shutdown signals before any thread exists, so that every thread inherits the mask

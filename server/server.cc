@@ -1070,6 +1070,7 @@ class Server::Impl {
       cuda_options.device_memory_cap = options_.cuda_memory_cap_bytes;
       cuda_options.host_max_elements = options_.cuda_host_max_elements;
       cuda_options.upload_min_bytes = options_.cuda_upload_min_bytes;
+      cuda_options.gemm_algorithm_cache = options_.cuda_gemm_algorithm_cache;
       absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(cuda_options);
       if (cuda.ok()) {
         backend_ = *std::move(cuda);

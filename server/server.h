@@ -86,6 +86,9 @@ struct ServerOptions {
   // CUDA backend: streamed tensors of at least this many bytes move to the GPU while they
   // arrive (CudaBackendOptions::upload_min_bytes); 0: never.
   int64_t cuda_upload_min_bytes = int64_t{16} << 20;
+  // CUDA backend, GEMM: where the autotuned cuBLASLt algorithms persist across restarts
+  // (CudaBackendOptions::gemm_algorithm_cache); empty: in memory only.
+  std::string cuda_gemm_algorithm_cache;
   // One line on stderr at start (backend, addresses, limits) and at shutdown.
   bool log_to_stderr = true;
   // Test hook, see SchedulerOptions::before_task_for_testing. Leave empty.

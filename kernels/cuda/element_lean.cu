@@ -151,10 +151,9 @@ __device__ __forceinline__ void FoldAbsMax(const float x[kVector], float* amax) 
 // So each block of threads tabulates them once, {decode(c), d_b, RN(1 / d_b)} per code, from
 // S_enc, which an earlier kernel left in the flags (LaunchQuantizePass); a group's scale is
 // then one conversion and one shared load, instead of a division and a reciprocal per 16
-// elements. Kernels declare the table as Nvfp4Table<kFormat> (one entry unless E2M1).
+// elements.
 constexpr int kE4M3Codes = 0x7F;
-template <LeanFormat kFormat>
-using Nvfp4Table = float4[kFormat == LeanFormat::kE2M1 ? kE4M3Codes : 1];
+using Nvfp4Table = float4[kE4M3Codes];
 
 struct Nvfp4Constants {
   float global_over_6 = 0.0f;  // S_enc / 6 as Nvfp4BlockScale rounds it
@@ -162,50 +161,46 @@ struct Nvfp4Constants {
 };
 
 // Every thread of the block calls it (it synchronizes them).
-template <LeanFormat kFormat>
-__device__ __forceinline__ Nvfp4Constants LoadNvfp4Constants(const ElementParams& p,
-                                                             const DeviceFlags* flags,
-                                                             Nvfp4Table<kFormat>& table) {
-  Nvfp4Constants c;
-  if constexpr (kFormat == LeanFormat::kE2M1) {
-    if (p.scale_kind == ScaleKind::kE4M3) {  // uniform over the block
-      const float global_scale = __uint_as_float(flags->global_scale_bits);
-      const float global_reciprocal = ScaleReciprocal(global_scale);
-      for (int code = threadIdx.x; code < kE4M3Codes; code += blockDim.x) {
-        // codec.h's Nvfp4BlockScale and Nvfp4ElementScale, the division by DivideByScale
-        // (correctly rounded).
-        const float block_scale =
-            __low2float(DecodeFp8Pair<LeanFormat::kE4M3>(static_cast<unsigned short>(code)));
-        const float element_scale = DivideByScale(block_scale, global_scale, global_reciprocal);
-        table[code] = make_float4(block_scale, element_scale,
-                                  LeanReciprocal(element_scale, /*power_of_two=*/false), 0.0f);
-      }
-      __syncthreads();
-      c.global_over_6 = global_scale / 6.0f;
-      c.table = table;
-    }
+__device__ __forceinline__ Nvfp4Constants LoadNvfp4Constants(const DeviceFlags* flags,
+                                                             Nvfp4Table& table) {
+  const float global_scale = __uint_as_float(flags->global_scale_bits);
+  const float global_reciprocal = ScaleReciprocal(global_scale);
+  for (int code = threadIdx.x; code < kE4M3Codes; code += blockDim.x) {
+    // codec.h's Nvfp4BlockScale and Nvfp4ElementScale, the division by DivideByScale
+    // (correctly rounded).
+    const float block_scale =
+        __low2float(DecodeFp8Pair<LeanFormat::kE4M3>(static_cast<unsigned short>(code)));
+    const float element_scale = DivideByScale(block_scale, global_scale, global_reciprocal);
+    table[code] = make_float4(block_scale, element_scale,
+                              LeanReciprocal(element_scale, /*power_of_two=*/false), 0.0f);
   }
+  __syncthreads();
+  Nvfp4Constants c;
+  c.global_over_6 = global_scale / 6.0f;
+  c.table = table;
   return c;
 }
 
+// The scale of one NVFP4 block from its amax (the largest finite |x|; +0 when none): codec.h's
+// Nvfp4BlockScale with S_enc / 6 hoisted and the E4M3 rounding by the hardware's conversion
+// (RNE + SATURATE, as codec.h: tests/gpu checks every input), then the code's entry of the
+// table. The elements divide by d_b; a d_b of 0 (or below 2^-60) is not lean, and
+// QuantizeVector then takes codec.h, which gives codes 0. Stores s_b as scale `block`.
+__device__ __forceinline__ LeanScale Nvfp4ScaleOfAmax(const ElementParams& p,
+                                                      const Nvfp4Constants& nvfp4, float amax,
+                                                      uint32_t block, float* scales) {
+  const float4 entry = nvfp4.table[E4M3Code(amax * nvfp4.global_over_6)];
+  scales[block] = entry.x;
+  return MakeLeanScale(p.codec, entry.y, 0, /*power_of_two=*/false, entry.z);
+}
+
 // The scale (and zero-point) of one group from its range, as LaunchScales computes it; the
-// caller's `writer` thread stores them.
+// caller's `writer` thread stores them. Free fp32 scales and MX's E8M0 ones: NVFP4's E4M3
+// block scales come from Nvfp4ScaleOfAmax, in LeanNvfp4Kernel alone.
 __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const ScaleRule& rule,
-                                                  float clip, const Nvfp4Constants& nvfp4, float lo,
-                                                  float hi, uint32_t group, bool writer,
-                                                  float* scales, int32_t* zero_points,
+                                                  float clip, float lo, float hi, uint32_t group,
+                                                  bool writer, float* scales, int32_t* zero_points,
                                                   DeviceFlags* flags) {
-  if (p.scale_kind == ScaleKind::kE4M3) {
-    // NVFP4: codec.h's Nvfp4BlockScale with S_enc / 6 hoisted and the E4M3 rounding by the
-    // hardware's conversion (RNE + SATURATE, as codec.h: tests/gpu checks every input), then
-    // the code's entry of the table (LoadNvfp4Constants). The elements divide by d_b; a d_b
-    // of 0 (or below 2^-60) is not lean, and QuantizeVector then takes codec.h, which gives
-    // codes 0.
-    const float amax = lo <= hi ? fmaxf(hi, -lo) + 0.0f : 0.0f;
-    const float4 entry = nvfp4.table[E4M3Code(amax * nvfp4.global_over_6)];
-    if (writer) scales[group] = entry.x;
-    return MakeLeanScale(p.codec, entry.y, 0, /*power_of_two=*/false, entry.z);
-  }
   float s = 1.0f;
   int32_t zp = 0;
   // The statistics pass counts -0 as +0; a zero extreme of either sign becomes +0 here.
@@ -224,7 +219,7 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
 // elements): a group of 16 or more spans G/16 lanes, which reduce its range with shuffles, and
 // every lane computes the group's scale once for its 16 elements; with G = 8 each of a thread's
 // vectors is a group. (One vector per thread computed a scale per 8 elements, and the scale's
-// arithmetic then held the MX kernels on the integer pipe.)
+// arithmetic then held the MX kernels on the integer pipe.) NVFP4 takes LeanNvfp4Kernel.
 template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
 __global__ void __launch_bounds__(kThreads)
     LeanLaneGroupKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
@@ -232,8 +227,6 @@ __global__ void __launch_bounds__(kThreads)
                         void* __restrict__ output, DType output_dtype, MetricPartial* partials,
                         DeviceFlags* flags, uint32_t code_xor, uint32_t vectors,
                         int log2_group_vectors) {
-  __shared__ Nvfp4Table<kFormat> nvfp4_table;
-  const Nvfp4Constants nvfp4 = LoadNvfp4Constants<kFormat>(p, flags, nvfp4_table);
   MetricAccumulator acc;
   const bool shared_group = log2_group_vectors > 0;                    // both vectors in one group
   const int lanes = shared_group ? 1 << (log2_group_vectors - 1) : 1;  // lanes per group
@@ -286,9 +279,8 @@ __global__ void __launch_bounds__(kThreads)
     if (!active[0]) continue;
     PackedVector packed[2];
     const uint32_t group_mask = (1u << log2_group_vectors) - 1;
-    const LeanScale scale =
-        ScaleOfRange(p, rule, clip, nvfp4, lo[0], hi[0], v >> log2_group_vectors,
-                     (v & group_mask) == 0, scales, zero_points, flags);
+    const LeanScale scale = ScaleOfRange(p, rule, clip, lo[0], hi[0], v >> log2_group_vectors,
+                                         (v & group_mask) == 0, scales, zero_points, flags);
     packed[0] = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(p, v, x[0], scale, flags,
                                                                     output, output_dtype, &acc);
     if (active[1]) {
@@ -296,13 +288,56 @@ __global__ void __launch_bounds__(kThreads)
         packed[1] = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(
             p, v + 1, x[1], scale, flags, output, output_dtype, &acc);
       } else {
-        const LeanScale second = ScaleOfRange(p, rule, clip, nvfp4, lo[1], hi[1], v + 1, true,
-                                              scales, zero_points, flags);
+        const LeanScale second =
+            ScaleOfRange(p, rule, clip, lo[1], hi[1], v + 1, true, scales, zero_points, flags);
         packed[1] = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(
             p, v + 1, x[1], second, flags, output, output_dtype, &acc);
       }
     }
     if (kCodes) StoreCodes<kFormat>(codes_out, v, packed, active[1] ? 2 : 1, code_xor);
+  }
+  if (kMetrics) WriteBlockPartial(acc.sums, partials);
+}
+
+// NVFP4 in one pass: LeanLaneGroupKernel's case of 16-element groups (a thread's two vectors,
+// so no shuffles, and no lone vector: NVFP4 rows are whole blocks) with symmetric E4M3 block
+// scales (Nvfp4ScaleOfAmax), all fixed at compile time. The lane-group kernel's run-time
+// generality (asymmetric ranges, lanes per group, free and power-of-two scales with their
+// zero-points and atomics) cost NVFP4 a fifth of its instructions (21 per element on the
+// codes' hot path, 17 here) and 16 registers (64: 4 blocks per SM, where codes now take 5).
+//
+// Blocks per SM that its launch bounds ask for, and LeanFusedGrid launches (one wave: with
+// max_blocks' 8 per SM a second wave would run part-filled). Codes fit in 48 registers without
+// spilling; x̂ keeps the lane-group kernel's 64, and the metrics' fp64 sums need about 110.
+constexpr int Nvfp4BlocksPerSm(bool codes, bool metrics) { return metrics ? 2 : (codes ? 5 : 4); }
+
+template <DType kDType, bool kCodes, bool kOutput, bool kMetrics>
+__global__ void __launch_bounds__(kThreads, Nvfp4BlocksPerSm(kCodes, kMetrics))
+    LeanNvfp4Kernel(ElementParams p, float* __restrict__ scales, uint8_t* __restrict__ codes_out,
+                    void* __restrict__ output, DType output_dtype, MetricPartial* partials,
+                    DeviceFlags* flags, uint32_t code_xor, uint32_t blocks) {
+  constexpr LeanFormat kFormat = LeanFormat::kE2M1;
+  __shared__ Nvfp4Table nvfp4_table;
+  const Nvfp4Constants nvfp4 = LoadNvfp4Constants(flags, nvfp4_table);
+  MetricAccumulator acc;
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t b = blockIdx.x * blockDim.x + threadIdx.x; b < blocks; b += stride) {
+    const uint32_t v = 2 * b;  // the block's first vector
+    float x[2][kVector];
+    float amax[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      LoadLean<kDType>(p.input, static_cast<int64_t>(v + k) * kVector, x[k]);
+      FoldAbsMax(x[k], &amax[k]);
+    }
+    const LeanScale scale = Nvfp4ScaleOfAmax(p, nvfp4, fmaxf(amax[0], amax[1]), b, scales);
+    PackedVector packed[2];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      packed[k] = QuantizeAndEmit<kDType, kFormat, kOutput, kMetrics>(p, v + k, x[k], scale, flags,
+                                                                      output, output_dtype, &acc);
+    }
+    if (kCodes) StoreCodes<kFormat>(codes_out, v, packed, 2, code_xor);
   }
   if (kMetrics) WriteBlockPartial(acc.sums, partials);
 }
@@ -323,8 +358,6 @@ __global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
                   void* __restrict__ output, DType output_dtype, MetricPartial* partials,
                   DeviceFlags* flags, uint32_t code_xor, uint32_t row_vectors, uint32_t rows) {
   __shared__ float warp_lo[2][kRowWarps], warp_hi[2][kRowWarps];
-  __shared__ Nvfp4Table<kFormat> nvfp4_table;
-  const Nvfp4Constants nvfp4 = LoadNvfp4Constants<kFormat>(p, flags, nvfp4_table);
   MetricAccumulator acc;
   int parity = 0;  // alternate shared slots, so one barrier per row suffices
   for (uint32_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -342,8 +375,8 @@ __global__ void __launch_bounds__(kRowThreads, kSlots == 2 ? 4 : 2)
     // Every thread gets the row's range and computes the (same) scale itself.
     BlockRowRange<kRowThreads>(warp_lo, warp_hi, parity, &lo, &hi);
     parity ^= 1;
-    const LeanScale scale = ScaleOfRange(p, rule, clip, nvfp4, lo, hi, row, threadIdx.x == 0,
-                                         scales, zero_points, flags);
+    const LeanScale scale =
+        ScaleOfRange(p, rule, clip, lo, hi, row, threadIdx.x == 0, scales, zero_points, flags);
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
       const uint32_t c = threadIdx.x + k * kRowThreads;
@@ -370,8 +403,6 @@ __global__ void __launch_bounds__(kThreads)
                     uint32_t block_rows, FastDivmod block_vectors, uint32_t blocks_per_row,
                     uint32_t num_blocks) {
   __shared__ float warp_lo[2][kWarps], warp_hi[2][kWarps];
-  __shared__ Nvfp4Table<kFormat> nvfp4_table;
-  const Nvfp4Constants nvfp4 = LoadNvfp4Constants<kFormat>(p, flags, nvfp4_table);
   MetricAccumulator acc;
   int parity = 0;  // alternate shared slots, so one barrier per tile suffices
   const uint32_t width = block_vectors.divisor;
@@ -396,7 +427,7 @@ __global__ void __launch_bounds__(kThreads)
     BlockRowRange<kThreads>(warp_lo, warp_hi, parity, &lo, &hi);
     parity ^= 1;
     const LeanScale scale =
-        ScaleOfRange(p, rule, clip, nvfp4, lo, hi, b, threadIdx.x == 0, scales, zero_points, flags);
+        ScaleOfRange(p, rule, clip, lo, hi, b, threadIdx.x == 0, scales, zero_points, flags);
 #pragma unroll 2
     for (uint32_t t = threadIdx.x; t < tile_vectors; t += kThreads) {
       const uint32_t v = vector_of(t);
@@ -655,6 +686,9 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
 
 bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output) {
   if (!LeanPathApplies(p, codes, output)) return false;
+  if (p.scale_kind == ScaleKind::kE4M3) {  // LeanNvfp4Kernel: groups of 16 along the row
+    return p.geometry.granularity == Granularity::kGroup && FusedGroupVectors(p.geometry) == 2;
+  }
   if (p.geometry.granularity == Granularity::kBlock) return true;  // LeanBlockKernel
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   if (group_vectors == 0) return false;
@@ -663,9 +697,14 @@ bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* 
          group_vectors <= static_cast<uint32_t>(kRowThreads * kRowSlots);
 }
 
-int LeanFusedGrid(const ElementParams& p) {
+int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics) {
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   const int cap = std::min(p.max_blocks, kMaxMetricBlocks);
+  if (p.scale_kind == ScaleKind::kE4M3) {  // LeanNvfp4Kernel: one wave
+    const int sms = std::max(1, p.max_blocks / 8);
+    return GridFor(p.geometry.rows * p.geometry.cols / (2 * kVector),
+                   std::min(cap, sms * Nvfp4BlocksPerSm(codes, metrics)));
+  }
   if (p.geometry.granularity == Granularity::kBlock) {
     // LeanBlockKernel reads each tile a second time from L2, so the tiles in flight must fit
     // there: about kTileBytesInFlight of them (on the H200's 50 MiB L2, F32 128 x 128 tiles at
@@ -692,6 +731,18 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   const uint32_t code_xor = StoredCodeXor(p);
   const ScaleGeometry& g = p.geometry;
+  if (p.scale_kind == ScaleKind::kE4M3) {
+    // NVFP4 (LeanFusedApplies: blocks of 16 along the row); its elements are E2M1.
+    VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
+      using C = decltype(config);
+      if constexpr (C::kFormat == LeanFormat::kE2M1) {
+        LeanNvfp4Kernel<C::kDType, C::kCodes, C::kOutput, C::kMetrics>
+            <<<grid, kThreads, 0, stream>>>(p, scales, codes, output, output_dtype, partials, flags,
+                                            code_xor, vectors / 2);
+      }
+    });
+    return cudaGetLastError();
+  }
   if (g.granularity == Granularity::kBlock) {
     const FastDivmod block_vectors(static_cast<uint32_t>(g.group_cols / kVector));
     VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {

@@ -43,7 +43,9 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
 // blocks, one kernel reading each tile twice (the second time from L2).
 // Writes scales (and zero-points) as LaunchScales would; `flags` must be initialized.
 bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output);
-int LeanFusedGrid(const ElementParams& p);
+// Blocks LaunchQuantizeLeanFused launches (its number of metric partials) for codes (else x̂),
+// with metrics or without.
+int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics);
 cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rule, float clip,
                                     float* scales, int32_t* zero_points, uint8_t* codes,
                                     void* output, DType output_dtype, MetricPartial* partials,

@@ -470,7 +470,7 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
       }
       if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
       const ScaleRule rule = MakeScaleRule(Traits(spec.format), false);
-      const int grid = LeanFusedGrid(p);
+      const int grid = LeanFusedGrid(p, codes != nullptr, partials != nullptr);
       if (cudaError_t error =
               LaunchQuantizeLeanFused(p, rule, 1.0f, scales, nullptr, codes, output, output_dtype,
                                       partials, stats.flags, grid, stream);
@@ -492,7 +492,7 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
   if (!scales_ready) {
     const ScaleRule rule = MakeScaleRule(Traits(spec.format), spec.asymmetric, spec.scale_rounding);
     if (LeanFusedApplies(p, codes, output)) {
-      const int grid = LeanFusedGrid(p);
+      const int grid = LeanFusedGrid(p, codes != nullptr, partials != nullptr);
       if (cudaError_t error =
               LaunchQuantizeLeanFused(p, rule, spec.clip_ratio, scales, zero_points, codes, output,
                                       output_dtype, partials, stats.flags, grid, stream);
