@@ -565,7 +565,6 @@ class CudaBackend final : public Backend {
       exact_epilogue.acc = sums;
       exact_epilogue.acc_int32 = false;
       exact_epilogue.row_scales = exact_epilogue.col_scales = nullptr;
-      exact_epilogue.bias = operands.bias.dtype != DType::kUnspecified ? epilogue.bias : nullptr;
       exact_epilogue.out = reference;
       exact_epilogue.out_dtype = DType::kF32;
       QUANTD_CUDA_RETURN_IF_ERROR(LaunchGemmEpilogue(exact_epilogue, stream));
@@ -916,14 +915,14 @@ class CudaBackend final : public Backend {
       return absl::OkStatus();
     }
     if (plan.a_scales == plan.b_scales) return absl::OkStatus();
-    // One per tensor, one per row: both become per row (OUTER_VEC_32F).
+    // One per tensor, one per row: the tensor's scale as a vector (RouteGemm asked cuBLASLt
+    // for OUTER_VEC_32F on both).
     const bool a_scalar = plan.a_scales == OperandScales::kTensor;
     const int64_t n = a_scalar ? rows : dims.n;
     QUANTD_ASSIGN_OR_RETURN(void* vector, arena.Allocate(4 * n));
     QUANTD_CUDA_RETURN_IF_ERROR(LaunchBroadcastScale(a_scalar ? a.scales : b.scales, n,
                                                      static_cast<float*>(vector), stream));
     (a_scalar ? product->a_scale_data : product->b_scale_data) = static_cast<const float*>(vector);
-    (a_scalar ? product->a_scales : product->b_scales) = OperandScales::kRows;
     return absl::OkStatus();
   }
 

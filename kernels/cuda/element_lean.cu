@@ -1,5 +1,5 @@
 // The CUDA backend's lean element passes: the formats the service moves most bytes of (INT8,
-// INT4, UINT8/UINT4 asymmetric, FP8 E4M3/E5M2, and the MX elements among them plus E2M1),
+// INT4, UINT8/UINT4 asymmetric, FP8 E4M3/E5M2, MX's E2M1, E3M2 and E2M3 elements, and NVFP4),
 // rounded to nearest even and saturating, with a
 // scale shared by at least 8 consecutive elements (tensor, token, channel on a leading axis,
 // group and block). element_fast.cu's vector kernels call codec.h once per element, with every

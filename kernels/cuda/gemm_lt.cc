@@ -153,12 +153,15 @@ cudaDataType_t LtType(DType d) {
   }
 }
 
-int32_t LtScaleMode(OperandScales s) {
+// cuBLASLt's scale mode for an operand's scales: blocks are 128 × 128 on the weights (B),
+// 1 × 128 on the activations (A).
+int32_t LtScaleMode(OperandScales s, bool weights) {
   switch (s) {
     case OperandScales::kRows:
       return CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
     case OperandScales::kBlocks128:
-      return -1;  // per operand: VEC128 for A, BLK128x128 for B (see Descriptors)
+      return weights ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F
+                     : CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
     default:
       return CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
   }
@@ -194,12 +197,8 @@ struct Descriptors {
     QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_TRANSA, transpose));
     QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_TRANSB, none));
     if (p.path == GemmPath::kFp8) {
-      const int32_t b_mode = p.b_scales == OperandScales::kBlocks128
-                                 ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F
-                                 : LtScaleMode(p.b_scales);
-      const int32_t a_mode = p.a_scales == OperandScales::kBlocks128
-                                 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
-                                 : LtScaleMode(p.a_scales);
+      const int32_t b_mode = LtScaleMode(p.b_scales, /*weights=*/true);
+      const int32_t a_mode = LtScaleMode(p.a_scales, /*weights=*/false);
       QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, b_mode));
       QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, a_mode));
       if (p.bias != nullptr) {
@@ -578,7 +577,13 @@ GemmRoute RouteGemm(const GemmDims& dims, const GemmSpec& spec, DType out, bool 
       route.scales_in_epilogue = in_epilogue;
       route.direct = can_direct && !in_epilogue;
       route.product = ProductShape(dims, spec, plan);
-      if (in_epilogue) route.product.a_scales = route.product.b_scales = OperandScales::kNone;
+      if (in_epilogue) {
+        route.product.a_scales = route.product.b_scales = OperandScales::kNone;
+      } else if (per_row) {
+        // OUTER_VEC_32F on both: a tensor's one scale beside the other's vector is broadcast
+        // to a vector (the backend's PrepareFp8Scales), so ask about the modes that will run.
+        route.product.a_scales = route.product.b_scales = OperandScales::kRows;
+      }
       route.product.d_type = route.direct ? out : DType::kF32;
       if (lt.Supports(route.product)) return route;
     }

@@ -36,8 +36,8 @@ struct ElementParams {
   bool stochastic = false;
   uint64_t seed = 0;
   bool reject_nan = false;
-  // NVFP4 (kE4M3): the element scales may be 0, which only codec.h's QuantizeElementAs
-  // handles (its codes are then 0), so the lean quantize kernels stand aside.
+  // NVFP4 (kE4M3): E4M3 block scales under S_enc; an element scale of 0 is not lean, and the
+  // lean kernels then take codec.h's QuantizeElementAs (codes 0).
   ScaleKind scale_kind = ScaleKind::kF32;
   // NF4 with double quantization: what x̂ multiplies by, per scale group (the codes still use
   // the exact scales); null otherwise. Only the generic and vector kernels take it.
@@ -52,7 +52,7 @@ ElementParams MakeElementParams(const QuantSpec& spec, const QuantLayout& layout
 struct DeviceFlags {
   unsigned long long first_nan;    // flat index of the first NaN a NaN-rejecting pass saw
   long long bad_scale_group;       // a group whose asymmetric range overflowed fp32
-  unsigned int tensor_amax_bits;   // NVFP4: the tensor's amax (a float >= 0, as its bits)
+  unsigned int tensor_amax_bits;   // NVFP4, two passes: the tensor's amax (TensorAmaxKernel)
   unsigned int global_scale_bits;  // NVFP4: S_enc as its bits, for the kernels after its own
   // FlatQuant: flat index of the first input its transform refuses (FlatquantInputError).
   unsigned long long first_bad_input;
@@ -151,8 +151,10 @@ cudaError_t LaunchQuantize(const ElementParams& p, const float* scales, const in
 // A whole quantization pass over device-resident input, as Backend::Quantize (codes) or
 // QuantDequant (output) needs it: unless `scales_ready` (static scales, or 1 for a plain cast,
 // already in `scales`), the statistics and scales first, then the element pass. Dynamic
-// per-token quantization runs as one fused pass where a kernel for it applies. `stats` must
-// have been initialized by LaunchInitStats. `nvfp4` is NVFP4's second level (else empty).
+// quantization runs as one fused pass (statistics, scales and codes from registers) where a
+// kernel for it applies; NVFP4 ignores `scales_ready` and takes one pass with
+// spec.static_global_scale, two without. `stats` must have been initialized by
+// LaunchInitStats. `nvfp4` is NVFP4's second level (else empty).
 cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bool scales_ready,
                                const StatsBuffers& stats, float* scales, int32_t* zero_points,
                                const GlobalScaleBuffers& nvfp4, uint8_t* codes, void* output,

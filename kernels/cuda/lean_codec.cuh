@@ -1,6 +1,6 @@
 // Internal to the CUDA backend: the arithmetic of element_lean.cu's kernels, one 8-element
-// vector at a time, for INT8 / INT4 (any zero-point), FP8 E4M3 / E5M2 and FP4 E2M1 with
-// round-to-nearest-even and saturation.
+// vector at a time, for INT8 / INT4 (any zero-point), FP8 E4M3 / E5M2, FP6 E3M2 / E2M3 and
+// FP4 E2M1 with round-to-nearest-even and saturation.
 //
 // Same bits as codec.h, by these identities (the GPU tests check them over the whole matrix):
 // - Division. Where s lies in [2^-60, 2^90], x is first clamped to ±s·2^20 (exact: a power-of-
@@ -149,7 +149,8 @@ __device__ __forceinline__ float LeanMagnitudeQuotient(float x, const LeanScale&
 }
 
 // A vector's codes as stored: 8-bit formats in .x (elements 0-3, the first in the low byte)
-// and .y (4-7); 4-bit formats in .x alone (element 0 in the low nibble).
+// and .y (4-7); 6-bit formats as a 48-bit little-endian stream, .x then the low 16 bits of .y;
+// 4-bit formats in .x alone (element 0 in the low nibble).
 using PackedVector = uint2;
 
 // Two FP8 codes (E4M3 or E5M2; the low byte is the first) as two halves, by the hardware's

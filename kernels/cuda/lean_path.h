@@ -25,8 +25,8 @@ struct LeanGeometry {
 };
 
 // Whether the lean pass handles this element pass: INT8 / INT4 (any zero-point) or E4M3 / E5M2 /
-// E2M1 with round-to-nearest-even and saturation, codes or output (not both), rows a multiple of
-// 8 long, and a granularity whose scale runs are whole vectors.
+// E2M1 / E3M2 / E2M3 with round-to-nearest-even and saturation, codes or output (not both), rows
+// a multiple of 8 long, and a granularity whose scale runs are whole vectors.
 bool LeanPathApplies(const ElementParams& p, const uint8_t* codes, const void* output);
 
 // Blocks the lean pass launches (its number of metric partials).
@@ -39,9 +39,11 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
 
 // Dynamic quantization in one pass (statistics, scales and codes from registers) where the
 // lean pass applies and each scale group lies within a row: token rows up to 8192 elements,
-// leading-axis channels that are rows, and groups of 8..256 elements (a power of two); and 2-D
-// blocks, one kernel reading each tile twice (the second time from L2).
-// Writes scales (and zero-points) as LaunchScales would; `flags` must be initialized.
+// leading-axis channels that are rows, and groups of 8..256 elements (a power of two); NVFP4's
+// blocks of 16 (LeanNvfp4Kernel, which reads S_enc from flags->global_scale_bits); and 2-D
+// blocks, one kernel reading each tile twice (the second time from L2). Writes scales (and
+// zero-points) as LaunchScales, or NVFP4's s_b as LaunchNvfp4Scales, would; `flags` must be
+// initialized.
 bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output);
 // Blocks LaunchQuantizeLeanFused launches (its number of metric partials) for codes (else x̂),
 // with metrics or without.
@@ -51,8 +53,8 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
                                     void* output, DType output_dtype, MetricPartial* partials,
                                     DeviceFlags* flags, int grid, cudaStream_t stream);
 
-// Whether the lean dequantization handles these codes: the same formats (any overflow mode),
-// contiguous packing, and granularities as LeanPathApplies.
+// Whether the lean dequantization handles these codes: the same formats less FP6 (E3M2 / E2M3),
+// any overflow mode, contiguous packing, and granularities as LeanPathApplies.
 bool LeanDequantizeApplies(const ElementParams& p, DType output_dtype);
 
 cudaError_t LaunchDequantizeLean(const ElementParams& p, const uint8_t* codes, const float* scales,

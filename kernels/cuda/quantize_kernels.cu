@@ -312,8 +312,8 @@ struct ElementLaunch {
                          uint8_t* codes, void* output, DType output_dtype, MetricPartial* partials,
                          DeviceFlags* flags, cudaStream_t stream) {
     const bool metrics = partials != nullptr;
-    // NVFP4's element scales can be 0, which the lean codec leaves to codec.h only when it
-    // computes the scales itself (LeanFusedApplies).
+    // NVFP4 comes here only where its one-pass kernel does not apply (LaunchQuantizePass), and
+    // then no lean kernel does: it stays on the general kernels.
     if (p.scale_kind != ScaleKind::kE4M3 && LeanPathApplies(p, codes, output)) {
       const int grid = LeanGrid(p);
       if (cudaError_t error = LaunchQuantizeLean(p, scales, zero_points, codes, output,
@@ -321,8 +321,7 @@ struct ElementLaunch {
           error != cudaSuccess || !metrics) {
         return error;
       }
-      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
-      return cudaGetLastError();
+      return LaunchFinalizeMetrics(partials, grid, stream);
     }
     if (VectorPathApplies(p)) {
       const int grid = std::min(VectorGrid(p), kMaxMetricBlocks);
@@ -331,8 +330,7 @@ struct ElementLaunch {
           error != cudaSuccess || !metrics) {
         return error;
       }
-      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
-      return cudaGetLastError();
+      return LaunchFinalizeMetrics(partials, grid, stream);
     }
     const int64_t units_per_row =
         (p.geometry.cols + ElementsPerUnit(p.codec.bits) - 1) / ElementsPerUnit(p.codec.bits);
@@ -353,8 +351,7 @@ struct ElementLaunch {
     }
     if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
     if (metrics) {
-      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
-      return cudaGetLastError();
+      return LaunchFinalizeMetrics(partials, grid, stream);
     }
     return cudaSuccess;
   }
@@ -477,8 +474,7 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
           error != cudaSuccess || partials == nullptr) {
         return error;
       }
-      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
-      return cudaGetLastError();
+      return LaunchFinalizeMetrics(partials, grid, stream);
     }
     if (cudaError_t error = LaunchGroupStats(p, stats, stream); error != cudaSuccess) return error;
     if (cudaError_t error = LaunchNvfp4Scales(stats, p.geometry.num_scales, scales, nvfp4,
@@ -499,8 +495,7 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
           error != cudaSuccess || partials == nullptr) {
         return error;
       }
-      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
-      return cudaGetLastError();
+      return LaunchFinalizeMetrics(partials, grid, stream);
     }
     if (TokenFusedApplies(p)) {
       const int grid = TokenFusedGrid(p);
@@ -510,8 +505,7 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
           error != cudaSuccess || partials == nullptr) {
         return error;
       }
-      FinalizeMetricsKernel<<<1, 32, 0, stream>>>(partials, grid);
-      return cudaGetLastError();
+      return LaunchFinalizeMetrics(partials, grid, stream);
     }
     if (cudaError_t error = LaunchGroupStats(p, stats, stream); error != cudaSuccess) return error;
     if (cudaError_t error = LaunchScales(rule, spec.clip_ratio, stats, p.geometry.num_scales,

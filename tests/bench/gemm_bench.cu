@@ -3,9 +3,9 @@
 // TFLOP/s (2·M·N·K per product):
 //   fp8 tensor / rowwise / block   E4M3 codes × E4M3 codes on cuBLASLt, BF16 out, the
 //                                  operands quantized beforehand (per tensor, per token ×
-//                                  per channel, 1×128 × 128×128 blocks); rowwise as the
-//                                  backend routes it (RouteGemm: at M <= 64 the codes'
-//                                  product, then the epilogue applies the scales)
+//                                  per channel, 1×128 × 128×128 blocks); every product as the
+//                                  backend routes it (RouteGemm: e.g. row-wise at M <= 64 is
+//                                  the codes' product, then the epilogue applies the scales)
 //   int8 int32                     INT8 × INT8 → int32 on cuBLASLt (what torch._int_mm does)
 //   w8a8 int8 / fp8 linear         BF16 activations → per-token quantization (our kernel) →
 //                                  product → BF16 out (INT8: the epilogue applies the scales),
@@ -190,103 +190,82 @@ int Main(int argc, char** argv) {
       CUDA_CHECK(cudaMalloc(&x_group_scales, 4 * m * k_blocks));
       CUDA_CHECK(LaunchRepackScales(x_fp8_group.scales, m, k_blocks, x_group_scales, 1, m, stream));
 
-      auto fp8 = [&](const Quantized& xq, const Quantized& wq, OperandScales scales,
-                     const float* x_scales, const float* w_scales) {
-        LtProduct p;
-        p.path = GemmPath::kFp8;
-        p.rows = m;
-        p.n = n;
-        p.k = k;
-        p.a = xq.codes;
-        p.b = wq.codes;
-        p.a_type = p.b_type = LtElement::kE4M3;
-        p.a_scales = p.b_scales = scales;
-        p.a_scale_data = x_scales;
-        p.b_scale_data = w_scales;
-        p.d = out;
-        p.d_type = DType::kBF16;
-        return p;
-      };
-      LtProduct int8;
-      int8.path = GemmPath::kInt8;
-      int8.rows = m;
-      int8.n = n;
-      int8.k = k;
-      int8.a = x_int8.codes;
-      int8.b = w_int8.codes;
-      int8.a_type = int8.b_type = LtElement::kI8;
-      int8.d = sums;
-      int8.d_type = DType::kI32;
-      GemmEpilogue int8_epilogue;
-      int8_epilogue.acc = sums;
-      int8_epilogue.acc_int32 = true;
-      int8_epilogue.rows = int8_epilogue.m = m;
-      int8_epilogue.n = n;
-      int8_epilogue.row_scales = x_int8.scales;
-      int8_epilogue.row_stride = 1;
-      int8_epilogue.col_scales = w_int8.scales;
-      int8_epilogue.col_stride = 1;
-      int8_epilogue.out = out;
-      int8_epilogue.out_dtype = DType::kBF16;
-      int8_epilogue.max_blocks = max_blocks;
-
-      // Per-token × per-channel FP8 as Backend::Gemm routes it (RouteGemm): OUTER_VEC_32F
-      // into BF16, or at few rows the codes' product into F32 and the scales in the epilogue.
+      // What Backend::Gemm runs for these operands (RouteGemm): cuBLASLt's product, then the
+      // epilogue where cuBLASLt does not write the BF16 output itself.
       GemmDims dims;
       dims.m = m;
       dims.n = n;
       dims.k = k;
-      GemmSpec rowwise_spec;
-      rowwise_spec.a = x_fp8_row.spec;
-      rowwise_spec.b = w_fp8_row.spec;
-      const GemmRoute route =
-          RouteGemm(dims, rowwise_spec, DType::kBF16, false, DType::kUnspecified, lt);
-      LtProduct rowwise =
-          fp8(x_fp8_row, w_fp8_row, OperandScales::kRows, x_fp8_row.scales, w_fp8_row.scales);
-      GemmEpilogue fp8_epilogue = int8_epilogue;
-      fp8_epilogue.acc_int32 = false;
-      fp8_epilogue.row_scales = x_fp8_row.scales;
-      fp8_epilogue.col_scales = w_fp8_row.scales;
-      const GemmEpilogue* rowwise_epilogue = nullptr;
-      if (route.scales_in_epilogue) {
-        rowwise.a_scales = rowwise.b_scales = OperandScales::kNone;
-        rowwise.d = sums;
-        rowwise.d_type = DType::kF32;
-        rowwise_epilogue = &fp8_epilogue;
-      }
+      struct Routed {
+        bool tensor_cores = false;  // else the backend would run it in fp32: not timed here
+        LtProduct product;
+        GemmEpilogue epilogue;
+        bool epilogue_needed = false;
+      };
+      auto routed = [&](const Quantized& xq, const Quantized& wq, const float* x_scales,
+                        const float* w_scales) {
+        GemmSpec spec;
+        spec.a = xq.spec;
+        spec.b = wq.spec;
+        const GemmRoute route = RouteGemm(dims, spec, DType::kBF16, false, DType::kUnspecified, lt);
+        Routed r;
+        r.tensor_cores = route.plan.path != GemmPath::kFloat;
+        r.product = route.product;
+        r.product.a = xq.codes;
+        r.product.b = wq.codes;
+        r.product.a_scale_data = x_scales;
+        r.product.b_scale_data = w_scales;
+        r.product.d = route.direct ? static_cast<void*>(out) : sums;
+        r.epilogue_needed = !route.direct;
+        r.epilogue.acc = sums;
+        r.epilogue.acc_int32 = r.product.d_type == DType::kI32;
+        r.epilogue.rows = r.epilogue.m = m;
+        r.epilogue.n = n;
+        r.epilogue.out = out;
+        r.epilogue.out_dtype = DType::kBF16;
+        r.epilogue.max_blocks = max_blocks;
+        if (route.scales_in_epilogue) {
+          r.epilogue.row_scales = xq.scales;
+          r.epilogue.row_stride = route.plan.a_scales == OperandScales::kRows ? 1 : 0;
+          r.epilogue.col_scales = wq.scales;
+          r.epilogue.col_stride = route.plan.b_scales == OperandScales::kRows ? 1 : 0;
+        }
+        return r;
+      };
+      const Routed tensor =
+          routed(x_fp8_tensor, w_fp8_tensor, x_fp8_tensor.scales, w_fp8_tensor.scales);
+      const Routed rowwise = routed(x_fp8_row, w_fp8_row, x_fp8_row.scales, w_fp8_row.scales);
+      const Routed block = routed(x_fp8_group, w_fp8_block, x_group_scales, w_block_scales);
+      const Routed int8 = routed(x_int8, w_int8, x_int8.scales, w_int8.scales);
 
       struct Timed {
         const char* name;
-        LtProduct product;
+        const Routed& routed;
         const Quantized* quantize_x;  // w8a8: the activations' quantization is part of the time
-        const GemmEpilogue* epilogue;
+        bool epilogue;                // "int8 int32 gemm" stops at the sums, as torch._int_mm
       };
       const Timed timed[] = {
-          {"fp8 tensor gemm",
-           fp8(x_fp8_tensor, w_fp8_tensor, OperandScales::kTensor, x_fp8_tensor.scales,
-               w_fp8_tensor.scales),
-           nullptr, nullptr},
-          {"fp8 rowwise gemm", rowwise, nullptr, rowwise_epilogue},
-          {"fp8 block gemm",
-           fp8(x_fp8_group, w_fp8_block, OperandScales::kBlocks128, x_group_scales, w_block_scales),
-           nullptr, nullptr},
-          {"int8 int32 gemm", int8, nullptr, nullptr},
-          {"w8a8 fp8 linear", rowwise, &x_fp8_row, rowwise_epilogue},
-          {"w8a8 int8 linear", int8, &x_int8, &int8_epilogue},
+          {"fp8 tensor gemm", tensor, nullptr, true},
+          {"fp8 rowwise gemm", rowwise, nullptr, true},
+          {"fp8 block gemm", block, nullptr, true},
+          {"int8 int32 gemm", int8, nullptr, false},
+          {"w8a8 fp8 linear", rowwise, &x_fp8_row, true},
+          {"w8a8 int8 linear", int8, &x_int8, true},
       };
       for (const Timed& t : timed) {
         if (!only.empty() && std::string(t.name).find(only) == std::string::npos) continue;
-        if (!lt.Supports(t.product)) {
+        if (!t.routed.tensor_cores) {
           std::printf("%-22s %6lld %6lld %6lld %10s %9s\n", t.name, static_cast<long long>(m),
                       static_cast<long long>(n), static_cast<long long>(k), "n/a", "");
           continue;
         }
+        const bool epilogue = t.epilogue && t.routed.epilogue_needed;
         const int reps = m * n * k >= (int64_t{1} << 38) ? 10 : 30;
         const float ms = MedianMs(
             [&] {
               if (t.quantize_x != nullptr) Run(*t.quantize_x, stream);
-              Check(lt.Run(t.product, workspace, stream), t.name);
-              if (t.epilogue != nullptr) CUDA_CHECK(LaunchGemmEpilogue(*t.epilogue, stream));
+              Check(lt.Run(t.routed.product, workspace, stream), t.name);
+              if (epilogue) CUDA_CHECK(LaunchGemmEpilogue(t.routed.epilogue, stream));
             },
             reps, stream);
         const double tflops = 2.0 * m * n * k / (ms * 1e-3) / 1e12;

@@ -730,9 +730,11 @@ void ExpectQuantizeAndFakeQuantMatch(const std::vector<uint8_t>& bytes, DType dt
 }
 
 // NVFP4 with the caller's S_enc (one pass on the GPU): the tensor's own S_enc (the same
-// answer as without it), one 64 times larger (blocks saturate at 448, elements at ±6), one
-// 2^-20 of it (tiny block scales: d_b below the lean range on some blocks), on ragged and
-// lean shapes in every input dtype, codes, scales, S_enc and x̂ bit for bit.
+// answer as without it), one 64 times larger (blocks saturate at 448, elements at ±6), 2^-14
+// of it (block scales of at most 448 · 2^-14: small and subnormal E4M3, some 0), and 2^70
+// (s_b saturated at 448, so d_b = 448 / 2^70 lies below the lean range of 2^-60 and codec.h's
+// general path runs), on ragged and lean shapes in every input dtype, codes, scales, S_enc
+// and x̂ bit for bit.
 TEST_F(GpuBackendTest, Nvfp4StaticGlobalScaleMatchesTheCpuBitForBit) {
   std::mt19937 rng(static_cast<uint32_t>(RunSeed()));
   std::normal_distribution<float> normal;
@@ -747,7 +749,7 @@ TEST_F(GpuBackendTest, Nvfp4StaticGlobalScaleMatchesTheCpuBitForBit) {
     const Outputs reference = Quantize(*cpu_, f32, DType::kF32, shape, dynamic, layout);
     ASSERT_TRUE(reference.status.ok()) << reference.status;
     for (float global : {reference.global_scale, reference.global_scale * 64.0f,
-                         reference.global_scale * 0x1p-20f}) {
+                         reference.global_scale * 0x1p-14f, 0x1p70f}) {
       requested.static_global_scale = global;
       const QuantSpec spec = *ResolveSpec(requested, shape);
       for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {

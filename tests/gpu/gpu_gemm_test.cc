@@ -4,6 +4,8 @@
 // (gpu_backend_test checks that); the products then agree within the accumulation error of
 // the GPU's path, which each element's tolerance is computed from. The path each product
 // took is read from the device telemetry, so a silent fallback to fp32 fails too.
+#include <sys/stat.h>
+
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -317,10 +319,23 @@ TEST_F(GpuGemmTest, RefusesWhatTheCpuRefusesInItsWords) {
           .ok());
 }
 
-// The algorithm cache: a second backend reading the first one's file takes the same
-// algorithms (so the same bits) without timing any.
+// The algorithm cache: the first backend times the shape's candidates and writes its choice;
+// a second backend reading the file takes it without timing again (so it does not rewrite the
+// file, whose inode stays: a rewrite renames a new file over it) and gives the same bits.
 TEST_F(GpuGemmTest, ChosenAlgorithmsPersistAcrossBackends) {
   const std::string path = ::testing::TempDir() + "/quantd_gemm_algorithms";
+  // One file per device, named by its PCI bus.
+  auto device_file = [&]() -> std::string {
+    for (int bus = 0; bus < 256; ++bus) {
+      const std::string name = absl::StrCat(path, ".", bus);
+      struct stat info;
+      if (stat(name.c_str(), &info) == 0) return name;
+    }
+    return "";
+  };
+  for (std::string stale = device_file(); !stale.empty(); stale = device_file()) {
+    std::remove(stale.c_str());
+  }
   std::mt19937 rng(7);
   const int64_t m = 64, n = 256, k = 512;
   const std::vector<uint8_t> a = Encode(Random(m * k, rng), DType::kF32);
@@ -333,6 +348,7 @@ TEST_F(GpuGemmTest, ChosenAlgorithmsPersistAcrossBackends) {
   absl::StatusOr<GemmSpec> spec = ResolveGemmSpec(requested, {m, k}, {n, k});
   ASSERT_TRUE(spec.ok());
   std::vector<std::vector<uint16_t>> outs;
+  std::vector<ino_t> inodes;
   for (int round = 0; round < 2; ++round) {
     CudaBackendOptions options;
     options.gemm_algorithm_cache = path;
@@ -343,21 +359,21 @@ TEST_F(GpuGemmTest, ChosenAlgorithmsPersistAcrossBackends) {
         (*backend)
             ->Gemm(operands, *spec, {DType::kBF16, {m, n}, outs.back().data(), m * n * 2}, nullptr)
             .ok());
+    const std::string file = device_file();
+    ASSERT_FALSE(file.empty()) << "no algorithm cache file next to " << path;
+    struct stat info;
+    ASSERT_EQ(stat(file.c_str(), &info), 0);
+    inodes.push_back(info.st_ino);
   }
   EXPECT_EQ(outs[0], outs[1]);
-  // One file per device, named by its PCI bus; the header names the device and cuBLASLt.
-  bool found = false;
-  for (int bus = 0; bus < 256 && !found; ++bus) {
-    std::ifstream in(absl::StrCat(path, ".", bus));
-    std::string header, entry;
-    if (std::getline(in, header) && std::getline(in, entry)) {
-      found = true;
-      EXPECT_THAT(header, ::testing::StartsWith("quantd-gemm-algorithms v1 "));
-      EXPECT_THAT(entry, ::testing::HasSubstr("k=512"));
-      std::remove(absl::StrCat(path, ".", bus).c_str());
-    }
-  }
-  EXPECT_TRUE(found) << "no algorithm cache file next to " << path;
+  EXPECT_EQ(inodes[0], inodes[1]) << "the second backend tuned again instead of reading the file";
+  const std::string file = device_file();
+  std::ifstream in(file);
+  std::string header, entry;
+  ASSERT_TRUE(std::getline(in, header) && std::getline(in, entry));
+  EXPECT_THAT(header, ::testing::StartsWith("quantd-gemm-algorithms v1 "));
+  EXPECT_THAT(entry, ::testing::HasSubstr("k=512"));
+  std::remove(file.c_str());
 }
 
 }  // namespace
