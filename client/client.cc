@@ -205,6 +205,39 @@ class RemoteClient final : public Client {
     return response;
   }
 
+  absl::StatusOr<v1::RegisterWeightResponse> RegisterWeight(
+      v1::RegisterWeightRequest request) override {
+    const int64_t limit = UnaryLimit();
+    if (static_cast<int64_t>(request.ByteSizeLong()) > limit) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "RegisterWeight has no streamed form and this weight is ", request.ByteSizeLong(),
+          " bytes, above the server's message limit of ", limit + kMessageMarginBytes,
+          "; start quantd with a larger --max-message-bytes"));
+    }
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::RegisterWeightResponse response;
+    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->RegisterWeight(&context, request, &response)));
+    return response;
+  }
+
+  absl::StatusOr<v1::ListWeightsResponse> ListWeights() override {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::ListWeightsResponse response;
+    QUANTD_RETURN_IF_ERROR(
+        FromGrpc(stub_->ListWeights(&context, v1::ListWeightsRequest(), &response)));
+    return response;
+  }
+
+  absl::StatusOr<v1::DropWeightResponse> DropWeight(v1::DropWeightRequest request) override {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::DropWeightResponse response;
+    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->DropWeight(&context, request, &response)));
+    return response;
+  }
+
   absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() override {
     grpc::ClientContext context;
     Prepare(&context);
@@ -409,6 +442,14 @@ class EmbeddedClient final : public Client {
   }
   absl::StatusOr<v1::GemmResponse> Gemm(v1::GemmRequest request) override {
     return core_.Gemm(request);
+  }
+  absl::StatusOr<v1::RegisterWeightResponse> RegisterWeight(
+      v1::RegisterWeightRequest request) override {
+    return core_.RegisterWeight(request);
+  }
+  absl::StatusOr<v1::ListWeightsResponse> ListWeights() override { return core_.ListWeights(); }
+  absl::StatusOr<v1::DropWeightResponse> DropWeight(v1::DropWeightRequest request) override {
+    return core_.DropWeight(request);
   }
   absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() override {
     return core_.GetCapabilities();

@@ -70,6 +70,14 @@ class Client {
       v1::CalibrateRequest request) = 0;
   // Unary only: a request above the server's message limit fails with what to do instead.
   [[nodiscard]] virtual absl::StatusOr<v1::GemmResponse> Gemm(v1::GemmRequest request) = 0;
+  // Registered weights live on the server that registered them: with several servers behind
+  // one target, register and multiply through a client of one server (its own address).
+  // Unary only, as Gemm.
+  [[nodiscard]] virtual absl::StatusOr<v1::RegisterWeightResponse> RegisterWeight(
+      v1::RegisterWeightRequest request) = 0;
+  [[nodiscard]] virtual absl::StatusOr<v1::ListWeightsResponse> ListWeights() = 0;
+  [[nodiscard]] virtual absl::StatusOr<v1::DropWeightResponse> DropWeight(
+      v1::DropWeightRequest request) = 0;
   [[nodiscard]] virtual absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() = 0;
   // The transport alone (see EchoRequest): the payload there and `response_bytes` bytes back,
   // no quantization work. Unary only: gRPC refuses a request above the server's message limit

@@ -39,6 +39,9 @@ ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
           "largest unary request or response and largest stream frame, in bytes");
 ABSL_FLAG(int64_t, max_tensor_bytes, int64_t{16} << 30,
           "largest tensor a request may involve (unary or streamed), in bytes");
+ABSL_FLAG(int64_t, max_weight_bytes, 0,
+          "bytes all registered GEMM weights (RegisterWeight) may hold together; beyond, "
+          "RESOURCE_EXHAUSTED (0: half of the GPUs' memory cap, or 4 GiB on the CPU backend)");
 ABSL_FLAG(int64_t, stream_chunk_bytes, int64_t{4} << 20,
           "largest response frame a stream sends, in bytes");
 ABSL_FLAG(int64_t, max_inflight_bytes, int64_t{20} << 30,
@@ -147,6 +150,7 @@ int main(int argc, char** argv) {
   options.workers = absl::GetFlag(FLAGS_workers);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.max_weight_bytes = absl::GetFlag(FLAGS_max_weight_bytes);
   options.max_tensor_bytes = absl::GetFlag(FLAGS_max_tensor_bytes);
   options.stream_chunk_bytes = absl::GetFlag(FLAGS_stream_chunk_bytes);
   options.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);

@@ -34,10 +34,11 @@ const prometheus::Histogram::BucketBoundaries& SqnrBuckets() {
 
 std::string FormatLabel(Format format) { return std::string(Traits(format).name); }
 
-// GetCapabilities and Echo carry no tensor spec and never queue: their series exist for
-// format "unspecified" only and have no queue-wait or compute histograms.
+// GetCapabilities, Echo, ListWeights and DropWeight carry no tensor spec and never queue: their
+// series exist for format "unspecified" only and have no queue-wait or compute histograms.
 bool HasFormat(Method method) {
-  return method != Method::kGetCapabilities && method != Method::kEcho;
+  return method != Method::kGetCapabilities && method != Method::kEcho &&
+         method != Method::kListWeights && method != Method::kDropWeight;
 }
 
 }  // namespace
@@ -62,6 +63,12 @@ absl::string_view MethodName(Method method) {
       return "Echo";
     case Method::kGemm:
       return "Gemm";
+    case Method::kRegisterWeight:
+      return "RegisterWeight";
+    case Method::kListWeights:
+      return "ListWeights";
+    case Method::kDropWeight:
+      return "DropWeight";
   }
   return "unknown";
 }
@@ -243,7 +250,8 @@ std::vector<prometheus::MetricFamily> DeviceCollector::Collect() const {
                            "Device memory calls may reserve at once (--cuda-memory-cap-bytes).",
                            MetricType::Gauge);
   auto memory_in_use = Family("quantd_gpu_memory_in_use_bytes",
-                              "Device memory reserved by calls in flight.", MetricType::Gauge);
+                              "Device memory reserved by calls in flight and registered weights.",
+                              MetricType::Gauge);
   auto memory_pool =
       Family("quantd_gpu_memory_pool_bytes",
              "Device memory the stream-ordered pool holds, freed blocks kept for reuse included.",
@@ -298,6 +306,29 @@ std::vector<prometheus::MetricFamily> DeviceCollector::Collect() const {
           std::move(copy_seconds), std::move(streams),       std::move(streams_busy),
           std::move(memory_cap),   std::move(memory_in_use), std::move(memory_pool),
           std::move(gemm)};
+}
+
+std::vector<prometheus::MetricFamily> WeightCollector::Collect() const {
+  using prometheus::MetricType;
+  const auto [count, bytes] = core_->RegisteredWeights();
+  auto weights = Family("quantd_registered_weights",
+                        "Weights registered for GEMMs (RegisterWeight).", MetricType::Gauge);
+  auto held = Family("quantd_registered_weight_bytes",
+                     "Memory registered weights hold (the GPU's under the CUDA backend), dropped "
+                     "ones still used by a GEMM included.",
+                     MetricType::Gauge);
+  auto cap =
+      Family("quantd_registered_weight_cap_bytes",
+             "What registered weights may hold together (--max-weight-bytes).", MetricType::Gauge);
+  const auto set = [](prometheus::MetricFamily& family, double value) {
+    prometheus::ClientMetric sample;
+    sample.gauge.value = value;
+    family.metric.push_back(std::move(sample));
+  };
+  set(weights, static_cast<double>(count));
+  set(held, static_cast<double>(bytes));
+  set(cap, static_cast<double>(core_->options().max_weight_bytes));
+  return {std::move(weights), std::move(held), std::move(cap)};
 }
 
 }  // namespace quantd::server

@@ -42,6 +42,7 @@
 #include "prometheus/registry.h"
 #include "quantd/backend.h"
 #include "quantd/format.h"
+#include "server/service_core.h"
 
 namespace quantd::server {
 
@@ -56,8 +57,11 @@ enum class Method : int {
   kDequantizeStream,
   kEcho,
   kGemm,
+  kRegisterWeight,
+  kListWeights,
+  kDropWeight,
 };
-inline constexpr int kNumMethods = 9;
+inline constexpr int kNumMethods = 12;
 absl::string_view MethodName(Method method);
 
 inline constexpr int kNumStatusCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)
@@ -121,6 +125,22 @@ class DeviceCollector final : public prometheus::Collectable {
 
  private:
   const Backend* backend_;
+};
+
+// The registered weights (server/weights.h), read from the core at each scrape:
+//   quantd_registered_weights                 gauge, weights registered
+//   quantd_registered_weight_bytes            gauge, memory they hold (dropped ones still in
+//                                             use by a GEMM included)
+//   quantd_registered_weight_cap_bytes        gauge, --max-weight-bytes
+class WeightCollector final : public prometheus::Collectable {
+ public:
+  // `core` must outlive the collector and every Exposer it is registered with.
+  explicit WeightCollector(const QuantizerCore* core) : core_(core) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const QuantizerCore* core_;
 };
 
 }  // namespace quantd::server

@@ -758,6 +758,44 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
     return ServeUnary(state_, kMethod, context, request, response);
   }
 
+  grpc::ServerUnaryReactor* RegisterWeight(grpc::CallbackServerContext* context,
+                                           const v1::RegisterWeightRequest* request,
+                                           v1::RegisterWeightResponse* response) override {
+    static const UnaryMethod<v1::RegisterWeightRequest, v1::RegisterWeightResponse> kMethod{
+        Method::kRegisterWeight, &QuantizerCore::PlanRegisterWeight, &QuantizerCore::RegisterWeight,
+        &MetricsIfPresent<v1::RegisterWeightResponse>};
+    return ServeUnary(state_, kMethod, context, request, response);
+  }
+
+  // Answered on gRPC's thread, as GetCapabilities: bookkeeping, no GPU work to queue (a dropped
+  // weight's memory is freed by whichever thread lets go of it last).
+  grpc::ServerUnaryReactor* ListWeights(grpc::CallbackServerContext* context,
+                                        const v1::ListWeightsRequest* request,
+                                        v1::ListWeightsResponse* response) override {
+    CallRecord record(state_.metrics, Method::kListWeights);
+    record.Received(request->ByteSizeLong());
+    *response = state_.core->ListWeights();
+    record.Sent(response->ByteSizeLong());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    FinishUnary(reactor, &record, absl::OkStatus());
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* DropWeight(grpc::CallbackServerContext* context,
+                                       const v1::DropWeightRequest* request,
+                                       v1::DropWeightResponse* response) override {
+    CallRecord record(state_.metrics, Method::kDropWeight);
+    record.Received(request->ByteSizeLong());
+    absl::StatusOr<v1::DropWeightResponse> dropped = state_.core->DropWeight(*request);
+    if (dropped.ok()) {
+      *response = std::move(*dropped);
+      record.Sent(response->ByteSizeLong());
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    FinishUnary(reactor, &record, dropped.status());
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* Calibrate(grpc::CallbackServerContext* context,
                                       const v1::CalibrateRequest* request,
                                       v1::CalibrateResponse* response) override {
@@ -940,6 +978,16 @@ class Server::Impl {
     CoreOptions core_options;
     core_options.max_tensor_bytes = options_.max_tensor_bytes;
     core_options.max_message_bytes = options_.max_message_bytes;
+    core_options.max_weight_bytes = options_.max_weight_bytes;
+    if (core_options.max_weight_bytes <= 0) {
+      // Half of what the devices may hold, so that registered weights leave room for calls;
+      // 4 GiB of host memory under the CPU backend.
+      int64_t device_bytes = 0;
+      for (const DeviceTelemetry& device : backend_->Telemetry()) {
+        device_bytes += device.memory_cap_bytes;
+      }
+      core_options.max_weight_bytes = device_bytes > 0 ? device_bytes / 2 : int64_t{4} << 30;
+    }
     core_options.max_queue = options_.max_queue;
     core_options.workers = scheduler_->workers();
     core_options.stream_chunk_bytes = options_.stream_chunk_bytes;
@@ -971,6 +1019,8 @@ class Server::Impl {
       exposer_->RegisterCollectable(metrics_->registry());
       device_collector_ = std::make_shared<DeviceCollector>(backend_.get());
       exposer_->RegisterCollectable(device_collector_);
+      weight_collector_ = std::make_shared<WeightCollector>(core_.get());
+      exposer_->RegisterCollectable(weight_collector_);
       const std::vector<int> ports = exposer_->GetListeningPorts();
       metrics_port_ = ports.empty() ? 0 : ports.front();
     }
@@ -1111,6 +1161,7 @@ class Server::Impl {
   std::unique_ptr<QuantizerService> service_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::shared_ptr<DeviceCollector> device_collector_;  // reads backend_, registered with exposer_
+  std::shared_ptr<WeightCollector> weight_collector_;  // reads core_, registered with exposer_
   std::unique_ptr<grpc::Server> grpc_server_;
   int bound_port_ = 0;
   int metrics_port_ = 0;

@@ -66,6 +66,9 @@ struct ServerOptions {
   int64_t max_message_bytes = int64_t{64} << 20;
   // Largest tensor a request may involve, unary or streamed.
   int64_t max_tensor_bytes = int64_t{16} << 30;
+  // What registered weights (RegisterWeight) may hold together; 0: half of the GPUs' memory
+  // cap under the CUDA backend, 4 GiB under the CPU backend.
+  int64_t max_weight_bytes = 0;
   // Largest response frame a stream sends (4 MiB fits a default gRPC client's receive limit).
   int64_t stream_chunk_bytes = int64_t{4} << 20;
   // Bytes of tensors (input + output) all calls in flight together may hold: a unary call is

@@ -369,7 +369,9 @@ TensorView ViewOf(const v1::Tensor& tensor, const Shape& shape, DType dtype) {
 }
 
 QuantizerCore::QuantizerCore(Backend* backend, CoreOptions options)
-    : backend_(backend), options_(std::move(options)) {
+    : backend_(backend),
+      options_(std::move(options)),
+      weights_(std::make_unique<WeightRegistry>(options_.max_weight_bytes)) {
   if (options_.max_rank <= 0 || options_.max_rank > kMaxRank) options_.max_rank = kMaxRank;
 }
 
@@ -691,6 +693,7 @@ absl::StatusOr<v1::QuantDequantResponse> QuantizerCore::QuantDequant(
 // A GEMM request's operands as views, its resolved spec and dimensions.
 struct QuantizerCore::GemmPlan {
   GemmOperands operands;
+  std::shared_ptr<const StoredWeight> b_weight;  // B when it is a registered weight
   GemmSpec spec;
   GemmDims dims;
   DType output_dtype = DType::kF32;
@@ -716,7 +719,21 @@ absl::StatusOr<QuantizerCore::GemmPlan> QuantizerCore::PlanGemmOperands(
     return absl::OkStatus();
   };
   QUANTD_RETURN_IF_ERROR(operand(request.a(), "a", &plan.operands.a));
-  QUANTD_RETURN_IF_ERROR(operand(request.b(), "b", &plan.operands.b));
+  const bool registered_b = !request.b_handle().empty();
+  if (registered_b) {
+    if (!TensorIsEmpty(request.b()) || request.has_b_spec()) {
+      return absl::InvalidArgumentError(
+          "b_handle names a registered weight, quantized as it was registered: leave b and "
+          "b_spec empty (or send b and b_spec without b_handle)");
+    }
+    QUANTD_ASSIGN_OR_RETURN(const WeightRegistry::Entry entry, weights_->Find(request.b_handle()));
+    plan.b_weight = entry.weight;
+    plan.operands.b_stored = plan.b_weight.get();
+    plan.operands.b.dtype = plan.b_weight->dtype();
+    plan.operands.b.shape = plan.b_weight->shape();
+  } else {
+    QUANTD_RETURN_IF_ERROR(operand(request.b(), "b", &plan.operands.b));
+  }
   if (!TensorIsEmpty(request.bias())) {
     QUANTD_RETURN_IF_ERROR(operand(request.bias(), "bias", &plan.operands.bias));
   }
@@ -726,11 +743,14 @@ absl::StatusOr<QuantizerCore::GemmPlan> QuantizerCore::PlanGemmOperands(
   // An operand spec left empty (no format, no descriptor) means "not quantized".
   GemmSpec requested;
   QUANTD_ASSIGN_OR_RETURN(requested.a, QuantSpecFromProto(request.a_spec(), "a_spec"));
-  QUANTD_ASSIGN_OR_RETURN(requested.b, QuantSpecFromProto(request.b_spec(), "b_spec"));
+  if (!registered_b) {
+    QUANTD_ASSIGN_OR_RETURN(requested.b, QuantSpecFromProto(request.b_spec(), "b_spec"));
+  }
   requested.alpha = request.alpha() == 0.0f && !request.alpha_is_zero() ? 1.0f : request.alpha();
   requested.beta = request.beta();
   QUANTD_ASSIGN_OR_RETURN(plan.spec,
                           ResolveGemmSpec(requested, plan.operands.a.shape, plan.operands.b.shape));
+  if (registered_b) plan.spec.b = plan.b_weight->spec();  // resolved when it was registered
   if (request.output_dtype() != v1::DTYPE_UNSPECIFIED) {
     QUANTD_ASSIGN_OR_RETURN(plan.output_dtype,
                             FloatDType(request.output_dtype(), "output_dtype", "the output"));
@@ -781,9 +801,118 @@ absl::StatusOr<v1::GemmResponse> QuantizerCore::Gemm(const v1::GemmRequest& requ
                             ComputeLayout(plan.spec.b, plan.operands.b.shape));
     QuantSpecToProto(plan.spec.b, layout.scale_shape, response.mutable_b_spec());
   }
-  if (!request.skip_metrics()) ErrorMetricsToProto(metrics, response.mutable_metrics());
+  if (!request.skip_metrics()) {
+    ErrorMetricsToProto(metrics, response.mutable_metrics());
+    response.set_metrics_reference(plan.b_weight != nullptr && !plan.b_weight->keeps_original()
+                                       ? "unquantized A and the registered (quantized) B"
+                                       : "unquantized A and B");
+  }
   response.set_backend(std::string(backend_->name()));
   return response;
+}
+
+namespace {
+
+void WeightInfoToProto(const WeightRegistry::Entry& entry, absl::string_view backend,
+                       v1::WeightInfo* info) {
+  const StoredWeight& weight = *entry.weight;
+  info->set_handle(entry.handle);
+  info->set_name(entry.name);
+  info->set_dtype(DTypeToProto(weight.dtype()));
+  info->mutable_shape()->Assign(weight.shape().begin(), weight.shape().end());
+  if (weight.spec().format != Format::kUnspecified) {
+    const absl::StatusOr<QuantLayout> layout = ComputeLayout(weight.spec(), weight.shape());
+    if (layout.ok()) QuantSpecToProto(weight.spec(), layout->scale_shape, info->mutable_spec());
+  }
+  info->set_bytes(weight.bytes());
+  info->set_keep_original(weight.keeps_original());
+  info->set_backend(std::string(backend));
+}
+
+}  // namespace
+
+absl::StatusOr<RequestPlan> QuantizerCore::PlanRegisterWeight(
+    const v1::RegisterWeightRequest& request, DataCheck check) const {
+  RequestPlan plan;
+  const v1::Tensor& weight = request.weight();
+  QUANTD_ASSIGN_OR_RETURN(plan.input_dtype,
+                          FloatDType(weight.dtype(), "weight.dtype", "the weight"));
+  QUANTD_ASSIGN_OR_RETURN(
+      Extent extent, ExtentOf("weight.shape", weight.shape(), plan.input_dtype, options_.max_rank));
+  if (extent.shape.size() != 2 && extent.shape.size() != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight.shape is ", ShapeToString(extent.shape),
+                     "; a registered weight is [N, K] or [batch, N, K] (nn.Linear's layout)"));
+  }
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("weight", extent.bytes));
+  QUANTD_RETURN_IF_ERROR(CheckData("weight", weight.data(), extent.bytes, extent.shape,
+                                   extent.numel, plan.input_dtype, check));
+  plan.input_bytes = extent.bytes;
+  QUANTD_ASSIGN_OR_RETURN(const QuantSpec requested, QuantSpecFromProto(request.spec(), "spec"));
+  QUANTD_ASSIGN_OR_RETURN(plan.spec, ResolveGemmOperandSpec("B", requested, extent.shape));
+  plan.layout.shape = extent.shape;
+  plan.layout.numel = extent.numel;
+  if (plan.spec.format != Format::kUnspecified) {
+    QUANTD_ASSIGN_OR_RETURN(plan.layout, ComputeLayout(plan.spec, extent.shape));
+  }
+  return plan;
+}
+
+absl::StatusOr<v1::RegisterWeightResponse> QuantizerCore::RegisterWeight(
+    const v1::RegisterWeightRequest& request) const {
+  QUANTD_ASSIGN_OR_RETURN(const RequestPlan plan, PlanRegisterWeight(request, DataCheck::kExact));
+  const bool keep_original = request.keep_original();
+  const int64_t bytes = backend_->StoredWeightBytes(plan.spec, plan.layout.shape, keep_original);
+  const std::string name = request.name().empty() ? "(unnamed)" : request.name();
+  QUANTD_RETURN_IF_ERROR(weights_->Reserve(bytes, name));
+  ErrorMetrics metrics;
+  std::unique_ptr<StoredWeight> stored;
+  const absl::Status status = Guarded("RegisterWeight", [&]() -> absl::Status {
+    absl::StatusOr<std::unique_ptr<StoredWeight>> result = backend_->StoreWeight(
+        ViewOf(request.weight(), plan.layout.shape, plan.input_dtype), plan.spec, keep_original,
+        request.skip_metrics() || plan.spec.format == Format::kUnspecified ? nullptr : &metrics);
+    if (!result.ok()) return result.status();
+    stored = std::move(*result);
+    return absl::OkStatus();
+  });
+  if (!status.ok()) {
+    weights_->Unreserve(bytes);
+    return status;
+  }
+  const WeightRegistry::Entry entry = weights_->Add(request.name(), std::move(stored), bytes);
+  v1::RegisterWeightResponse response;
+  WeightInfoToProto(entry, backend_->name(), response.mutable_weight());
+  if (!request.skip_metrics() && plan.spec.format != Format::kUnspecified) {
+    ErrorMetricsToProto(metrics, response.mutable_metrics());
+  }
+  response.set_registered_bytes(weights_->bytes());
+  response.set_cap_bytes(weights_->cap_bytes());
+  return response;
+}
+
+v1::ListWeightsResponse QuantizerCore::ListWeights() const {
+  v1::ListWeightsResponse response;
+  for (const WeightRegistry::Entry& entry : weights_->List()) {
+    WeightInfoToProto(entry, backend_->name(), response.add_weights());
+  }
+  response.set_registered_bytes(weights_->bytes());
+  response.set_cap_bytes(weights_->cap_bytes());
+  return response;
+}
+
+absl::StatusOr<v1::DropWeightResponse> QuantizerCore::DropWeight(
+    const v1::DropWeightRequest& request) const {
+  if (request.handle().empty()) {
+    return absl::InvalidArgumentError("handle is required: the one RegisterWeight returned");
+  }
+  QUANTD_ASSIGN_OR_RETURN(const int64_t freed, weights_->Drop(request.handle()));
+  v1::DropWeightResponse response;
+  response.set_freed_bytes(freed);
+  return response;
+}
+
+std::pair<int64_t, int64_t> QuantizerCore::RegisteredWeights() const {
+  return {static_cast<int64_t>(weights_->List().size()), weights_->bytes()};
 }
 
 absl::StatusOr<v1::CalibrateResponse> QuantizerCore::Calibrate(

@@ -25,7 +25,9 @@
 #define QUANTD_SERVER_SERVICE_CORE_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -34,6 +36,7 @@
 #include "quantd/spec.h"
 #include "quantd/tensor.h"
 #include "quantd/v1/quantd.pb.h"
+#include "server/weights.h"
 
 namespace quantd::server {
 
@@ -47,6 +50,10 @@ struct CoreOptions {
   int max_search_steps = 1000;
 
   // Reported by GetCapabilities only; the transport enforces them (0: not applicable).
+  // What registered weights (RegisterWeight) may hold together, in bytes of the backend's
+  // memory (the GPU's under the CUDA backend).
+  int64_t max_weight_bytes = int64_t{4} << 30;
+
   int64_t max_message_bytes = 0;
   int64_t max_queue = 0;
   int64_t workers = 0;
@@ -98,6 +105,15 @@ class QuantizerCore {
   [[nodiscard]] absl::StatusOr<v1::CalibrateResponse> Calibrate(
       const v1::CalibrateRequest& request) const;
   [[nodiscard]] absl::StatusOr<v1::GemmResponse> Gemm(const v1::GemmRequest& request) const;
+  // Registered weights (server/weights.h): RESOURCE_EXHAUSTED above CoreOptions::
+  // max_weight_bytes, NOT_FOUND for an unknown handle.
+  [[nodiscard]] absl::StatusOr<v1::RegisterWeightResponse> RegisterWeight(
+      const v1::RegisterWeightRequest& request) const;
+  v1::ListWeightsResponse ListWeights() const;
+  [[nodiscard]] absl::StatusOr<v1::DropWeightResponse> DropWeight(
+      const v1::DropWeightRequest& request) const;
+  // How many weights are registered and the bytes counted against the cap (for the gauges).
+  std::pair<int64_t, int64_t> RegisteredWeights() const;
   v1::GetCapabilitiesResponse GetCapabilities() const;
 
   // The backend's TensorUpload for the float input of a planned streamed request (null where
@@ -120,6 +136,10 @@ class QuantizerCore {
   // input_bytes every operand's, output_bytes the product's.
   [[nodiscard]] absl::StatusOr<RequestPlan> PlanGemm(const v1::GemmRequest& request,
                                                      DataCheck check) const;
+  // RegisterWeight: `spec` the weight's (unspecified: kept unquantized), input_bytes the
+  // weight's; output_bytes 0 (the response carries no tensor).
+  [[nodiscard]] absl::StatusOr<RequestPlan> PlanRegisterWeight(
+      const v1::RegisterWeightRequest& request, DataCheck check) const;
 
   absl::string_view backend_name() const { return backend_->name(); }
   const CoreOptions& options() const { return options_; }
@@ -136,6 +156,7 @@ class QuantizerCore {
 
   Backend* backend_;
   CoreOptions options_;
+  std::unique_ptr<WeightRegistry> weights_;
 };
 
 // Views a float tensor proto's bytes (no copy). The proto must outlive the view.

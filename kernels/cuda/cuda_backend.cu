@@ -248,6 +248,41 @@ class CudaUpload final : public TensorUpload {
   double copy_ms_ = 0.0;
 };
 
+// A weight kept on one device for later products (Backend::StoreWeight): its codes, the
+// scales x̂ = s · decode(q) uses (d_b for NVFP4, the double-dequantized absmax for NF4 with
+// double quantization: what Dequantize takes), its zero-points when asymmetric and, when kept,
+// its values in fp32; an unquantized weight is its fp32 values only. Its memory is reserved
+// against the device's cap until it is destroyed.
+class CudaStoredWeight final : public StoredWeight {
+ public:
+  CudaStoredWeight(CudaBackend* backend, Device* device, DType dtype, const Shape& shape,
+                   const QuantSpec& spec, bool keeps_original, const QuantLayout& layout)
+      : StoredWeight(dtype, shape, spec, keeps_original),
+        device_(device),
+        layout_(layout),
+        backend_(backend) {}
+  ~CudaStoredWeight() override;
+
+  int64_t bytes() const override { return bytes_; }
+  Device* device() const { return device_; }
+  const QuantLayout& layout() const { return layout_; }  // quantized weights only
+
+  // `bytes` of device memory held until destruction (not the per-call pool: it outlives calls).
+  [[nodiscard]] absl::StatusOr<void*> Allocate(int64_t bytes);
+
+  uint8_t* codes = nullptr;
+  float* scales = nullptr;
+  int32_t* zero_points = nullptr;
+  float* original = nullptr;
+
+ private:
+  Device* device_;
+  QuantLayout layout_;
+  CudaBackend* backend_;
+  std::vector<void*> blocks_;
+  int64_t bytes_ = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options) {
@@ -471,10 +506,16 @@ class CudaBackend final : public Backend {
                     const MutableTensorView& out, ErrorMetrics* metrics) override {
     QUANTD_ASSIGN_OR_RETURN(const GemmDims dims, CheckGemmOperands(operands, spec));
     QUANTD_RETURN_IF_ERROR(CheckGemmOutput(dims, out));
-    if (OnHost(operands.a.shape) && OnHost(operands.b.shape)) {
+    const auto* stored = dynamic_cast<const CudaStoredWeight*>(operands.b_stored);
+    if (operands.b_stored != nullptr && stored == nullptr) {
+      return absl::InvalidArgumentError(
+          "GEMM operand B is a weight stored by another backend than the one computing");
+    }
+    if (stored == nullptr && OnHost(operands.a.shape) && OnHost(operands.b.shape)) {
       return host_->Gemm(operands, spec, out, metrics);
     }
-    std::unique_ptr<Lease> lease = Acquire(nullptr);
+    // A stored weight's product runs on its device.
+    std::unique_ptr<Lease> lease = AcquireOn(stored != nullptr ? stored->device() : nullptr);
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     const int max_blocks = lease->device().max_blocks;
@@ -490,8 +531,10 @@ class CudaBackend final : public Backend {
     LtProduct product = route.product;
     QUANTD_ASSIGN_OR_RETURN(GemmOperand a,
                             StageGemmOperand("A", operands.a, spec.a, plan, exact, *lease, arena));
-    QUANTD_ASSIGN_OR_RETURN(GemmOperand b,
-                            StageGemmOperand("B", operands.b, spec.b, plan, exact, *lease, arena));
+    QUANTD_ASSIGN_OR_RETURN(
+        GemmOperand b, stored != nullptr
+                           ? StoredGemmOperand(*stored, plan, exact, *lease, arena)
+                           : StageGemmOperand("B", operands.b, spec.b, plan, exact, *lease, arena));
     product.a = a.data;
     product.b = b.data;
     product.a_type = a.element;
@@ -581,11 +624,11 @@ class CudaBackend final : public Backend {
           lease->CopyOut(&total, partials + kMaxMetricBlocks, sizeof(MetricPartial)));
     }
     for (GemmOperand* operand : {&a, &b}) {
-      if (operand->quantized) QUANTD_RETURN_IF_ERROR(QueueFlags(operand->pass, nullptr, *lease));
+      if (operand->ran_pass) QUANTD_RETURN_IF_ERROR(QueueFlags(operand->pass, nullptr, *lease));
     }
     QUANTD_RETURN_IF_ERROR(lease->Synchronize());
     for (GemmOperand* operand : {&a, &b}) {
-      if (!operand->quantized) continue;
+      if (!operand->ran_pass) continue;
       QUANTD_RETURN_IF_ERROR(
           GemmOperandError(operand->name, PassStatus(operand->spec, operand->pass, nullptr)));
     }
@@ -672,6 +715,7 @@ class CudaBackend final : public Backend {
   friend class Lease;
   friend class DeviceArena;
   friend class CudaUpload;
+  friend class CudaStoredWeight;
 
   CudaBackend() = default;
 
@@ -822,8 +866,8 @@ class CudaBackend final : public Backend {
   struct GemmOperand {
     const char* name = "";
     QuantSpec spec;
-    bool quantized = false;
-    Pass pass;  // the quantization's (its flags are checked after the synchronization)
+    bool ran_pass = false;  // quantized by this call: `pass` holds flags to check
+    Pass pass;              // the quantization's (its flags are checked after the synchronization)
     const void* data = nullptr;
     LtElement element = LtElement::kF32;
     const float* scales = nullptr;
@@ -839,9 +883,9 @@ class CudaBackend final : public Backend {
     GemmOperand operand;
     operand.name = name;
     operand.spec = spec;
-    operand.quantized = spec.format != Format::kUnspecified;
+    operand.ran_pass = spec.format != Format::kUnspecified;
     const void* input = nullptr;
-    if (operand.quantized) {
+    if (operand.ran_pass) {
       QUANTD_ASSIGN_OR_RETURN(const QuantLayout layout,
                               LayoutOfFloatInput(t, spec));  // resolved: cannot fail here
       QUANTD_ASSIGN_OR_RETURN(operand.pass, Prepare(t, spec, layout, lease, arena));
@@ -860,14 +904,11 @@ class CudaBackend final : public Backend {
           DType::kF32, nullptr, stream));
       operand.data = buffer;
       operand.scales = pass.scales;
-      operand.element = !codes                            ? LtElement::kF32
-                        : plan.path == GemmPath::kInt8    ? LtElement::kI8
-                        : spec.format == Format::kFp8E5M2 ? LtElement::kE5M2
-                                                          : LtElement::kE4M3;
+      operand.element = ProductElement(plan, spec.format);
     } else {
       QUANTD_ASSIGN_OR_RETURN(input, CopyInOperand(t, lease, arena));
     }
-    if (!operand.quantized || want_plain) {
+    if (!operand.ran_pass || want_plain) {
       if (t.dtype == DType::kF32) {
         operand.plain = static_cast<const float*>(input);
       } else {
@@ -876,9 +917,156 @@ class CudaBackend final : public Backend {
             LaunchConvert(input, t.dtype, numel, plain, DType::kF32, max_blocks, stream));
         operand.plain = static_cast<const float*>(plain);
       }
-      if (!operand.quantized) operand.data = operand.plain;
+      if (!operand.ran_pass) operand.data = operand.plain;
     }
     return operand;
+  }
+
+  // What the product reads of B's codes (or x̂ / values in fp32).
+  static LtElement ProductElement(const GemmPathPlan& plan, Format format) {
+    return plan.path == GemmPath::kFloat  ? LtElement::kF32
+           : plan.path == GemmPath::kInt8 ? LtElement::kI8
+           : format == Format::kFp8E5M2   ? LtElement::kE5M2
+                                          : LtElement::kE4M3;
+  }
+
+  // A stored weight as the product's B: its codes and scales on the tensor cores' paths, its
+  // x̂ (dequantized here, the bits QuantDequant gives) on the fp32 path; for the metrics, its
+  // kept values, else its x̂.
+  absl::StatusOr<GemmOperand> StoredGemmOperand(const CudaStoredWeight& stored,
+                                                const GemmPathPlan& plan, bool want_plain,
+                                                Lease& lease, DeviceArena& arena) {
+    GemmOperand operand;
+    operand.name = "B";
+    operand.spec = stored.spec();
+    if (stored.spec().format == Format::kUnspecified) {
+      operand.data = operand.plain = stored.original;
+      return operand;
+    }
+    operand.element = ProductElement(plan, stored.spec().format);
+    operand.scales = stored.scales;
+    operand.data = stored.codes;
+    const bool want_hat = plan.path == GemmPath::kFloat || (want_plain && !stored.keeps_original());
+    float* hat = nullptr;
+    if (want_hat) {
+      const QuantLayout& layout = stored.layout();
+      QUANTD_ASSIGN_OR_RETURN(void* buffer, arena.Allocate(4 * layout.numel));
+      hat = static_cast<float*>(buffer);
+      const ElementParams params =
+          MakeElementParams(stored.spec(), layout, nullptr, DType::kF32, lease.device().max_blocks);
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchDequantize(params, stored.codes, stored.scales,
+                                                   stored.zero_points, hat, DType::kF32,
+                                                   lease.stream()));
+      if (plan.path == GemmPath::kFloat) operand.data = hat;
+    }
+    if (want_plain) operand.plain = stored.keeps_original() ? stored.original : hat;
+    return operand;
+  }
+
+  absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeight(const TensorView& weight,
+                                                            const QuantSpec& spec,
+                                                            bool keep_original,
+                                                            ErrorMetrics* metrics) override {
+    if (weight.shape.size() != 2 && weight.shape.size() != 3) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a stored weight must be [N, K] or [batch, N, K] (nn.Linear's layout), not ",
+                       ShapeToString(weight.shape)));
+    }
+    const bool quantize = spec.format != Format::kUnspecified;
+    QuantLayout layout;
+    if (quantize) {
+      QUANTD_ASSIGN_OR_RETURN(layout, LayoutOfFloatInput(weight, spec));
+    } else if (!IsFloatInput(weight.dtype)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a stored weight must be F32, F16 or BF16, not ", DTypeName(weight.dtype)));
+    } else {
+      QUANTD_RETURN_IF_ERROR(CheckByteLength(weight.dtype, weight.shape, weight.bytes));
+    }
+    QUANTD_RETURN_IF_ERROR(CheckInHostMemory(weight));
+    const int64_t numel = weight.bytes / DTypeSize(weight.dtype);
+    std::unique_ptr<Lease> lease = AcquireOn(nullptr);
+    DeviceArena arena(this, *lease);
+    cudaStream_t stream = lease->stream();
+    auto stored =
+        std::make_unique<CudaStoredWeight>(this, &lease->device(), weight.dtype, weight.shape, spec,
+                                           keep_original || !quantize, layout);
+    const void* input = nullptr;
+    Pass pass;
+    if (quantize) {
+      const int64_t n = layout.geometry.num_scales;
+      QUANTD_ASSIGN_OR_RETURN(pass, Prepare(weight, spec, layout, *lease, arena));
+      input = pass.input;
+      if (spec.double_quant) {
+        std::vector<float> absmax;
+        DoubleQuantized unused;
+        QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &unused));
+      }
+      QUANTD_ASSIGN_OR_RETURN(void* codes, stored->Allocate(layout.code_bytes));
+      QUANTD_ASSIGN_OR_RETURN(void* scales, stored->Allocate(4 * n));
+      stored->codes = static_cast<uint8_t*>(codes);
+      stored->scales = static_cast<float*>(scales);
+      QUANTD_CUDA_RETURN_IF_ERROR(
+          LaunchQuantizePass(pass.params, spec, pass.scales_ready, pass.stats, pass.scales,
+                             pass.zero_points, pass.nvfp4, stored->codes, nullptr, DType::kF32,
+                             metrics != nullptr ? pass.partials : nullptr, stream));
+      if (pass.nvfp4.global_scale != nullptr) {
+        // d_b = fp32(block scale / S_enc) as Dequantize computes it (ElementScalesOf): the
+        // one-pass NVFP4 kernels keep d_b in registers, so it is derived once here.
+        std::vector<float> block_scales(static_cast<size_t>(n));
+        float global_scale = 0.0f;
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(block_scales.data(), pass.scales, 4 * n,
+                                                    cudaMemcpyDeviceToHost, stream));
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(&global_scale, pass.nvfp4.global_scale, 4,
+                                                    cudaMemcpyDeviceToHost, stream));
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+        ConstQuantizedBuffers blocks;
+        blocks.scales = block_scales.data();
+        blocks.num_scales = n;
+        blocks.global_scale = global_scale;
+        const std::vector<float> element_scales = ElementScalesOf(blocks, spec);
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(stored->scales, element_scales.data(), 4 * n,
+                                                    cudaMemcpyHostToDevice, stream));
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+      } else {
+        const float* decode_scales =
+            spec.double_quant ? pass.params.dequant_scales : static_cast<const float*>(pass.scales);
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(stored->scales, decode_scales, 4 * n,
+                                                    cudaMemcpyDeviceToDevice, stream));
+      }
+      if (spec.asymmetric) {
+        QUANTD_ASSIGN_OR_RETURN(void* zero_points, stored->Allocate(4 * n));
+        stored->zero_points = static_cast<int32_t*>(zero_points);
+        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(stored->zero_points, pass.zero_points, 4 * n,
+                                                    cudaMemcpyDeviceToDevice, stream));
+      }
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(input, CopyInOperand(weight, *lease, arena));
+    }
+    if (stored->keeps_original()) {
+      QUANTD_ASSIGN_OR_RETURN(void* original, stored->Allocate(4 * numel));
+      stored->original = static_cast<float*>(original);
+      QUANTD_CUDA_RETURN_IF_ERROR(LaunchConvert(input, weight.dtype, numel, original, DType::kF32,
+                                                lease->device().max_blocks, stream));
+    }
+    QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
+    if (quantize) {
+      QUANTD_RETURN_IF_ERROR(Finish(spec, pass, metrics, *lease));
+    } else {
+      QUANTD_RETURN_IF_ERROR(lease->Synchronize());
+    }
+    return stored;
+  }
+
+  int64_t StoredWeightBytes(const QuantSpec& spec, const Shape& shape,
+                            bool keep_original) const override {
+    int64_t numel = 1;
+    for (const int64_t d : shape) numel *= d;
+    if (spec.format == Format::kUnspecified) return 4 * numel;
+    const absl::StatusOr<QuantLayout> layout = ComputeLayout(spec, shape);
+    if (!layout.ok()) return 0;  // StoreWeight refuses it in its words
+    const int64_t n = layout->geometry.num_scales;
+    return layout->code_bytes + 4 * n + (spec.asymmetric ? 4 * n : 0) +
+           (keep_original ? 4 * numel : 0);
   }
 
   // A tensor's bytes on the device.
@@ -1025,11 +1213,16 @@ class CudaBackend final : public Backend {
   // A free stream on the upload's device (the input is there), or else on the least-loaded
   // device; waits while every candidate stream is busy.
   std::unique_ptr<Lease> Acquire(const CudaUpload* upload) {
+    return AcquireOn(upload != nullptr ? upload->device() : nullptr);
+  }
+
+  // A stream of `home` (an upload's or a stored weight's device), or of the least loaded
+  // device when it is null; waits for one to be free.
+  std::unique_ptr<Lease> AcquireOn(Device* home) {
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
       Device* best = LeastLoaded(/*need_free_slot=*/true);
-      if (upload != nullptr) {
-        Device* home = upload->device();
+      if (home != nullptr) {
         best = home->in_use < static_cast<int>(home->slots.size()) ? home : nullptr;
       }
       if (best != nullptr) {
@@ -1384,6 +1577,29 @@ CudaUpload::~CudaUpload() {
   if (done_ != nullptr) (void)cudaEventDestroy(done_);
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
   if (sent_ > 0) backend_->RecordUpload(*device_, sent_, copy_ms_);
+}
+
+absl::StatusOr<void*> CudaStoredWeight::Allocate(int64_t bytes) {
+  if (bytes == 0) return nullptr;
+  QUANTD_RETURN_IF_ERROR(backend_->Reserve(*device_, bytes));
+  void* block = nullptr;
+  const cudaError_t error = cudaMalloc(&block, static_cast<size_t>(bytes));
+  if (error != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: clear it, keep serving
+    backend_->Unreserve(*device_, bytes);
+    return CudaError(error, "cudaMalloc", __FILE__, __LINE__);
+  }
+  blocks_.push_back(block);
+  bytes_ += bytes;
+  return block;
+}
+
+CudaStoredWeight::~CudaStoredWeight() {
+  // Every product that read it synchronized its stream before letting go of it; cudaFree
+  // waits for the device anyway.
+  (void)cudaSetDevice(device_->id);
+  for (void* block : blocks_) (void)cudaFree(block);
+  if (bytes_ > 0) backend_->Unreserve(*device_, bytes_);
 }
 
 absl::StatusOr<void*> DeviceArena::Allocate(int64_t bytes) {

@@ -693,8 +693,30 @@ bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* 
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   if (group_vectors == 0) return false;
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) return true;
-  return p.geometry.granularity != Granularity::kGroup &&
-         group_vectors <= static_cast<uint32_t>(kRowThreads * kRowSlots);
+  // Rows up to 8192 elements: LeanRowKernel; longer ones: LeanBlockKernel (LongRows).
+  return p.geometry.granularity != Granularity::kGroup;
+}
+
+// Whether the fused pass takes this per-row quantization as 1-row tiles of LeanBlockKernel:
+// rows too long for LeanRowKernel's registers (K = 14336 or 28672 of the Llama MLPs). The tile
+// is read a second time from L2 (a 28672-element BF16 row is 56 KiB), so DRAM still sees the
+// input once, where the statistics pass + element pass of the two-pass path read it twice and
+// launch three kernels (what a decode step with a few rows pays most for).
+bool LongRows(const ElementParams& p) {
+  return p.geometry.granularity != Granularity::kBlock &&
+         p.geometry.granularity != Granularity::kGroup &&
+         FusedGroupVectors(p.geometry) > static_cast<uint32_t>(kRowThreads * kRowSlots);
+}
+
+// Blocks LeanBlockKernel launches for tiles of `tile_bytes`: the tiles in flight must fit in L2
+// for their second read (on the H200's 50 MiB L2, F32 128 x 128 tiles at 3 blocks per SM ran at
+// 65% of copy, 8 per SM at 60%, 2 per SM at 56%).
+int BlockKernelGrid(const ElementParams& p, int64_t tile_bytes, int cap) {
+  constexpr int64_t kTileBytesInFlight = int64_t{32} << 20;
+  const int64_t sms = std::max(1, p.max_blocks / 8);
+  const int64_t per_sm = std::clamp<int64_t>(kTileBytesInFlight / (sms * tile_bytes), 1, 8);
+  return static_cast<int>(
+      std::clamp<int64_t>(std::min<int64_t>(sms * per_sm, cap), 1, p.geometry.num_scales));
 }
 
 int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics) {
@@ -705,18 +727,11 @@ int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics) {
     return GridFor(p.geometry.rows * p.geometry.cols / (2 * kVector),
                    std::min(cap, sms * Nvfp4BlocksPerSm(codes, metrics)));
   }
+  const int64_t element_bytes = DTypeSize(p.input_dtype);
   if (p.geometry.granularity == Granularity::kBlock) {
-    // LeanBlockKernel reads each tile a second time from L2, so the tiles in flight must fit
-    // there: about kTileBytesInFlight of them (on the H200's 50 MiB L2, F32 128 x 128 tiles at
-    // 3 blocks per SM ran at 65% of copy, 8 per SM at 60%, 2 per SM at 56%).
-    constexpr int64_t kTileBytesInFlight = int64_t{32} << 20;
-    const int64_t sms = std::max(1, p.max_blocks / 8);
-    const int64_t tile_bytes = p.geometry.group_rows * p.geometry.group_cols *
-                               static_cast<int64_t>(DTypeSize(p.input_dtype));
-    const int64_t per_sm = std::clamp<int64_t>(kTileBytesInFlight / (sms * tile_bytes), 1, 8);
-    return static_cast<int>(
-        std::clamp<int64_t>(std::min<int64_t>(sms * per_sm, cap), 1, p.geometry.num_scales));
+    return BlockKernelGrid(p, p.geometry.group_rows * p.geometry.group_cols * element_bytes, cap);
   }
+  if (LongRows(p)) return BlockKernelGrid(p, p.geometry.cols * element_bytes, cap);
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) {
     return GridFor((p.geometry.rows * p.geometry.cols / kVector + 1) / 2, cap);  // two vectors
   }
@@ -743,16 +758,21 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
     });
     return cudaGetLastError();
   }
-  if (g.granularity == Granularity::kBlock) {
-    const FastDivmod block_vectors(static_cast<uint32_t>(g.group_cols / kVector));
+  if (g.granularity == Granularity::kBlock || LongRows(p)) {
+    // A long row is a 1 x cols tile and its scale group the row's (token, or a channel that
+    // is the row): one group per row, tile index = group index = row.
+    const bool blocks = g.granularity == Granularity::kBlock;
+    const FastDivmod block_vectors(
+        static_cast<uint32_t>((blocks ? g.group_cols : g.cols) / kVector));
+    const uint32_t block_rows = blocks ? static_cast<uint32_t>(g.group_rows) : 1;
+    const uint32_t blocks_per_row = blocks ? static_cast<uint32_t>(g.groups_per_row) : 1;
     VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
       using C = decltype(config);
       LeanBlockKernel<C::kDType, C::kFormat, C::kCodes, C::kOutput, C::kMetrics>
           <<<grid, kThreads, 0, stream>>>(
               p, rule, clip, scales, zero_points, codes, output, output_dtype, partials, flags,
               code_xor, static_cast<uint32_t>(g.cols / kVector), static_cast<uint32_t>(g.rows),
-              static_cast<uint32_t>(g.group_rows), block_vectors,
-              static_cast<uint32_t>(g.groups_per_row), static_cast<uint32_t>(g.num_scales));
+              block_rows, block_vectors, blocks_per_row, static_cast<uint32_t>(g.num_scales));
     });
     return cudaGetLastError();
   }

@@ -38,8 +38,9 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
                                int grid, cudaStream_t stream);
 
 // Dynamic quantization in one pass (statistics, scales and codes from registers) where the
-// lean pass applies and each scale group lies within a row: token rows up to 8192 elements,
-// leading-axis channels that are rows, and groups of 8..256 elements (a power of two); NVFP4's
+// lean pass applies and each scale group lies within a row: token rows (longer than 8192
+// elements as 1-row tiles of the block kernel), leading-axis channels that are rows, and
+// groups of 8..256 elements (a power of two); NVFP4's
 // blocks of 16 (LeanNvfp4Kernel, which reads S_enc from flags->global_scale_bits); and 2-D
 // blocks, one kernel reading each tile twice (the second time from L2). Writes scales (and
 // zero-points) as LaunchScales, or NVFP4's s_b as LaunchNvfp4Scales, would; `flags` must be

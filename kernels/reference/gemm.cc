@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -67,6 +68,11 @@ absl::Status GemmOperandError(const char* name, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat("GEMM operand ", name, ": ", status.message()));
 }
 
+absl::StatusOr<QuantSpec> ResolveGemmOperandSpec(const char* name, const QuantSpec& requested,
+                                                 const Shape& shape) {
+  return ResolveOperand(name, requested, shape);
+}
+
 absl::StatusOr<GemmSpec> ResolveGemmSpec(const GemmSpec& requested, const Shape& a_shape,
                                          const Shape& b_shape) {
   if (!std::isfinite(requested.alpha) || !std::isfinite(requested.beta)) {
@@ -96,7 +102,16 @@ absl::StatusOr<GemmDims> CheckGemmOperands(const GemmOperands& operands, const G
                                                    " needs a batched A, not ", Described("A", a)));
   }
   QUANTD_RETURN_IF_ERROR(CheckFloatOperand("A", operands.a));
-  QUANTD_RETURN_IF_ERROR(CheckFloatOperand("B", operands.b));
+  if (operands.b_stored == nullptr) {
+    QUANTD_RETURN_IF_ERROR(CheckFloatOperand("B", operands.b));
+  } else if (operands.b.shape != operands.b_stored->shape() ||
+             spec.b.format != operands.b_stored->spec().format ||
+             spec.b.granularity != operands.b_stored->spec().granularity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GEMM operand B describes ", ShapeToString(operands.b.shape),
+                     " but its stored weight is ", ShapeToString(operands.b_stored->shape()),
+                     " with its own spec: pass the stored weight's shape and spec"));
+  }
   GemmDims dims;
   dims.batch = a.size() == 3 ? a[0] : 1;
   dims.m = a[a.size() - 2];
@@ -192,6 +207,19 @@ void HostGemm(Executor* executor, const GemmDims& dims, const float* a_hat, cons
 
 namespace {
 
+// StoreWeightOnHost's weight: x̂ in fp32 (QuantDequant's bits) and, when kept or when the
+// weight is not quantized, its values in fp32.
+class HostStoredWeight final : public StoredWeight {
+ public:
+  using StoredWeight::StoredWeight;
+  int64_t bytes() const override { return 4 * static_cast<int64_t>(hat.size() + original.size()); }
+  // What the product reads.
+  const float* values() const { return hat.empty() ? original.data() : hat.data(); }
+
+  std::vector<float> hat;
+  std::vector<float> original;
+};
+
 // An operand as the product sees it: fake-quantized by `backend` as `spec` says, into
 // `quantized`, or its fp32 conversion `plain` when it is not quantized. `plain` is filled
 // whenever it is needed: unquantized, or for the metrics' exact product (`want_plain`).
@@ -224,10 +252,58 @@ absl::Status GemmOfFakeQuantized(Backend& backend, Executor* executor, const Gem
   std::vector<float> a, a_quantized, b, b_quantized;
   QUANTD_ASSIGN_OR_RETURN(const float* a_hat, OperandForProduct(backend, "A", operands.a, spec.a,
                                                                 exact, &a, &a_quantized));
+  if (operands.b_stored != nullptr) {
+    const auto* stored = dynamic_cast<const HostStoredWeight*>(operands.b_stored);
+    if (stored == nullptr) {
+      return absl::InvalidArgumentError(
+          "GEMM operand B is a weight stored by another backend than the one computing");
+    }
+    // Without its original, the reference product multiplies the quantized weight.
+    const float* b_hat = stored->values();
+    const float* b_plain = stored->keeps_original() ? stored->original.data() : b_hat;
+    HostGemm(executor, dims, a_hat, b_hat, a.data(), b_plain, operands, spec, out, metrics);
+    return absl::OkStatus();
+  }
   QUANTD_ASSIGN_OR_RETURN(const float* b_hat, OperandForProduct(backend, "B", operands.b, spec.b,
                                                                 exact, &b, &b_quantized));
   HostGemm(executor, dims, a_hat, b_hat, a.data(), b.data(), operands, spec, out, metrics);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeightOnHost(Backend& backend,
+                                                                const TensorView& weight,
+                                                                const QuantSpec& spec,
+                                                                bool keep_original,
+                                                                ErrorMetrics* metrics) {
+  if (weight.shape.size() != 2 && weight.shape.size() != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a stored weight must be [N, K] or [batch, N, K] (nn.Linear's layout), not ",
+                     ShapeToString(weight.shape)));
+  }
+  QUANTD_RETURN_IF_ERROR(CheckFloatOperand("B", weight));
+  const bool quantize = spec.format != Format::kUnspecified;
+  auto stored = std::make_unique<HostStoredWeight>(weight.dtype, weight.shape, spec,
+                                                   keep_original || !quantize);
+  const int64_t numel = weight.bytes / DTypeSize(weight.dtype);
+  if (stored->keeps_original()) {
+    stored->original.resize(static_cast<size_t>(numel));
+    reference::LoadRow(weight, 0, numel, stored->original.data());
+  }
+  if (quantize) {
+    stored->hat.resize(static_cast<size_t>(numel));
+    QUANTD_RETURN_IF_ERROR(GemmOperandError(
+        "B",
+        backend.QuantDequant(weight, spec,
+                             {DType::kF32, weight.shape, stored->hat.data(), numel * 4}, metrics)));
+  }
+  return stored;
+}
+
+int64_t HostStoredWeightBytes(const QuantSpec& spec, const Shape& shape, bool keep_original) {
+  int64_t numel = 1;
+  for (const int64_t d : shape) numel *= d;
+  const bool quantize = spec.format != Format::kUnspecified;
+  return 4 * numel * ((quantize ? 1 : 0) + (keep_original || !quantize ? 1 : 0));
 }
 
 }  // namespace quantd

@@ -187,6 +187,18 @@ class ReferenceBackend final : public Backend {
     return GemmOfFakeQuantized(*this, executor_, operands, spec, out, metrics);
   }
 
+  absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeight(const TensorView& weight,
+                                                            const QuantSpec& spec,
+                                                            bool keep_original,
+                                                            ErrorMetrics* metrics) override {
+    return StoreWeightOnHost(*this, weight, spec, keep_original, metrics);
+  }
+
+  int64_t StoredWeightBytes(const QuantSpec& spec, const Shape& shape,
+                            bool keep_original) const override {
+    return HostStoredWeightBytes(spec, shape, keep_original);
+  }
+
  private:
   Executor* executor_;
 };

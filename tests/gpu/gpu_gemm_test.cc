@@ -222,6 +222,26 @@ TEST_P(GpuGemmTest, MatchesTheCpuWithinTheAccumulationErrorOfItsPath) {
       ASSERT_TRUE(status.ok()) << status;
       EXPECT_EQ(Products(path), before + 1) << "expected the " << kGemmPathNames[path] << " path";
 
+      // The same weight stored on the GPU first (a registered weight): the same path, the
+      // same bits, the same metrics.
+      {
+        absl::StatusOr<std::unique_ptr<StoredWeight>> stored =
+            gpu_->StoreWeight(operands.b, spec->b, /*keep_original=*/true, nullptr);
+        ASSERT_TRUE(stored.ok()) << stored.status();
+        GemmOperands on_stored = operands;
+        on_stored.b = {in_dtype, b_shape, nullptr, 0};
+        on_stored.b_stored = stored->get();
+        std::vector<uint8_t> stored_out(out_bytes, 0x5A);
+        ErrorMetrics stored_metrics;
+        const absl::Status stored_status = gpu_->Gemm(
+            on_stored, *spec, {ec.out, out_shape, stored_out.data(), out_bytes}, &stored_metrics);
+        ASSERT_TRUE(stored_status.ok()) << stored_status;
+        EXPECT_EQ(Products(path), before + 2) << "the stored weight took another path";
+        EXPECT_EQ(stored_out, gpu_out) << "a stored weight's product differs from the inline one";
+        EXPECT_EQ(stored_metrics.sqnr_db, gpu_metrics.sqnr_db);
+        EXPECT_EQ(stored_metrics.max_abs_err, gpu_metrics.max_abs_err);
+      }
+
       // Each element's tolerance from the operands' x̂ (the CPU's, the same bits); the metrics
       // from the GPU's own output against the exact product of the unquantized operands (fp64
       // here, fp32 on the GPU: the difference is far below the quantization error).
@@ -317,6 +337,92 @@ TEST_F(GpuGemmTest, RefusesWhatTheCpuRefusesInItsWords) {
   EXPECT_TRUE(
       gpu_->Gemm(operands, *resolved, {DType::kF32, {4, 24}, ok_out.data(), 4 * 24 * 4}, nullptr)
           .ok());
+}
+
+// A stored weight holds what its products read (codes and decode scales, the original when
+// kept) in device memory reserved against the device's cap until it is destroyed; without its
+// original the metrics compare against the quantized weight's product; a weight above the
+// cap is ResourceExhausted and the backend keeps serving.
+TEST_F(GpuGemmTest, StoredWeightsHoldDeviceMemoryUntilDestroyed) {
+  const auto in_use = [] {
+    int64_t total = 0;
+    for (const DeviceTelemetry& device : gpu_->Telemetry()) total += device.memory_in_use_bytes;
+    return total;
+  };
+  std::mt19937 rng(3);
+  const int64_t m = 32, n = 256, k = 1024;
+  const std::vector<uint8_t> a = Encode(Random(m * k, rng), DType::kBF16);
+  const std::vector<uint8_t> b = Encode(Random(n * k, rng, 0.05f), DType::kBF16);
+  for (const char* descriptor : {"nvfp4", "int8", "int4-asym-g128", "nf4-dq", ""}) {
+    SCOPED_TRACE(*descriptor ? descriptor : "unquantized");
+    GemmSpec requested;
+    requested.a = OperandSpec("fp8-e4m3");
+    if (std::string(descriptor) == "nf4-dq") {
+      requested.b = OperandSpec("nf4");
+      requested.b.double_quant = true;
+    } else {
+      requested.b = OperandSpec(descriptor);
+    }
+    absl::StatusOr<GemmSpec> spec = ResolveGemmSpec(requested, {m, k}, {n, k});
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    GemmOperands operands;
+    operands.a = View(a, DType::kBF16, {m, k});
+    operands.b = View(b, DType::kBF16, {n, k});
+    std::vector<float> inline_out(m * n), stored_out(m * n), kept_out(m * n);
+    ErrorMetrics inline_metrics, stored_metrics, weight_metrics, cpu_weight_metrics;
+    ASSERT_TRUE(gpu_->Gemm(operands, *spec, {DType::kF32, {m, n}, inline_out.data(), m * n * 4},
+                           &inline_metrics)
+                    .ok());
+    const int64_t before = in_use();
+    for (const bool keep : {false, true}) {
+      absl::StatusOr<std::unique_ptr<StoredWeight>> stored =
+          gpu_->StoreWeight(operands.b, spec->b, keep, &weight_metrics);
+      ASSERT_TRUE(stored.ok()) << stored.status();
+      EXPECT_EQ((*stored)->bytes(), gpu_->StoredWeightBytes(spec->b, {n, k}, keep));
+      EXPECT_EQ(in_use(), before + (*stored)->bytes());
+      if (spec->b.format != Format::kUnspecified) {
+        // The weight's own error, as the CPU measures it (same x̂ bits).
+        std::unique_ptr<StoredWeight> cpu_stored =
+            *cpu_->StoreWeight(operands.b, spec->b, false, &cpu_weight_metrics);
+        EXPECT_EQ(weight_metrics.count, n * k);
+        EXPECT_NEAR(weight_metrics.sqnr_db, cpu_weight_metrics.sqnr_db, 1e-3);
+      }
+      GemmOperands on_stored = operands;
+      on_stored.b = {DType::kBF16, {n, k}, nullptr, 0};
+      on_stored.b_stored = stored->get();
+      std::vector<float>& out = keep ? kept_out : stored_out;
+      ASSERT_TRUE(gpu_->Gemm(on_stored, *spec, {DType::kF32, {m, n}, out.data(), m * n * 4},
+                             &stored_metrics)
+                      .ok());
+      EXPECT_EQ(out, inline_out);
+      if (keep || spec->b.format == Format::kUnspecified) {
+        EXPECT_EQ(stored_metrics.sqnr_db, inline_metrics.sqnr_db);
+      } else {
+        EXPECT_GE(stored_metrics.sqnr_db, inline_metrics.sqnr_db);  // A's error only
+      }
+      // The CPU backend cannot read a GPU-stored weight: refused, not misread.
+      const absl::Status foreign =
+          cpu_->Gemm(on_stored, *spec, {DType::kF32, {m, n}, out.data(), m * n * 4}, nullptr);
+      EXPECT_EQ(foreign.code(), absl::StatusCode::kInvalidArgument) << foreign;
+      stored->reset();
+      EXPECT_EQ(in_use(), before);
+    }
+  }
+  // Above the device's memory cap.
+  CudaBackendOptions small;
+  small.device_memory_cap = int64_t{5} << 18;  // the int8 weight fits, with its original not
+  absl::StatusOr<std::unique_ptr<Backend>> capped = CreateCudaBackend(small);
+  ASSERT_TRUE(capped.ok()) << capped.status();
+  GemmSpec requested;
+  requested.b = OperandSpec("int8");
+  absl::StatusOr<GemmSpec> spec = ResolveGemmSpec(requested, {m, k}, {n, k});
+  ASSERT_TRUE(spec.ok());
+  const absl::StatusOr<std::unique_ptr<StoredWeight>> too_big = (*capped)->StoreWeight(
+      View(b, DType::kBF16, {n, k}), spec->b, /*keep_original=*/true, nullptr);
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted) << too_big.status();
+  const absl::StatusOr<std::unique_ptr<StoredWeight>> fits =
+      (*capped)->StoreWeight(View(b, DType::kBF16, {n, k}), spec->b, false, nullptr);
+  EXPECT_TRUE(fits.ok()) << fits.status();
 }
 
 // The algorithm cache: the first backend times the shape's candidates and writes its choice;

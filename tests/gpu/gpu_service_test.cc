@@ -436,5 +436,85 @@ TEST(GpuServiceTest, GemmRunsOnTheTensorCoresAndMetricsKeepServing) {
   cpu.server->Shutdown(absl::Now() + absl::Seconds(5));
 }
 
+// A weight registered on the GPU server: a GEMM on its handle gives the inline weight's bits
+// on the GPU, and agrees with the CPU server's registered weight; the gauges count it, the GPU
+// memory it holds shows in quantd_gpu_memory_in_use_bytes until it is dropped.
+TEST(GpuServiceTest, RegisteredWeightsLiveOnTheGpu) {
+  SKIP_WITHOUT_GPU();
+  server::ServerOptions options = CudaOptions();
+  options.metrics_address = "127.0.0.1:0";
+  TestServer ts = TestServer::Start(options);
+  ASSERT_NE(ts.server, nullptr);
+  TestServer cpu = TestServer::Start(TestOptions());
+  ASSERT_NE(cpu.server, nullptr);
+  v1::RegisterWeightRequest registration;
+  *registration.mutable_weight() = RandomTensor({512, 1024}, DType::kBF16, 3);
+  registration.mutable_spec()->set_descriptor_string("fp8-e4m3");
+  registration.set_name("up_proj");
+  registration.set_keep_original(true);
+  v1::RegisterWeightResponse gpu_weight, cpu_weight;
+  {
+    grpc::ClientContext context;
+    const grpc::Status status = ts.stub->RegisterWeight(&context, registration, &gpu_weight);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(cpu.stub->RegisterWeight(&context, registration, &cpu_weight).ok());
+  }
+  EXPECT_EQ(gpu_weight.weight().backend(), "cuda");
+  // Codes (1 byte), a scale per row, the original in fp32.
+  EXPECT_EQ(gpu_weight.weight().bytes(), 512 * 1024 + 512 * 4 + 512 * 1024 * 4);
+  EXPECT_NEAR(gpu_weight.metrics().sqnr_db(), cpu_weight.metrics().sqnr_db(), 1e-3);
+  std::string page = ScrapeMetrics(ts.server->metrics_port());
+  EXPECT_EQ(SampleValue(page, "quantd_registered_weights"), 1);
+  EXPECT_GE(SampleValue(page, R"(quantd_gpu_memory_in_use_bytes{device="0"})"),
+            gpu_weight.weight().bytes());
+
+  v1::GemmRequest request;
+  *request.mutable_a() = RandomTensor({64, 1024}, DType::kBF16, 4);
+  request.mutable_a_spec()->set_descriptor_string("fp8-e4m3");
+  request.set_output_dtype(v1::DTYPE_BF16);
+  v1::GemmRequest inline_request = request;
+  *inline_request.mutable_b() = registration.weight();
+  *inline_request.mutable_b_spec() = registration.spec();
+  v1::GemmResponse on_handle, inline_response, cpu_response;
+  request.set_b_handle(gpu_weight.weight().handle());
+  {
+    grpc::ClientContext context;
+    const grpc::Status status = ts.stub->Gemm(&context, request, &on_handle);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(ts.stub->Gemm(&context, inline_request, &inline_response).ok());
+  }
+  request.set_b_handle(cpu_weight.weight().handle());
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(cpu.stub->Gemm(&context, request, &cpu_response).ok());
+  }
+  EXPECT_EQ(on_handle.output().data(), inline_response.output().data());
+  EXPECT_EQ(on_handle.metrics().sqnr_db(), inline_response.metrics().sqnr_db());
+  EXPECT_NEAR(on_handle.metrics().sqnr_db(), cpu_response.metrics().sqnr_db(), 0.5);
+  page = ScrapeMetrics(ts.server->metrics_port());
+  EXPECT_EQ(SampleValue(page, R"(quantd_gpu_gemm_products_total{device="0",path="fp8"})"), 2);
+
+  v1::DropWeightRequest drop;
+  drop.set_handle(gpu_weight.weight().handle());
+  v1::DropWeightResponse dropped;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(ts.stub->DropWeight(&context, drop, &dropped).ok());
+  }
+  EXPECT_EQ(dropped.freed_bytes(), gpu_weight.weight().bytes());
+  page = ScrapeMetrics(ts.server->metrics_port());
+  EXPECT_EQ(SampleValue(page, "quantd_registered_weights"), 0);
+  EXPECT_EQ(SampleValue(page, "quantd_registered_weight_bytes"), 0);
+  EXPECT_EQ(SampleValue(page, R"(quantd_gpu_memory_in_use_bytes{device="0"})"), 0);
+  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
+  cpu.server->Shutdown(absl::Now() + absl::Seconds(5));
+}
+
 }  // namespace
 }  // namespace quantd::testing

@@ -185,6 +185,19 @@ class Backend {
   // operands) when it is not null.
   [[nodiscard]] virtual absl::Status Gemm(const GemmOperands& operands, const GemmSpec& spec,
                                           const MutableTensorView& out, ErrorMetrics* metrics) = 0;
+
+  // Quantizes `weight` ([N, K] or [batch, N, K], F32 / F16 / BF16 in host memory) with `spec`
+  // (resolved for its shape; kUnspecified keeps it unquantized) once, and keeps what this
+  // backend's products read (GemmOperands::b_stored); with `keep_original`, its unquantized
+  // values too. Fills `metrics` (the weight's quantization error) when it is not null.
+  // ResourceExhausted when the backend's memory cannot hold it.
+  [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeight(
+      const TensorView& weight, const QuantSpec& spec, bool keep_original,
+      ErrorMetrics* metrics) = 0;
+  // The bytes StoreWeight would hold for a weight of `shape` and `spec` (resolved), so that a
+  // caller can refuse one above its budget before any work.
+  virtual int64_t StoredWeightBytes(const QuantSpec& spec, const Shape& shape,
+                                    bool keep_original) const = 0;
 };
 
 // ---- Shared by every backend, so that each refuses the same requests in the same words. ----
@@ -215,6 +228,13 @@ absl::Status NanRejectedError(Format format, int64_t index);
 [[nodiscard]] absl::Status GemmOfFakeQuantized(Backend& backend, Executor* executor,
                                                const GemmOperands& operands, const GemmSpec& spec,
                                                const MutableTensorView& out, ErrorMetrics* metrics);
+// StoreWeight for a backend whose products read host memory: the weight's x̂ in fp32 from
+// backend.QuantDequant (and its fp32 values with `keep_original`), which GemmOfFakeQuantized
+// multiplies as it would an inline B's.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeightOnHost(
+    Backend& backend, const TensorView& weight, const QuantSpec& spec, bool keep_original,
+    ErrorMetrics* metrics);
+int64_t HostStoredWeightBytes(const QuantSpec& spec, const Shape& shape, bool keep_original);
 // InvalidArgument for FlatQuant input element `index` (value `v`): NaN (unless nan_policy is
 // ZERO) or ±Inf, which its transform would spread over the element's row.
 absl::Status FlatquantInputError(Format format, int64_t index, float v);

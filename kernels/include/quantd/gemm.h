@@ -12,6 +12,7 @@
 #define QUANTD_GEMM_H_
 
 #include <cstdint>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -33,9 +34,40 @@ struct GemmSpec {
   float beta = 0.0f;  // scales C, which must be given when beta is not 0
 };
 
+// A GEMM weight quantized once and kept by the backend that stored it (Backend::StoreWeight)
+// for any number of later products (GemmOperands::b_stored): what that backend's products
+// read, in device memory on the GPU, in host memory on the CPU. Thread-safe to read from
+// concurrent products. The backend must outlive it.
+class StoredWeight {
+ public:
+  StoredWeight(DType dtype, Shape shape, const QuantSpec& spec, bool keeps_original)
+      : dtype_(dtype), shape_(std::move(shape)), spec_(spec), keeps_original_(keeps_original) {}
+  virtual ~StoredWeight() = default;
+  StoredWeight(const StoredWeight&) = delete;
+  StoredWeight& operator=(const StoredWeight&) = delete;
+
+  DType dtype() const { return dtype_; }  // the weight's as given
+  const Shape& shape() const { return shape_; }
+  const QuantSpec& spec() const { return spec_; }  // resolved; kUnspecified: not quantized
+  // Whether the unquantized values are kept too: the metrics' reference product then uses them;
+  // else it uses the quantized weight (the metrics measure the activations' quantization only).
+  bool keeps_original() const { return keeps_original_; }
+  // Memory it holds (the device's for a GPU backend).
+  virtual int64_t bytes() const = 0;
+
+ private:
+  DType dtype_;
+  Shape shape_;
+  QuantSpec spec_;
+  bool keeps_original_;
+};
+
 struct GemmOperands {
   TensorView a;  // [M, K] or [batch, M, K]; F32, F16 or BF16
   TensorView b;  // [N, K] or [batch, N, K]; a 2-D B serves every batch
+  // When set, B is this stored weight: `b` then describes it (dtype and shape, no data) and
+  // GemmSpec::b is its spec. It must be the computing backend's own.
+  const StoredWeight* b_stored = nullptr;
   // Optional (dtype kUnspecified: none): bias [N], added to every row; C [M, N] or
   // [batch, M, N] (a 2-D C serves every batch), scaled by beta.
   TensorView bias;
@@ -56,6 +88,12 @@ struct GemmDims {
 // The quantization rules are ResolveSpec's; a GEMM adds none of its own.
 [[nodiscard]] absl::StatusOr<GemmSpec> ResolveGemmSpec(const GemmSpec& requested,
                                                        const Shape& a_shape, const Shape& b_shape);
+
+// One operand's spec resolved as ResolveGemmSpec resolves it (`name`: "A" or "B", for messages):
+// also what a stored weight (Backend::StoreWeight) is quantized with.
+[[nodiscard]] absl::StatusOr<QuantSpec> ResolveGemmOperandSpec(const char* name,
+                                                               const QuantSpec& requested,
+                                                               const Shape& shape);
 
 // The GEMM's dimensions, after checking every operand: float dtypes, ranks, matching K, batch
 // and N, byte lengths in host memory, C given when beta is not 0. Every backend refuses the

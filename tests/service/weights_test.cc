@@ -1,0 +1,249 @@
+// Registered weights through real gRPC stubs (CPU backend): RegisterWeight / ListWeights /
+// DropWeight, GEMMs on a handle giving the inline weight's bits, the memory cap, the refusals,
+// and the gauges.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/service/test_util.h"
+
+namespace quantd::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class WeightsTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(TestOptions()); }
+  void TearDown() override {
+    if (ts_.server != nullptr) ts_.server->Shutdown(absl::Now() + absl::Seconds(5));
+  }
+  void Start(const server::ServerOptions& options) {
+    if (ts_.server != nullptr) ts_.server->Shutdown(absl::Now() + absl::Seconds(5));
+    ts_ = TestServer::Start(options);
+    ASSERT_NE(ts_.server, nullptr);
+  }
+
+  grpc::Status Register(const v1::Tensor& weight, const std::string& descriptor, bool keep_original,
+                        v1::RegisterWeightResponse* response, const std::string& name = "w") {
+    v1::RegisterWeightRequest request;
+    *request.mutable_weight() = weight;
+    if (!descriptor.empty()) request.mutable_spec()->set_descriptor_string(descriptor);
+    request.set_name(name);
+    request.set_keep_original(keep_original);
+    grpc::ClientContext context;
+    return ts_.stub->RegisterWeight(&context, request, response);
+  }
+  grpc::Status Gemm(const v1::GemmRequest& request, v1::GemmResponse* response) {
+    grpc::ClientContext context;
+    return ts_.stub->Gemm(&context, request, response);
+  }
+  grpc::Status Drop(const std::string& handle, v1::DropWeightResponse* response) {
+    v1::DropWeightRequest request;
+    request.set_handle(handle);
+    grpc::ClientContext context;
+    return ts_.stub->DropWeight(&context, request, response);
+  }
+  v1::ListWeightsResponse List() {
+    v1::ListWeightsResponse response;
+    grpc::ClientContext context;
+    EXPECT_TRUE(ts_.stub->ListWeights(&context, v1::ListWeightsRequest(), &response).ok());
+    return response;
+  }
+
+  TestServer ts_;
+};
+
+struct WeightCase {
+  const char* activations;  // A's descriptor ("" = unquantized)
+  const char* weight;       // B's ("" = unquantized)
+};
+
+// A GEMM on a registered weight is the GEMM on the same weight sent inline, bit for bit, for
+// the tensor-core formats and the simulated ones; with keep_original the metrics are the
+// inline call's too, without it they measure the activations' quantization only (and say so).
+TEST_F(WeightsTest, RegisteredWeightGivesTheInlineProductBitForBit) {
+  const WeightCase cases[] = {{"int8", "int8"},   {"fp8-e4m3", "fp8-e4m3"},  {"", "nvfp4"},
+                              {"mxfp4", "mxfp4"}, {"int8", "int4-asym-g32"}, {"hif8", "nf4"},
+                              {"fp8-e4m3", ""}};
+  const v1::Tensor weight = RandomTensor({48, 96}, DType::kBF16, 11);
+  v1::GemmRequest request;
+  *request.mutable_a() = RandomTensor({2, 5, 96}, DType::kF32, 12);
+  *request.mutable_bias() = RandomTensor({48}, DType::kF32, 13);
+  request.set_output_dtype(v1::DTYPE_BF16);
+  for (const WeightCase& c : cases) {
+    SCOPED_TRACE(absl::StrCat(c.activations, " x ", c.weight));
+    v1::GemmRequest inline_request = request;
+    if (*c.activations) inline_request.mutable_a_spec()->set_descriptor_string(c.activations);
+    *inline_request.mutable_b() = weight;
+    if (*c.weight) inline_request.mutable_b_spec()->set_descriptor_string(c.weight);
+    v1::GemmResponse inline_response;
+    const grpc::Status inline_status = Gemm(inline_request, &inline_response);
+    ASSERT_TRUE(inline_status.ok()) << inline_status.error_message();
+
+    for (const bool keep_original : {true, false}) {
+      SCOPED_TRACE(keep_original ? "kept original" : "quantized only");
+      v1::RegisterWeightResponse registered;
+      const grpc::Status status = Register(weight, c.weight, keep_original, &registered);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      const v1::WeightInfo& info = registered.weight();
+      EXPECT_THAT(info.handle(), ::testing::StartsWith("w-"));
+      EXPECT_EQ(std::vector<int64_t>(info.shape().begin(), info.shape().end()),
+                (std::vector<int64_t>{48, 96}));
+      EXPECT_EQ(info.dtype(), v1::DTYPE_BF16);
+      EXPECT_EQ(info.keep_original(), keep_original || !*c.weight);
+      EXPECT_EQ(info.spec().format(), inline_response.b_spec().format());
+      EXPECT_EQ(info.spec().granularity(), inline_response.b_spec().granularity());
+      EXPECT_EQ(registered.has_metrics(), *c.weight != '\0');
+      EXPECT_GT(info.bytes(), 0);
+      EXPECT_EQ(registered.registered_bytes(), info.bytes());
+
+      v1::GemmRequest on_handle = request;
+      if (*c.activations) on_handle.mutable_a_spec()->set_descriptor_string(c.activations);
+      on_handle.set_b_handle(info.handle());
+      v1::GemmResponse response;
+      const grpc::Status gemm = Gemm(on_handle, &response);
+      ASSERT_TRUE(gemm.ok()) << gemm.error_message();
+      EXPECT_EQ(response.output().data(), inline_response.output().data());
+      EXPECT_EQ(response.b_spec().format(), inline_response.b_spec().format());
+      if (keep_original || !*c.weight) {
+        EXPECT_EQ(response.metrics_reference(), "unquantized A and B");
+        EXPECT_EQ(response.metrics().mse(), inline_response.metrics().mse());
+        EXPECT_EQ(response.metrics().max_abs_err(), inline_response.metrics().max_abs_err());
+      } else {
+        EXPECT_EQ(response.metrics_reference(), "unquantized A and the registered (quantized) B");
+        // Only A's quantization error remains.
+        EXPECT_LT(response.metrics().mse(), inline_response.metrics().mse());
+      }
+      v1::DropWeightResponse dropped;
+      ASSERT_TRUE(Drop(info.handle(), &dropped).ok());
+      EXPECT_EQ(dropped.freed_bytes(), info.bytes());
+    }
+  }
+  EXPECT_EQ(List().weights_size(), 0);
+  EXPECT_EQ(List().registered_bytes(), 0);
+}
+
+TEST_F(WeightsTest, ListShowsRegistrationOrderAndDroppedHandlesAreNotFound) {
+  v1::RegisterWeightResponse first, second;
+  ASSERT_TRUE(Register(RandomTensor({16, 64}, DType::kF32, 1), "int8", false, &first, "q").ok());
+  ASSERT_TRUE(
+      Register(RandomTensor({32, 64}, DType::kF16, 2), "fp8-e4m3", true, &second, "k").ok());
+  v1::ListWeightsResponse list = List();
+  ASSERT_EQ(list.weights_size(), 2);
+  EXPECT_EQ(list.weights(0).name(), "q");
+  EXPECT_EQ(list.weights(1).name(), "k");
+  EXPECT_EQ(list.weights(1).dtype(), v1::DTYPE_F16);
+  EXPECT_EQ(list.weights(0).backend(), "cpu");
+  EXPECT_EQ(list.registered_bytes(), first.weight().bytes() + second.weight().bytes());
+  EXPECT_GT(list.cap_bytes(), list.registered_bytes());
+
+  v1::DropWeightResponse dropped;
+  ASSERT_TRUE(Drop(first.weight().handle(), &dropped).ok());
+  EXPECT_EQ(dropped.freed_bytes(), first.weight().bytes());
+  list = List();
+  ASSERT_EQ(list.weights_size(), 1);
+  EXPECT_EQ(list.weights(0).handle(), second.weight().handle());
+  EXPECT_EQ(list.registered_bytes(), second.weight().bytes());
+
+  const grpc::Status again = Drop(first.weight().handle(), &dropped);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(again.error_message(), HasSubstr("ListWeights"));
+  v1::GemmRequest request;
+  *request.mutable_a() = RandomTensor({3, 64}, DType::kF32, 3);
+  request.set_b_handle(first.weight().handle());
+  v1::GemmResponse response;
+  const grpc::Status gemm = Gemm(request, &response);
+  EXPECT_EQ(gemm.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(gemm.error_message(), HasSubstr(first.weight().handle()));
+  EXPECT_EQ(Drop("", &dropped).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Above --max-weight-bytes a registration is refused with what to do; what is registered stays,
+// and room made by a drop is usable at once.
+TEST_F(WeightsTest, TheCapIsResourceExhaustedAndKeepsWhatIsRegistered) {
+  server::ServerOptions options = TestOptions();
+  options.max_weight_bytes = 3 * 64 * 64 * 4 / 2;  // one 64 x 64 fp32 x̂ fits, two do not
+  Start(options);
+  const v1::Tensor weight = RandomTensor({64, 64}, DType::kF32, 5);
+  v1::RegisterWeightResponse first, second;
+  ASSERT_TRUE(Register(weight, "int8", false, &first).ok());
+  const grpc::Status refused = Register(weight, "int8", false, &second, "second");
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("--max-weight-bytes"));
+  EXPECT_THAT(refused.error_message(), HasSubstr("'second'"));
+  EXPECT_THAT(refused.error_message(), HasSubstr("DropWeight"));
+  ASSERT_EQ(List().weights_size(), 1);
+
+  v1::GemmRequest request;
+  *request.mutable_a() = RandomTensor({4, 64}, DType::kF32, 6);
+  request.mutable_a_spec()->set_descriptor_string("int8");
+  request.set_b_handle(first.weight().handle());
+  v1::GemmResponse response;
+  EXPECT_TRUE(Gemm(request, &response).ok());
+
+  v1::DropWeightResponse dropped;
+  ASSERT_TRUE(Drop(first.weight().handle(), &dropped).ok());
+  EXPECT_TRUE(Register(weight, "int8", false, &second, "second").ok());
+  EXPECT_EQ(List().registered_bytes(), second.weight().bytes());
+}
+
+TEST_F(WeightsTest, RefusalsSayWhatToFixAndTheServerKeepsServing) {
+  v1::RegisterWeightResponse registered;
+  grpc::Status status = Register(RandomTensor({64}, DType::kF32, 1), "int8", false, &registered);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("nn.Linear"));
+  status = Register(RandomTensor({8, 64}, DType::kF32, 1), "int9", false, &registered);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::Tensor short_weight = RandomTensor({8, 64}, DType::kF32, 1);
+  short_weight.mutable_data()->pop_back();
+  status = Register(short_weight, "int8", false, &registered);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(List().weights_size(), 0);
+
+  ASSERT_TRUE(Register(RandomTensor({8, 64}, DType::kF32, 1), "int8", false, &registered).ok());
+  v1::GemmRequest request;
+  *request.mutable_a() = RandomTensor({3, 32}, DType::kF32, 2);  // K = 32, the weight's is 64
+  request.set_b_handle(registered.weight().handle());
+  v1::GemmResponse response;
+  status = Gemm(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("disagree on K"));
+
+  *request.mutable_a() = RandomTensor({3, 64}, DType::kF32, 2);
+  *request.mutable_b() = RandomTensor({8, 64}, DType::kF32, 3);
+  status = Gemm(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("leave b and b_spec empty"));
+
+  request.clear_b();
+  request.mutable_b_spec()->set_descriptor_string("int8");
+  EXPECT_EQ(Gemm(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  request.clear_b_spec();
+  status = Gemm(request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(List().weights_size(), 1);
+}
+
+TEST_F(WeightsTest, GaugesAndCountersSeeRegistrations) {
+  Start(TestOptions(/*with_metrics=*/true));
+  v1::RegisterWeightResponse registered;
+  ASSERT_TRUE(Register(RandomTensor({16, 32}, DType::kF32, 1), "nvfp4", false, &registered).ok());
+  v1::DropWeightResponse dropped;
+  EXPECT_EQ(Drop("w-none", &dropped).error_code(), grpc::StatusCode::NOT_FOUND);
+  List();
+  const std::string page = ScrapeMetrics(ts_.server->metrics_port());
+  EXPECT_EQ(SampleValue(page, "quantd_registered_weights"), 1) << page;
+  EXPECT_EQ(SampleValue(page, "quantd_registered_weight_bytes"), registered.weight().bytes());
+  EXPECT_EQ(SampleValue(page, "quantd_registered_weight_cap_bytes"), registered.cap_bytes());
+  EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="OK",method="RegisterWeight"})"), 1);
+  EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="NOT_FOUND",method="DropWeight"})"), 1);
+  EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="OK",method="ListWeights"})"), 1);
+}
+
+}  // namespace
+}  // namespace quantd::testing
