@@ -86,7 +86,13 @@ def build_spec(format: Any = None, *, spec: Any = None, granularity: Any = None,
     QuantizedTensor) as the base when given, then every argument that is not None, in
     quantctl's order. Without a base, `format` is required."""
     out = pb.QuantSpec()
-    if spec is not None:
+    if spec is None:
+        # quantctl's SpecFromFlags takes mutable_flatquant_left() / _right() for every spec, so
+        # its requests carry both as empty (present) tensors; the server reads empty as unset.
+        # Doing the same keeps the two clients' requests byte for byte equal.
+        out.flatquant_left.SetInParent()
+        out.flatquant_right.SetInParent()
+    else:
         base = spec if isinstance(spec, pb.QuantSpec) else getattr(spec, "spec", None)
         if not isinstance(base, pb.QuantSpec):
             raise InvalidArgument(f"spec must be a quantd.v1.QuantSpec or carry one in .spec, "
