@@ -1,7 +1,7 @@
 """A stand-in quantd in this process (grpcio + the package's stubs) that records what clients
 send: the request messages, their metadata, and whether TLS carried them. It answers
 GetCapabilities with a 64 MiB message limit and refuses every other call with UNIMPLEMENTED
-("recorded"), which is all the request-capturing tests need."""
+("recorded <method>"; the streams other than QuantizeStream without recording), which is all the request-capturing tests need."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ class Recorder(pb_grpc.QuantizerServicer):
             self._record(method, request, context)
             context.abort(grpc.StatusCode.UNIMPLEMENTED, f"recorded {method}")
         return handler
+
+    def QuantizeStream(self, request_iterator, context):
+        self._record("QuantizeStream", None, context)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "recorded QuantizeStream")
 
     def __getattribute__(self, name):
         if name in ("Quantize", "Dequantize", "QuantDequant", "Calibrate", "Gemm"):
