@@ -1,14 +1,17 @@
 """Fixtures of the Python client tests: the quantd package from this checkout
-(client/python, ahead of any installed copy), and real quantd servers started the way the e2e
-tests start them (tests/e2e/e2e_util.py: QUANTD_BIN / QUANTCTL_BIN, or build/)."""
+(client/python, ahead of any installed copy; QUANTD_TEST_INSTALLED=1 tests the installed one
+instead), and real quantd servers started the way the e2e tests start them
+(tests/e2e/e2e_util.py: QUANTD_BIN / QUANTCTL_BIN, or build/)."""
 
+import os
 import pathlib
 import sys
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "client/python"))
+if os.environ.get("QUANTD_TEST_INSTALLED") != "1":
+    sys.path.insert(0, str(REPO / "client/python"))
 sys.path.insert(1, str(REPO / "tests/e2e"))
 
 import e2e_util  # noqa: E402
@@ -20,8 +23,6 @@ STREAM_CHUNK_BYTES = 256 << 10
 
 
 def _binary(path, env):
-    import os
-
     if path and pathlib.Path(path).exists():
         return path
     if os.environ.get(env):  # CTest names the binary: its absence is a failure, not a skip

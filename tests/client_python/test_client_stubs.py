@@ -13,7 +13,7 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 PACKAGE = HERE.parents[1] / "client/python"
-sys.path.insert(0, str(PACKAGE))
+sys.path.append(str(PACKAGE))  # generate_stubs.py; quantd itself comes from conftest's choice
 
 import generate_stubs  # noqa: E402
 
@@ -48,4 +48,5 @@ def test_the_package_imports_its_stubs_by_the_proto_path():
 
     assert quantd.pb is quantd_pb2
     assert quantd_pb2.DESCRIPTOR.name == "quantd/v1/quantd.proto"
-    assert pathlib.Path(quantd_pb2.__file__).resolve().parent == PACKAGE / "quantd/v1"
+    assert pathlib.Path(quantd_pb2.__file__).resolve().parent == \
+        pathlib.Path(quantd.__file__).resolve().parent / "v1"
