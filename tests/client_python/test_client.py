@@ -96,6 +96,7 @@ def test_round_trip(client, fmt, kw, codes_dtype, scales_dtype, min_sqnr):
     q = client.quantize(x, fmt, **kw)
     assert isinstance(q, quantd.QuantizedTensor)
     assert q.shape == x.shape and q.source_dtype == "F32" and q.backend == "cpu"
+    assert q.format and not q.format.startswith("FORMAT") and q.format in repr(q)
     assert isinstance(q.codes, np.ndarray) and q.codes.dtype == codes_dtype
     assert isinstance(q.scales, np.ndarray) and q.scales.dtype == scales_dtype
     assert q.codes.flags.writeable and q.scales.flags.writeable
@@ -122,6 +123,7 @@ def test_round_trip(client, fmt, kw, codes_dtype, scales_dtype, min_sqnr):
 def test_asymmetric_zero_points(client):
     x = _x(seed=1) + 0.5  # off-centre, so the zero-points are not all equal
     q = client.quantize(x, "int8", granularity="token", asymmetric=True)
+    assert q.format == "int8"
     assert q.zero_points.dtype == np.int32 and q.zero_points.shape == q.scales.shape == (64, 1)
     assert q.zero_points.min() >= -128 and q.zero_points.max() <= 127
     assert len(np.unique(q.zero_points)) > 1

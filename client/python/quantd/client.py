@@ -138,10 +138,9 @@ class QuantizedTensor:
 
     @property
     def format(self) -> str:
-        """The descriptor the spec was made from, else the format's enum name."""
-        if self.spec.descriptor_string:
-            return self.spec.descriptor_string
-        return pb.Format.Name(self.spec.format)
+        """The format's name: "int8", "fp8-e4m3", "mxfp4", "nvfp4", ... (the spec's
+        descriptor when it still carries one)."""
+        return _format_name(self.spec)
 
     def dequantize(self, dtype: Any = None, *, client: Optional["Client"] = None) -> Any:
         """x̂ through the server that quantized this tensor (or `client`); dtype: "f32"
@@ -225,7 +224,6 @@ class QuantizedTensor:
         """Writes the .npz `quantctl quantize` writes (codes, scales, zero_points when
         asymmetric, double_quant_scales / double_quant_offset, global_scale, shape, spec as
         JSON text, source_dtype); `quantctl dequantize` reads it."""
-        msg, parts = self._bulk()
         arrays = {"codes": _tensors.to_numpy(_codes_view(self.codes)),
                   "scales": _tensors.to_numpy(self.scales)}
         if self.spec.asymmetric:
@@ -271,6 +269,13 @@ class QuantizedTensor:
                 f"scales={list(getattr(self.scales, 'shape', []))}{sqnr})")
 
 
+def _format_name(spec: "pb.QuantSpec") -> str:
+    if spec.descriptor_string:
+        return spec.descriptor_string
+    name = pb.Format.Name(spec.format)
+    return name[len("FORMAT_"):].lower().replace("_", "-") if spec.format else name
+
+
 def _codes_view(codes: Any) -> Any:
     """Codes as their integer storage (a torch float8 tensor as uint8)."""
     if _tensors.is_torch(codes) and codes.dtype.is_floating_point and codes.element_size() == 1:
@@ -312,7 +317,7 @@ class Calibration:
         self.backend = response.backend
 
     def __repr__(self) -> str:
-        return (f"Calibration({self.spec.descriptor_string or pb.Format.Name(self.spec.format)}, "
+        return (f"Calibration({_format_name(self.spec)}, "
                 f"scales={list(getattr(self.scales, 'shape', []))}, metrics={self.metrics})")
 
 
