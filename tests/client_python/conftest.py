@@ -16,10 +16,7 @@ sys.path.insert(1, str(REPO / "tests/e2e"))
 
 import e2e_util  # noqa: E402
 import quantd  # noqa: E402
-
-# Small message limits, so that a 4 MiB tensor already takes the streamed path.
-MAX_MESSAGE_BYTES = 1 << 20
-STREAM_CHUNK_BYTES = 256 << 10
+from client_util import MAX_MESSAGE_BYTES, STREAM_CHUNK_BYTES  # noqa: E402
 
 
 def _binary(path, env):

@@ -13,7 +13,7 @@ import pytest
 
 import e2e_util
 import quantd
-from conftest import MAX_MESSAGE_BYTES
+from client_util import MAX_MESSAGE_BYTES
 
 F32 = np.float32
 BF16 = np.dtype(ml_dtypes.bfloat16)
