@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .errors import InvalidArgument
+from .errors import Internal, InvalidArgument
 from .v1 import quantd_pb2 as pb
 
 # Wire dtype -> (name as quantctl writes it, bytes per element, numpy dtype or None for BF16).
@@ -113,14 +113,13 @@ class Origin:
         """An array of the wire tensor `dtype` / `shape` over `data` (bytes or bytearray; a
         bytearray is used in place)."""
         shape = tuple(int(d) for d in shape)
-        np_dtype = _DTYPES[dtype][2] if dtype in _DTYPES else None
         if dtype not in _DTYPES:
-            raise InvalidArgument(f"the server sent a tensor of unknown dtype {dtype}")
+            raise Internal(f"a tensor of unknown dtype {dtype} arrived")
         want = dtype_size(dtype) * int(np.prod(shape, dtype=np.int64))
-        if len(data) != want:
-            raise InvalidArgument(f"tensor data holds {len(data)} bytes; {dtype_name(dtype)} "
-                                  f"{list(shape)} needs {want}")
-        raw_dtype = np.dtype("<i2") if dtype == pb.DTYPE_BF16 else np_dtype
+        if len(data) != want:  # the server's answer contradicts its own header
+            raise Internal(f"tensor data holds {len(data)} bytes; {dtype_name(dtype)} "
+                           f"{list(shape)} needs {want}")
+        raw_dtype = np.dtype("<i2") if dtype == pb.DTYPE_BF16 else _DTYPES[dtype][2]
         flat = np.frombuffer(data, dtype=raw_dtype)
         if isinstance(data, bytes):  # bytes are read-only; callers get arrays they may write
             flat = flat.copy()
