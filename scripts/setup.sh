@@ -41,3 +41,16 @@ if [[ ! -x $venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$want" ]]; the
   echo "$want" >"$stamp"
 fi
 echo "setup: Python test packages present in $venv"
+
+# The Python client (client/python, `import quantd`), editable: .venv always runs the checkout's
+# code, and the e2e tests' stubs generated at test time (a `quantd` namespace on sys.path) are
+# not shadowed by an installed copy. Reinstalled when its dependencies change.
+package="$repo_root/client/python"
+package_stamp="$venv/.quantd-client.sha256"
+package_want=$(sha256sum "$package/pyproject.toml" | cut -d' ' -f1)
+if [[ ! -f $package_stamp || $(cat "$package_stamp") != "$package_want" ]] ||
+   ! "$venv/bin/python" -c "import quantd" 2>/dev/null; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$package"
+  echo "$package_want" >"$package_stamp"
+fi
+echo "setup: Python client (quantd) installed in $venv"
