@@ -369,6 +369,33 @@ def test_gemm(client):
         client.gemm(a, _x((48, 100)), "int8")
 
 
+def test_registered_weights(client):
+    a = _x((16, 256), seed=11)
+    w = _x((64, 256), seed=12)
+    for fmt, weight_format in (("fp8-e4m3", "fp8-e4m3"), ("int8", "nvfp4")):
+        registered = client.register_weight(w, weight_format, name="up_proj", keep_original=True)
+        assert isinstance(registered, quantd.Weight)
+        assert registered.handle.startswith("w-") and registered.shape == (64, 256)
+        assert registered.format == weight_format and registered.bytes > 0
+        assert registered.metrics["count"] == 64 * 256
+        inline, inline_metrics = client.gemm(a, w, fmt, weight_format=weight_format,
+                                             with_metrics=True)
+        on_handle, metrics = client.gemm(a, registered, fmt, with_metrics=True)
+        e2e_util.assert_same_bits(on_handle, inline, "GEMM on the registered weight")
+        assert metrics == inline_metrics
+        by_name = client.gemm(a, registered.handle, fmt)  # the handle string works too
+        e2e_util.assert_same_bits(by_name, inline, "GEMM on the handle")
+        assert [x.handle for x in client.list_weights()] == [registered.handle]
+        assert client.drop_weight(registered) == registered.bytes
+        assert client.list_weights() == []
+        with pytest.raises(quantd.NotFound, match=registered.handle):
+            client.gemm(a, registered, fmt)
+        with pytest.raises(quantd.NotFound):
+            client.drop_weight(registered.handle)
+    with pytest.raises(quantd.InvalidArgument, match="nn.Linear"):
+        client.register_weight(_x((256,)), "int8")
+
+
 def test_several_targets_and_metadata_pass_through(server):
     with quantd.Client(f"{server.address},{server.address}", token="t0ken",
                        metadata=[("x-team", "quant")], dedicated_connection=True) as c:

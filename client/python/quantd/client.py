@@ -362,6 +362,31 @@ class Capabilities:
                 f"formats={list(self.formats)})")
 
 
+class Weight:
+    """A weight registered on one server (Client.register_weight): handle (what gemm's `b`
+    and drop_weight take), name, shape, dtype (as registered), format ("" when kept
+    unquantized), spec (the resolved QuantSpec), bytes (memory it holds on the server: GPU
+    memory under the CUDA backend), keep_original, backend, metrics (the weight's quantization
+    error, when asked for)."""
+
+    def __init__(self, info: "pb.WeightInfo", metrics: Optional[Dict[str, float]] = None):
+        self.proto = info
+        self.handle = info.handle
+        self.name = info.name
+        self.shape = tuple(int(d) for d in info.shape)
+        self.dtype = pb.DType.Name(info.dtype).replace("DTYPE_", "").lower()
+        self.format = _format_name(info.spec) if info.HasField("spec") else ""
+        self.spec = info.spec
+        self.bytes = int(info.bytes)
+        self.keep_original = info.keep_original
+        self.backend = info.backend
+        self.metrics = metrics
+
+    def __repr__(self) -> str:
+        return (f"Weight({self.handle}, {self.name!r}, {list(self.shape)}, "
+                f"{self.format or 'unquantized'}, {self.bytes} bytes)")
+
+
 class Client:
     """A connection to quantd.
 
@@ -531,14 +556,22 @@ class Client:
         a_spec / b_spec (QuantSpec) replace either spec. with_metrics=True returns (OUT,
         metrics: OUT's error against the unquantized product)."""
         a_arr, a_dtype = _tensors.float_input(a, "a")
-        b_arr, b_dtype = _tensors.float_input(b, "b")
+        registered = isinstance(b, (Weight, str))
         request = pb.GemmRequest(a=_tensors.wire_tensor(a_arr, a_dtype),
-                                 b=_tensors.wire_tensor(b_arr, b_dtype),
                                  output_dtype=_tensors.float_dtype(dtype),
                                  skip_metrics=bool(skip_metrics))
+        if registered:  # a registered weight (register_weight), quantized as registered
+            if weight_format is not None or b_spec is not None:
+                raise InvalidArgument("a registered weight keeps the spec it was registered "
+                                      "with: drop weight_format / b_spec")
+            request.b_handle = b.handle if isinstance(b, Weight) else b
+        else:
+            b_arr, b_dtype = _tensors.float_input(b, "b")
+            request.b.CopyFrom(_tensors.wire_tensor(b_arr, b_dtype))
         if format is not None:  # as quantctl: B's spec is A's with --weight-format's name
             request.a_spec.CopyFrom(_spec.build_spec(format, **spec))
-            request.b_spec.CopyFrom(request.a_spec)
+            if not registered:
+                request.b_spec.CopyFrom(request.a_spec)
             if weight_format is not None:
                 request.b_spec.descriptor_string = weight_format
         elif weight_format is not None:
@@ -563,6 +596,40 @@ class Client:
         out = _tensors.Origin.of(a).array(response.output.dtype, response.output.shape,
                                           response.output.data)
         return (out, _metrics(response)) if with_metrics else out
+
+    def register_weight(self, w: Any, format: Any = None, *, name: str = "",
+                        keep_original: bool = False, skip_metrics: bool = False,
+                        spec: Any = None, **spec_keywords: Any) -> Weight:
+        """Quantizes weight `w` ([N, K], nn.Linear's layout, or [batch, N, K]) once on the
+        server and keeps it there (on the GPU under the CUDA backend) for gemm(a, weight):
+        `format` + spec keywords as quantize's (no granularity: one scale per output row where
+        the format allows it), None keeps it unquantized. keep_original also keeps its values,
+        so gemm's metrics measure the whole quantization error (else the activations' only).
+        ResourceExhausted above the server's --max-weight-bytes. The weight lives on the server
+        that registered it: with several replicas, use a client of one address."""
+        arr, arr_dtype = _tensors.float_input(w, "weight")
+        request = pb.RegisterWeightRequest(weight=_tensors.wire_tensor(arr, arr_dtype), name=name,
+                                           keep_original=bool(keep_original),
+                                           skip_metrics=bool(skip_metrics))
+        if format is not None or spec is not None:
+            request.spec.CopyFrom(_spec.build_spec(format, spec=spec, **spec_keywords))
+        elif spec_keywords:
+            raise InvalidArgument(f"spec keywords {sorted(spec_keywords)} need a format")
+        self._check_unary("RegisterWeight", request,
+                          "register its rows in slices, as separate weights")
+        response = self._unary("RegisterWeight", request)
+        return Weight(response.weight, _metrics(response))
+
+    def list_weights(self) -> List[Weight]:
+        """The weights registered on the server, in registration order."""
+        response = self._unary("ListWeights", pb.ListWeightsRequest())
+        return [Weight(info) for info in response.weights]
+
+    def drop_weight(self, weight: Any) -> int:
+        """Unregisters a weight (a Weight or its handle); the bytes it held, freed once the
+        GEMMs already using it finish. NotFound for an unknown handle."""
+        handle = weight.handle if isinstance(weight, Weight) else str(weight)
+        return int(self._unary("DropWeight", pb.DropWeightRequest(handle=handle)).freed_bytes)
 
     def capabilities(self) -> Capabilities:
         """Formats, descriptors, backends and limits of the server."""

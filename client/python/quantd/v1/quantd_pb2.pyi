@@ -464,7 +464,7 @@ class EchoResponse(_message.Message):
     def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
 
 class GemmRequest(_message.Message):
-    __slots__ = ("a", "b", "a_spec", "b_spec", "bias", "c", "alpha", "beta", "alpha_is_zero", "output_dtype", "skip_metrics")
+    __slots__ = ("a", "b", "a_spec", "b_spec", "bias", "c", "alpha", "beta", "alpha_is_zero", "output_dtype", "skip_metrics", "b_handle")
     A_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     A_SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -476,6 +476,7 @@ class GemmRequest(_message.Message):
     ALPHA_IS_ZERO_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
     SKIP_METRICS_FIELD_NUMBER: _ClassVar[int]
+    B_HANDLE_FIELD_NUMBER: _ClassVar[int]
     a: Tensor
     b: Tensor
     a_spec: QuantSpec
@@ -487,18 +488,93 @@ class GemmRequest(_message.Message):
     alpha_is_zero: bool
     output_dtype: DType
     skip_metrics: bool
-    def __init__(self, a: _Optional[_Union[Tensor, _Mapping]] = ..., b: _Optional[_Union[Tensor, _Mapping]] = ..., a_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., b_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., bias: _Optional[_Union[Tensor, _Mapping]] = ..., c: _Optional[_Union[Tensor, _Mapping]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., alpha_is_zero: _Optional[bool] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., skip_metrics: _Optional[bool] = ...) -> None: ...
+    b_handle: str
+    def __init__(self, a: _Optional[_Union[Tensor, _Mapping]] = ..., b: _Optional[_Union[Tensor, _Mapping]] = ..., a_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., b_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., bias: _Optional[_Union[Tensor, _Mapping]] = ..., c: _Optional[_Union[Tensor, _Mapping]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., alpha_is_zero: _Optional[bool] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., skip_metrics: _Optional[bool] = ..., b_handle: _Optional[str] = ...) -> None: ...
 
 class GemmResponse(_message.Message):
-    __slots__ = ("output", "metrics", "a_spec", "b_spec", "backend")
+    __slots__ = ("output", "metrics", "a_spec", "b_spec", "backend", "metrics_reference")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     A_SPEC_FIELD_NUMBER: _ClassVar[int]
     B_SPEC_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    METRICS_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     output: Tensor
     metrics: ErrorMetrics
     a_spec: QuantSpec
     b_spec: QuantSpec
     backend: str
-    def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., metrics: _Optional[_Union[ErrorMetrics, _Mapping]] = ..., a_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., b_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
+    metrics_reference: str
+    def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., metrics: _Optional[_Union[ErrorMetrics, _Mapping]] = ..., a_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., b_spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., backend: _Optional[str] = ..., metrics_reference: _Optional[str] = ...) -> None: ...
+
+class RegisterWeightRequest(_message.Message):
+    __slots__ = ("weight", "spec", "name", "keep_original", "skip_metrics")
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    SKIP_METRICS_FIELD_NUMBER: _ClassVar[int]
+    weight: Tensor
+    spec: QuantSpec
+    name: str
+    keep_original: bool
+    skip_metrics: bool
+    def __init__(self, weight: _Optional[_Union[Tensor, _Mapping]] = ..., spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., name: _Optional[str] = ..., keep_original: _Optional[bool] = ..., skip_metrics: _Optional[bool] = ...) -> None: ...
+
+class WeightInfo(_message.Message):
+    __slots__ = ("handle", "name", "dtype", "shape", "spec", "bytes", "keep_original", "backend")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    name: str
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    spec: QuantSpec
+    bytes: int
+    keep_original: bool
+    backend: str
+    def __init__(self, handle: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., spec: _Optional[_Union[QuantSpec, _Mapping]] = ..., bytes: _Optional[int] = ..., keep_original: _Optional[bool] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class RegisterWeightResponse(_message.Message):
+    __slots__ = ("weight", "metrics", "registered_bytes", "cap_bytes")
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    weight: WeightInfo
+    metrics: ErrorMetrics
+    registered_bytes: int
+    cap_bytes: int
+    def __init__(self, weight: _Optional[_Union[WeightInfo, _Mapping]] = ..., metrics: _Optional[_Union[ErrorMetrics, _Mapping]] = ..., registered_bytes: _Optional[int] = ..., cap_bytes: _Optional[int] = ...) -> None: ...
+
+class ListWeightsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWeightsResponse(_message.Message):
+    __slots__ = ("weights", "registered_bytes", "cap_bytes")
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    weights: _containers.RepeatedCompositeFieldContainer[WeightInfo]
+    registered_bytes: int
+    cap_bytes: int
+    def __init__(self, weights: _Optional[_Iterable[_Union[WeightInfo, _Mapping]]] = ..., registered_bytes: _Optional[int] = ..., cap_bytes: _Optional[int] = ...) -> None: ...
+
+class DropWeightRequest(_message.Message):
+    __slots__ = ("handle",)
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    def __init__(self, handle: _Optional[str] = ...) -> None: ...
+
+class DropWeightResponse(_message.Message):
+    __slots__ = ("freed_bytes",)
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    freed_bytes: int
+    def __init__(self, freed_bytes: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,21 @@ class QuantizerStub:
                 request_serializer=quantd_dot_v1_dot_quantd__pb2.GemmRequest.SerializeToString,
                 response_deserializer=quantd_dot_v1_dot_quantd__pb2.GemmResponse.FromString,
                 _registered_method=True)
+        self.RegisterWeight = channel.unary_unary(
+                '/quantd.v1.Quantizer/RegisterWeight',
+                request_serializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightRequest.SerializeToString,
+                response_deserializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightResponse.FromString,
+                _registered_method=True)
+        self.ListWeights = channel.unary_unary(
+                '/quantd.v1.Quantizer/ListWeights',
+                request_serializer=quantd_dot_v1_dot_quantd__pb2.ListWeightsRequest.SerializeToString,
+                response_deserializer=quantd_dot_v1_dot_quantd__pb2.ListWeightsResponse.FromString,
+                _registered_method=True)
+        self.DropWeight = channel.unary_unary(
+                '/quantd.v1.Quantizer/DropWeight',
+                request_serializer=quantd_dot_v1_dot_quantd__pb2.DropWeightRequest.SerializeToString,
+                response_deserializer=quantd_dot_v1_dot_quantd__pb2.DropWeightResponse.FromString,
+                _registered_method=True)
         self.GetCapabilities = channel.unary_unary(
                 '/quantd.v1.Quantizer/GetCapabilities',
                 request_serializer=quantd_dot_v1_dot_quantd__pb2.GetCapabilitiesRequest.SerializeToString,
@@ -109,6 +124,24 @@ class QuantizerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Gemm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterWeight(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWeights(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropWeight(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +199,21 @@ def add_QuantizerServicer_to_server(servicer, server):
                     servicer.Gemm,
                     request_deserializer=quantd_dot_v1_dot_quantd__pb2.GemmRequest.FromString,
                     response_serializer=quantd_dot_v1_dot_quantd__pb2.GemmResponse.SerializeToString,
+            ),
+            'RegisterWeight': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterWeight,
+                    request_deserializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightRequest.FromString,
+                    response_serializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightResponse.SerializeToString,
+            ),
+            'ListWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWeights,
+                    request_deserializer=quantd_dot_v1_dot_quantd__pb2.ListWeightsRequest.FromString,
+                    response_serializer=quantd_dot_v1_dot_quantd__pb2.ListWeightsResponse.SerializeToString,
+            ),
+            'DropWeight': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropWeight,
+                    request_deserializer=quantd_dot_v1_dot_quantd__pb2.DropWeightRequest.FromString,
+                    response_serializer=quantd_dot_v1_dot_quantd__pb2.DropWeightResponse.SerializeToString,
             ),
             'GetCapabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCapabilities,
@@ -323,6 +371,87 @@ class Quantizer:
             '/quantd.v1.Quantizer/Gemm',
             quantd_dot_v1_dot_quantd__pb2.GemmRequest.SerializeToString,
             quantd_dot_v1_dot_quantd__pb2.GemmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterWeight(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantd.v1.Quantizer/RegisterWeight',
+            quantd_dot_v1_dot_quantd__pb2.RegisterWeightRequest.SerializeToString,
+            quantd_dot_v1_dot_quantd__pb2.RegisterWeightResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantd.v1.Quantizer/ListWeights',
+            quantd_dot_v1_dot_quantd__pb2.ListWeightsRequest.SerializeToString,
+            quantd_dot_v1_dot_quantd__pb2.ListWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropWeight(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantd.v1.Quantizer/DropWeight',
+            quantd_dot_v1_dot_quantd__pb2.DropWeightRequest.SerializeToString,
+            quantd_dot_v1_dot_quantd__pb2.DropWeightResponse.FromString,
             options,
             channel_credentials,
             insecure,
