@@ -772,28 +772,16 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   grpc::ServerUnaryReactor* ListWeights(grpc::CallbackServerContext* context,
                                         const v1::ListWeightsRequest* request,
                                         v1::ListWeightsResponse* response) override {
-    CallRecord record(state_.metrics, Method::kListWeights);
-    record.Received(request->ByteSizeLong());
-    *response = state_.core->ListWeights();
-    record.Sent(response->ByteSizeLong());
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    FinishUnary(reactor, &record, absl::OkStatus());
-    return reactor;
+    return AnswerHere(
+        Method::kListWeights, context, request, response,
+        [&]() -> absl::StatusOr<v1::ListWeightsResponse> { return state_.core->ListWeights(); });
   }
 
   grpc::ServerUnaryReactor* DropWeight(grpc::CallbackServerContext* context,
                                        const v1::DropWeightRequest* request,
                                        v1::DropWeightResponse* response) override {
-    CallRecord record(state_.metrics, Method::kDropWeight);
-    record.Received(request->ByteSizeLong());
-    absl::StatusOr<v1::DropWeightResponse> dropped = state_.core->DropWeight(*request);
-    if (dropped.ok()) {
-      *response = std::move(*dropped);
-      record.Sent(response->ByteSizeLong());
-    }
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    FinishUnary(reactor, &record, dropped.status());
-    return reactor;
+    return AnswerHere(Method::kDropWeight, context, request, response,
+                      [&] { return state_.core->DropWeight(*request); });
   }
 
   grpc::ServerUnaryReactor* Calibrate(grpc::CallbackServerContext* context,
@@ -808,13 +796,10 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   grpc::ServerUnaryReactor* GetCapabilities(grpc::CallbackServerContext* context,
                                             const v1::GetCapabilitiesRequest* request,
                                             v1::GetCapabilitiesResponse* response) override {
-    CallRecord record(state_.metrics, Method::kGetCapabilities);
-    record.Received(request->ByteSizeLong());
-    *response = state_.core->GetCapabilities();
-    record.Sent(response->ByteSizeLong());
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    FinishUnary(reactor, &record, absl::OkStatus());
-    return reactor;
+    return AnswerHere(Method::kGetCapabilities, context, request, response,
+                      [&]() -> absl::StatusOr<v1::GetCapabilitiesResponse> {
+                        return state_.core->GetCapabilities();
+                      });
   }
 
   // Answered here, on gRPC's thread: Echo measures the transport, so it must not wait for a
@@ -846,6 +831,24 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   }
 
  private:
+  // A call answered on gRPC's thread, without queueing for a worker: `answer` is bookkeeping
+  // (no tensors, no GPU work).
+  template <typename Request, typename Response, typename Answer>
+  grpc::ServerUnaryReactor* AnswerHere(Method method, grpc::CallbackServerContext* context,
+                                       const Request* request, Response* response,
+                                       Answer&& answer) {
+    CallRecord record(state_.metrics, method);
+    record.Received(request->ByteSizeLong());
+    absl::StatusOr<Response> answered = answer();
+    if (answered.ok()) {
+      *response = std::move(*answered);
+      record.Sent(response->ByteSizeLong());
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    FinishUnary(reactor, &record, answered.status());
+    return reactor;
+  }
+
   [[nodiscard]] absl::Status AnswerEcho(const v1::EchoRequest& request, CallRecord* record,
                                         v1::EchoResponse* response) const {
     const int64_t limit = state_.options->max_message_bytes - kFrameOverheadBytes;

@@ -8,6 +8,15 @@
 #include "absl/strings/str_format.h"
 
 namespace quantd::server {
+namespace {
+
+absl::Status UnknownHandle(absl::string_view handle) {
+  return absl::NotFoundError(absl::StrCat("no registered weight has handle '", handle,
+                                          "' (dropped, or never registered: ListWeights shows "
+                                          "the registered ones, RegisterWeight adds one)"));
+}
+
+}  // namespace
 
 WeightRegistry::WeightRegistry(int64_t cap_bytes)
     : cap_bytes_(cap_bytes), accounting_(std::make_shared<Accounting>()) {}
@@ -67,11 +76,7 @@ WeightRegistry::Entry WeightRegistry::Add(std::string name, std::unique_ptr<Stor
 absl::StatusOr<WeightRegistry::Entry> WeightRegistry::Find(absl::string_view handle) const {
   std::lock_guard<std::mutex> lock(mu_);
   const auto it = entries_.find(handle);
-  if (it == entries_.end()) {
-    return absl::NotFoundError(absl::StrCat("no registered weight has handle '", handle,
-                                            "' (it may have been dropped; ListWeights shows the "
-                                            "registered ones, RegisterWeight adds one)"));
-  }
+  if (it == entries_.end()) return UnknownHandle(handle);
   return it->second;
 }
 
@@ -80,11 +85,7 @@ absl::StatusOr<int64_t> WeightRegistry::Drop(absl::string_view handle) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     const auto it = entries_.find(handle);
-    if (it == entries_.end()) {
-      return absl::NotFoundError(absl::StrCat("no registered weight has handle '", handle,
-                                              "' (already dropped, or never registered: "
-                                              "ListWeights shows the registered ones)"));
-    }
+    if (it == entries_.end()) return UnknownHandle(handle);
     weight = std::move(it->second.weight);
     entries_.erase(it);
   }
