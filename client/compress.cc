@@ -208,7 +208,8 @@ std::string HumanBytes(double bytes) {
     bytes /= 1000;
     ++unit;
   }
-  return unit == 0 ? absl::StrFormat("%.0f B", bytes) : absl::StrFormat("%.2f %s", bytes, units[unit]);
+  return unit == 0 ? absl::StrFormat("%.0f B", bytes)
+                   : absl::StrFormat("%.2f %s", bytes, units[unit]);
 }
 
 std::string HumanDuration(double seconds) {
@@ -229,9 +230,10 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
   // Config, index and manifest files are kilobytes; a multi-megabyte one is not what we think.
   constexpr size_t kLimit = size_t{64} << 20;
   if (file.bytes().size() > kLimit) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": ", file.bytes().size(), " bytes, more than a JSON file of this kind "
-                     "holds (limit ", kLimit, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", file.bytes().size(),
+                                                   " bytes, more than a JSON file of this kind "
+                                                   "holds (limit ",
+                                                   kLimit, ")"));
   }
   return std::string(file.bytes());
 }
@@ -277,7 +279,7 @@ struct InputTensor {
 
 struct Checkpoint {
   std::vector<std::unique_ptr<safetensors::File>> files;  // sorted by name
-  std::vector<InputTensor> tensors;                        // file order, then data order
+  std::vector<InputTensor> tensors;                       // file order, then data order
   Json config;
   std::vector<std::string> other_files;  // top-level files to copy
   std::vector<std::string> notes;        // what is left behind, and why
@@ -318,9 +320,9 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir) {
     for (const auto& [tensor, file] : map->members()) {
       if (!file.is_string() || !IsPlainFileName(file.text()) ||
           !absl::EndsWith(file.text(), ".safetensors")) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            index_path, ": \"", tensor, "\" maps to ", SerializeJson(file),
-            ", not a .safetensors file name in the same directory"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(index_path, ": \"", tensor, "\" maps to ", SerializeJson(file),
+                         ", not a .safetensors file name in the same directory"));
       }
       weight_map[tensor] = file.text();
       names.insert(file.text());
@@ -328,8 +330,8 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir) {
     shard_names.assign(names.begin(), names.end());
   } else {
     if (!fs::exists(fs::path(dir) / kSingleFile, error)) {
-      return absl::InvalidArgumentError(absl::StrCat("IN_DIR '", dir, "' has neither ", kIndexFile,
-                                                     " nor ", kSingleFile));
+      return absl::InvalidArgumentError(
+          absl::StrCat("IN_DIR '", dir, "' has neither ", kIndexFile, " nor ", kSingleFile));
     }
     shard_names.push_back(std::string(kSingleFile));
   }
@@ -346,9 +348,10 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir) {
       if (indexed) {
         const auto it = weight_map.find(tensor.name);
         if (it == weight_map.end() || it->second != name) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              name, " holds \"", tensor.name, "\" but ", kIndexFile,
-              it == weight_map.end() ? " does not list it" : absl::StrCat(" puts it in ", it->second)));
+          return absl::InvalidArgumentError(
+              absl::StrCat(name, " holds \"", tensor.name, "\" but ", kIndexFile,
+                           it == weight_map.end() ? " does not list it"
+                                                  : absl::StrCat(" puts it in ", it->second)));
         }
       }
       checkpoint.tensors.push_back({file.get(), &tensor});
@@ -366,9 +369,10 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir) {
 
   const std::string config_path = (fs::path(dir) / kConfigFile).string();
   if (!fs::exists(config_path, error)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "IN_DIR '", dir, "' has no config.json: a Hugging Face checkpoint needs one, and the "
-        "quantization_config goes into it"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("IN_DIR '", dir,
+                     "' has no config.json: a Hugging Face checkpoint needs one, and the "
+                     "quantization_config goes into it"));
   }
   JsonParseOptions lenient;
   lenient.allow_non_finite = true;  // Python's json.dump writes NaN / Infinity
@@ -378,9 +382,10 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir) {
   }
   if (const Json* existing = checkpoint.config.Find("quantization_config");
       existing != nullptr && !existing->is_null()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        config_path, " already has a quantization_config: this checkpoint is quantized; "
-        "compress its unquantized original"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(config_path,
+                     " already has a quantization_config: this checkpoint is quantized; "
+                     "compress its unquantized original"));
   }
 
   std::vector<std::string> entries;
@@ -458,8 +463,7 @@ std::vector<safetensors::TensorEntry> QuantizedOutputs(const Scheme& scheme,
       return {entry("weight", DType::kF8E4M3, {n, k}),
               entry("weight_scale", DType::kF32, scale_shape)};
     case WeightLayout::kInt8:
-      return {entry("weight", DType::kI8, {n, k}),
-              entry("weight_scale", DType::kF32, scale_shape)};
+      return {entry("weight", DType::kI8, {n, k}), entry("weight_scale", DType::kF32, scale_shape)};
     case WeightLayout::kPackedInt4:
       return {entry("weight_packed", DType::kI32, {n, CeilDiv(k, 8)}),
               entry("weight_scale", DType::kF32, scale_shape),
@@ -516,9 +520,9 @@ absl::StatusOr<Plan> MakePlan(const Checkpoint& checkpoint, const CompressOption
       } else if (n == 0 || k == 0) {
         planned.note = "empty";
       } else if (scheme.in_features_multiple > 0 && k % scheme.in_features_multiple != 0) {
-        planned.note = absl::StrCat("in_features ", k, " is not a multiple of ",
-                                    scheme.in_features_multiple,
-                                    " (compressed-tensors refuses a ragged last group)");
+        planned.note =
+            absl::StrCat("in_features ", k, " is not a multiple of ", scheme.in_features_multiple,
+                         " (compressed-tensors refuses a ragged last group)");
       } else {
         planned.quantize = true;
       }
@@ -545,9 +549,8 @@ absl::StatusOr<Plan> MakePlan(const Checkpoint& checkpoint, const CompressOption
   int64_t shard_bytes = 0;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     PlannedTensor& tensor = plan.tensors[i];
-    if (plan.shards.empty() ||
-        (!plan.shards.back().tensors.empty() &&
-         shard_bytes + tensor.output_bytes > options.max_shard_bytes)) {
+    if (plan.shards.empty() || (!plan.shards.back().tensors.empty() &&
+                                shard_bytes + tensor.output_bytes > options.max_shard_bytes)) {
       plan.shards.emplace_back();
       shard_bytes = 0;
     }
@@ -562,8 +565,7 @@ absl::StatusOr<Plan> MakePlan(const Checkpoint& checkpoint, const CompressOption
   for (int s = 0; s < count; ++s) {
     PlannedShard& shard = plan.shards[static_cast<size_t>(s)];
     shard.file_name = absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, count);
-    QUANTD_ASSIGN_OR_RETURN(shard.layout,
-                            safetensors::LayOut(shard.entries, {{"format", "pt"}}));
+    QUANTD_ASSIGN_OR_RETURN(shard.layout, safetensors::LayOut(shard.entries, {{"format", "pt"}}));
   }
   return plan;
 }
@@ -664,8 +666,8 @@ Json FinishedShardJson(const FinishedShard& shard) {
 
 // The manifest's finished shards when it describes this very job; empty otherwise (the reason
 // goes to `why`).
-std::map<std::string, FinishedShard> ReadManifest(const std::string& path,
-                                                  const Json& fingerprint, std::string* why) {
+std::map<std::string, FinishedShard> ReadManifest(const std::string& path, const Json& fingerprint,
+                                                  std::string* why) {
   std::map<std::string, FinishedShard> finished;
   std::error_code error;
   if (!fs::exists(path, error)) return finished;
@@ -765,9 +767,9 @@ class Reporter {
     const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
     const double rate = seconds > 0 ? done_bytes_ / seconds : 0;
     const double eta = rate > 0 ? (total_bytes_ - done_bytes_) / rate : NAN;
-    return absl::StrFormat("%d/%d tensors  %s / %s  %s/s  ETA %s", done_tensors_,
-                           total_tensors_, HumanBytes(done_bytes_), HumanBytes(total_bytes_),
-                           HumanBytes(rate), HumanDuration(eta));
+    return absl::StrFormat("%d/%d tensors  %s / %s  %s/s  ETA %s", done_tensors_, total_tensors_,
+                           HumanBytes(done_bytes_), HumanBytes(total_bytes_), HumanBytes(rate),
+                           HumanDuration(eta));
   }
 
   void DrawBarLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -776,8 +778,7 @@ class Reporter {
         total_bytes_ > 0 ? static_cast<double>(done_bytes_) / total_bytes_ : 1.0;
     const int filled = std::clamp(static_cast<int>(fraction * kWidth), 0, kWidth);
     write_(absl::StrFormat("\r\033[Kcompress [%s%s] %3.0f%%  %s", std::string(filled, '#'),
-                           std::string(kWidth - filled, '.'), 100 * fraction,
-                           StatusTextLocked()));
+                           std::string(kWidth - filled, '.'), 100 * fraction, StatusTextLocked()));
     bar_shown_ = true;
   }
 
@@ -841,10 +842,10 @@ absl::StatusOr<v1::QuantizeResponse> QuantizeWithRetries(Client& client,
 absl::Status CheckAnswer(absl::string_view what, const v1::Tensor& tensor, v1::DType dtype,
                          int64_t bytes) {
   if (tensor.dtype() != dtype || static_cast<int64_t>(tensor.data().size()) != bytes) {
-    return absl::InternalError(absl::StrCat(
-        "the service answered ", what, " as ", v1::DType_Name(tensor.dtype()), " of ",
-        tensor.data().size(), " bytes where ", v1::DType_Name(dtype), " of ", bytes,
-        " bytes were expected: a server of another version?"));
+    return absl::InternalError(
+        absl::StrCat("the service answered ", what, " as ", v1::DType_Name(tensor.dtype()), " of ",
+                     tensor.data().size(), " bytes where ", v1::DType_Name(dtype), " of ", bytes,
+                     " bytes were expected: a server of another version?"));
   }
   return absl::OkStatus();
 }
@@ -873,8 +874,7 @@ absl::StatusOr<std::vector<std::string>> RepackAnswer(const Scheme& scheme,
       break;
   }
   QUANTD_RETURN_IF_ERROR(CheckAnswer("codes", quantized->codes(), codes_dtype, output_bytes[0]));
-  QUANTD_RETURN_IF_ERROR(
-      CheckAnswer("scales", quantized->scales(), scales_dtype, output_bytes[1]));
+  QUANTD_RETURN_IF_ERROR(CheckAnswer("scales", quantized->scales(), scales_dtype, output_bytes[1]));
   // The codes and scales are already in compressed-tensors' byte layout (see the scheme rows);
   // moving them is the whole repacking.
   bytes.push_back(std::move(*quantized->mutable_codes()->mutable_data()));
@@ -889,7 +889,8 @@ absl::StatusOr<std::vector<std::string>> RepackAnswer(const Scheme& scheme,
     const float global_scale = quantized->global_scale();
     if (!(global_scale > 0) || !std::isfinite(global_scale)) {
       return absl::InternalError(absl::StrCat("the service answered NVFP4 global_scale ",
-                                              global_scale, "; a positive finite S_enc was "
+                                              global_scale,
+                                              "; a positive finite S_enc was "
                                               "expected"));
     }
     std::string value(sizeof(float), '\0');
@@ -1077,9 +1078,8 @@ class Job {
     const absl::string_view data = planned.input.file->Data(info);
     if (!planned.quantize) {
       row.scheme = "dense";
-      QUANTD_RETURN_IF_ERROR(
-          file->WriteAt(static_cast<uint64_t>(shard.layout.data_offsets[planned.first_entry]),
-                        data));
+      QUANTD_RETURN_IF_ERROR(file->WriteAt(
+          static_cast<uint64_t>(shard.layout.data_offsets[planned.first_entry]), data));
     } else {
       const Scheme& scheme = *options_.scheme;
       row.scheme = std::string(scheme.name);
@@ -1091,9 +1091,8 @@ class Job {
       absl::StatusOr<v1::QuantizeResponse> response = QuantizeWithRetries(client_, request);
       if (!response.ok()) {
         return absl::Status(response.status().code(),
-                            absl::StrCat("quantizing \"", info.name, "\" ",
-                                         ShapeText(info.shape), ": ",
-                                         response.status().message()));
+                            absl::StrCat("quantizing \"", info.name, "\" ", ShapeText(info.shape),
+                                         ": ", response.status().message()));
       }
       std::vector<int64_t> output_bytes;
       for (size_t e = 0; e < planned.outputs.size(); ++e) {
@@ -1102,14 +1101,14 @@ class Job {
       absl::StatusOr<std::vector<std::string>> outputs =
           RepackAnswer(scheme, planned, output_bytes, &*response);
       if (!outputs.ok()) {
-        return absl::Status(outputs.status().code(), absl::StrCat("quantizing \"", info.name,
-                                                                  "\": ",
-                                                                  outputs.status().message()));
+        return absl::Status(
+            outputs.status().code(),
+            absl::StrCat("quantizing \"", info.name, "\": ", outputs.status().message()));
       }
       for (size_t e = 0; e < outputs->size(); ++e) {
-        QUANTD_RETURN_IF_ERROR(file->WriteAt(
-            static_cast<uint64_t>(shard.layout.data_offsets[planned.first_entry + e]),
-            (*outputs)[e]));
+        QUANTD_RETURN_IF_ERROR(
+            file->WriteAt(static_cast<uint64_t>(shard.layout.data_offsets[planned.first_entry + e]),
+                          (*outputs)[e]));
       }
       if (response->has_metrics()) {
         row.sqnr_db = response->metrics().sqnr_db();
@@ -1124,9 +1123,9 @@ class Job {
     std::vector<TensorReport> rows;
     {
       absl::MutexLock lock(&state.mu);
-      const auto position = static_cast<size_t>(
-          std::find(shard.tensors.begin(), shard.tensors.end(), tensor_index) -
-          shard.tensors.begin());
+      const auto position =
+          static_cast<size_t>(std::find(shard.tensors.begin(), shard.tensors.end(), tensor_index) -
+                              shard.tensors.begin());
       state.rows[position] = std::move(row);
       if (--state.remaining > 0) return absl::OkStatus();
       finished_file = std::move(state.file);
@@ -1242,9 +1241,8 @@ class Job {
       after += row.bytes_after;
       absl::StrAppend(&csv, quoted(row.name), ",", absl::StrJoin(row.shape, "x"), ",", row.dtype,
                       ",", row.scheme, ",", row.bytes_before, ",", row.bytes_after, ",",
-                      number(row.sqnr_db), ",", number(row.cosine), ",",
-                      number(row.max_abs_err), ",", row.backend, ",", row.shard, ",",
-                      quoted(row.note), "\n");
+                      number(row.sqnr_db), ",", number(row.cosine), ",", number(row.max_abs_err),
+                      ",", row.backend, ",", row.shard, ",", quoted(row.note), "\n");
     }
     const Scheme& scheme = *summary.scheme;
     const Json report = Json::Object({
@@ -1313,8 +1311,8 @@ void SweepOutputDir(const std::string& dir, const Plan& plan, const Checkpoint& 
 }  // namespace
 
 const std::vector<const Scheme*>& Schemes() {
-  static const auto* schemes = new std::vector<const Scheme*>{
-      &kFp8Dynamic, &kFp8Block, &kW8A8Int8, &kW4A16, &kNvfp4, &kMxfp4};
+  static const auto* schemes = new std::vector<const Scheme*>{&kFp8Dynamic, &kFp8Block, &kW8A8Int8,
+                                                              &kW4A16,      &kNvfp4,    &kMxfp4};
   return *schemes;
 }
 
@@ -1324,18 +1322,23 @@ absl::StatusOr<const Scheme*> FindScheme(absl::string_view name) {
     if (absl::AsciiStrToLower(name) == scheme->name) return scheme;
     names.push_back(scheme->name);
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown --scheme=", name,
-                                                 "; accepted: ", absl::StrJoin(names, ", ")));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown --scheme=", name, "; accepted: ", absl::StrJoin(names, ", ")));
 }
 
 absl::StatusOr<int64_t> ParseShardSize(absl::string_view text) {
   const std::string lowered = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
   absl::string_view number = lowered;
   int64_t unit = 1;
-  const std::pair<absl::string_view, int64_t> units[] = {
-      {"kib", int64_t{1} << 10}, {"mib", int64_t{1} << 20}, {"gib", int64_t{1} << 30},
-      {"tib", int64_t{1} << 40}, {"kb", 1'000},             {"mb", 1'000'000},
-      {"gb", 1'000'000'000},     {"tb", 1'000'000'000'000}, {"b", 1}};
+  const std::pair<absl::string_view, int64_t> units[] = {{"kib", int64_t{1} << 10},
+                                                         {"mib", int64_t{1} << 20},
+                                                         {"gib", int64_t{1} << 30},
+                                                         {"tib", int64_t{1} << 40},
+                                                         {"kb", 1'000},
+                                                         {"mb", 1'000'000},
+                                                         {"gb", 1'000'000'000},
+                                                         {"tb", 1'000'000'000'000},
+                                                         {"b", 1}};
   for (const auto& [suffix, factor] : units) {
     if (absl::ConsumeSuffix(&number, suffix)) {
       unit = factor;
@@ -1351,8 +1354,7 @@ absl::StatusOr<int64_t> ParseShardSize(absl::string_view text) {
   return static_cast<int64_t>(value * static_cast<double>(unit));
 }
 
-absl::StatusOr<CompressSummary> CompressCheckpoint(Client& client,
-                                                   const CompressOptions& options) {
+absl::StatusOr<CompressSummary> CompressCheckpoint(Client& client, const CompressOptions& options) {
   if (options.scheme == nullptr) return absl::InvalidArgumentError("no scheme given");
   if (options.max_shard_bytes <= 0) {
     return absl::InvalidArgumentError("the shard size must be positive");
@@ -1360,8 +1362,8 @@ absl::StatusOr<CompressSummary> CompressCheckpoint(Client& client,
   std::error_code error;
   fs::create_directories(options.output_dir, error);
   if (error) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot create OUT_DIR '", options.output_dir,
-                                                   "': ", error.message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create OUT_DIR '", options.output_dir, "': ", error.message()));
   }
   if (fs::equivalent(options.input_dir, options.output_dir, error)) {
     return absl::InvalidArgumentError(

@@ -50,11 +50,11 @@ namespace quantd::compress {
 // How the service's answer becomes compressed-tensors tensors (the parameter names after
 // "<module>.").
 enum class WeightLayout {
-  kFloat8,       // weight F8_E4M3 [N, K] (the codes' bytes), weight_scale F32
-  kInt8,         // weight I8 [N, K], weight_scale F32
-  kPackedInt4,   // weight_packed I32 [N, ceil(K/8)], weight_scale F32, weight_shape I64 [2]
-  kNvfp4,        // weight_packed U8 [N, K/2], weight_scale F8_E4M3, weight_global_scale F32 [1]
-  kMxfp4,        // weight_packed U8 [N, K/2], weight_scale U8 (E8M0)
+  kFloat8,      // weight F8_E4M3 [N, K] (the codes' bytes), weight_scale F32
+  kInt8,        // weight I8 [N, K], weight_scale F32
+  kPackedInt4,  // weight_packed I32 [N, ceil(K/8)], weight_scale F32, weight_shape I64 [2]
+  kNvfp4,       // weight_packed U8 [N, K/2], weight_scale F8_E4M3, weight_global_scale F32 [1]
+  kMxfp4,       // weight_packed U8 [N, K/2], weight_scale U8 (E8M0)
 };
 
 // One compressed-tensors preset: what to ask the service for and what to write. kSchemes in
@@ -98,8 +98,8 @@ struct CompressOptions {
   std::string input_dir;
   std::string output_dir;
   const Scheme* scheme = nullptr;
-  std::string ignore_regex;   // RE2; empty: none
-  std::string include_regex;  // RE2; empty: none
+  std::string ignore_regex;                 // RE2; empty: none
+  std::string include_regex;                // RE2; empty: none
   int64_t max_shard_bytes = 5'000'000'000;  // transformers' default max_shard_size "5GB"
   int in_flight = 4;                        // Quantize calls at once
   // Progress: a bar redrawn in place (for a terminal), a line every few seconds (for a log

@@ -149,9 +149,8 @@ class Parser {
           absl::StrCat("JSON ends at byte ", pos_, " where ", expected, " was expected"));
     }
     const unsigned char c = static_cast<unsigned char>(text_[pos_]);
-    const std::string found =
-        (c >= 0x20 && c < 0x7F) ? absl::StrCat("'", std::string(1, c), "'")
-                                : absl::StrFormat("byte 0x%02X", c);
+    const std::string found = (c >= 0x20 && c < 0x7F) ? absl::StrCat("'", std::string(1, c), "'")
+                                                      : absl::StrFormat("byte 0x%02X", c);
     return absl::InvalidArgumentError(
         absl::StrCat("JSON has ", found, " at byte ", pos_, " where ", expected, " was expected"));
   }
@@ -174,9 +173,8 @@ class Parser {
     const char c = text_[pos_];
     if (c == '{' || c == '[') {
       if (depth >= options_.max_depth) {
-        return absl::InvalidArgumentError(absl::StrCat("JSON nests deeper than ",
-                                                       options_.max_depth, " levels at byte ",
-                                                       pos_));
+        return absl::InvalidArgumentError(
+            absl::StrCat("JSON nests deeper than ", options_.max_depth, " levels at byte ", pos_));
       }
       return c == '{' ? ParseObject(depth + 1) : ParseArray(depth + 1);
     }

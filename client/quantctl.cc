@@ -673,17 +673,18 @@ absl::Status RunBenchCommand(const std::vector<char*>& args) {
 }
 
 absl::Status RunCompress(const std::vector<char*>& args) {
-  QUANTD_RETURN_IF_ERROR(CheckArgs(
-      args, 2,
-      "--scheme=S [--ignore=RE] [--include=RE] [--max-shard-size=5GB] [--in-flight=4] "
-      "IN_DIR OUT_DIR"));
+  QUANTD_RETURN_IF_ERROR(
+      CheckArgs(args, 2,
+                "--scheme=S [--ignore=RE] [--include=RE] [--max-shard-size=5GB] [--in-flight=4] "
+                "IN_DIR OUT_DIR"));
   compress::CompressOptions options;
   options.input_dir = args[2];
   options.output_dir = args[3];
   const std::string scheme = absl::GetFlag(FLAGS_scheme);
   if (scheme.empty()) {
-    return Usage("compress needs --scheme: fp8-dynamic, fp8-block, w8a8-int8, w4a16, nvfp4 or "
-                 "mxfp4");
+    return Usage(
+        "compress needs --scheme: fp8-dynamic, fp8-block, w8a8-int8, w4a16, nvfp4 or "
+        "mxfp4");
   }
   QUANTD_ASSIGN_OR_RETURN(options.scheme, compress::FindScheme(scheme));
   options.ignore_regex = absl::GetFlag(FLAGS_ignore);
@@ -696,8 +697,9 @@ absl::Status RunCompress(const std::vector<char*>& args) {
   }
   QUANTD_ASSIGN_OR_RETURN(
       const std::string progress,
-      FlagChoice<std::string>("progress", absl::GetFlag(FLAGS_progress),
-                              {{"auto", "auto"}, {"bar", "bar"}, {"lines", "lines"}, {"off", "off"}}));
+      FlagChoice<std::string>(
+          "progress", absl::GetFlag(FLAGS_progress),
+          {{"auto", "auto"}, {"bar", "bar"}, {"lines", "lines"}, {"off", "off"}}));
   const bool terminal = isatty(STDERR_FILENO) != 0;
   options.progress = progress == "bar" || (progress == "auto" && terminal)
                          ? compress::CompressOptions::Progress::kBar

@@ -26,11 +26,11 @@ struct DTypeRow {
 
 // One row per DType, in enum order (checked below).
 constexpr DTypeRow kDTypes[] = {
-    {DType::kBool, "BOOL", 1},    {DType::kU8, "U8", 1},     {DType::kI8, "I8", 1},
+    {DType::kBool, "BOOL", 1},      {DType::kU8, "U8", 1},          {DType::kI8, "I8", 1},
     {DType::kF8E5M2, "F8_E5M2", 1}, {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kI16, "I16", 2},
-    {DType::kU16, "U16", 2},      {DType::kF16, "F16", 2},   {DType::kBF16, "BF16", 2},
-    {DType::kI32, "I32", 4},      {DType::kU32, "U32", 4},   {DType::kF32, "F32", 4},
-    {DType::kF64, "F64", 8},      {DType::kI64, "I64", 8},   {DType::kU64, "U64", 8},
+    {DType::kU16, "U16", 2},        {DType::kF16, "F16", 2},        {DType::kBF16, "BF16", 2},
+    {DType::kI32, "I32", 4},        {DType::kU32, "U32", 4},        {DType::kF32, "F32", 4},
+    {DType::kF64, "F64", 8},        {DType::kI64, "I64", 8},        {DType::kU64, "U64", 8},
 };
 
 constexpr bool RowsFollowTheEnum() {
@@ -58,22 +58,24 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
   TensorInfo info;
   info.name = name;
   const Json* dtype = entry.Find("dtype");
-  if (dtype == nullptr || !dtype->is_string()) return Invalid(name, "dtype is missing or not a string");
+  if (dtype == nullptr || !dtype->is_string())
+    return Invalid(name, "dtype is missing or not a string");
   absl::StatusOr<DType> parsed = DTypeFromName(dtype->text());
   if (!parsed.ok()) return Invalid(name, parsed.status().message());
   info.dtype = *parsed;
 
   const Json* shape = entry.Find("shape");
-  if (shape == nullptr || !shape->is_array()) return Invalid(name, "shape is missing or not a list");
+  if (shape == nullptr || !shape->is_array())
+    return Invalid(name, "shape is missing or not a list");
   if (shape->items().size() > static_cast<size_t>(kMaxRank)) {
-    return Invalid(name, absl::StrCat("rank ", shape->items().size(), " is above the maximum ",
-                                      kMaxRank));
+    return Invalid(
+        name, absl::StrCat("rank ", shape->items().size(), " is above the maximum ", kMaxRank));
   }
   for (const Json& dim : shape->items()) {
     absl::StatusOr<int64_t> value = dim.AsInt64();
     if (!value.ok() || *value < 0) {
-      return Invalid(name, absl::StrCat("shape holds ", SerializeJson(dim),
-                                        ", not a non-negative integer"));
+      return Invalid(
+          name, absl::StrCat("shape holds ", SerializeJson(dim), ", not a non-negative integer"));
     }
     info.shape.push_back(*value);
   }
@@ -91,10 +93,10 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
                                       " is not a pair of integers 0 <= begin <= end"));
   }
   if (*end - *begin != *bytes) {
-    return Invalid(name, absl::StrCat("data_offsets ", SerializeJson(*offsets), " span ",
-                                      *end - *begin, " bytes but shape [",
-                                      absl::StrJoin(info.shape, ", "), "] of ",
-                                      DTypeName(info.dtype), " needs ", *bytes));
+    return Invalid(name,
+                   absl::StrCat("data_offsets ", SerializeJson(*offsets), " span ", *end - *begin,
+                                " bytes but shape [", absl::StrJoin(info.shape, ", "), "] of ",
+                                DTypeName(info.dtype), " needs ", *bytes));
   }
   info.offset = *begin;
   info.bytes = *bytes;
@@ -113,8 +115,8 @@ absl::StatusOr<DType> DTypeFromName(absl::string_view name) {
     if (row.name == name) return row.dtype;
     names.push_back(row.name);
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown dtype \"", name,
-                                                 "\"; accepted: ", absl::StrJoin(names, ", ")));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype \"", name, "\"; accepted: ", absl::StrJoin(names, ", ")));
 }
 
 absl::StatusOr<int64_t> ByteSize(DType dtype, const std::vector<int64_t>& shape) {
@@ -168,19 +170,18 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, int64_t data_bytes) {
   for (const TensorInfo& tensor : header.tensors) {
     if (tensor.offset != expected) {
       if (tensor.offset < expected) {
-        return Invalid(tensor.name, absl::StrCat("data starting at ", tensor.offset,
-                                                 " overlaps \"", previous->name,
-                                                 "\", which ends at ", expected));
+        return Invalid(tensor.name, absl::StrCat("data starting at ", tensor.offset, " overlaps \"",
+                                                 previous->name, "\", which ends at ", expected));
       }
-      return Invalid(tensor.name, absl::StrCat("data starts at ", tensor.offset, ", leaving a gap of ",
-                                               tensor.offset - expected, " unused bytes before it"));
+      return Invalid(tensor.name,
+                     absl::StrCat("data starts at ", tensor.offset, ", leaving a gap of ",
+                                  tensor.offset - expected, " unused bytes before it"));
     }
     // tensor.offset == expected <= data_bytes here, so the subtraction cannot overflow.
     if (tensor.bytes > data_bytes - tensor.offset) {
-      return Invalid(tensor.name,
-                     absl::StrCat(tensor.bytes, " bytes from offset ", tensor.offset,
-                                  " run past the end of the data section (", data_bytes,
-                                  " bytes): is the file truncated?"));
+      return Invalid(tensor.name, absl::StrCat(tensor.bytes, " bytes from offset ", tensor.offset,
+                                               " run past the end of the data section (",
+                                               data_bytes, " bytes): is the file truncated?"));
     }
     expected = tensor.offset + tensor.bytes;
     previous = &tensor;
@@ -220,8 +221,8 @@ absl::StatusOr<std::unique_ptr<File>> File::Open(const std::string& path) {
   absl::StatusOr<Header> header =
       ParseHeader(bytes.substr(8, header_bytes), static_cast<int64_t>(available - header_bytes));
   if (!header.ok()) return refuse(header.status().message());
-  return std::unique_ptr<File>(new File(path, std::move(mapping), *std::move(header),
-                                        static_cast<int64_t>(header_bytes)));
+  return std::unique_ptr<File>(
+      new File(path, std::move(mapping), *std::move(header), static_cast<int64_t>(header_bytes)));
 }
 
 const TensorInfo* File::Find(absl::string_view name) const {
@@ -262,8 +263,8 @@ absl::StatusOr<Layout> LayOut(const std::vector<TensorEntry>& entries, const Met
     header.Set(entry.name,
                Json::Object({{"dtype", Json::String(std::string(DTypeName(entry.dtype)))},
                              {"shape", Json::Array(std::move(dims))},
-                             {"data_offsets", Json::Array({Json::Int(offset),
-                                                           Json::Int(offset + *bytes)})}}));
+                             {"data_offsets",
+                              Json::Array({Json::Int(offset), Json::Int(offset + *bytes)})}}));
     layout.data_offsets.push_back(offset);
     layout.data_bytes.push_back(*bytes);
     offset += *bytes;
@@ -272,7 +273,8 @@ absl::StatusOr<Layout> LayOut(const std::vector<TensorEntry>& entries, const Met
   json.append((8 - json.size() % 8) % 8, ' ');
   const uint64_t length = json.size();
   layout.header.resize(8);
-  for (int i = 0; i < 8; ++i) layout.header[static_cast<size_t>(i)] = static_cast<char>(length >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    layout.header[static_cast<size_t>(i)] = static_cast<char>(length >> (8 * i));
   layout.header += json;
   const auto start = static_cast<int64_t>(layout.header.size());
   for (int64_t& data_offset : layout.data_offsets) data_offset += start;
