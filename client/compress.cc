@@ -827,11 +827,14 @@ bool IsRetryable(const absl::Status& status) {
          status.code() == absl::StatusCode::kResourceExhausted;
 }
 
-absl::StatusOr<v1::QuantizeResponse> QuantizeWithRetries(Client& client,
-                                                         const v1::QuantizeRequest& request) {
+// `make_request` builds the request for each attempt: the client takes it by value, so handing
+// it a fresh one (copied from the mapped input) keeps one copy of a large weight in memory
+// rather than two.
+absl::StatusOr<v1::QuantizeResponse> QuantizeWithRetries(
+    Client& client, const std::function<v1::QuantizeRequest()>& make_request) {
   absl::Duration backoff = absl::Milliseconds(500);
   for (int attempt = 0;; ++attempt) {
-    absl::StatusOr<v1::QuantizeResponse> response = client.Quantize(request);
+    absl::StatusOr<v1::QuantizeResponse> response = client.Quantize(make_request());
     if (response.ok() || !IsRetryable(response.status()) || attempt == 4) return response;
     absl::SleepFor(backoff);
     backoff *= 2;
@@ -919,7 +922,8 @@ class Job {
     CompressSummary summary;
     summary.scheme = options_.scheme;
     summary.shards_total = static_cast<int>(plan_.shards.size());
-    std::vector<bool> keep(plan_.shards.size(), false);
+    // char, not bool: the checking threads write their own elements.
+    std::vector<char> keep(plan_.shards.size(), 0);
     CheckFinishedShards(&keep);
 
     std::vector<std::pair<int, size_t>> tasks;  // (shard, tensor)
@@ -1005,7 +1009,7 @@ class Job {
 
   // Which of the manifest's shards are still on disk as written (size and SHA-256), checked
   // `in_flight` at a time: a 5 GB shard takes seconds to hash.
-  void CheckFinishedShards(std::vector<bool>* keep) {
+  void CheckFinishedShards(std::vector<char>* keep) {
     std::atomic<size_t> next{0};
     std::vector<std::thread> threads;
     std::vector<std::string> problems(plan_.shards.size());
@@ -1030,7 +1034,7 @@ class Job {
             problems[s] = absl::StrCat(shard.file_name, " does not match its checksum");
             continue;
           }
-          (*keep)[s] = true;
+          (*keep)[s] = 1;
         }
       });
     }
@@ -1083,12 +1087,15 @@ class Job {
     } else {
       const Scheme& scheme = *options_.scheme;
       row.scheme = std::string(scheme.name);
-      v1::QuantizeRequest request;
-      request.mutable_input()->set_dtype(ProtoDType(info.dtype));
-      for (const int64_t dim : info.shape) request.mutable_input()->add_shape(dim);
-      request.mutable_input()->set_data(data.data(), data.size());
-      *request.mutable_spec() = SpecFor(scheme);
-      absl::StatusOr<v1::QuantizeResponse> response = QuantizeWithRetries(client_, request);
+      const auto make_request = [&] {
+        v1::QuantizeRequest request;
+        request.mutable_input()->set_dtype(ProtoDType(info.dtype));
+        for (const int64_t dim : info.shape) request.mutable_input()->add_shape(dim);
+        request.mutable_input()->set_data(data.data(), data.size());
+        *request.mutable_spec() = SpecFor(scheme);
+        return request;
+      };
+      absl::StatusOr<v1::QuantizeResponse> response = QuantizeWithRetries(client_, make_request);
       if (!response.ok()) {
         return absl::Status(response.status().code(),
                             absl::StrCat("quantizing \"", info.name, "\" ", ShapeText(info.shape),

@@ -67,6 +67,21 @@ def requests_served(srv, method: str = "") -> float:
                if labels.get("method", "").startswith(method))
 
 
+def assert_same_rows(got: list, want: list) -> None:
+    """Report rows equal, except that summed metrics may differ in the last bits (DESIGN.md:
+    the CPU backend's row threads, as many as the process has, split the sums)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        metrics = ("sqnr_db", "cosine", "max_abs_err")
+        assert {k: v for k, v in g.items() if k not in metrics} == \
+            {k: v for k, v in w.items() if k not in metrics}
+        for key in metrics:
+            if w[key] is None:
+                assert g[key] is None, (g["name"], key)
+            else:
+                assert math.isclose(g[key], w[key], rel_tol=1e-9), (g["name"], key, g[key], w[key])
+
+
 def load_output(out: pathlib.Path) -> dict:
     """name -> (dtype, shape, bytes) over every shard the index names, checking the index
     against the shards and the safetensors package's reading against ours."""
@@ -177,7 +192,8 @@ def test_every_scheme_through_two_replicas(replicas, checkpoint, tmp_path, schem
     report = check_output(out, in_dir, inputs, scheme)
     assert report["shards"] > 2 and report["shards_written"] == report["shards"]
     after = [requests_served(s, "Quantize") for s in (a, b)]
-    assert after[0] > before[0] and after[1] > before[1], (before, after)
+    quantized = sum(row["scheme"] == scheme for row in report["tensors"])
+    assert sum(after) - sum(before) >= quantized, (before, after)
     assert sum(requests_served(s, "QuantizeStream") for s in (a, b)) > streamed_before
     assert "| total |" in proc.stdout, proc.stdout
     assert "quantizing on" in proc.stderr and "wrote model-00001-of-" in proc.stderr
@@ -189,6 +205,13 @@ def test_every_scheme_through_two_replicas(replicas, checkpoint, tmp_path, schem
              server=f"{a.address},{b.address}")
     for path in sorted(out.glob("*.safetensors")) + [out / "config.json"]:
         assert (local / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_both_replicas_served_the_schemes(replicas):
+    """round_robin only picks replicas it is connected to, so one short job may land on one;
+    over the six jobs above both must have worked."""
+    served = [requests_served(s, "Quantize") for s in replicas]
+    assert all(count > 0 for count in served), served
 
 
 def test_ignore_and_include(checkpoint, tmp_path):
@@ -246,7 +269,7 @@ def test_resume_after_a_kill(quantd, quantctl, checkpoint, tmp_path):
         report = json.loads((out / "report.json").read_text())
         assert (report["shards_resumed"], report["shards_written"]) == (1, count - 1)
         want = json.loads((reference / "report.json").read_text())
-        assert report["tensors"] == want["tensors"]
+        assert_same_rows(report["tensors"], want["tensors"])
         for path in reference.iterdir():
             if path.name not in ("report.json", "report.csv", "compress_manifest.json"):
                 assert (out / path.name).read_bytes() == path.read_bytes(), path.name
