@@ -1376,6 +1376,14 @@ absl::StatusOr<CompressSummary> CompressCheckpoint(Client& client, const Compres
     return absl::InvalidArgumentError(
         "OUT_DIR is IN_DIR: the output would overwrite the checkpoint it is read from");
   }
+  // We delete stale shards and overwrite config.json in OUT_DIR: only in a directory of our
+  // own (it has our manifest) or an empty one, never in, say, another model's directory.
+  const fs::path manifest_path = fs::path(options.output_dir) / kManifestFile;
+  if (!fs::exists(manifest_path, error) && !fs::is_empty(options.output_dir, error)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "OUT_DIR '", options.output_dir, "' is not empty and has no ", kManifestFile,
+        ": it is not an earlier `quantctl compress` output; give a new or empty directory"));
+  }
   QUANTD_ASSIGN_OR_RETURN(Checkpoint checkpoint, LoadCheckpoint(options.input_dir));
   QUANTD_ASSIGN_OR_RETURN(Plan plan, MakePlan(checkpoint, options));
   QUANTD_ASSIGN_OR_RETURN(Json fingerprint, JobFingerprint(checkpoint, options));
@@ -1397,7 +1405,7 @@ absl::StatusOr<CompressSummary> CompressCheckpoint(Client& client, const Compres
   SweepOutputDir(options.output_dir, plan, checkpoint, log);
   std::string why;
   std::map<std::string, FinishedShard> finished =
-      ReadManifest((fs::path(options.output_dir) / kManifestFile).string(), fingerprint, &why);
+      ReadManifest(manifest_path.string(), fingerprint, &why);
   if (!why.empty()) log(absl::StrCat("starting over: ", why));
   Job job(client, options, checkpoint, plan, std::move(fingerprint), std::move(finished));
   return job.Run();

@@ -138,8 +138,9 @@ struct CompressSummary {
 };
 
 // Runs the job. InvalidArgument for unusable input (missing or hostile files, a checkpoint that
-// is already quantized, bad regexes, OUT_DIR = IN_DIR) before any work is sent; the service's
-// status for a refused tensor, prefixed with the tensor's name.
+// is already quantized, bad regexes, OUT_DIR = IN_DIR, an OUT_DIR that is neither empty nor an
+// earlier output of this command) before any work is sent; the service's status for a refused
+// tensor, prefixed with the tensor's name.
 [[nodiscard]] absl::StatusOr<CompressSummary> CompressCheckpoint(Client& client,
                                                                  const CompressOptions& options);
 

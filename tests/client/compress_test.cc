@@ -271,6 +271,15 @@ TEST_F(CompressTest, RefusesUnusableInput) {
   EXPECT_EQ(same.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(same.message(), "OUT_DIR is IN_DIR")) << same;
 
+  fs::create_directories(output_);
+  WriteText(output_ / "config.json", "{}");
+  absl::Status foreign = CompressCheckpoint(*client_, Options("nvfp4")).status();
+  EXPECT_EQ(foreign.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(foreign.message(), "not an earlier `quantctl compress` output"))
+      << foreign;
+  EXPECT_EQ(ReadText(output_ / "config.json"), "{}");
+  fs::remove_all(output_);
+
   WriteText(input_ / "config.json", R"({"quantization_config": {"quant_method": "fp8"}})");
   absl::Status quantized = CompressCheckpoint(*client_, Options("nvfp4")).status();
   EXPECT_EQ(quantized.code(), absl::StatusCode::kInvalidArgument);

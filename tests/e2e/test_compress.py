@@ -465,8 +465,15 @@ def test_bad_flags_exit_2(checkpoint, tmp_path, args, fragment):
     assert proc.returncode == 2 and fragment in proc.stderr, (proc.returncode, proc.stderr)
 
 
-def test_output_directory_must_not_be_the_input(checkpoint, tmp_path):
+def test_output_directory_must_be_new_empty_or_ours(checkpoint, tmp_path):
     in_dir = tmp_path / "in"
     shutil.copytree(checkpoint[0], in_dir)
     proc = compress(["--scheme=nvfp4", "--local", in_dir, in_dir], check=False)
     assert proc.returncode == 2 and "OUT_DIR is IN_DIR" in proc.stderr, proc.stderr
+    # Another model's directory: nothing of it is touched.
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint[0], other)
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    proc = compress(["--scheme=nvfp4", "--local", in_dir, other], check=False)
+    assert proc.returncode == 2 and "is not an earlier `quantctl compress` output" in proc.stderr
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
