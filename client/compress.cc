@@ -418,7 +418,6 @@ struct PlannedTensor {
   InputTensor input;
   std::string module;  // the name without ".weight" (quantized or listed in `ignore`)
   bool quantize = false;
-  bool in_ignore_list = false;
   std::string note;
   std::vector<safetensors::TensorEntry> outputs;
   int64_t output_bytes = 0;
@@ -535,8 +534,9 @@ absl::StatusOr<Plan> MakePlan(const Checkpoint& checkpoint, const CompressOption
       // treats every "<module>.weight" outside a module ending in "norm" as a Linear weight of
       // the "Linear" target, so each dense one must be in `ignore`; vLLM needs the same for
       // real Linear layers.
-      planned.in_ignore_list = named_weight && !absl::EndsWith(planned.module, "norm");
-      if (planned.in_ignore_list) plan.ignore.push_back(planned.module);
+      if (named_weight && !absl::EndsWith(planned.module, "norm")) {
+        plan.ignore.push_back(planned.module);
+      }
     }
     for (const safetensors::TensorEntry& entry : planned.outputs) {
       QUANTD_ASSIGN_OR_RETURN(const int64_t bytes, safetensors::ByteSize(entry.dtype, entry.shape));
