@@ -34,6 +34,7 @@
 #include "file_util.h"
 #include "json.h"
 #include "quantd/status.h"
+#include "quantd/tensor.h"
 #include "re2/re2.h"
 
 namespace quantd::compress {
@@ -419,6 +420,8 @@ struct PlannedTensor {
   std::string module;  // the name without ".weight" (quantized or listed in `ignore`)
   bool quantize = false;
   std::string note;
+  // NVFP4: the S_enc this weight shares with the other members of its fused group; 0: its own.
+  float static_global_scale = 0;
   std::vector<safetensors::TensorEntry> outputs;
   int64_t output_bytes = 0;
   int shard = -1;
@@ -568,6 +571,86 @@ absl::StatusOr<Plan> MakePlan(const Checkpoint& checkpoint, const CompressOption
     QUANTD_ASSIGN_OR_RETURN(shard.layout, safetensors::LayOut(shard.entries, {{"format", "pt"}}));
   }
   return plan;
+}
+
+// ---- NVFP4 global scales of fused layers -----------------------------------------------------
+//
+// vLLM runs q/k/v (qkv_proj) and gate/up (gate_up_proj) as one fused layer with one NVFP4 global
+// scale: its W4A16Fp4 scheme keeps 1 / max(weight_global_scale) over the fused members. So, as
+// llm-compressor does (update_fused_layer_weight_global_scales: the minimum global scale over
+// q/k/v, over MLA's q_a_proj / kv_a_proj_with_mqa, and over gate/up), the members share one
+// S_enc: FORMATS.md's fp32(2688 / amax) of the group's amax, which is the minimum of the
+// members' own S_enc (fp32 division rounds monotonically). It reaches the service as
+// QuantSpec.static_global_scale, the proto's "448 * 6 / an amax the caller tracks".
+
+// "<parent>#qkv", "<parent>#mla", "<parent>#gate_up", or empty for a layer fused with no other.
+std::string FusedGroup(absl::string_view module) {
+  const size_t dot = module.rfind('.');
+  const absl::string_view parent = dot == absl::string_view::npos ? "" : module.substr(0, dot);
+  const absl::string_view leaf = dot == absl::string_view::npos ? module : module.substr(dot + 1);
+  if (leaf == "q_proj" || leaf == "k_proj" || leaf == "v_proj") return absl::StrCat(parent, "#qkv");
+  if (leaf == "q_a_proj" || leaf == "kv_a_proj_with_mqa") return absl::StrCat(parent, "#mla");
+  if (leaf == "gate_proj" || leaf == "up_proj") return absl::StrCat(parent, "#gate_up");
+  return "";
+}
+
+// max |x| over the finite elements (FORMATS.md: non-finite inputs never enter a scale). The
+// mapped data need not be aligned for its dtype, hence the memcpy per element.
+float FiniteAmax(const safetensors::TensorInfo& info, absl::string_view data) {
+  const int size = safetensors::DTypeSize(info.dtype);
+  float amax = 0;
+  for (size_t at = 0; at + static_cast<size_t>(size) <= data.size(); at += size) {
+    float value;
+    if (info.dtype == DType::kF32) {
+      std::memcpy(&value, data.data() + at, 4);
+    } else {
+      uint16_t bits;
+      std::memcpy(&bits, data.data() + at, 2);
+      value = info.dtype == DType::kF16 ? HalfToFloat(bits) : BF16ToFloat(bits);
+    }
+    if (std::isfinite(value)) amax = std::max(amax, std::fabs(value));
+  }
+  return amax;
+}
+
+// Sets static_global_scale on every quantized member of a fused group of two or more. Returns
+// the number of groups.
+int ShareFusedGlobalScales(Plan* plan, int threads) {
+  std::map<std::string, std::vector<size_t>> groups;
+  for (size_t i = 0; i < plan->tensors.size(); ++i) {
+    const PlannedTensor& tensor = plan->tensors[i];
+    if (!tensor.quantize) continue;
+    std::string group = FusedGroup(tensor.module);
+    if (!group.empty()) groups[group].push_back(i);
+  }
+  std::vector<size_t> members;
+  for (const auto& [group, indices] : groups) {
+    if (indices.size() > 1) members.insert(members.end(), indices.begin(), indices.end());
+  }
+  std::vector<float> amax(plan->tensors.size(), 0);
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < std::clamp(threads, 1, 16); ++w) {
+    workers.emplace_back([&] {
+      for (size_t m = next.fetch_add(1); m < members.size(); m = next.fetch_add(1)) {
+        const InputTensor& input = plan->tensors[members[m]].input;
+        amax[members[m]] = FiniteAmax(*input.info, input.file->Data(*input.info));
+      }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  int shared = 0;
+  for (const auto& [group, indices] : groups) {
+    if (indices.size() < 2) continue;
+    float group_amax = 0;
+    for (const size_t i : indices) group_amax = std::max(group_amax, amax[i]);
+    float s_enc = group_amax == 0 ? 1.0f : 2688.0f / group_amax;
+    // A subnormal amax overflows the quotient; the service clamps its own S_enc the same way.
+    if (!std::isfinite(s_enc)) s_enc = std::numeric_limits<float>::max();
+    for (const size_t i : indices) plan->tensors[i].static_global_scale = s_enc;
+    ++shared;
+  }
+  return shared;
 }
 
 // ---- Fingerprint and manifest ---------------------------------------------------------------
@@ -809,7 +892,7 @@ v1::DType ProtoDType(DType dtype) {
   }
 }
 
-v1::QuantSpec SpecFor(const Scheme& scheme) {
+v1::QuantSpec SpecFor(const Scheme& scheme, float static_global_scale) {
   v1::QuantSpec spec;
   spec.set_descriptor_string(std::string(scheme.descriptor));
   spec.set_granularity(scheme.granularity);
@@ -818,6 +901,7 @@ v1::QuantSpec SpecFor(const Scheme& scheme) {
   spec.set_block_cols(scheme.block_cols);
   spec.set_packing(scheme.packing);
   spec.set_scale_rule(scheme.scale_rule);
+  spec.set_static_global_scale(static_global_scale);
   return spec;
 }
 
@@ -890,11 +974,12 @@ absl::StatusOr<std::vector<std::string>> RepackAnswer(const Scheme& scheme,
   }
   if (scheme.layout == WeightLayout::kNvfp4) {
     const float global_scale = quantized->global_scale();
-    if (!(global_scale > 0) || !std::isfinite(global_scale)) {
-      return absl::InternalError(absl::StrCat("the service answered NVFP4 global_scale ",
-                                              global_scale,
-                                              "; a positive finite S_enc was "
-                                              "expected"));
+    if (!(global_scale > 0) || !std::isfinite(global_scale) ||
+        (planned.static_global_scale != 0 && global_scale != planned.static_global_scale)) {
+      return absl::InternalError(absl::StrCat(
+          "the service answered NVFP4 global_scale ", global_scale, " where a positive finite ",
+          "S_enc", planned.static_global_scale != 0 ? " equal to the one requested" : "",
+          " was expected"));
     }
     std::string value(sizeof(float), '\0');
     std::memcpy(value.data(), &global_scale, sizeof(float));
@@ -1092,7 +1177,7 @@ class Job {
         request.mutable_input()->set_dtype(ProtoDType(info.dtype));
         for (const int64_t dim : info.shape) request.mutable_input()->add_shape(dim);
         request.mutable_input()->set_data(data.data(), data.size());
-        *request.mutable_spec() = SpecFor(scheme);
+        *request.mutable_spec() = SpecFor(scheme, planned.static_global_scale);
         return request;
       };
       absl::StatusOr<v1::QuantizeResponse> response = QuantizeWithRetries(client_, make_request);
@@ -1402,6 +1487,15 @@ absl::StatusOr<CompressSummary> CompressCheckpoint(Client& client, const Compres
     }
   }
 
+  if (options.scheme->layout == WeightLayout::kNvfp4) {
+    const int groups = ShareFusedGlobalScales(&plan, options.in_flight);
+    if (groups > 0) {
+      log(
+          absl::StrFormat("nvfp4: %d fused groups (q/k/v, gate/up) share one global scale each, "
+                          "as vLLM needs",
+                          groups));
+    }
+  }
   SweepOutputDir(options.output_dir, plan, checkpoint, log);
   std::string why;
   std::map<std::string, FinishedShard> finished =

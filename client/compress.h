@@ -18,9 +18,10 @@
 // lm_head and norms (kDefaultIgnoreRegex), adjusted by `include_regex` (adds modules back) and
 // `ignore_regex` (removes them; it wins over include). Both are RE2 patterns matched anywhere in
 // the module name ("model.layers.0.mlp.down_proj"). A weight whose in_features the scheme
-// cannot group (compressed-tensors refuses a ragged last group) stays dense. Every other tensor
-// is copied byte for byte; every dense "<module>.weight" (norms aside) is listed in the config's
-// `ignore`, so that no loader looks for its scales.
+// cannot group (compressed-tensors refuses a ragged last group) stays dense. For NVFP4 the
+// layers vLLM fuses (q/k/v, gate/up) share one global scale, as llm-compressor makes them. Every
+// other tensor is copied byte for byte; every dense "<module>.weight" (norms aside) is listed in
+// the config's `ignore`, so that no loader looks for its scales.
 //
 // Output: model-0000K-of-0000N.safetensors shards of at most `max_shard_bytes` (a tensor
 // group never splits; one larger than the limit gets a shard of its own, as transformers

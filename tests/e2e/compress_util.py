@@ -215,13 +215,21 @@ def _e2m1(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return (fp4.view(np.uint8) & 0xF).astype(np.uint8), fp4.astype(F32)
 
 
-def nvfp4(x: np.ndarray):
-    """FORMATS.md NVFP4 of [N, K] (K % 16 == 0): packed codes, E4M3 scale codes, S_enc, x̂."""
+def finite_amax(x: np.ndarray) -> np.float32:
+    x = oracle.to_f32(x)
+    return F32(np.where(np.isfinite(x), np.abs(x), F32(0)).max())
+
+
+def nvfp4(x: np.ndarray, s_enc=None):
+    """FORMATS.md NVFP4 of [N, K] (K % 16 == 0): packed codes, E4M3 scale codes, S_enc, x̂.
+    `s_enc` is a caller-given (static) S_enc; by default the tensor's own fp32(2688 / amax)."""
     x = oracle.to_f32(x)
     rows, cols = x.shape
     finite = np.where(np.isfinite(x), np.abs(x), F32(0))
-    amax = F32(finite.max())
-    s_enc = F32(1) if amax == 0 else F32(F32(2688) / amax)
+    if s_enc is None:
+        amax = F32(finite.max())
+        s_enc = F32(1) if amax == 0 else F32(F32(2688) / amax)
+    s_enc = F32(s_enc)
     block_amax = finite.reshape(rows, cols // 16, 16).max(axis=2).astype(F32)
     product = (block_amax * F32(s_enc / F32(6))).astype(F32)
     s_b = np.minimum(product, F32(448)).astype(ml_dtypes.float8_e4m3fn)
@@ -253,9 +261,41 @@ def mxfp4_even(x: np.ndarray):
     return _pack_nibbles(codes), (shared + 127).astype(np.uint8), x_hat
 
 
-def expected_layer(scheme: str, module: str, x: np.ndarray):
+def fused_group(module: str) -> str:
+    """The layers vLLM fuses (and so llm-compressor gives one NVFP4 global scale): q/k/v,
+    MLA's q_a_proj / kv_a_proj_with_mqa, gate/up, under one parent module."""
+    parent, _, leaf = module.rpartition(".")
+    for kind, leaves in (("qkv", ("q_proj", "k_proj", "v_proj")),
+                         ("mla", ("q_a_proj", "kv_a_proj_with_mqa")),
+                         ("gate_up", ("gate_proj", "up_proj"))):
+        if leaf in leaves:
+            return f"{parent}#{kind}"
+    return ""
+
+
+def shared_global_scales(inputs: Dict[str, np.ndarray], quantized) -> Dict[str, np.float32]:
+    """name -> the S_enc a quantized NVFP4 weight shares with its fused group: fp32(2688 / the
+    group's amax), which is the smallest of the members' own (llm-compressor takes the min)."""
+    groups: Dict[str, list] = {}
+    for name in quantized:
+        group = fused_group(name[:-len(".weight")])
+        if group:
+            groups.setdefault(group, []).append(name)
+    shared = {}
+    for names in groups.values():
+        own = [nvfp4(inputs[n])[2] for n in names]
+        amax = max(finite_amax(inputs[n]) for n in names)
+        s_enc = F32(1) if amax == 0 else F32(F32(2688) / amax)
+        assert s_enc == min(own)
+        for name in names:
+            shared[name] = s_enc
+    return shared
+
+
+def expected_layer(scheme: str, module: str, x: np.ndarray, s_enc=None):
     """The tensors the scheme writes for weight `x` of `module`: {name: (dtype, shape, bytes)},
-    and x̂ (float32) as the stored codes and scales give it back."""
+    and x̂ (float32) as the stored codes and scales give it back. `s_enc`: NVFP4's shared global
+    scale (shared_global_scales)."""
     n, k = x.shape
     if scheme in ("fp8-dynamic", "fp8-block", "w8a8-int8", "w4a16"):
         spec = {
@@ -277,7 +317,7 @@ def expected_layer(scheme: str, module: str, x: np.ndarray):
                                          result.scales.astype(F32).tobytes())
         return out, x_hat
     if scheme == "nvfp4":
-        packed, scales, s_enc, x_hat = nvfp4(x)
+        packed, scales, s_enc, x_hat = nvfp4(x, s_enc)
         return {
             module + ".weight_packed": ("U8", packed.shape, packed.tobytes()),
             module + ".weight_scale": ("F8_E4M3", scales.shape, scales.tobytes()),
@@ -290,6 +330,17 @@ def expected_layer(scheme: str, module: str, x: np.ndarray):
             module + ".weight_scale": ("U8", scales.shape, scales.tobytes()),
         }, x_hat
     raise ValueError(scheme)
+
+
+def expected_checkpoint(scheme: str, inputs: Dict[str, np.ndarray], include=None,
+                        ignored=()) -> Dict[str, tuple]:
+    """name -> (output tensors, x̂) for every input weight the scheme quantizes."""
+    quantized = [name for name, x in inputs.items()
+                 if quantized_by_default(name, x, scheme, include)
+                 and not any(name[:-len(".weight")].endswith(m) for m in ignored)]
+    shared = shared_global_scales(inputs, quantized) if scheme == "nvfp4" else {}
+    return {name: expected_layer(scheme, name[:-len(".weight")], inputs[name], shared.get(name))
+            for name in quantized}
 
 
 def quantized_by_default(name: str, x: np.ndarray, scheme: str,

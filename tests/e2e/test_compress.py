@@ -122,21 +122,20 @@ def check_output(out: pathlib.Path, in_dir: pathlib.Path, inputs: dict, scheme: 
     assert sorted(rows) == sorted(inputs)
     expected_names = set()
     ignore_list = []
+    expected = cu.expected_checkpoint(scheme, inputs, include, ignored)
     for name in rows:
         x = inputs[name]
         module = name[:-len(".weight")]
         row = rows[name]
         assert row["shape"] == list(x.shape) and row["bytes_before"] == x.nbytes, row
-        quantized = (cu.quantized_by_default(name, x, scheme, include)
-                     and not any(module.endswith(m) for m in ignored))
-        if not quantized:
+        if name not in expected:
             assert got[name] == raw_in[name], f"{name} must pass through byte for byte"
             expected_names.add(name)
             assert row["scheme"] == "dense" and row["sqnr_db"] is None, row
             if name.endswith(".weight") and not module.endswith("norm"):
                 ignore_list.append(module)
             continue
-        want, x_hat = cu.expected_layer(scheme, module, x)
+        want, x_hat = expected[name]
         for tensor, (dtype, shape, data) in want.items():
             g_dtype, g_shape, g_data = got[tensor]
             assert (g_dtype, g_shape) == (dtype, tuple(shape)), (tensor, g_dtype, g_shape)
@@ -199,6 +198,20 @@ def test_every_scheme_through_two_replicas(replicas, checkpoint, tmp_path, schem
     assert "quantizing on" in proc.stderr and "wrote model-00001-of-" in proc.stderr
     if scheme == "w4a16":
         assert "in_features 320 is not a multiple of 128" in proc.stderr, proc.stderr
+    if scheme == "nvfp4":
+        # vLLM's fused qkv_proj / gate_up_proj hold one global scale: the members share theirs,
+        # the smallest (layer 0's q_proj holds the outlier, so k and v take its S_enc).
+        assert "nvfp4: 4 fused groups (q/k/v, gate/up) share one global scale" in proc.stderr
+        got = load_output(out)
+        for layer in range(cu.LAYERS):
+            for members in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                            ("mlp.gate_proj", "mlp.up_proj")):
+                scales = {got[f"model.layers.{layer}.{m}.weight_global_scale"][2]
+                          for m in members}
+                assert len(scales) == 1, (layer, members)
+        own_k = cu.nvfp4(inputs["model.layers.0.self_attn.k_proj.weight"])[2]
+        shared = np.frombuffer(got["model.layers.0.self_attn.k_proj.weight_global_scale"][2], F32)
+        assert shared[0] < own_k
     # The embedded backend writes the very same bytes.
     local = tmp_path / "local"
     compress([f"--scheme={scheme}", "--max-shard-size=400KB", "--local", in_dir, local],

@@ -66,12 +66,10 @@ def outputs(quantctl, checkpoint, tmp_path_factory):
 def expected_weights(scheme: str, inputs: dict) -> dict:
     """module weight name -> the float32 x̂ a decompressor must give back."""
     want = {}
-    for name, x in inputs.items():
-        if cu.quantized_by_default(name, x, scheme):
-            _, x_hat = cu.expected_layer(scheme, name[:-len(".weight")], x)
-            if scheme in BF16_RESULT:
-                x_hat = x_hat.astype(cu.BF16).astype(F32)
-            want[name] = x_hat
+    for name, (_, x_hat) in cu.expected_checkpoint(scheme, inputs).items():
+        if scheme in BF16_RESULT:
+            x_hat = x_hat.astype(cu.BF16).astype(F32)
+        want[name] = x_hat
     return want
 
 
