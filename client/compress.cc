@@ -425,6 +425,7 @@ struct PlannedTensor {
   std::vector<safetensors::TensorEntry> outputs;
   int64_t output_bytes = 0;
   int shard = -1;
+  size_t position = 0;     // among the shard's tensors
   size_t first_entry = 0;  // index of outputs[0] among the shard's entries
 };
 
@@ -559,6 +560,7 @@ absl::StatusOr<Plan> MakePlan(const Checkpoint& checkpoint, const CompressOption
     }
     PlannedShard& shard = plan.shards.back();
     tensor.shard = static_cast<int>(plan.shards.size() - 1);
+    tensor.position = shard.tensors.size();
     tensor.first_entry = shard.entries.size();
     shard.tensors.push_back(i);
     for (const safetensors::TensorEntry& entry : tensor.outputs) shard.entries.push_back(entry);
@@ -1215,10 +1217,7 @@ class Job {
     std::vector<TensorReport> rows;
     {
       absl::MutexLock lock(&state.mu);
-      const auto position =
-          static_cast<size_t>(std::find(shard.tensors.begin(), shard.tensors.end(), tensor_index) -
-                              shard.tensors.begin());
-      state.rows[position] = std::move(row);
+      state.rows[planned.position] = std::move(row);
       if (--state.remaining > 0) return absl::OkStatus();
       finished_file = std::move(state.file);
       rows = std::move(state.rows);
@@ -1255,15 +1254,17 @@ class Job {
 
   absl::Status WriteIndex() {
     int64_t total = 0;
-    Json weight_map = Json::Object();
+    // Collected directly, not through Json::Set (a search per name): a large MoE checkpoint
+    // has hundreds of thousands of tensors. The names are unique: the plan's.
+    Json::Members weight_map;
     for (const PlannedShard& shard : plan_.shards) {
       for (size_t e = 0; e < shard.entries.size(); ++e) {
         total += shard.layout.data_bytes[e];
-        weight_map.Set(shard.entries[e].name, Json::String(shard.file_name));
+        weight_map.emplace_back(shard.entries[e].name, Json::String(shard.file_name));
       }
     }
     const Json index = Json::Object({{"metadata", Json::Object({{"total_size", Json::Int(total)}})},
-                                     {"weight_map", std::move(weight_map)}});
+                                     {"weight_map", Json::Object(std::move(weight_map))}});
     return WriteFileAtomically(OutputPath(kIndexFile),
                                absl::StrCat(SerializeJson(index, /*indent=*/2), "\n"));
   }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -201,19 +202,17 @@ class Parser {
     SkipWhitespace();
     if (Consume("}")) return object;
     Json::Members members;
+    // A set rather than a scan of `members`: a hostile header may hold millions of keys.
+    std::unordered_set<std::string> keys;
     while (true) {
       SkipWhitespace();
       if (pos_ >= text_.size() || text_[pos_] != '"') return Error("a member name");
       const size_t key_at = pos_;
       absl::StatusOr<std::string> key = ParseString();
       if (!key.ok()) return key.status();
-      if (!options_.allow_duplicate_keys) {
-        for (const auto& [name, unused] : members) {
-          if (name == *key) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("JSON object repeats the key \"", *key, "\" at byte ", key_at));
-          }
-        }
+      if (!options_.allow_duplicate_keys && !keys.insert(*key).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("JSON object repeats the key \"", *key, "\" at byte ", key_at));
       }
       SkipWhitespace();
       if (!Consume(":")) return Error("':'");

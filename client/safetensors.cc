@@ -242,11 +242,13 @@ absl::string_view File::header_json() const {
 }
 
 absl::StatusOr<Layout> LayOut(const std::vector<TensorEntry>& entries, const Metadata& metadata) {
-  Json header = Json::Object();
+  // Members are collected directly (names are checked unique here), not through Json::Set,
+  // which searches: a shard may hold tens of thousands of tensors.
+  Json::Members members;
   if (!metadata.empty()) {
-    Json meta = Json::Object();
-    for (const auto& [key, value] : metadata) meta.Set(key, Json::String(value));
-    header.Set(std::string(kMetadataKey), std::move(meta));
+    Json::Members meta;
+    for (const auto& [key, value] : metadata) meta.emplace_back(key, Json::String(value));
+    members.emplace_back(std::string(kMetadataKey), Json::Object(std::move(meta)));
   }
   Layout layout;
   std::set<absl::string_view> names;
@@ -260,21 +262,22 @@ absl::StatusOr<Layout> LayOut(const std::vector<TensorEntry>& entries, const Met
     if (!bytes.ok()) return Invalid(entry.name, bytes.status().message());
     std::vector<Json> dims;
     for (const int64_t dim : entry.shape) dims.push_back(Json::Int(dim));
-    header.Set(entry.name,
-               Json::Object({{"dtype", Json::String(std::string(DTypeName(entry.dtype)))},
-                             {"shape", Json::Array(std::move(dims))},
-                             {"data_offsets",
-                              Json::Array({Json::Int(offset), Json::Int(offset + *bytes)})}}));
+    members.emplace_back(
+        entry.name, Json::Object({{"dtype", Json::String(std::string(DTypeName(entry.dtype)))},
+                                  {"shape", Json::Array(std::move(dims))},
+                                  {"data_offsets",
+                                   Json::Array({Json::Int(offset), Json::Int(offset + *bytes)})}}));
     layout.data_offsets.push_back(offset);
     layout.data_bytes.push_back(*bytes);
     offset += *bytes;
   }
-  std::string json = SerializeJson(header);
+  std::string json = SerializeJson(Json::Object(std::move(members)));
   json.append((8 - json.size() % 8) % 8, ' ');
   const uint64_t length = json.size();
   layout.header.resize(8);
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 8; ++i) {
     layout.header[static_cast<size_t>(i)] = static_cast<char>(length >> (8 * i));
+  }
   layout.header += json;
   const auto start = static_cast<int64_t>(layout.header.size());
   for (int64_t& data_offset : layout.data_offsets) data_offset += start;

@@ -275,6 +275,23 @@ TEST(SafetensorsTest, RandomCorruptionNeverCrashes) {
   EXPECT_GT(refused, 2000);  // a flipped byte of the structure is nearly always noticed
 }
 
+// Headers with very many entries (a large MoE checkpoint's shard): nothing in writing or
+// reading them may be quadratic in the entry count (100 000 entries would then take minutes).
+TEST(SafetensorsTest, HundredThousandTensors) {
+  std::vector<std::pair<TensorEntry, std::string>> tensors;
+  for (int i = 0; i < 100000; ++i) {
+    tensors.push_back({TensorEntry{absl::StrCat("model.experts.", i, ".w"), DType::kU8, {1}},
+                       std::string(1, static_cast<char>(i))});
+  }
+  const std::string path = TempPath("many.safetensors");
+  ASSERT_TRUE(WriteFile(path, tensors).ok());
+  absl::StatusOr<std::unique_ptr<File>> file = File::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ((*file)->tensors().size(), tensors.size());
+  EXPECT_EQ((*file)->Data((*file)->tensors()[99999]), std::string(1, static_cast<char>(99999)));
+  fs::remove(path);
+}
+
 TEST(SafetensorsTest, MissingFileAndDirectory) {
   EXPECT_EQ(File::Open(TempPath("absent.safetensors")).status().code(),
             absl::StatusCode::kNotFound);
