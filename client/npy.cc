@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "file_util.h"
 #include "quantd/status.h"
 
 // zlib's next_in is const only with ZLIB_CONST; without it we would cast away the const of the
@@ -492,131 +493,6 @@ std::string BuildNpyHeader(const TypeInfo& type, const Shape& shape) {
   return header;
 }
 
-// ---- Files ----
-
-// A read-only mapping of a whole file, so that a multi-GB member is copied once (into its
-// Array) rather than read into a buffer first.
-class MappedFile {
- public:
-  static absl::StatusOr<MappedFile> Open(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open '", path, "'"));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-      int error = errno;
-      close(fd);
-      return absl::ErrnoToStatus(error, absl::StrCat("cannot stat '", path, "'"));
-    }
-    if (!S_ISREG(st.st_mode)) {
-      close(fd);
-      return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a regular file"));
-    }
-    size_t size = static_cast<size_t>(st.st_size);
-    if (size == 0) {
-      close(fd);
-      return MappedFile(nullptr, 0);
-    }
-    void* addr = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int error = errno;
-    close(fd);
-    if (addr == MAP_FAILED) {
-      return absl::ErrnoToStatus(error, absl::StrCat("cannot map '", path, "'"));
-    }
-    // Advisory only: lets the kernel read ahead and drop pages behind a single pass.
-    madvise(addr, size, MADV_SEQUENTIAL);
-    return MappedFile(addr, size);
-  }
-
-  MappedFile(MappedFile&& other) noexcept
-      : addr_(std::exchange(other.addr_, nullptr)), size_(std::exchange(other.size_, 0)) {}
-  MappedFile& operator=(MappedFile&&) = delete;
-  ~MappedFile() {
-    if (addr_ != nullptr) munmap(addr_, size_);
-  }
-
-  absl::string_view bytes() const {
-    return addr_ == nullptr ? absl::string_view()
-                            : absl::string_view(static_cast<char*>(addr_), size_);
-  }
-
- private:
-  MappedFile(void* addr, size_t size) : addr_(addr), size_(size) {}
-  void* addr_;
-  size_t size_;
-};
-
-// Writes a temporary file beside `path` and renames it over `path` on Commit(), so readers see
-// the old file or the complete new one. Abandoned (uncommitted) temporaries are removed.
-class AtomicFileWriter {
- public:
-  explicit AtomicFileWriter(std::string path) : path_(std::move(path)) {}
-  AtomicFileWriter(const AtomicFileWriter&) = delete;
-  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
-  ~AtomicFileWriter() {
-    if (fd_ >= 0) close(fd_);
-    if (!tmp_path_.empty() && !committed_) unlink(tmp_path_.c_str());
-  }
-
-  [[nodiscard]] absl::Status Open() {
-    static std::atomic<uint64_t> counter{0};
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      std::string candidate = absl::StrCat(path_, ".tmp.", getpid(), ".", counter++);
-      // 0666 so the umask decides, as for any file the user creates.
-      fd_ = open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd_ >= 0) {
-        tmp_path_ = std::move(candidate);
-        return absl::OkStatus();
-      }
-      if (errno != EEXIST) {
-        return absl::ErrnoToStatus(errno, absl::StrCat("cannot create '", candidate, "'"));
-      }
-    }
-    return absl::AlreadyExistsError(
-        absl::StrCat("cannot create a temporary file beside '", path_, "'"));
-  }
-
-  [[nodiscard]] absl::Status Write(absl::string_view bytes) {
-    while (!bytes.empty()) {
-      // Linux writes at most ~2 GiB per call; partial writes just continue.
-      ssize_t n = write(fd_, bytes.data(), std::min<size_t>(bytes.size(), size_t{1} << 30));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return absl::ErrnoToStatus(errno, absl::StrCat("cannot write '", tmp_path_, "'"));
-      }
-      bytes.remove_prefix(static_cast<size_t>(n));
-      offset_ += static_cast<uint64_t>(n);
-    }
-    return absl::OkStatus();
-  }
-
-  // Flushes to disk before the rename so a crash cannot leave a renamed but empty file.
-  [[nodiscard]] absl::Status Commit() {
-    if (fsync(fd_) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("cannot flush '", tmp_path_, "'"));
-    }
-    int result = close(fd_);
-    fd_ = -1;
-    if (result != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("cannot close '", tmp_path_, "'"));
-    }
-    if (rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-      return absl::ErrnoToStatus(errno,
-                                 absl::StrCat("cannot rename '", tmp_path_, "' to '", path_, "'"));
-    }
-    committed_ = true;
-    return absl::OkStatus();
-  }
-
-  uint64_t offset() const { return offset_; }
-
- private:
-  std::string path_;
-  std::string tmp_path_;
-  int fd_ = -1;
-  uint64_t offset_ = 0;
-  bool committed_ = false;
-};
-
 // ---- Zip ----
 
 constexpr uint32_t kLocalHeaderSig = 0x04034b50;
@@ -996,7 +872,7 @@ absl::Status WriteNpzImpl(const std::string& path, const NamedArrays& arrays,
     pending.push_back(std::move(p));
   }
 
-  AtomicFileWriter writer(path);
+  AtomicFile writer(path);
   QUANTD_RETURN_IF_ERROR(writer.Open());
   auto flags_for = [](const std::string& name) {
     bool utf8 = std::any_of(name.begin(), name.end(),
@@ -1134,7 +1010,7 @@ absl::StatusOr<Array> ReadNpy(const std::string& path) {
 absl::Status WriteNpy(const std::string& path, const Array& array) {
   absl::StatusOr<const TypeInfo*> type = ValidateForWrite(array);
   if (!type.ok()) return Annotate(type.status(), absl::StrCat("'", path, "': "));
-  AtomicFileWriter writer(path);
+  AtomicFile writer(path);
   QUANTD_RETURN_IF_ERROR(writer.Open());
   QUANTD_RETURN_IF_ERROR(writer.Write(BuildNpyHeader(**type, array.shape)));
   QUANTD_RETURN_IF_ERROR(writer.Write(array.data));

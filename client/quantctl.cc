@@ -7,9 +7,12 @@
 //   quantctl calibrate --format=int8 --granularity=channel --method=mse w.npy
 //   quantctl --server=localhost:50051 capabilities | health
 //   quantctl --server=localhost:50051 bench --format=int8 --sizes=4K,1M --concurrency=1,4
+//   quantctl --server=a:50051,b:50051 compress --scheme=fp8-dynamic Llama-3.1-8B out/
 //
 // Results that a script reads go to stdout, the error metrics as one JSON object on the last
 // line; errors go to stderr with a non-zero exit (1: the operation failed, 2: bad usage).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -36,6 +39,7 @@
 #include "absl/time/time.h"
 #include "bench.h"
 #include "client.h"
+#include "compress.h"
 #include "convert.h"
 #include "npy.h"
 #include "quantd/format.h"
@@ -106,6 +110,21 @@ ABSL_FLAG(absl::Duration, duration, absl::Seconds(2), "bench: measured time per 
 ABSL_FLAG(absl::Duration, warmup, absl::Milliseconds(200), "bench: warm-up before each phase");
 ABSL_FLAG(std::string, json, "", "bench: also write the results as JSON to this file");
 
+ABSL_FLAG(std::string, scheme, "",
+          "compress: fp8-dynamic | fp8-block | w8a8-int8 | w4a16 | nvfp4 | mxfp4 "
+          "(compressed-tensors presets FP8_DYNAMIC, FP8_BLOCK, W8A8, W4A16, NVFP4A16, MXFP4A16)");
+ABSL_FLAG(std::string, ignore, "",
+          "compress: RE2 pattern; modules whose name it matches anywhere stay dense");
+ABSL_FLAG(std::string, include, "",
+          "compress: RE2 pattern; quantizes matching modules that are dense by default "
+          "(embeddings, lm_head, norms); --ignore wins");
+ABSL_FLAG(std::string, max_shard_size, "5GB", "compress: largest output shard, e.g. 5GB, 2GiB");
+ABSL_FLAG(int32_t, in_flight, 4,
+          "compress: tensors being quantized at once (spread over the --server replicas)");
+ABSL_FLAG(bool, local, false, "compress: quantize in this process even when --server is given");
+ABSL_FLAG(std::string, progress, "auto",
+          "compress: auto (a bar on a terminal, else lines) | bar | lines | off");
+
 namespace quantd {
 namespace {
 
@@ -125,6 +144,9 @@ constexpr char kUsage[] = R"(quantctl: the quantd command line
   quantctl --server=... bench [--format=F ...] [--op=quantize|dequantize|quantdequant]
            [--sizes=4K,64K,1M,16M,64M] [--concurrency=1,4,16] [--connections=0]
            [--duration=2s] [--warmup=200ms] [--dtype=f32|f16|bf16] [--json=FILE]
+  quantctl [--server=...|--local] compress --scheme=S [--ignore=RE] [--include=RE]
+           [--max-shard-size=5GB] [--in-flight=4] [--progress=auto|bar|lines|off]
+           IN_DIR OUT_DIR
 
 Without --server the numerics run in this process. quantize writes codes, scales,
 zero_points (asymmetric), shape, spec (JSON text as uint8) and source_dtype; it prints the
@@ -133,7 +155,11 @@ OUT = alpha · dequant(A) · dequant(B)ᵀ (+ bias) for activations A [M, K] (pe
 --granularity says otherwise) and weights B [N, K] in nn.Linear's layout (per-channel scales),
 with the error against the unquantized product on the last line. bench measures latency and
 throughput of an op against an Echo of the same bytes (the bare transport) per size and
-concurrency, and prints a markdown table (format int8 unless --format says otherwise).)";
+concurrency, and prints a markdown table (format int8 unless --format says otherwise).
+compress quantizes the linear layers of a Hugging Face safetensors checkpoint into the
+compressed-tensors layout vLLM loads (schemes fp8-dynamic, fp8-block, w8a8-int8, w4a16, nvfp4,
+mxfp4), copies everything else, writes config.json's quantization_config, report.json /
+report.csv, and resumes an interrupted run; a summary table goes to stdout.)";
 
 absl::Status Usage(std::string message) { return absl::InvalidArgumentError(message); }
 
@@ -646,11 +672,59 @@ absl::Status RunBenchCommand(const std::vector<char*>& args) {
   return absl::OkStatus();
 }
 
+absl::Status RunCompress(const std::vector<char*>& args) {
+  QUANTD_RETURN_IF_ERROR(
+      CheckArgs(args, 2,
+                "--scheme=S [--ignore=RE] [--include=RE] [--max-shard-size=5GB] [--in-flight=4] "
+                "IN_DIR OUT_DIR"));
+  compress::CompressOptions options;
+  options.input_dir = args[2];
+  options.output_dir = args[3];
+  const std::string scheme = absl::GetFlag(FLAGS_scheme);
+  if (scheme.empty()) {
+    return Usage(
+        "compress needs --scheme: fp8-dynamic, fp8-block, w8a8-int8, w4a16, nvfp4 or "
+        "mxfp4");
+  }
+  QUANTD_ASSIGN_OR_RETURN(options.scheme, compress::FindScheme(scheme));
+  options.ignore_regex = absl::GetFlag(FLAGS_ignore);
+  options.include_regex = absl::GetFlag(FLAGS_include);
+  QUANTD_ASSIGN_OR_RETURN(options.max_shard_bytes,
+                          compress::ParseShardSize(absl::GetFlag(FLAGS_max_shard_size)));
+  options.in_flight = absl::GetFlag(FLAGS_in_flight);
+  if (options.in_flight < 1 || options.in_flight > 256) {
+    return Usage(absl::StrCat("--in-flight=", options.in_flight, " must be in [1, 256]"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(
+      const std::string progress,
+      FlagChoice<std::string>(
+          "progress", absl::GetFlag(FLAGS_progress),
+          {{"auto", "auto"}, {"bar", "bar"}, {"lines", "lines"}, {"off", "off"}}));
+  const bool terminal = isatty(STDERR_FILENO) != 0;
+  options.progress = progress == "bar" || (progress == "auto" && terminal)
+                         ? compress::CompressOptions::Progress::kBar
+                     : progress == "off" ? compress::CompressOptions::Progress::kOff
+                                         : compress::CompressOptions::Progress::kLines;
+  options.write_log = [](absl::string_view text) { std::cerr << text << std::flush; };
+
+  ClientOptions client_options;
+  client_options.target = absl::GetFlag(FLAGS_local) ? "" : absl::GetFlag(FLAGS_server);
+  client_options.timeout = absl::GetFlag(FLAGS_timeout);
+  client_options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Create(client_options));
+  std::cerr << "compress: quantizing on " << client->description() << "\n";
+  QUANTD_ASSIGN_OR_RETURN(const compress::CompressSummary summary,
+                          compress::CompressCheckpoint(*client, options));
+  std::cout << compress::SummaryTable(summary) << std::flush;
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::vector<char*>& args) {
   if (args.size() < 2) return Usage(kUsage);
   const std::string command = args[1];
   if (command == "random") return RunRandom(args);
   if (command == "bench") return RunBenchCommand(args);
+  if (command == "compress") return RunCompress(args);
   using Command = absl::Status (*)(Client&, const std::vector<char*>&);
   const std::pair<const char*, Command> commands[] = {
       {"quantize", RunQuantize},
