@@ -12,6 +12,7 @@ Run it in the same job as `quantd_cuda_bench` so both tables come from one machi
 import argparse
 import csv
 import statistics
+import time
 
 import torch
 
@@ -146,9 +147,18 @@ def nvfp4_static_global(x, s_enc):
     return code[:, 0::2] | (code[:, 1::2] << 4), s_b.view(torch.uint8), s_enc
 
 
+# Warm-up before timing, as tests/bench/cuda_check.h's kWarmUpMs (why: there): the sustained
+# power state, the same for both sides.
+WARM_UP_SECONDS = 0.3
+
+
 def median_ms(fn, reps):
     fn()
     torch.cuda.synchronize()
+    warm_until = time.perf_counter() + WARM_UP_SECONDS
+    while time.perf_counter() < warm_until:
+        fn()
+        torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
