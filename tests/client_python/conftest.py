@@ -19,22 +19,14 @@ import quantd  # noqa: E402
 from client_util import MAX_MESSAGE_BYTES, STREAM_CHUNK_BYTES  # noqa: E402
 
 
-def _binary(path, env):
-    if path and pathlib.Path(path).exists():
-        return path
-    if os.environ.get(env):  # CTest names the binary: its absence is a failure, not a skip
-        pytest.fail(f"{env}={os.environ[env]} does not exist")
-    pytest.skip(f"not built (set {env})")
-
-
 @pytest.fixture(scope="session")
 def quantctl():
-    return _binary(e2e_util.quantctl_bin(), "QUANTCTL_BIN")
+    return e2e_util.built_binary(e2e_util.quantctl_bin(), "QUANTCTL_BIN")
 
 
 @pytest.fixture(scope="session")
 def quantd_binary(quantctl):
-    return _binary(e2e_util.quantd_bin(), "QUANTD_BIN")
+    return e2e_util.built_binary(e2e_util.quantd_bin(), "QUANTD_BIN")
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +36,7 @@ def server(quantd_binary, tmp_path_factory):
                                 [f"--max-message-bytes={MAX_MESSAGE_BYTES}",
                                  f"--stream-chunk-bytes={STREAM_CHUNK_BYTES}"]).start()
     yield srv
-    alive = srv.alive()
-    code = srv.stop()
-    assert alive, f"quantd died during the module:\n{srv.log()}"
-    assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"
+    e2e_util.stop_and_check(srv)
 
 
 @pytest.fixture(scope="module")

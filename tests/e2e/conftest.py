@@ -12,22 +12,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import e2e_util  # noqa: E402
 
 
-def _binary(path, env):
-    if path and pathlib.Path(path).exists():
-        return path
-    if os.environ.get(env):  # CTest names the binary: its absence is a failure, not a skip
-        pytest.fail(f"{env}={os.environ[env]} does not exist")
-    pytest.skip(f"not built (set {env})")
-
-
 @pytest.fixture(scope="session")
 def quantctl():
-    return _binary(e2e_util.quantctl_bin(), "QUANTCTL_BIN")
+    return e2e_util.built_binary(e2e_util.quantctl_bin(), "QUANTCTL_BIN")
 
 
 @pytest.fixture(scope="session")
 def quantd(quantctl):
-    return _binary(e2e_util.quantd_bin(), "QUANTD_BIN")
+    return e2e_util.built_binary(e2e_util.quantd_bin(), "QUANTD_BIN")
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +27,7 @@ def server(quantd, tmp_path_factory):
     """One CPU-backend quantd for the module; it must exit 0 on SIGTERM at the end."""
     srv = e2e_util.QuantdServer(tmp_path_factory.mktemp("quantd")).start()
     yield srv
-    alive = srv.alive()
-    code = srv.stop()
-    assert alive, f"quantd died during the module:\n{srv.log()}"
-    assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"
+    e2e_util.stop_and_check(srv)
 
 
 @pytest.fixture(scope="session")

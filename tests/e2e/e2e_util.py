@@ -41,6 +41,27 @@ def quantd_bin() -> Optional[str]:
     return _binary("QUANTD_BIN", "server/quantd")
 
 
+def built_binary(path: Optional[str], env: str) -> str:
+    """`path` when it exists; else the test fails where CTest named the binary in `env` (its
+    absence is then an error), and skips where nothing named it (not built)."""
+    import pytest  # only the pytest fixtures call this
+
+    if path and pathlib.Path(path).exists():
+        return path
+    if os.environ.get(env):
+        pytest.fail(f"{env}={os.environ[env]} does not exist")
+    pytest.skip(f"not built (set {env})")
+
+
+def stop_and_check(server, timeout: Optional[float] = None) -> None:
+    """Stops a QuantdServer a test module ran against: it must have lived through the module
+    and exit 0 on SIGTERM."""
+    alive = server.alive()
+    code = server.stop() if timeout is None else server.stop(timeout=timeout)
+    assert alive, f"{server.log_path.name} died during the module:\n{server.log()}"
+    assert code == 0, f"quantd exited {code} on SIGTERM:\n{server.log()}"
+
+
 def free_port() -> int:
     """A port that was free a moment ago (bind port 0, read it back)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -44,10 +44,7 @@ def replicas(quantd, tmp_path_factory):
     b = QuantdServer(tmp_path_factory.mktemp("b"), flags, name="b").start()
     yield a, b
     for srv in (a, b):
-        alive = srv.alive()
-        code = srv.stop()
-        assert alive, f"{srv.log_path.name} died during the module:\n{srv.log()}"
-        assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"
+        e2e_util.stop_and_check(srv)
 
 
 @pytest.fixture(scope="module")

@@ -56,10 +56,7 @@ def _sample_rows():
 def large_server(quantd, tmp_path_factory):
     srv = e2e_util.QuantdServer(tmp_path_factory.mktemp("quantd-large")).start()
     yield srv
-    alive = srv.alive()
-    code = srv.stop(timeout=120)
-    assert alive, f"quantd died:\n{srv.log()}"
-    assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"
+    e2e_util.stop_and_check(srv, timeout=120)
 
 
 def test_2_2GB_tensor_through_the_server(large_server, tmp_path):

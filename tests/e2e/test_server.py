@@ -30,10 +30,7 @@ def server(quantd, tmp_path_factory):
                        [f"--max-message-bytes={MAX_MESSAGE_BYTES}",
                         "--stream-chunk-bytes=262144"]).start()
     yield srv
-    alive = srv.alive()
-    code = srv.stop()
-    assert alive, f"quantd died during the module:\n{srv.log()}"
-    assert code == 0, f"quantd exited {code} on SIGTERM:\n{srv.log()}"
+    e2e_util.stop_and_check(srv)
 
 
 def test_health_serving(server, pb):
