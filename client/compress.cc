@@ -33,6 +33,7 @@
 #include "absl/time/time.h"
 #include "file_util.h"
 #include "json.h"
+#include "quantd/codec.h"
 #include "quantd/status.h"
 #include "quantd/tensor.h"
 #include "re2/re2.h"
@@ -646,9 +647,8 @@ int ShareFusedGlobalScales(Plan* plan, int threads) {
     if (indices.size() < 2) continue;
     float group_amax = 0;
     for (const size_t i : indices) group_amax = std::max(group_amax, amax[i]);
-    float s_enc = group_amax == 0 ? 1.0f : 2688.0f / group_amax;
-    // A subnormal amax overflows the quotient; the service clamps its own S_enc the same way.
-    if (!std::isfinite(s_enc)) s_enc = std::numeric_limits<float>::max();
+    // The service's own S_enc, applied to the group's amax (a subnormal amax clamps to FLT_MAX).
+    const float s_enc = Nvfp4GlobalScale(group_amax);
     for (const size_t i : indices) plan->tensors[i].static_global_scale = s_enc;
     ++shared;
   }
