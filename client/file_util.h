@@ -69,7 +69,6 @@ class AtomicFile {
 
   uint64_t offset() const { return offset_; }
   const std::string& path() const { return path_; }
-  const std::string& temporary_path() const { return tmp_path_; }
 
  private:
   std::string path_;

@@ -45,7 +45,6 @@ class Json {
 
   Kind kind() const { return kind_; }
   bool is_null() const { return kind_ == Kind::kNull; }
-  bool is_bool() const { return kind_ == Kind::kBool; }
   bool is_number() const { return kind_ == Kind::kNumber; }
   bool is_string() const { return kind_ == Kind::kString; }
   bool is_array() const { return kind_ == Kind::kArray; }
@@ -55,7 +54,6 @@ class Json {
   // The string's value, or the number's JSON text.
   const std::string& text() const { return text_; }
   const std::vector<Json>& items() const { return items_; }
-  std::vector<Json>& mutable_items() { return items_; }
   const Members& members() const { return members_; }
 
   // The number as an exact int64: InvalidArgument for a non-number, a fraction, an exponent
