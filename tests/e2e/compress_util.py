@@ -158,11 +158,6 @@ def write_checkpoint(directory: pathlib.Path, seed: int = 0) -> Dict[str, np.nda
 # ---------------------------------------------------------------------------------------------
 # Reading safetensors without our C++ code
 
-SAFETENSORS_NUMPY = {"F32": np.float32, "F16": np.float16, "BF16": BF16, "I8": np.int8,
-                     "U8": np.uint8, "I32": np.int32, "I64": np.int64,
-                     "F8_E4M3": ml_dtypes.float8_e4m3fn}
-
-
 def read_raw(path: pathlib.Path) -> Dict[str, Tuple[str, tuple, bytes]]:
     """name -> (dtype, shape, bytes), parsed by hand from the format's definition."""
     data = pathlib.Path(path).read_bytes()
@@ -190,57 +185,12 @@ def file_order(directory: pathlib.Path) -> list:
     return names
 
 
-def array(dtype: str, shape: tuple, raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, dtype=SAFETENSORS_NUMPY[dtype]).reshape(shape)
-
-
 # ---------------------------------------------------------------------------------------------
 # The schemes, from FORMATS.md
-
-E2M1_VALUES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float32)
-
-
-def _pack_nibbles(nibbles: np.ndarray) -> np.ndarray:
-    """Element 0 in the low nibble (FORMATS.md bit stream = compressed-tensors
-    pack_fp4_to_uint8)."""
-    rows, cols = nibbles.shape
-    assert cols % 2 == 0
-    return (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
-
-
-def _e2m1(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """RNE saturating E2M1: (4-bit codes, values)."""
-    clipped = np.clip(v, F32(-6), F32(6)).astype(F32)
-    fp4 = clipped.astype(ml_dtypes.float4_e2m1fn)
-    return (fp4.view(np.uint8) & 0xF).astype(np.uint8), fp4.astype(F32)
-
 
 def finite_amax(x: np.ndarray) -> np.float32:
     x = oracle.to_f32(x)
     return F32(np.where(np.isfinite(x), np.abs(x), F32(0)).max())
-
-
-def nvfp4(x: np.ndarray, s_enc=None):
-    """FORMATS.md NVFP4 of [N, K] (K % 16 == 0): packed codes, E4M3 scale codes, S_enc, x̂.
-    `s_enc` is a caller-given (static) S_enc; by default the tensor's own fp32(2688 / amax)."""
-    x = oracle.to_f32(x)
-    rows, cols = x.shape
-    finite = np.where(np.isfinite(x), np.abs(x), F32(0))
-    if s_enc is None:
-        amax = F32(finite.max())
-        s_enc = F32(1) if amax == 0 else F32(F32(2688) / amax)
-    s_enc = F32(s_enc)
-    block_amax = finite.reshape(rows, cols // 16, 16).max(axis=2).astype(F32)
-    product = (block_amax * F32(s_enc / F32(6))).astype(F32)
-    s_b = np.minimum(product, F32(448)).astype(ml_dtypes.float8_e4m3fn)
-    d_b = (s_b.astype(F32) / s_enc).astype(F32)
-    d = np.repeat(d_b, 16, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v = np.where(d == 0, F32(0), x / np.where(d == 0, F32(1), d)).astype(F32)
-    codes, values = _e2m1(v)
-    codes = np.where(d == 0, 0, codes).astype(np.uint8)
-    x_hat = (np.where(d == 0, F32(0), values) * d).astype(F32)
-    return _pack_nibbles(codes), s_b.view(np.uint8), s_enc, x_hat
 
 
 def mxfp4_even(x: np.ndarray):
@@ -256,9 +206,9 @@ def mxfp4_even(x: np.ndarray):
     shared = np.clip(exponent - 2, -127, 127)
     scale = np.exp2(shared.astype(np.float64)).astype(F32)  # 2^-127 is an f32 subnormal: exact
     s = np.repeat(scale, 32, axis=1)
-    codes, values = _e2m1((x / s).astype(F32))
+    codes, values = oracle.e2m1((x / s).astype(F32))
     x_hat = (values * s).astype(F32)
-    return _pack_nibbles(codes), (shared + 127).astype(np.uint8), x_hat
+    return oracle.pack_nibbles(codes), (shared + 127).astype(np.uint8), x_hat
 
 
 def fused_group(module: str) -> str:
@@ -283,9 +233,8 @@ def shared_global_scales(inputs: Dict[str, np.ndarray], quantized) -> Dict[str, 
             groups.setdefault(group, []).append(name)
     shared = {}
     for names in groups.values():
-        own = [nvfp4(inputs[n])[2] for n in names]
-        amax = max(finite_amax(inputs[n]) for n in names)
-        s_enc = F32(1) if amax == 0 else F32(F32(2688) / amax)
+        own = [oracle.nvfp4(inputs[n])[2] for n in names]
+        s_enc = oracle.nvfp4_global_scale(max(finite_amax(inputs[n]) for n in names))
         assert s_enc == min(own)
         for name in names:
             shared[name] = s_enc
@@ -317,7 +266,7 @@ def expected_layer(scheme: str, module: str, x: np.ndarray, s_enc=None):
                                          result.scales.astype(F32).tobytes())
         return out, x_hat
     if scheme == "nvfp4":
-        packed, scales, s_enc, x_hat = nvfp4(x, s_enc)
+        packed, scales, s_enc, x_hat = oracle.nvfp4(x, s_enc)
         return {
             module + ".weight_packed": ("U8", packed.shape, packed.tobytes()),
             module + ".weight_scale": ("F8_E4M3", scales.shape, scales.tobytes()),

@@ -71,7 +71,7 @@ class FormatInfo:
     nan_code: int = 0  # magnitude bits of the NaN it produces
     inf_code: Optional[int] = None  # magnitude bits of Inf, None when it has none
     ml_dtype: object = None
-    block: int = 0  # block formats (MX, NVFP4): this oracle describes them, test_server computes
+    block: int = 0  # block formats (MX, NVFP4): listed here; nvfp4() computes NVFP4
 
     @property
     def divisor(self) -> np.float32:
@@ -571,6 +571,62 @@ def cast_output(x_hat: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bf16":
         return x_hat.astype(ml_dtypes.bfloat16)
     raise OracleError(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# FP4 blocks: E2M1 elements packed two to a byte (NVFP4 here; MXFP4 in compress_util).
+
+def e2m1(v: np.ndarray) -> tuple:
+    """Round-half-to-even, saturating E2M1 of float32 v: (4-bit codes, their values). ml_dtypes
+    rounds; the clip comes first because its cast overflows to NaN."""
+    clipped = np.clip(np.asarray(v, dtype=F32), F32(-6), F32(6)).astype(F32)
+    fp4 = clipped.astype(ml_dtypes.float4_e2m1fn)
+    return (fp4.view(np.uint8) & 0xF).astype(np.uint8), fp4.astype(F32)
+
+
+def pack_nibbles(nibbles: np.ndarray) -> np.ndarray:
+    """[rows, cols] 4-bit codes -> [rows, ceil(cols / 2)] bytes, element 0 in the low nibble
+    (FORMATS.md's bit stream, compressed-tensors' pack_fp4_to_uint8); an odd row pads with 0."""
+    rows, cols = nibbles.shape
+    padded = np.zeros((rows, cols + cols % 2), np.uint8)
+    padded[:, :cols] = nibbles
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
+
+
+def nvfp4_global_scale(amax) -> np.float32:
+    """S_enc = fp32(2688 / amax): 1 for amax 0, FLT_MAX when the quotient overflows."""
+    amax = F32(amax)
+    if amax == 0:
+        return F32(1)
+    with np.errstate(over="ignore"):
+        s_enc = F32(F32(2688) / amax)
+    return F32(np.finfo(F32).max) if np.isinf(s_enc) else s_enc
+
+
+def nvfp4(x: np.ndarray, s_enc=None) -> tuple:
+    """FORMATS.md NVFP4 of a finite [rows, cols] array (a ragged last block is fine):
+    S_enc = nvfp4_global_scale(amax) unless a static `s_enc` is given,
+    s_b = e4m3(fp32(amax_b · fp32(S_enc / 6))) (RNE, saturating), d_b = fp32(decode(s_b) / S_enc),
+    element = e2m1(x / d_b) (0 when d_b is 0). Returns (packed codes, E4M3 scale codes as
+    uint8, S_enc, x̂)."""
+    x = to_f32(x)
+    rows, cols = x.shape
+    blocks = -(-cols // 16)
+    padded = np.zeros((rows, blocks * 16), F32)
+    padded[:, :cols] = x
+    finite = np.where(np.isfinite(padded), np.abs(padded), F32(0))
+    s_enc = nvfp4_global_scale(finite.max()) if s_enc is None else F32(s_enc)
+    block_amax = finite.reshape(rows, blocks, 16).max(axis=2).astype(F32)
+    with np.errstate(over="ignore"):
+        product = (block_amax * F32(s_enc / F32(6))).astype(F32)
+    s_b = np.minimum(product, F32(448)).astype(ml_dtypes.float8_e4m3fn)
+    d_b = (s_b.astype(F32) / s_enc).astype(F32)
+    d = np.repeat(d_b, 16, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes, values = e2m1(np.where(d == 0, F32(0), padded / np.where(d == 0, F32(1), d)))
+    codes = np.where(d == 0, 0, codes).astype(np.uint8)[:, :cols]
+    x_hat = (np.where(d == 0, F32(0), values) * d).astype(F32)[:, :cols]
+    return pack_nibbles(codes), s_b.view(np.uint8), s_enc, x_hat
 
 
 # ---------------------------------------------------------------------------------------------

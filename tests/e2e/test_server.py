@@ -342,46 +342,10 @@ def test_mx_through_the_server(server, tmp_path, rule, scale_code, first_byte):
         assert np.array_equal(local["codes"], codes) and np.array_equal(local["scales"], scales)
 
 
-def _nvfp4_by_hand(x: np.ndarray):
-    """NVFP4 of a float32 [rows, cols] array from FORMATS.md's steps, with ml_dtypes doing the
-    E4M3 and E2M1 roundings (RNE; saturation applied first, since ml_dtypes overflows to NaN):
-    S_enc = fp32(2688 / amax) (1 for amax 0, FLT_MAX when the quotient overflows),
-    s_b = e4m3(fp32(amax_b · fp32(S_enc / 6))), d_b = fp32(decode(s_b) / S_enc),
-    element = e2m1(x / d_b) (0 when d_b is 0). Returns (packed codes, E4M3 scale codes, S_enc,
-    x̂)."""
-    import ml_dtypes
-    f32 = np.float32
-    rows, cols = x.shape
-    blocks = -(-cols // 16)
-    padded = np.zeros((rows, blocks * 16), f32)
-    padded[:, :cols] = x
-    finite = np.where(np.isfinite(padded), np.abs(padded), f32(0))
-    amax = f32(finite.max())
-    with np.errstate(divide="ignore", over="ignore"):
-        s_enc = f32(1.0) if amax == 0 else f32(f32(2688.0) / amax)
-    if np.isinf(s_enc):
-        s_enc = f32(np.finfo(f32).max)
-    block_amax = finite.reshape(rows, blocks, 16).max(axis=2).astype(f32)
-    with np.errstate(over="ignore"):
-        product = (block_amax * f32(s_enc / f32(6.0))).astype(f32)
-    s_b = np.minimum(product, f32(448.0)).astype(ml_dtypes.float8_e4m3fn)
-    d_b = (s_b.astype(f32) / s_enc).astype(f32)
-    d_elem = np.repeat(d_b, 16, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v = np.clip(padded / d_elem, f32(-6.0), f32(6.0)).astype(f32)
-    e2m1 = v.astype(ml_dtypes.float4_e2m1fn)
-    nibbles = np.where(d_elem == 0, 0, e2m1.view(np.uint8) & 0xF).astype(np.uint8)[:, :cols]
-    if cols % 2:
-        nibbles = np.concatenate([nibbles, np.zeros((rows, 1), np.uint8)], axis=1)
-    packed = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
-    x_hat = (np.where(d_elem == 0, f32(0), e2m1.astype(f32)) * d_elem).astype(f32)[:, :cols]
-    return packed, s_b.view(np.uint8), s_enc, x_hat
-
-
 def test_nvfp4_through_the_server(server, tmp_path):
-    """NVFP4 end to end against an independent numpy + ml_dtypes implementation: packed E2M1
-    codes, uint8 E4M3 block scale codes and the float32 global_scale in the .npz, and
-    dequantization of them through the server. Row 1 holds a block of zeros and a block too
+    """NVFP4 end to end against oracle.nvfp4 (numpy + ml_dtypes): packed E2M1 codes, uint8
+    E4M3 block scale codes and the float32 global_scale in the .npz, and dequantization of them
+    through the server. Row 1 holds a block of zeros and a block too
     small for E4M3 (scale code 0, codes 0); the last block of each row is ragged (70 = 4·16 + 6)."""
     rng = np.random.default_rng(11)
     x = rng.normal(size=(5, 70)).astype(np.float32) * np.float32(3.0)
@@ -391,7 +355,7 @@ def test_nvfp4_through_the_server(server, tmp_path):
     x_path = e2e_util.save_npy(tmp_path / "x.npy", x)
     q_path = tmp_path / "q.npz"
     run_quantctl(["quantize", "--format=nvfp4", x_path, q_path], server=server.address)
-    want_codes, want_scales, want_global, want_x_hat = _nvfp4_by_hand(x)
+    want_codes, want_scales, want_global, want_x_hat = oracle.nvfp4(x)
     with np.load(str(q_path)) as q:
         codes, scales, global_scale = q["codes"], q["scales"], q["global_scale"]
     assert scales.dtype == np.uint8 and scales.shape == (5, 5), (scales.dtype, scales.shape)
