@@ -189,6 +189,9 @@ TEST(SafetensorsTest, RefusesCraftedHeaders) {
   ExpectRefused(
       Crafted(R"({"a": {"dtype": "F32", "shape": ["4"], "data_offsets": [0, 4]}})", "1234"),
       "not a non-negative integer");
+  ExpectRefused(
+      Crafted(R"({"a": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", "1234"),
+      "not a non-negative integer");
   ExpectRefused(Crafted(R"({"a": {"dtype": "F32", "shape": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],)"
                         R"( "data_offsets": [0, 4]}})",
                         "1234"),
@@ -223,6 +226,13 @@ TEST(SafetensorsTest, RefusesCraftedHeaders) {
                         R"([9223372036854775803, 9223372036854775807]}})",
                         std::string(4, '\0')),
                 "leaving a gap");
+  ExpectRefused(Crafted(R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": )"
+                        R"([18446744073709551616, 18446744073709551620]}})",
+                        std::string(4, '\0')),
+                "is not a pair of integers");
+  ExpectRefused(
+      Crafted(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1}})", "1234"),
+      "unexpected field \"x\"");
   ExpectRefused(Crafted(R"({"__metadata__": {"format": 1}})"), "\"format\" is not a string");
   ExpectRefused(Crafted(R"({"__metadata__": []})"), "__metadata__ is not an object of strings");
   ExpectRefused(Crafted(R"({"": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}})"),

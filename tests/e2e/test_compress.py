@@ -287,8 +287,10 @@ def test_resume_after_a_kill(quantd, quantctl, checkpoint, tmp_path):
         for srv in (a, b):
             if srv.alive():
                 os.kill(srv.proc.pid, signal.SIGCONT)
-        codes = [a.stop(), b.stop()]
-    assert codes == [0, 0], (a.log(), b.log())
+        try:
+            e2e_util.stop_and_check(a)
+        finally:
+            e2e_util.stop_and_check(b)
 
 
 def test_resume_redoes_damaged_shards_and_restarts_a_changed_job(checkpoint, tmp_path):
@@ -351,61 +353,19 @@ def test_fewer_shards_remove_the_earlier_jobs_extra_shards(checkpoint, tmp_path)
 # ---------------------------------------------------------------------------------------------
 # Refusals
 
-def safetensors_bytes(header, data: bytes = b"", length=None) -> bytes:
-    text = header if isinstance(header, (bytes, str)) else json.dumps(header)
-    text = text.encode() if isinstance(text, str) else text
-    return struct.pack("<Q", len(text) if length is None else length) + text + data
+def safetensors_bytes(header, data: bytes = b"") -> bytes:
+    text = (header if isinstance(header, str) else json.dumps(header)).encode()
+    return struct.pack("<Q", len(text)) + text + data
 
 
+# Two of tests/client/safetensors_test.cc's refusals (which holds the whole table), to show that
+# compress exits 2 naming the file: a bad header, and offsets that contradict each other.
 HOSTILE_SHARDS = {
-    "shorter than the length field": (b"\x01\x02", "fewer than the 8-byte header length"),
-    "zero header length": (safetensors_bytes("", length=0), "header length is 0"),
-    "header length past the end": (safetensors_bytes("{}", length=1 << 20),
-                                   "runs past the end of the file"),
-    "absurd header length": (safetensors_bytes("{}", length=1 << 62),
-                             "above safetensors' limit"),
     "JSON garbage": (safetensors_bytes("{not json at all"), "header is not valid JSON"),
-    "not an object": (safetensors_bytes("[1, 2]"), "not a JSON object"),
-    "deep nesting": (safetensors_bytes("[" * 100000 + "]" * 100000), "nests deeper"),
-    "duplicate names": (safetensors_bytes(
-        '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
-        '"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', b"\0" * 8),
-        "repeats the key \"a\""),
-    "unknown dtype": (safetensors_bytes({"a": {"dtype": "F7", "shape": [1],
-                                               "data_offsets": [0, 1]}}, b"\0"),
-                      "unknown dtype \"F7\""),
-    "negative dim": (safetensors_bytes({"a": {"dtype": "F32", "shape": [-1],
-                                              "data_offsets": [0, 4]}}, b"\0" * 4),
-                     "not a non-negative integer"),
-    "fractional dim": (safetensors_bytes({"a": {"dtype": "F32", "shape": [1.5],
-                                                "data_offsets": [0, 4]}}, b"\0" * 4),
-                       "not a non-negative integer"),
-    "shape product overflows": (safetensors_bytes({"a": {"dtype": "F32",
-                                                         "shape": [1 << 31, 1 << 31, 1 << 31],
-                                                         "data_offsets": [0, 4]}}, b"\0" * 4),
-                                "more bytes than int64 counts"),
-    "offsets do not match the shape": (safetensors_bytes(
-        {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
-        "span 8 bytes but shape [3] of F32 needs 12"),
     "offsets overlap": (safetensors_bytes(
         {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
          "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12),
         "overlaps \"a\""),
-    "offsets past the data": (safetensors_bytes(
-        {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8),
-        "run past the end of the data section"),
-    "huge offsets": (safetensors_bytes(
-        {"a": {"dtype": "U8", "shape": [4], "data_offsets": [(1 << 63) - 5, (1 << 63) - 1]}},
-        b"\0" * 4), "leaving a gap"),
-    "offsets beyond int64": (safetensors_bytes(
-        {"a": {"dtype": "U8", "shape": [4], "data_offsets": [1 << 64, (1 << 64) + 4]}},
-        b"\0" * 4), "is not a pair of integers"),
-    "trailing bytes": (safetensors_bytes(
-        {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 12),
-        "trailing bytes"),
-    "unexpected field": (safetensors_bytes(
-        {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1}}, b"\0" * 4),
-        "unexpected field \"extra\""),
 }
 
 
