@@ -301,6 +301,12 @@ def metric_samples(text: str) -> dict:
     return samples
 
 
+def requests_served(server, *methods: str) -> float:
+    """A QuantdServer's quantd_requests_total summed over the RPCs named (all when none is)."""
+    samples = metric_samples(server.scrape()).get("quantd_requests_total", [])
+    return sum(v for labels, v in samples if not methods or labels.get("method") in methods)
+
+
 # ---------------------------------------------------------------------------------------------
 # Python gRPC stubs, generated at test time from the checked-in proto.
 

@@ -29,10 +29,11 @@ from safetensors import safe_open  # noqa: E402
 import compress_util as cu  # noqa: E402
 import e2e_util  # noqa: E402
 import oracle  # noqa: E402
-from e2e_util import QuantdServer, metric_samples, run_quantctl  # noqa: E402
+from e2e_util import QuantdServer, requests_served, run_quantctl  # noqa: E402
 
 F32 = np.float32
 COPIED = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+QUANTIZE = ("Quantize", "QuantizeStream")  # the RPCs compress quantizes a weight with
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +57,6 @@ def checkpoint(tmp_path_factory):
 def compress(args, server=None, check=True):
     return run_quantctl(["compress", "--progress=lines", *[str(a) for a in args]], server=server,
                         check=check, timeout=300)
-
-
-def requests_served(srv, method: str = "") -> float:
-    """quantd_requests_total over the RPCs whose name starts with `method`."""
-    return sum(v for labels, v in metric_samples(srv.scrape()).get("quantd_requests_total", [])
-               if labels.get("method", "").startswith(method))
 
 
 def assert_same_rows(got: list, want: list) -> None:
@@ -180,14 +175,14 @@ def check_output(out: pathlib.Path, in_dir: pathlib.Path, inputs: dict, scheme: 
 def test_every_scheme_through_two_replicas(replicas, checkpoint, tmp_path, scheme):
     a, b = replicas
     in_dir, inputs = checkpoint
-    before = [requests_served(s, "Quantize") for s in (a, b)]
+    before = [requests_served(s, *QUANTIZE) for s in (a, b)]
     streamed_before = sum(requests_served(s, "QuantizeStream") for s in (a, b))
     out = tmp_path / "out"
     proc = compress([f"--scheme={scheme}", "--max-shard-size=400KB", "--in-flight=4", in_dir,
                      out], server=f"{a.address},{b.address}")
     report = check_output(out, in_dir, inputs, scheme)
     assert report["shards"] > 2 and report["shards_written"] == report["shards"]
-    after = [requests_served(s, "Quantize") for s in (a, b)]
+    after = [requests_served(s, *QUANTIZE) for s in (a, b)]
     quantized = sum(row["scheme"] == scheme for row in report["tensors"])
     assert sum(after) - sum(before) >= quantized, (before, after)
     assert sum(requests_served(s, "QuantizeStream") for s in (a, b)) > streamed_before
@@ -220,7 +215,7 @@ def test_every_scheme_through_two_replicas(replicas, checkpoint, tmp_path, schem
 def test_both_replicas_served_the_schemes(replicas):
     """round_robin only picks replicas it is connected to, so one short job may land on one;
     over the six jobs above both must have worked."""
-    served = [requests_served(s, "Quantize") for s in replicas]
+    served = [requests_served(s, *QUANTIZE) for s in replicas]
     assert all(count > 0 for count in served), served
 
 
