@@ -37,7 +37,9 @@ def _x(shape=(1000,), seed=0, scale=100.0):
 def test_fp8_quantizer(client, fp8_format, descriptor, ml_type, max_finite):
     x = _x()
     quantizer = FP8Quantizer(fp8_format=fp8_format)
-    assert quantizer.calibrate(x) is None
+    with pytest.raises(quantd.InvalidArgument, match="calibrate"):
+        quantizer.dequantize(np.zeros(4, ml_type))  # no scale before calibrate
+    quantizer.calibrate(x)
     assert quantizer.scale.dtype == F32 and quantizer.scale.shape == (1,)
     assert quantizer.scale[0] == np.float32(np.abs(x).max()) / np.float32(max_finite)
     x_quant = quantizer.quantize(x)
