@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Regenerates the gRPC / protobuf stubs shipped in quantd/v1/ from the repository's
-proto/quantd/v1/quantd.proto (run it after changing the proto; tests/python/test_client_stubs.py
-fails while the shipped stubs differ from what this script would write).
+proto/quantd/v1/quantd.proto (run it after changing the proto;
+tests/client_python/test_client_stubs.py fails while the shipped stubs differ from what this
+script would write).
 
     python client/python/generate_stubs.py            # rewrite quantd/v1/quantd_pb2*.py(i)
     python client/python/generate_stubs.py --check    # exit 1 when they are stale

@@ -27,7 +27,8 @@ import numpy as np
 from google.protobuf import json_format
 
 from . import _spec, _tensors
-from .errors import FailedPrecondition, Internal, InvalidArgument, QuantdError, from_rpc_error
+from .errors import (FailedPrecondition, Internal, InvalidArgument, QuantdError, Unavailable,
+                     from_rpc_error)
 from .v1 import quantd_pb2 as pb
 from .v1 import quantd_pb2_grpc as pb_grpc
 
@@ -57,6 +58,11 @@ def _metrics(response: Any) -> Optional[Dict[str, float]]:
             for name in _METRIC_FIELDS}
 
 
+def _part_fields(q: "pb.QuantizedTensor") -> Dict[int, Any]:
+    """The Tensor field of a QuantizedTensor message that each PART (DataChunk.part) fills."""
+    return {pb.PART_CODES: q.codes, pb.PART_SCALES: q.scales, pb.PART_ZERO_POINTS: q.zero_points}
+
+
 def _read_file_or_bytes(value: Any) -> Optional[bytes]:
     if value is None or isinstance(value, bytes):
         return value
@@ -83,7 +89,6 @@ def channel_target(target: str) -> str:
         try:
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as e:
-            from .errors import Unavailable
             raise Unavailable(f'cannot resolve server "{address}": {e}') from e
         for family, _, _, _, sockaddr in found:
             if family == socket.AF_INET:
@@ -95,7 +100,6 @@ def channel_target(target: str) -> str:
         return "ipv4:" + ",".join(sorted(v4))
     if v6:
         return "ipv6:" + ",".join(sorted(v6))
-    from .errors import Unavailable
     raise Unavailable(f"no address found for servers {target}")
 
 
@@ -163,17 +167,15 @@ class QuantizedTensor:
                                  global_scale=self.global_scale,
                                  double_quant_offset=self.double_quant_offset)
         parts = {}
-        arrays = ((pb.PART_CODES, msg.codes, self.codes, "codes",
-                   (pb.DTYPE_I8, pb.DTYPE_U8, pb.DTYPE_I32)),
-                  (pb.PART_SCALES, msg.scales, self.scales, "scales",
-                   (pb.DTYPE_F32, pb.DTYPE_U8)),
-                  (pb.PART_ZERO_POINTS, msg.zero_points, self.zero_points, "zero_points",
-                   (pb.DTYPE_I32,)))
-        for part, field, value, what, allowed in arrays:
+        arrays = ((pb.PART_CODES, self.codes, "codes", (pb.DTYPE_I8, pb.DTYPE_U8, pb.DTYPE_I32)),
+                  (pb.PART_SCALES, self.scales, "scales", (pb.DTYPE_F32, pb.DTYPE_U8)),
+                  (pb.PART_ZERO_POINTS, self.zero_points, "zero_points", (pb.DTYPE_I32,)))
+        fields = _part_fields(msg)
+        for part, value, what, allowed in arrays:
             if value is None:
                 continue
             a, dtype = _tensors.code_array(value, allowed, what)
-            field.CopyFrom(_tensors.wire_tensor(a, dtype, with_data=False))
+            fields[part].CopyFrom(_tensors.wire_tensor(a, dtype, with_data=False))
             parts[part] = a.tobytes()
         if self.double_quant_scales is not None:
             a, dtype = _tensors.code_array(self.double_quant_scales, (pb.DTYPE_F32,),
@@ -184,8 +186,7 @@ class QuantizedTensor:
     def to_proto(self) -> "pb.QuantizedTensor":
         """The quantd.v1.QuantizedTensor message (bulk bytes included)."""
         msg, parts = self._bulk()
-        for part, field in ((pb.PART_CODES, msg.codes), (pb.PART_SCALES, msg.scales),
-                            (pb.PART_ZERO_POINTS, msg.zero_points)):
+        for part, field in _part_fields(msg).items():
             if part in parts:
                 field.data = parts[part]
         return msg
@@ -711,9 +712,7 @@ class Client:
                 request.ByteSize() + len(data) + _FRAMING_BYTES, len(data)):
             request.input.data = data.tobytes()
             response = self._unary("Quantize", request)
-            q = response.quantized
-            return response, {pb.PART_CODES: q.codes.data, pb.PART_SCALES: q.scales.data,
-                              pb.PART_ZERO_POINTS: q.zero_points.data}
+            return response, {part: t.data for part, t in _part_fields(response.quantized).items()}
         frame_bytes = self._frame_bytes()
 
         def frames():
@@ -722,31 +721,19 @@ class Client:
                 yield pb.QuantizeStreamRequest(data=data[offset:offset + frame_bytes].tobytes())
 
         method = "QuantizeStream"
-        call = None
-        try:
-            call = self._stub.QuantizeStream(frames(), **self._call_kwargs())
-            response, buffers = None, {}
-            for reply in call:
-                if reply.WhichOneof("frame") == "header":
-                    if response is not None:
-                        raise Internal("the server stream sent a second header", method=method)
-                    response = reply.header
-                    q = response.quantized
-                    buffers = {part: _Buffer(_tensors.declared_bytes(t)) for part, t in
-                               ((pb.PART_CODES, q.codes), (pb.PART_SCALES, q.scales),
-                                (pb.PART_ZERO_POINTS, q.zero_points))}
-                    continue
-                chunk = reply.data
-                if response is None or chunk.part not in buffers:
-                    raise Internal("the server stream sent data before its header or for no "
-                                   "part", method=method)
-                buffers[chunk.part].append(chunk.data, method)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e, method) from None
-        except QuantdError:
-            if call is not None:
-                call.cancel()
-            raise
+        buffers: Dict[int, _Buffer] = {}
+
+        def on_header(header):
+            buffers.update((part, _Buffer(_tensors.declared_bytes(t)))
+                           for part, t in _part_fields(header.quantized).items())
+
+        def on_data(chunk):
+            if chunk.part not in buffers:
+                raise Internal(f"the server stream sent data for no part ({chunk.part})",
+                               method=method)
+            buffers[chunk.part].append(chunk.data, method)
+
+        response = self._stream(method, frames(), on_header, on_data)
         if response is None:
             raise Internal("the server stream ended without a header", method=method)
         required = [pb.PART_CODES, pb.PART_SCALES]
@@ -766,9 +753,7 @@ class Client:
         for dim in request.quantized.shape:
             output_bytes *= max(int(dim), 0)
         payload_bytes = sum(len(p) for p in parts.values())
-        q = request.quantized
-        fields = {pb.PART_CODES: q.codes, pb.PART_SCALES: q.scales,
-                  pb.PART_ZERO_POINTS: q.zero_points}
+        fields = _part_fields(request.quantized)
         if not force_stream and not self._needs_stream(
                 request.ByteSize() + payload_bytes + 3 * _FRAMING_BYTES, output_bytes):
             for part, data in parts.items():
@@ -787,30 +772,43 @@ class Client:
                         part=part, data=view[offset:offset + frame_bytes].tobytes()))
 
         method = "DequantizeStream"
+        output: List[_Buffer] = []
+
+        def on_header(header):
+            output.append(_Buffer(_tensors.declared_bytes(header.output)))
+
+        response = self._stream(method, frames(), on_header,
+                                lambda data: output[0].append(data, method))
+        if response is None or not output[0].complete():
+            raise Internal("the server stream ended before the output was complete",
+                           method=method)
+        return response, output[0].data
+
+    def _stream(self, method: str, requests: Any, on_header: Any, on_data: Any) -> Any:
+        """Runs a streamed RPC: on_header(header) for the reply's one header frame, then
+        on_data(data) for each data frame. Returns the header (None when the stream ended
+        without one). A QuantdError raised here or by a callback cancels the call."""
         call = None
+        header = None
         try:
-            call = self._stub.DequantizeStream(frames(), **self._call_kwargs())
-            response, buffer = None, None
+            call = getattr(self._stub, method)(requests, **self._call_kwargs())
             for reply in call:
                 if reply.WhichOneof("frame") == "header":
-                    if response is not None:
+                    if header is not None:
                         raise Internal("the server stream sent a second header", method=method)
-                    response = reply.header
-                    buffer = _Buffer(_tensors.declared_bytes(response.output))
-                elif response is None:
+                    header = reply.header
+                    on_header(header)
+                elif header is None:
                     raise Internal("the server stream sent data before its header", method=method)
                 else:
-                    buffer.append(reply.data, method)
+                    on_data(reply.data)
         except grpc.RpcError as e:
             raise from_rpc_error(e, method) from None
         except QuantdError:
             if call is not None:
                 call.cancel()
             raise
-        if response is None or not buffer.complete():
-            raise Internal("the server stream ended before the output was complete",
-                           method=method)
-        return response, buffer.data
+        return header
 
 
 class _Buffer:
