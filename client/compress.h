@@ -1,6 +1,8 @@
 // `quantctl compress`: a Hugging Face safetensors checkpoint in, the same checkpoint with its
-// linear layers quantized in the compressed-tensors layout out, so that vLLM (and transformers,
-// and compressed-tensors' own decompressor) load it as they load llm-compressor's output.
+// linear layers quantized in the compressed-tensors layout llm-compressor writes out.
+// tests/e2e/test_compress_ct.py checks the output against compressed-tensors 0.20.0 (its
+// decompressors) and transformers' loader; vLLM's loader source was read, vLLM itself is not
+// run here.
 //
 //   CompressOptions options;
 //   options.input_dir = "Llama-3.1-8B";

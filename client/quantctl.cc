@@ -157,9 +157,9 @@ with the error against the unquantized product on the last line. bench measures 
 throughput of an op against an Echo of the same bytes (the bare transport) per size and
 concurrency, and prints a markdown table (format int8 unless --format says otherwise).
 compress quantizes the linear layers of a Hugging Face safetensors checkpoint into the
-compressed-tensors layout vLLM loads (schemes fp8-dynamic, fp8-block, w8a8-int8, w4a16, nvfp4,
-mxfp4), copies everything else, writes config.json's quantization_config, report.json /
-report.csv, and resumes an interrupted run; a summary table goes to stdout.)";
+compressed-tensors layout llm-compressor writes (schemes fp8-dynamic, fp8-block, w8a8-int8,
+w4a16, nvfp4, mxfp4), copies everything else, writes config.json's quantization_config,
+report.json / report.csv, and resumes an interrupted run; a summary table goes to stdout.)";
 
 absl::Status Usage(std::string message) { return absl::InvalidArgumentError(message); }
 
