@@ -267,8 +267,8 @@ class CudaStoredWeight final : public StoredWeight {
   Device* device() const { return device_; }
   const QuantLayout& layout() const { return layout_; }  // quantized weights only
 
-  // `bytes` of device memory held until destruction (not the per-call pool: it outlives calls).
-  [[nodiscard]] absl::StatusOr<void*> Allocate(int64_t bytes);
+  // `bytes` of device memory held until destruction, allocated in `stream`'s order.
+  [[nodiscard]] absl::StatusOr<void*> Allocate(int64_t bytes, cudaStream_t stream);
 
   uint8_t* codes = nullptr;
   float* scales = nullptr;
@@ -281,6 +281,7 @@ class CudaStoredWeight final : public StoredWeight {
   CudaBackend* backend_;
   std::vector<void*> blocks_;
   int64_t bytes_ = 0;
+  cudaStream_t stream_ = nullptr;  // the blocks' (a slot's: slots live as long as the backend)
 };
 
 class CudaBackend final : public Backend {
@@ -537,8 +538,6 @@ class CudaBackend final : public Backend {
                            : StageGemmOperand("B", operands.b, spec.b, plan, exact, *lease, arena));
     product.a = a.data;
     product.b = b.data;
-    product.a_type = a.element;
-    product.b_type = b.element;
     if (plan.path == GemmPath::kFp8 && !route.scales_in_epilogue) {
       QUANTD_RETURN_IF_ERROR(PrepareFp8Scales(dims, plan, a, b, arena, stream, &product));
     }
@@ -569,13 +568,14 @@ class CudaBackend final : public Backend {
     epilogue.out = output;
     epilogue.out_dtype = out.dtype;
     epilogue.max_blocks = max_blocks;
+    void* sums = nullptr;  // fp32 / int32 sums the epilogue finishes (also the metrics')
     if (route.direct) {
       product.d = output;
       product.alpha = spec.alpha;
-      product.bias = bias;  // of the output's dtype (RouteGemm)
+      product.bias = bias;  // of the output's dtype when product.has_bias (RouteGemm)
       QUANTD_RETURN_IF_ERROR(lt->Run(product, workspace, stream));
     } else {
-      QUANTD_ASSIGN_OR_RETURN(void* sums, arena.Allocate(4 * out_elements));
+      QUANTD_ASSIGN_OR_RETURN(sums, arena.Allocate(4 * out_elements));
       product.d = sums;
       QUANTD_RETURN_IF_ERROR(lt->Run(product, workspace, stream));
       epilogue.acc = sums;
@@ -595,7 +595,10 @@ class CudaBackend final : public Backend {
     // α, β·C and bias, against the output as stored.
     MetricPartial* partials = nullptr;
     if (exact) {
-      QUANTD_ASSIGN_OR_RETURN(void* sums, arena.Allocate(4 * out_elements));
+      // The product's sums are spent once the epilogue (earlier on the stream) has read them.
+      if (sums == nullptr) {
+        QUANTD_ASSIGN_OR_RETURN(sums, arena.Allocate(4 * out_elements));
+      }
       QUANTD_ASSIGN_OR_RETURN(void* reference, arena.Allocate(4 * out_elements));
       QUANTD_ASSIGN_OR_RETURN(void* partial_bytes,
                               arena.Allocate((kMaxMetricBlocks + 1) * sizeof(MetricPartial)));
@@ -868,8 +871,7 @@ class CudaBackend final : public Backend {
     QuantSpec spec;
     bool ran_pass = false;  // quantized by this call: `pass` holds flags to check
     Pass pass;              // the quantization's (its flags are checked after the synchronization)
-    const void* data = nullptr;
-    LtElement element = LtElement::kF32;
+    const void* data = nullptr;  // of the element type RouteGemm's product has for it
     const float* scales = nullptr;
     const float* plain = nullptr;
   };
@@ -904,7 +906,6 @@ class CudaBackend final : public Backend {
           DType::kF32, nullptr, stream));
       operand.data = buffer;
       operand.scales = pass.scales;
-      operand.element = ProductElement(plan, spec.format);
     } else {
       QUANTD_ASSIGN_OR_RETURN(input, CopyInOperand(t, lease, arena));
     }
@@ -922,14 +923,6 @@ class CudaBackend final : public Backend {
     return operand;
   }
 
-  // What the product reads of B's codes (or x̂ / values in fp32).
-  static LtElement ProductElement(const GemmPathPlan& plan, Format format) {
-    return plan.path == GemmPath::kFloat  ? LtElement::kF32
-           : plan.path == GemmPath::kInt8 ? LtElement::kI8
-           : format == Format::kFp8E5M2   ? LtElement::kE5M2
-                                          : LtElement::kE4M3;
-  }
-
   // A stored weight as the product's B: its codes and scales on the tensor cores' paths, its
   // x̂ (dequantized here, the bits QuantDequant gives) on the fp32 path; for the metrics, its
   // kept values, else its x̂.
@@ -943,7 +936,6 @@ class CudaBackend final : public Backend {
       operand.data = operand.plain = stored.original;
       return operand;
     }
-    operand.element = ProductElement(plan, stored.spec().format);
     operand.scales = stored.scales;
     operand.data = stored.codes;
     const bool want_hat = plan.path == GemmPath::kFloat || (want_plain && !stored.keeps_original());
@@ -967,11 +959,7 @@ class CudaBackend final : public Backend {
                                                             const QuantSpec& spec,
                                                             bool keep_original,
                                                             ErrorMetrics* metrics) override {
-    if (weight.shape.size() != 2 && weight.shape.size() != 3) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("a stored weight must be [N, K] or [batch, N, K] (nn.Linear's layout), not ",
-                       ShapeToString(weight.shape)));
-    }
+    QUANTD_RETURN_IF_ERROR(CheckWeightShape(weight.shape));
     const bool quantize = spec.format != Format::kUnspecified;
     QuantLayout layout;
     if (quantize) {
@@ -989,7 +977,7 @@ class CudaBackend final : public Backend {
     cudaStream_t stream = lease->stream();
     auto stored =
         std::make_unique<CudaStoredWeight>(this, &lease->device(), weight.dtype, weight.shape, spec,
-                                           keep_original || !quantize, layout);
+                                           StoresOriginal(spec, keep_original), layout);
     const void* input = nullptr;
     Pass pass;
     if (quantize) {
@@ -1001,8 +989,8 @@ class CudaBackend final : public Backend {
         DoubleQuantized unused;
         QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &unused));
       }
-      QUANTD_ASSIGN_OR_RETURN(void* codes, stored->Allocate(layout.code_bytes));
-      QUANTD_ASSIGN_OR_RETURN(void* scales, stored->Allocate(4 * n));
+      QUANTD_ASSIGN_OR_RETURN(void* codes, stored->Allocate(layout.code_bytes, stream));
+      QUANTD_ASSIGN_OR_RETURN(void* scales, stored->Allocate(4 * n, stream));
       stored->codes = static_cast<uint8_t*>(codes);
       stored->scales = static_cast<float*>(scales);
       QUANTD_CUDA_RETURN_IF_ERROR(
@@ -1010,23 +998,11 @@ class CudaBackend final : public Backend {
                              pass.zero_points, pass.nvfp4, stored->codes, nullptr, DType::kF32,
                              metrics != nullptr ? pass.partials : nullptr, stream));
       if (pass.nvfp4.global_scale != nullptr) {
-        // d_b = fp32(block scale / S_enc) as Dequantize computes it (ElementScalesOf): the
-        // one-pass NVFP4 kernels keep d_b in registers, so it is derived once here.
-        std::vector<float> block_scales(static_cast<size_t>(n));
-        float global_scale = 0.0f;
-        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(block_scales.data(), pass.scales, 4 * n,
-                                                    cudaMemcpyDeviceToHost, stream));
-        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(&global_scale, pass.nvfp4.global_scale, 4,
-                                                    cudaMemcpyDeviceToHost, stream));
-        QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-        ConstQuantizedBuffers blocks;
-        blocks.scales = block_scales.data();
-        blocks.num_scales = n;
-        blocks.global_scale = global_scale;
-        const std::vector<float> element_scales = ElementScalesOf(blocks, spec);
-        QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(stored->scales, element_scales.data(), 4 * n,
-                                                    cudaMemcpyHostToDevice, stream));
-        QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+        // d_b from s_b and S_enc, as Dequantize takes them (the one-pass NVFP4 kernel keeps
+        // d_b in registers, so it is derived once here).
+        QUANTD_CUDA_RETURN_IF_ERROR(
+            LaunchNvfp4ElementScales(pass.scales, n, pass.nvfp4.global_scale, stored->scales,
+                                     lease->device().max_blocks, stream));
       } else {
         const float* decode_scales =
             spec.double_quant ? pass.params.dequant_scales : static_cast<const float*>(pass.scales);
@@ -1034,7 +1010,7 @@ class CudaBackend final : public Backend {
                                                     cudaMemcpyDeviceToDevice, stream));
       }
       if (spec.asymmetric) {
-        QUANTD_ASSIGN_OR_RETURN(void* zero_points, stored->Allocate(4 * n));
+        QUANTD_ASSIGN_OR_RETURN(void* zero_points, stored->Allocate(4 * n, stream));
         stored->zero_points = static_cast<int32_t*>(zero_points);
         QUANTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(stored->zero_points, pass.zero_points, 4 * n,
                                                     cudaMemcpyDeviceToDevice, stream));
@@ -1043,7 +1019,7 @@ class CudaBackend final : public Backend {
       QUANTD_ASSIGN_OR_RETURN(input, CopyInOperand(weight, *lease, arena));
     }
     if (stored->keeps_original()) {
-      QUANTD_ASSIGN_OR_RETURN(void* original, stored->Allocate(4 * numel));
+      QUANTD_ASSIGN_OR_RETURN(void* original, stored->Allocate(4 * numel, stream));
       stored->original = static_cast<float*>(original);
       QUANTD_CUDA_RETURN_IF_ERROR(LaunchConvert(input, weight.dtype, numel, original, DType::kF32,
                                                 lease->device().max_blocks, stream));
@@ -1057,16 +1033,13 @@ class CudaBackend final : public Backend {
     return stored;
   }
 
-  int64_t StoredWeightBytes(const QuantSpec& spec, const Shape& shape,
+  // What StoreWeight allocates: codes, decode scales, zero-points, the original in fp32.
+  int64_t StoredWeightBytes(const QuantSpec& spec, const QuantLayout& layout,
                             bool keep_original) const override {
-    int64_t numel = 1;
-    for (const int64_t d : shape) numel *= d;
-    if (spec.format == Format::kUnspecified) return 4 * numel;
-    const absl::StatusOr<QuantLayout> layout = ComputeLayout(spec, shape);
-    if (!layout.ok()) return 0;  // StoreWeight refuses it in its words
-    const int64_t n = layout->geometry.num_scales;
-    return layout->code_bytes + 4 * n + (spec.asymmetric ? 4 * n : 0) +
-           (keep_original ? 4 * numel : 0);
+    const int64_t original = StoresOriginal(spec, keep_original) ? 4 * layout.numel : 0;
+    if (spec.format == Format::kUnspecified) return original;
+    const int64_t n = layout.geometry.num_scales;
+    return layout.code_bytes + 4 * n + (spec.asymmetric ? 4 * n : 0) + original;
   }
 
   // A tensor's bytes on the device.
@@ -1087,19 +1060,14 @@ class CudaBackend final : public Backend {
     product->b_scale_batch_stride =
         plan.b_scales == OperandScales::kRows && dims.b_batched ? dims.n : 0;
     if (plan.a_scales == OperandScales::kBlocks128) {
-      const int64_t k_blocks = dims.k / 128, n_blocks = (dims.n + 127) / 128;
-      const int64_t k_blocks_padded = (k_blocks + 3) / 4 * 4;
+      const int64_t k_blocks = dims.k / 128;
       QUANTD_ASSIGN_OR_RETURN(void* a_scales, arena.Allocate(4 * rows * k_blocks));
-      QUANTD_ASSIGN_OR_RETURN(void* b_scales, arena.Allocate(4 * n_blocks * k_blocks_padded));
-      // A: [rows, K/128] to K-block-major; B: [N/128, K/128] to rows of a multiple of 4.
+      // A: [rows, K/128] to VEC128_32F's K-block-major layout. B: BLK128x128_32F reads
+      // [N/128, K/128] row-major with rows of a multiple of 4 blocks, which quantization's
+      // layout already is (PlanGemmPath's block path needs K % 512 == 0).
       QUANTD_CUDA_RETURN_IF_ERROR(LaunchRepackScales(
           a.scales, rows, k_blocks, static_cast<float*>(a_scales), 1, rows, stream));
-      QUANTD_CUDA_RETURN_IF_ERROR(
-          cudaMemsetAsync(b_scales, 0, 4 * n_blocks * k_blocks_padded, stream));
-      QUANTD_CUDA_RETURN_IF_ERROR(LaunchRepackScales(
-          b.scales, n_blocks, k_blocks, static_cast<float*>(b_scales), k_blocks_padded, 1, stream));
       product->a_scale_data = static_cast<const float*>(a_scales);
-      product->b_scale_data = static_cast<const float*>(b_scales);
       return absl::OkStatus();
     }
     if (plan.a_scales == plan.b_scales) return absl::OkStatus();
@@ -1247,6 +1215,11 @@ class CudaBackend final : public Backend {
     }
     slot_freed_.notify_one();
   }
+
+  // `bytes` of device memory from `device`'s stream-ordered pool, reserved against its cap
+  // (give both back: cudaFreeAsync, Unreserve); nullptr for 0 bytes.
+  [[nodiscard]] absl::StatusOr<void*> AllocateDevice(Device& device, int64_t bytes,
+                                                     cudaStream_t stream);
 
   absl::Status Reserve(Device& device, int64_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1579,40 +1552,42 @@ CudaUpload::~CudaUpload() {
   if (sent_ > 0) backend_->RecordUpload(*device_, sent_, copy_ms_);
 }
 
-absl::StatusOr<void*> CudaStoredWeight::Allocate(int64_t bytes) {
+absl::StatusOr<void*> CudaBackend::AllocateDevice(Device& device, int64_t bytes,
+                                                  cudaStream_t stream) {
   if (bytes == 0) return nullptr;
-  QUANTD_RETURN_IF_ERROR(backend_->Reserve(*device_, bytes));
+  QUANTD_RETURN_IF_ERROR(Reserve(device, bytes));
   void* block = nullptr;
-  const cudaError_t error = cudaMalloc(&block, static_cast<size_t>(bytes));
+  const cudaError_t error = cudaMallocAsync(&block, static_cast<size_t>(bytes), stream);
   if (error != cudaSuccess) {
-    (void)cudaGetLastError();  // not sticky: clear it, keep serving
-    backend_->Unreserve(*device_, bytes);
-    return CudaError(error, "cudaMalloc", __FILE__, __LINE__);
+    (void)cudaGetLastError();  // an allocation failure is not sticky: clear it, keep serving
+    Unreserve(device, bytes);
+    return CudaError(error, "cudaMallocAsync", __FILE__, __LINE__);
   }
-  blocks_.push_back(block);
+  return block;
+}
+
+absl::StatusOr<void*> CudaStoredWeight::Allocate(int64_t bytes, cudaStream_t stream) {
+  QUANTD_ASSIGN_OR_RETURN(void* block, backend_->AllocateDevice(*device_, bytes, stream));
+  if (block != nullptr) blocks_.push_back(block);
   bytes_ += bytes;
+  stream_ = stream;
   return block;
 }
 
 CudaStoredWeight::~CudaStoredWeight() {
-  // Every product that read it synchronized its stream before letting go of it; cudaFree
-  // waits for the device anyway.
+  // Stream-ordered frees on the stream that allocated (and, when StoreWeight failed midway,
+  // may still write) the blocks; a product that read them synchronized its own stream before
+  // letting go. Nothing here waits for the device: a DropWeight on gRPC's thread must not block
+  // behind other calls' kernels.
   (void)cudaSetDevice(device_->id);
-  for (void* block : blocks_) (void)cudaFree(block);
+  for (void* block : blocks_) (void)cudaFreeAsync(block, stream_);
   if (bytes_ > 0) backend_->Unreserve(*device_, bytes_);
 }
 
 absl::StatusOr<void*> DeviceArena::Allocate(int64_t bytes) {
-  if (bytes == 0) return nullptr;
-  QUANTD_RETURN_IF_ERROR(backend_->Reserve(lease_.device(), bytes));
-  void* block = nullptr;
-  const cudaError_t error = cudaMallocAsync(&block, static_cast<size_t>(bytes), lease_.stream());
-  if (error != cudaSuccess) {
-    (void)cudaGetLastError();  // an allocation failure is not sticky: clear it, keep serving
-    backend_->Unreserve(lease_.device(), bytes);
-    return CudaError(error, "cudaMallocAsync", __FILE__, __LINE__);
-  }
-  blocks_.push_back(block);
+  QUANTD_ASSIGN_OR_RETURN(void* block,
+                          backend_->AllocateDevice(lease_.device(), bytes, lease_.stream()));
+  if (block != nullptr) blocks_.push_back(block);
   bytes_ += bytes;
   return block;
 }

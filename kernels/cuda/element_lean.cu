@@ -553,6 +553,19 @@ void VisitLeanFormat(const ElementCodec& codec, Visit&& visit) {
   }
 }
 
+// Calls visit(Constant<DType>{}) for an input dtype (F32 for any other than F16 / BF16).
+template <typename Visit>
+void VisitLeanDType(DType dtype, Visit&& visit) {
+  switch (dtype) {
+    case DType::kF16:
+      return visit(Constant<DType::kF16>{});
+    case DType::kBF16:
+      return visit(Constant<DType::kBF16>{});
+    default:
+      return visit(Constant<DType::kF32>{});
+  }
+}
+
 // Calls visit(LeanConfig<...>{}) with the constants of this launch: the one place that turns
 // run-time choices into quantizing kernel instantiations.
 template <typename Visit>
@@ -567,18 +580,13 @@ void VisitLeanConfig(const ElementParams& p, bool codes, bool metrics, Visit&& v
               : visit(LeanConfig<kD, kF, false, false>{});
     }
   };
-  const auto with_dtype = [&](auto dtype) {
+  VisitLeanDType(p.input_dtype, [&](auto dtype) {
     VisitLeanFormat(p.codec, [&](auto format) { with_format(dtype, format); });
-  };
-  switch (p.input_dtype) {
-    case DType::kF16:
-      return with_dtype(Constant<DType::kF16>{});
-    case DType::kBF16:
-      return with_dtype(Constant<DType::kBF16>{});
-    default:
-      return with_dtype(Constant<DType::kF32>{});
-  }
+  });
 }
+
+// SMs of the device (ElementParams::max_blocks is 8 per SM).
+int Sms(const ElementParams& p) { return std::max(1, p.max_blocks / 8); }
 
 // INT32_OFFSET stores every code with its top bit flipped: one XOR per packed word.
 uint32_t StoredCodeXor(const ElementParams& p) {
@@ -684,11 +692,42 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
   return cudaGetLastError();
 }
 
+bool Nvfp4FusedApplies(const ElementParams& p, const uint8_t* codes, const void* output) {
+  // LeanNvfp4Kernel: groups of 16 along the row.
+  return LeanPathApplies(p, codes, output) && p.geometry.granularity == Granularity::kGroup &&
+         FusedGroupVectors(p.geometry) == 2;
+}
+
+int Nvfp4FusedGrid(const ElementParams& p, bool codes, bool metrics) {
+  // One wave.
+  const int cap = std::min(p.max_blocks, kMaxMetricBlocks);
+  return GridFor(p.geometry.rows * p.geometry.cols / (2 * kVector),
+                 std::min(cap, Sms(p) * Nvfp4BlocksPerSm(codes, metrics)));
+}
+
+cudaError_t LaunchQuantizeNvfp4Fused(const ElementParams& p, float* scales, uint8_t* codes,
+                                     void* output, DType output_dtype, MetricPartial* partials,
+                                     DeviceFlags* flags, int grid, cudaStream_t stream) {
+  const uint32_t blocks = static_cast<uint32_t>(p.geometry.rows * p.geometry.cols / (2 * kVector));
+  VisitLeanDType(p.input_dtype, [&](auto dtype) {
+    constexpr DType kDType = decltype(dtype)::value;
+    const auto launch = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream>>>(p, scales, codes, output, output_dtype, partials, flags,
+                                            StoredCodeXor(p), blocks);
+    };
+    if (codes != nullptr) {
+      partials != nullptr ? launch(LeanNvfp4Kernel<kDType, true, false, true>)
+                          : launch(LeanNvfp4Kernel<kDType, true, false, false>);
+    } else {
+      partials != nullptr ? launch(LeanNvfp4Kernel<kDType, false, true, true>)
+                          : launch(LeanNvfp4Kernel<kDType, false, true, false>);
+    }
+  });
+  return cudaGetLastError();
+}
+
 bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output) {
   if (!LeanPathApplies(p, codes, output)) return false;
-  if (p.scale_kind == ScaleKind::kE4M3) {  // LeanNvfp4Kernel: groups of 16 along the row
-    return p.geometry.granularity == Granularity::kGroup && FusedGroupVectors(p.geometry) == 2;
-  }
   if (p.geometry.granularity == Granularity::kBlock) return true;  // LeanBlockKernel
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   if (group_vectors == 0) return false;
@@ -713,7 +752,7 @@ bool LongRows(const ElementParams& p) {
 // 65% of copy, 8 per SM at 60%, 2 per SM at 56%).
 int BlockKernelGrid(const ElementParams& p, int64_t tile_bytes, int cap) {
   constexpr int64_t kTileBytesInFlight = int64_t{32} << 20;
-  const int64_t sms = std::max(1, p.max_blocks / 8);
+  const int64_t sms = Sms(p);
   const int64_t per_sm = std::clamp<int64_t>(kTileBytesInFlight / (sms * tile_bytes), 1, 8);
   return static_cast<int>(
       std::clamp<int64_t>(std::min<int64_t>(sms * per_sm, cap), 1, p.geometry.num_scales));
@@ -722,11 +761,6 @@ int BlockKernelGrid(const ElementParams& p, int64_t tile_bytes, int cap) {
 int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics) {
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   const int cap = std::min(p.max_blocks, kMaxMetricBlocks);
-  if (p.scale_kind == ScaleKind::kE4M3) {  // LeanNvfp4Kernel: one wave
-    const int sms = std::max(1, p.max_blocks / 8);
-    return GridFor(p.geometry.rows * p.geometry.cols / (2 * kVector),
-                   std::min(cap, sms * Nvfp4BlocksPerSm(codes, metrics)));
-  }
   const int64_t element_bytes = DTypeSize(p.input_dtype);
   if (p.geometry.granularity == Granularity::kBlock) {
     return BlockKernelGrid(p, p.geometry.group_rows * p.geometry.group_cols * element_bytes, cap);
@@ -746,18 +780,6 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   const uint32_t code_xor = StoredCodeXor(p);
   const ScaleGeometry& g = p.geometry;
-  if (p.scale_kind == ScaleKind::kE4M3) {
-    // NVFP4 (LeanFusedApplies: blocks of 16 along the row); its elements are E2M1.
-    VisitLeanConfig(p, codes != nullptr, partials != nullptr, [&](auto config) {
-      using C = decltype(config);
-      if constexpr (C::kFormat == LeanFormat::kE2M1) {
-        LeanNvfp4Kernel<C::kDType, C::kCodes, C::kOutput, C::kMetrics>
-            <<<grid, kThreads, 0, stream>>>(p, scales, codes, output, output_dtype, partials, flags,
-                                            code_xor, vectors / 2);
-      }
-    });
-    return cudaGetLastError();
-  }
   if (g.granularity == Granularity::kBlock || LongRows(p)) {
     // A long row is a 1 x cols tile and its scale group the row's (token, or a channel that
     // is the row): one group per row, tile index = group index = row.

@@ -130,6 +130,25 @@ cudaError_t LaunchBroadcastScale(const float* scalar, int64_t n, float* dst, cud
   return cudaGetLastError();
 }
 
+__global__ void Nvfp4ElementScalesKernel(const float* __restrict__ block_scales, int64_t n,
+                                         const float* __restrict__ global_scale,
+                                         float* __restrict__ element_scales) {
+  const float s_enc = *global_scale;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    element_scales[i] = Nvfp4ElementScale(block_scales[i], s_enc);
+  }
+}
+
+cudaError_t LaunchNvfp4ElementScales(const float* block_scales, int64_t n,
+                                     const float* global_scale, float* element_scales,
+                                     int max_blocks, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  Nvfp4ElementScalesKernel<<<GridFor(n, max_blocks), kThreads, 0, stream>>>(
+      block_scales, n, global_scale, element_scales);
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchRepackScales(const float* src, int64_t rows, int64_t cols, float* dst,
                                int64_t dst_row_stride, int64_t dst_col_stride,
                                cudaStream_t stream) {

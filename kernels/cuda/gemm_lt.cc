@@ -18,6 +18,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -201,7 +202,7 @@ struct Descriptors {
       const int32_t a_mode = LtScaleMode(p.a_scales, /*weights=*/false);
       QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, b_mode));
       QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, a_mode));
-      if (p.bias != nullptr) {
+      if (p.has_bias) {
         QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS));
         QUANTD_RETURN_IF_ERROR(
             Set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(LtType(p.d_type))));
@@ -229,7 +230,7 @@ struct Descriptors {
           p.a_scale_data + (p.a_scales == OperandScales::kRows ? batch * rows : 0);
       QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, a_scale));
     }
-    if (p.bias != nullptr) QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias));
+    if (p.has_bias) QUANTD_RETURN_IF_ERROR(Set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias));
     return absl::OkStatus();
   }
 };
@@ -291,20 +292,29 @@ class CublasLtEngine final : public LtEngine {
 
   bool Supports(const LtProduct& product) override {
     const int64_t rows = product.rows / product.batches;
+    const std::string key = Key(product, rows);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (chosen_.count(Key(product, rows)) > 0) return true;
+      if (chosen_.count(key) > 0) return true;
+      if (refused_.count(key) > 0) return false;
     }
-    // The heuristic refuses the vector and block scale modes without scale pointers (it reads
-    // none of them): a caller asking before its scales exist gets stand-ins.
+    // The heuristic refuses the vector and block scale modes (and the bias epilogue) without
+    // their pointers (it reads none of them): a caller asking before they exist gets stand-ins.
     LtProduct asked = product;
     const float* stand_in = reinterpret_cast<const float*>(uintptr_t{256});
     if (asked.a_scale_data == nullptr) asked.a_scale_data = stand_in;
     if (asked.b_scale_data == nullptr) asked.b_scale_data = stand_in;
+    if (asked.has_bias && asked.bias == nullptr) asked.bias = stand_in;
     Descriptors desc;
-    if (!desc.Build(asked, rows).ok() || !desc.Point(asked, 0, rows).ok()) return false;
     std::vector<cublasLtMatmulHeuristicResult_t> results;
-    return Heuristic(desc, 1, &results).ok() && !results.empty();
+    const bool supported = desc.Build(asked, rows).ok() && desc.Point(asked, 0, rows).ok() &&
+                           Heuristic(desc, 1, &results).ok() && !results.empty();
+    // A refusal is remembered too: the next product of this shape takes the fallback at once.
+    if (!supported) {
+      std::lock_guard<std::mutex> lock(mu_);
+      refused_.insert(key);
+    }
+    return supported;
   }
 
   absl::Status Run(const LtProduct& p, void* workspace, cudaStream_t stream) override {
@@ -369,7 +379,7 @@ class CublasLtEngine final : public LtEngine {
                            static_cast<int>(p.path), static_cast<int>(p.a_type),
                            static_cast<int>(p.b_type), static_cast<int>(p.a_scales),
                            static_cast<int>(p.b_scales), static_cast<int>(p.d_type),
-                           p.bias != nullptr ? 1 : 0, rows, p.n, p.k);
+                           p.has_bias ? 1 : 0, rows, p.n, p.k);
   }
 
   // The algorithm for this product's shape: the cached one, else the heuristic's candidates
@@ -493,6 +503,7 @@ class CublasLtEngine final : public LtEngine {
   const std::string header_;
   std::mutex mu_;
   std::map<std::string, Choice> chosen_;
+  std::set<std::string> refused_;  // shapes the heuristic has no algorithm for
 };
 
 }  // namespace
@@ -585,6 +596,7 @@ GemmRoute RouteGemm(const GemmDims& dims, const GemmSpec& spec, DType out, bool 
         route.product.a_scales = route.product.b_scales = OperandScales::kRows;
       }
       route.product.d_type = route.direct ? out : DType::kF32;
+      route.product.has_bias = route.direct && has_bias;  // a bias of `out`'s type (can_direct)
       if (lt.Supports(route.product)) return route;
     }
     route.plan = GemmPathPlan();  // the tensor cores refuse it on this GPU: x̂ in fp32

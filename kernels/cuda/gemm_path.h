@@ -80,7 +80,11 @@ struct LtProduct {
   void* d = nullptr;
   DType d_type = DType::kF32;
   float alpha = 1.0f;
-  const void* bias = nullptr;  // kFp8 into F16 / BF16 only: [n] of d_type
+  // kFp8 into F16 / BF16 only: cuBLASLt's BIAS epilogue adds `bias` ([n] of d_type). The flag
+  // is part of the product's shape (RouteGemm sets it and asks about it); the pointer is the
+  // caller's to fill.
+  bool has_bias = false;
+  const void* bias = nullptr;
 };
 
 // The product's dimensions and element types for `plan`: one B folds the batch into the rows;
@@ -161,6 +165,12 @@ struct GemmEpilogue {
   int max_blocks = 1024;
 };
 cudaError_t LaunchGemmEpilogue(const GemmEpilogue& e, cudaStream_t stream);
+
+// NVFP4's element scales d_b = Nvfp4ElementScale(block_scales[i], *global_scale) (codec.h),
+// i < n, from a quantization's s_b and S_enc: the scales dequantization multiplies codes by.
+cudaError_t LaunchNvfp4ElementScales(const float* block_scales, int64_t n,
+                                     const float* global_scale, float* element_scales,
+                                     int max_blocks, cudaStream_t stream);
 
 // n elements of F32 / F16 / BF16 from one dtype to another (RN).
 cudaError_t LaunchConvert(const void* src, DType src_dtype, int64_t n, void* dst, DType dst_dtype,

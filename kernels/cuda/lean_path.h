@@ -40,11 +40,9 @@ cudaError_t LaunchQuantizeLean(const ElementParams& p, const float* scales,
 // Dynamic quantization in one pass (statistics, scales and codes from registers) where the
 // lean pass applies and each scale group lies within a row: token rows (longer than 8192
 // elements as 1-row tiles of the block kernel), leading-axis channels that are rows, and
-// groups of 8..256 elements (a power of two); NVFP4's
-// blocks of 16 (LeanNvfp4Kernel, which reads S_enc from flags->global_scale_bits); and 2-D
-// blocks, one kernel reading each tile twice (the second time from L2). Writes scales (and
-// zero-points) as LaunchScales, or NVFP4's s_b as LaunchNvfp4Scales, would; `flags` must be
-// initialized.
+// groups of 8..256 elements (a power of two); and 2-D blocks, one kernel reading each tile
+// twice (the second time from L2). Writes scales (and zero-points) as LaunchScales would;
+// `flags` must be initialized. NVFP4 takes the Nvfp4Fused* functions below instead.
 bool LeanFusedApplies(const ElementParams& p, const uint8_t* codes, const void* output);
 // Blocks LaunchQuantizeLeanFused launches (its number of metric partials) for codes (else x̂),
 // with metrics or without.
@@ -53,6 +51,15 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
                                     float* scales, int32_t* zero_points, uint8_t* codes,
                                     void* output, DType output_dtype, MetricPartial* partials,
                                     DeviceFlags* flags, int grid, cudaStream_t stream);
+
+// NVFP4 in one pass (LeanNvfp4Kernel) over blocks of 16 along the row, S_enc read from
+// flags->global_scale_bits: writes s_b into `scales` as LaunchNvfp4Scales would. Applies,
+// blocks launched (one wave), launch.
+bool Nvfp4FusedApplies(const ElementParams& p, const uint8_t* codes, const void* output);
+int Nvfp4FusedGrid(const ElementParams& p, bool codes, bool metrics);
+cudaError_t LaunchQuantizeNvfp4Fused(const ElementParams& p, float* scales, uint8_t* codes,
+                                     void* output, DType output_dtype, MetricPartial* partials,
+                                     DeviceFlags* flags, int grid, cudaStream_t stream);
 
 // Whether the lean dequantization handles these codes: the same formats less FP6 (E3M2 / E2M3),
 // any overflow mode, contiguous packing, and granularities as LeanPathApplies.

@@ -138,11 +138,10 @@ __global__ void Nvfp4GlobalFromAmaxKernel(DeviceFlags* flags, float* global_scal
 }
 
 // NVFP4 before its fused pass: S_enc from the tensor's range, which LaunchTensorStatsVector
-// left in group 0's keys (the fused pass reads none); the amax goes into the flags too.
+// left in group 0's keys (the fused pass reads none).
 __global__ void Nvfp4GlobalFromTensorStatsKernel(StatsBuffers stats, float* global_scale) {
   const float lo = KeyFloat(stats.min_keys[0]), hi = KeyFloat(stats.max_keys[0]);
   const float amax = lo <= hi ? fmaxf(hi, -lo) : 0.0f;
-  stats.flags->tensor_amax_bits = __float_as_uint(amax);
   SetNvfp4GlobalScale(stats.flags, global_scale, Nvfp4GlobalScale(amax));
 }
 
@@ -453,7 +452,7 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
                                const GlobalScaleBuffers& nvfp4, uint8_t* codes, void* output,
                                DType output_dtype, MetricPartial* partials, cudaStream_t stream) {
   if (p.scale_kind == ScaleKind::kE4M3) {
-    if (LeanFusedApplies(p, codes, output)) {
+    if (Nvfp4FusedApplies(p, codes, output)) {
       // Two passes: the tensor's range (the vector statistics kernel), then blocks of 16
       // quantized from registers. One with the caller's S_enc.
       if (spec.static_global_scale != 0.0f) {
@@ -466,11 +465,9 @@ cudaError_t LaunchQuantizePass(const ElementParams& p, const QuantSpec& spec, bo
         Nvfp4GlobalFromTensorStatsKernel<<<1, 1, 0, stream>>>(stats, nvfp4.global_scale);
       }
       if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) return error;
-      const ScaleRule rule = MakeScaleRule(Traits(spec.format), false);
-      const int grid = LeanFusedGrid(p, codes != nullptr, partials != nullptr);
-      if (cudaError_t error =
-              LaunchQuantizeLeanFused(p, rule, 1.0f, scales, nullptr, codes, output, output_dtype,
-                                      partials, stats.flags, grid, stream);
+      const int grid = Nvfp4FusedGrid(p, codes != nullptr, partials != nullptr);
+      if (cudaError_t error = LaunchQuantizeNvfp4Fused(p, scales, codes, output, output_dtype,
+                                                       partials, stats.flags, grid, stream);
           error != cudaSuccess || partials == nullptr) {
         return error;
       }

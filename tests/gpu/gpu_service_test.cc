@@ -393,17 +393,34 @@ TEST(GpuServiceTest, PerGpuMetricsMove) {
   ts.server->Shutdown(absl::Now() + absl::Seconds(5));
 }
 
+// A CUDA server serving /metrics, and a CPU server beside it whose answers are the oracle.
+struct GpuAndCpuServers {
+  GpuAndCpuServers() {
+    server::ServerOptions options = CudaOptions();
+    options.metrics_address = "127.0.0.1:0";
+    gpu = TestServer::Start(options);
+    cpu = TestServer::Start(TestOptions());
+  }
+  ~GpuAndCpuServers() {
+    for (TestServer* ts : {&gpu, &cpu}) {
+      if (ts->server != nullptr) ts->server->Shutdown(absl::Now() + absl::Seconds(5));
+    }
+  }
+  bool ok() const { return gpu.server != nullptr && cpu.server != nullptr; }
+
+  TestServer gpu;
+  TestServer cpu;
+};
+
 // A GEMM through the server on the GPU: cuBLASLt opens on the first one (gemm_lt.cc: not at
 // start, where it broke the /metrics server's threads), the product agrees with the CPU
 // backend's, and /metrics keeps serving and counts it on the INT8 tensor cores.
 TEST(GpuServiceTest, GemmRunsOnTheTensorCoresAndMetricsKeepServing) {
   SKIP_WITHOUT_GPU();
-  server::ServerOptions options = CudaOptions();
-  options.metrics_address = "127.0.0.1:0";
-  TestServer ts = TestServer::Start(options);
-  ASSERT_NE(ts.server, nullptr);
-  TestServer cpu = TestServer::Start(TestOptions());
-  ASSERT_NE(cpu.server, nullptr);
+  GpuAndCpuServers servers;
+  ASSERT_TRUE(servers.ok());
+  TestServer& ts = servers.gpu;
+  TestServer& cpu = servers.cpu;
   v1::GemmRequest request;
   *request.mutable_a() = RandomTensor({64, 256}, DType::kF32, 1);
   *request.mutable_b() = RandomTensor({128, 256}, DType::kF32, 2);
@@ -432,8 +449,6 @@ TEST(GpuServiceTest, GemmRunsOnTheTensorCoresAndMetricsKeepServing) {
   EXPECT_EQ(SampleValue(metrics, R"(quantd_gpu_gemm_products_total{device="0",path="int8"})"), 1)
       << metrics;
   EXPECT_EQ(SampleValue(metrics, R"(quantd_gpu_gemm_products_total{device="0",path="fp32"})"), 0);
-  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
-  cpu.server->Shutdown(absl::Now() + absl::Seconds(5));
 }
 
 // A weight registered on the GPU server: a GEMM on its handle gives the inline weight's bits
@@ -441,12 +456,10 @@ TEST(GpuServiceTest, GemmRunsOnTheTensorCoresAndMetricsKeepServing) {
 // memory it holds shows in quantd_gpu_memory_in_use_bytes until it is dropped.
 TEST(GpuServiceTest, RegisteredWeightsLiveOnTheGpu) {
   SKIP_WITHOUT_GPU();
-  server::ServerOptions options = CudaOptions();
-  options.metrics_address = "127.0.0.1:0";
-  TestServer ts = TestServer::Start(options);
-  ASSERT_NE(ts.server, nullptr);
-  TestServer cpu = TestServer::Start(TestOptions());
-  ASSERT_NE(cpu.server, nullptr);
+  GpuAndCpuServers servers;
+  ASSERT_TRUE(servers.ok());
+  TestServer& ts = servers.gpu;
+  TestServer& cpu = servers.cpu;
   v1::RegisterWeightRequest registration;
   *registration.mutable_weight() = RandomTensor({512, 1024}, DType::kBF16, 3);
   registration.mutable_spec()->set_descriptor_string("fp8-e4m3");
@@ -468,6 +481,10 @@ TEST(GpuServiceTest, RegisteredWeightsLiveOnTheGpu) {
   EXPECT_NEAR(gpu_weight.metrics().sqnr_db(), cpu_weight.metrics().sqnr_db(), 1e-3);
   std::string page = ScrapeMetrics(ts.server->metrics_port());
   EXPECT_EQ(SampleValue(page, "quantd_registered_weights"), 1);
+  // The default cap: half of the GPU's memory cap.
+  EXPECT_EQ(
+      gpu_weight.cap_bytes(),
+      static_cast<int64_t>(SampleValue(page, R"(quantd_gpu_memory_cap_bytes{device="0"})") / 2));
   EXPECT_GE(SampleValue(page, R"(quantd_gpu_memory_in_use_bytes{device="0"})"),
             gpu_weight.weight().bytes());
 
@@ -512,8 +529,6 @@ TEST(GpuServiceTest, RegisteredWeightsLiveOnTheGpu) {
   EXPECT_EQ(SampleValue(page, "quantd_registered_weights"), 0);
   EXPECT_EQ(SampleValue(page, "quantd_registered_weight_bytes"), 0);
   EXPECT_EQ(SampleValue(page, R"(quantd_gpu_memory_in_use_bytes{device="0"})"), 0);
-  ts.server->Shutdown(absl::Now() + absl::Seconds(5));
-  cpu.server->Shutdown(absl::Now() + absl::Seconds(5));
 }
 
 }  // namespace
