@@ -981,16 +981,7 @@ class Server::Impl {
     CoreOptions core_options;
     core_options.max_tensor_bytes = options_.max_tensor_bytes;
     core_options.max_message_bytes = options_.max_message_bytes;
-    core_options.max_weight_bytes = options_.max_weight_bytes;
-    if (core_options.max_weight_bytes <= 0) {
-      // Half of what the devices may hold, so that registered weights leave room for calls;
-      // 4 GiB of host memory under the CPU backend.
-      int64_t device_bytes = 0;
-      for (const DeviceTelemetry& device : backend_->Telemetry()) {
-        device_bytes += device.memory_cap_bytes;
-      }
-      core_options.max_weight_bytes = device_bytes > 0 ? device_bytes / 2 : int64_t{4} << 30;
-    }
+    core_options.max_weight_bytes = options_.max_weight_bytes;  // 0: the core's default
     core_options.max_queue = options_.max_queue;
     core_options.workers = scheduler_->workers();
     core_options.stream_chunk_bytes = options_.stream_chunk_bytes;

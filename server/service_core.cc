@@ -147,21 +147,14 @@ std::string FormatNames() {
   return absl::OkStatus();
 }
 
-// A spec from the wire, resolved for `shape`, with its layout.
-[[nodiscard]] absl::Status ResolveForShape(const v1::QuantSpec& proto, const Shape& shape,
-                                           absl::string_view field, RequestPlan* plan) {
-  absl::StatusOr<QuantSpec> requested = QuantSpecFromProto(proto, field);
-  if (!requested.ok()) return requested.status();
-  if (requested->format == Format::kUnspecified) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ".format (or ", field, ".descriptor_string) is required; formats: ", FormatNames(),
-        "; descriptors: ", absl::StrJoin(DescriptorExamples(), ", ")));
-  }
-  // Sizes this large describe no real tensor, and the layout arithmetic (ceil divisions over
-  // them) must never see them.
-  const std::pair<absl::string_view, int64_t> sizes[] = {{"group_size", requested->group_size},
-                                                         {"block_rows", requested->block_rows},
-                                                         {"block_cols", requested->block_cols}};
+// A spec from the wire (no format: none given), its sizes checked: sizes this large describe
+// no real tensor, and the layout arithmetic (ceil divisions over them) must never see them.
+[[nodiscard]] absl::StatusOr<QuantSpec> CheckedSpecFromProto(const v1::QuantSpec& proto,
+                                                             absl::string_view field) {
+  QUANTD_ASSIGN_OR_RETURN(QuantSpec requested, QuantSpecFromProto(proto, field));
+  const std::pair<absl::string_view, int64_t> sizes[] = {{"group_size", requested.group_size},
+                                                         {"block_rows", requested.block_rows},
+                                                         {"block_cols", requested.block_cols}};
   for (const auto& [name, value] : sizes) {
     if (value > kMaxGroupDim) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".", name, " is ", value, "; at most ",
@@ -170,13 +163,32 @@ std::string FormatNames() {
                                                      "tensor's dim is one ragged group anyway)"));
     }
   }
-  absl::StatusOr<QuantSpec> resolved = ResolveSpec(*requested, shape);
-  if (!resolved.ok()) return WithPrefix(absl::StrCat(field, ": "), resolved.status());
-  absl::StatusOr<QuantLayout> layout = ComputeLayout(*resolved, shape);
+  return requested;
+}
+
+// The layout of a resolved spec over `shape`, checked (CheckLayout).
+[[nodiscard]] absl::StatusOr<QuantLayout> CheckedLayout(const QuantSpec& resolved,
+                                                        const Shape& shape,
+                                                        absl::string_view field) {
+  absl::StatusOr<QuantLayout> layout = ComputeLayout(resolved, shape);
   if (!layout.ok()) return WithPrefix(absl::StrCat(field, ": "), layout.status());
-  QUANTD_RETURN_IF_ERROR(CheckLayout(*layout, *resolved));
+  QUANTD_RETURN_IF_ERROR(CheckLayout(*layout, resolved));
+  return layout;
+}
+
+// A spec from the wire, resolved for `shape`, with its layout.
+[[nodiscard]] absl::Status ResolveForShape(const v1::QuantSpec& proto, const Shape& shape,
+                                           absl::string_view field, RequestPlan* plan) {
+  QUANTD_ASSIGN_OR_RETURN(const QuantSpec requested, CheckedSpecFromProto(proto, field));
+  if (requested.format == Format::kUnspecified) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".format (or ", field, ".descriptor_string) is required; formats: ", FormatNames(),
+        "; descriptors: ", absl::StrJoin(DescriptorExamples(), ", ")));
+  }
+  absl::StatusOr<QuantSpec> resolved = ResolveSpec(requested, shape);
+  if (!resolved.ok()) return WithPrefix(absl::StrCat(field, ": "), resolved.status());
+  QUANTD_ASSIGN_OR_RETURN(plan->layout, CheckedLayout(*resolved, shape, field));
   plan->spec = *std::move(resolved);
-  plan->layout = *std::move(layout);
   return absl::OkStatus();
 }
 
@@ -369,10 +381,17 @@ TensorView ViewOf(const v1::Tensor& tensor, const Shape& shape, DType dtype) {
 }
 
 QuantizerCore::QuantizerCore(Backend* backend, CoreOptions options)
-    : backend_(backend),
-      options_(std::move(options)),
-      weights_(std::make_unique<WeightRegistry>(options_.max_weight_bytes)) {
+    : backend_(backend), options_(std::move(options)) {
   if (options_.max_rank <= 0 || options_.max_rank > kMaxRank) options_.max_rank = kMaxRank;
+  if (options_.max_weight_bytes <= 0) {
+    // Registered weights leave half of the devices' memory to calls.
+    int64_t device_bytes = 0;
+    for (const DeviceTelemetry& device : backend_->Telemetry()) {
+      device_bytes += device.memory_cap_bytes;
+    }
+    options_.max_weight_bytes = device_bytes > 0 ? device_bytes / 2 : int64_t{4} << 30;
+  }
+  weights_ = std::make_unique<WeightRegistry>(options_.max_weight_bytes);
 }
 
 absl::Status QuantizerCore::CheckTensorBytes(absl::string_view field, int64_t bytes) const {
@@ -385,18 +404,31 @@ absl::Status QuantizerCore::CheckTensorBytes(absl::string_view field, int64_t by
   return absl::OkStatus();
 }
 
+absl::StatusOr<QuantizerCore::FloatTensor> QuantizerCore::PlanFloatTensor(const v1::Tensor& tensor,
+                                                                          absl::string_view field,
+                                                                          DataCheck check) const {
+  FloatTensor planned;
+  QUANTD_ASSIGN_OR_RETURN(planned.dtype,
+                          FloatDType(tensor.dtype(), absl::StrCat(field, ".dtype"), field));
+  QUANTD_ASSIGN_OR_RETURN(Extent extent, ExtentOf(absl::StrCat(field, ".shape"), tensor.shape(),
+                                                  planned.dtype, options_.max_rank));
+  QUANTD_RETURN_IF_ERROR(CheckTensorBytes(field, extent.bytes));
+  QUANTD_RETURN_IF_ERROR(CheckData(field, tensor.data(), extent.bytes, extent.shape, extent.numel,
+                                   planned.dtype, check));
+  planned.shape = std::move(extent.shape);
+  planned.numel = extent.numel;
+  planned.bytes = extent.bytes;
+  return planned;
+}
+
 absl::StatusOr<RequestPlan> QuantizerCore::PlanFloatInput(const v1::Tensor& input,
                                                           const v1::QuantSpec& spec_proto,
                                                           DataCheck check) const {
   RequestPlan plan;
-  QUANTD_ASSIGN_OR_RETURN(plan.input_dtype, FloatDType(input.dtype(), "input.dtype", "input"));
-  QUANTD_ASSIGN_OR_RETURN(
-      Extent extent, ExtentOf("input.shape", input.shape(), plan.input_dtype, options_.max_rank));
-  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("input", extent.bytes));
-  QUANTD_RETURN_IF_ERROR(CheckData("input", input.data(), extent.bytes, extent.shape, extent.numel,
-                                   plan.input_dtype, check));
-  plan.input_bytes = extent.bytes;
-  QUANTD_RETURN_IF_ERROR(ResolveForShape(spec_proto, extent.shape, "spec", &plan));
+  QUANTD_ASSIGN_OR_RETURN(const FloatTensor tensor, PlanFloatTensor(input, "input", check));
+  plan.input_dtype = tensor.dtype;
+  plan.input_bytes = tensor.bytes;
+  QUANTD_RETURN_IF_ERROR(ResolveForShape(spec_proto, tensor.shape, "spec", &plan));
   plan.code_bytes = plan.layout.code_bytes;
   plan.scale_bytes = ScaleBytes(plan);
   plan.zero_point_bytes = plan.spec.asymmetric ? plan.scale_bytes : 0;
@@ -707,15 +739,9 @@ absl::StatusOr<QuantizerCore::GemmPlan> QuantizerCore::PlanGemmOperands(
   // One float operand: dtype, shape and bytes checked as any float input's.
   const auto operand = [&](const v1::Tensor& tensor, const char* field,
                            TensorView* view) -> absl::Status {
-    QUANTD_ASSIGN_OR_RETURN(const DType dtype,
-                            FloatDType(tensor.dtype(), absl::StrCat(field, ".dtype"), field));
-    QUANTD_ASSIGN_OR_RETURN(Extent extent, ExtentOf(absl::StrCat(field, ".shape"), tensor.shape(),
-                                                    dtype, options_.max_rank));
-    QUANTD_RETURN_IF_ERROR(CheckTensorBytes(field, extent.bytes));
-    QUANTD_RETURN_IF_ERROR(
-        CheckData(field, tensor.data(), extent.bytes, extent.shape, extent.numel, dtype, check));
-    *view = ViewOf(tensor, extent.shape, dtype);
-    plan.input_bytes += extent.bytes;
+    QUANTD_ASSIGN_OR_RETURN(const FloatTensor planned, PlanFloatTensor(tensor, field, check));
+    *view = ViewOf(tensor, planned.shape, planned.dtype);
+    plan.input_bytes += planned.bytes;
     return absl::OkStatus();
   };
   QUANTD_RETURN_IF_ERROR(operand(request.a(), "a", &plan.operands.a));
@@ -742,15 +768,22 @@ absl::StatusOr<QuantizerCore::GemmPlan> QuantizerCore::PlanGemmOperands(
   }
   // An operand spec left empty (no format, no descriptor) means "not quantized".
   GemmSpec requested;
-  QUANTD_ASSIGN_OR_RETURN(requested.a, QuantSpecFromProto(request.a_spec(), "a_spec"));
+  QUANTD_ASSIGN_OR_RETURN(requested.a, CheckedSpecFromProto(request.a_spec(), "a_spec"));
   if (!registered_b) {
-    QUANTD_ASSIGN_OR_RETURN(requested.b, QuantSpecFromProto(request.b_spec(), "b_spec"));
+    QUANTD_ASSIGN_OR_RETURN(requested.b, CheckedSpecFromProto(request.b_spec(), "b_spec"));
   }
   requested.alpha = request.alpha() == 0.0f && !request.alpha_is_zero() ? 1.0f : request.alpha();
   requested.beta = request.beta();
   QUANTD_ASSIGN_OR_RETURN(plan.spec,
                           ResolveGemmSpec(requested, plan.operands.a.shape, plan.operands.b.shape));
-  if (registered_b) plan.spec.b = plan.b_weight->spec();  // resolved when it was registered
+  if (registered_b) {
+    plan.spec.b = plan.b_weight->spec();  // resolved (and checked) when it was registered
+  } else if (plan.spec.b.format != Format::kUnspecified) {
+    QUANTD_RETURN_IF_ERROR(CheckedLayout(plan.spec.b, plan.operands.b.shape, "b_spec").status());
+  }
+  if (plan.spec.a.format != Format::kUnspecified) {
+    QUANTD_RETURN_IF_ERROR(CheckedLayout(plan.spec.a, plan.operands.a.shape, "a_spec").status());
+  }
   if (request.output_dtype() != v1::DTYPE_UNSPECIFIED) {
     QUANTD_ASSIGN_OR_RETURN(plan.output_dtype,
                             FloatDType(request.output_dtype(), "output_dtype", "the output"));
@@ -834,26 +867,17 @@ void WeightInfoToProto(const WeightRegistry::Entry& entry, absl::string_view bac
 absl::StatusOr<RequestPlan> QuantizerCore::PlanRegisterWeight(
     const v1::RegisterWeightRequest& request, DataCheck check) const {
   RequestPlan plan;
-  const v1::Tensor& weight = request.weight();
-  QUANTD_ASSIGN_OR_RETURN(plan.input_dtype,
-                          FloatDType(weight.dtype(), "weight.dtype", "the weight"));
-  QUANTD_ASSIGN_OR_RETURN(
-      Extent extent, ExtentOf("weight.shape", weight.shape(), plan.input_dtype, options_.max_rank));
-  if (extent.shape.size() != 2 && extent.shape.size() != 3) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("weight.shape is ", ShapeToString(extent.shape),
-                     "; a registered weight is [N, K] or [batch, N, K] (nn.Linear's layout)"));
-  }
-  QUANTD_RETURN_IF_ERROR(CheckTensorBytes("weight", extent.bytes));
-  QUANTD_RETURN_IF_ERROR(CheckData("weight", weight.data(), extent.bytes, extent.shape,
-                                   extent.numel, plan.input_dtype, check));
-  plan.input_bytes = extent.bytes;
-  QUANTD_ASSIGN_OR_RETURN(const QuantSpec requested, QuantSpecFromProto(request.spec(), "spec"));
-  QUANTD_ASSIGN_OR_RETURN(plan.spec, ResolveGemmOperandSpec("B", requested, extent.shape));
-  plan.layout.shape = extent.shape;
-  plan.layout.numel = extent.numel;
+  QUANTD_ASSIGN_OR_RETURN(const FloatTensor weight,
+                          PlanFloatTensor(request.weight(), "weight", check));
+  QUANTD_RETURN_IF_ERROR(CheckWeightShape(weight.shape));
+  plan.input_dtype = weight.dtype;
+  plan.input_bytes = weight.bytes;
+  QUANTD_ASSIGN_OR_RETURN(const QuantSpec requested, CheckedSpecFromProto(request.spec(), "spec"));
+  QUANTD_ASSIGN_OR_RETURN(plan.spec, ResolveGemmOperandSpec("B", requested, weight.shape));
+  plan.layout.shape = weight.shape;
+  plan.layout.numel = weight.numel;
   if (plan.spec.format != Format::kUnspecified) {
-    QUANTD_ASSIGN_OR_RETURN(plan.layout, ComputeLayout(plan.spec, extent.shape));
+    QUANTD_ASSIGN_OR_RETURN(plan.layout, CheckedLayout(plan.spec, weight.shape, "spec"));
   }
   return plan;
 }
@@ -862,7 +886,7 @@ absl::StatusOr<v1::RegisterWeightResponse> QuantizerCore::RegisterWeight(
     const v1::RegisterWeightRequest& request) const {
   QUANTD_ASSIGN_OR_RETURN(const RequestPlan plan, PlanRegisterWeight(request, DataCheck::kExact));
   const bool keep_original = request.keep_original();
-  const int64_t bytes = backend_->StoredWeightBytes(plan.spec, plan.layout.shape, keep_original);
+  const int64_t bytes = backend_->StoredWeightBytes(plan.spec, plan.layout, keep_original);
   const std::string name = request.name().empty() ? "(unnamed)" : request.name();
   QUANTD_RETURN_IF_ERROR(weights_->Reserve(bytes, name));
   ErrorMetrics metrics;
@@ -912,7 +936,8 @@ absl::StatusOr<v1::DropWeightResponse> QuantizerCore::DropWeight(
 }
 
 std::pair<int64_t, int64_t> QuantizerCore::RegisteredWeights() const {
-  return {static_cast<int64_t>(weights_->List().size()), weights_->bytes()};
+  const WeightRegistry::Stats stats = weights_->stats();
+  return {stats.count, stats.bytes};
 }
 
 absl::StatusOr<v1::CalibrateResponse> QuantizerCore::Calibrate(

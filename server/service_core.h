@@ -48,12 +48,12 @@ struct CoreOptions {
   int max_rank = kMaxRank;
   // Calibrate: most grid points an MSE search may ask for.
   int max_search_steps = 1000;
+  // What registered weights (RegisterWeight) may hold together, in bytes of the backend's
+  // memory; 0: half of the devices' memory cap under a backend with devices (CUDA), 4 GiB of
+  // host memory without.
+  int64_t max_weight_bytes = 0;
 
   // Reported by GetCapabilities only; the transport enforces them (0: not applicable).
-  // What registered weights (RegisterWeight) may hold together, in bytes of the backend's
-  // memory (the GPU's under the CUDA backend).
-  int64_t max_weight_bytes = int64_t{4} << 30;
-
   int64_t max_message_bytes = 0;
   int64_t max_queue = 0;
   int64_t workers = 0;
@@ -145,6 +145,17 @@ class QuantizerCore {
   const CoreOptions& options() const { return options_; }
 
  private:
+  // A float tensor as every method checks one: its dtype, shape (overflow-checked, at most
+  // max_rank), bytes within max_tensor_bytes, and data as `check` says; `field` names it.
+  struct FloatTensor {
+    DType dtype = DType::kUnspecified;
+    Shape shape;
+    int64_t numel = 0;
+    int64_t bytes = 0;
+  };
+  [[nodiscard]] absl::StatusOr<FloatTensor> PlanFloatTensor(const v1::Tensor& tensor,
+                                                            absl::string_view field,
+                                                            DataCheck check) const;
   // The float tensor of Quantize / QuantDequant / Calibrate and its spec.
   [[nodiscard]] absl::StatusOr<RequestPlan> PlanFloatInput(const v1::Tensor& input,
                                                            const v1::QuantSpec& spec_proto,

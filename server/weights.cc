@@ -22,21 +22,20 @@ WeightRegistry::WeightRegistry(int64_t cap_bytes)
     : cap_bytes_(cap_bytes), accounting_(std::make_shared<Accounting>()) {}
 
 absl::Status WeightRegistry::Reserve(int64_t bytes, absl::string_view name) {
-  size_t count = 0;
+  int64_t held = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    count = entries_.size();
+    std::lock_guard<std::mutex> lock(accounting_->mu);
+    held = accounting_->bytes;
+    if (held + bytes <= cap_bytes_) {
+      accounting_->bytes += bytes;
+      return absl::OkStatus();
+    }
   }
-  std::lock_guard<std::mutex> lock(accounting_->mu);
-  if (accounting_->bytes + bytes > cap_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "registering weight '", name, "' needs ", bytes, " bytes, but ", count,
-        " registered weights hold ", accounting_->bytes, " of the server's ", cap_bytes_,
-        " (--max-weight-bytes): drop weights no longer used (DropWeight; ListWeights shows "
-        "them), register this one in a smaller format, or raise --max-weight-bytes"));
-  }
-  accounting_->bytes += bytes;
-  return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "registering weight '", name, "' needs ", bytes, " bytes, but ", stats().count,
+      " registered weights hold ", held, " of the server's ", cap_bytes_,
+      " (--max-weight-bytes): drop weights no longer used (DropWeight; ListWeights shows "
+      "them), register this one in a smaller format, or raise --max-weight-bytes"));
 }
 
 void WeightRegistry::Unreserve(int64_t bytes) {
@@ -103,6 +102,16 @@ std::vector<WeightRegistry::Entry> WeightRegistry::List() const {
   std::sort(list.begin(), list.end(),
             [](const Entry& x, const Entry& y) { return x.order < y.order; });
   return list;
+}
+
+WeightRegistry::Stats WeightRegistry::stats() const {
+  Stats stats;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats.count = static_cast<int64_t>(entries_.size());
+  }
+  stats.bytes = bytes();
+  return stats;
 }
 
 int64_t WeightRegistry::bytes() const {

@@ -7,7 +7,8 @@
 //   WeightRegistry weights(/*cap_bytes=*/int64_t{8} << 30);
 //   QUANTD_RETURN_IF_ERROR(weights.Reserve(bytes, "q_proj"));   // before storing
 //   absl::StatusOr<std::unique_ptr<StoredWeight>> stored = backend->StoreWeight(...);
-//   if (!stored.ok()) weights.Unreserve(bytes); else entry = weights.Add("q_proj", *stored, bytes);
+//   if (!stored.ok()) weights.Unreserve(bytes);
+//   else entry = weights.Add("q_proj", std::move(*stored), bytes);
 //
 // A dropped weight leaves the registry at once; its memory is released (and stops counting
 // against the cap) when the last GEMM using it finishes. Thread-safe.
@@ -57,8 +58,13 @@ class WeightRegistry {
   // Every registered weight, in registration order.
   std::vector<Entry> List() const;
 
-  // Bytes counted against the cap: registered weights, weights dropped but still in use, and
-  // reservations of weights being stored.
+  // Weights registered, and the bytes counted against the cap: registered weights, weights
+  // dropped but still in use, and reservations of weights being stored.
+  struct Stats {
+    int64_t count = 0;
+    int64_t bytes = 0;
+  };
+  Stats stats() const;
   int64_t bytes() const;
   int64_t cap_bytes() const { return cap_bytes_; }
 

@@ -275,15 +275,11 @@ absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeightOnHost(Backend& backend
                                                                 const QuantSpec& spec,
                                                                 bool keep_original,
                                                                 ErrorMetrics* metrics) {
-  if (weight.shape.size() != 2 && weight.shape.size() != 3) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a stored weight must be [N, K] or [batch, N, K] (nn.Linear's layout), not ",
-                     ShapeToString(weight.shape)));
-  }
+  QUANTD_RETURN_IF_ERROR(CheckWeightShape(weight.shape));
   QUANTD_RETURN_IF_ERROR(CheckFloatOperand("B", weight));
   const bool quantize = spec.format != Format::kUnspecified;
   auto stored = std::make_unique<HostStoredWeight>(weight.dtype, weight.shape, spec,
-                                                   keep_original || !quantize);
+                                                   StoresOriginal(spec, keep_original));
   const int64_t numel = weight.bytes / DTypeSize(weight.dtype);
   if (stored->keeps_original()) {
     stored->original.resize(static_cast<size_t>(numel));
@@ -299,11 +295,16 @@ absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeightOnHost(Backend& backend
   return stored;
 }
 
-int64_t HostStoredWeightBytes(const QuantSpec& spec, const Shape& shape, bool keep_original) {
-  int64_t numel = 1;
-  for (const int64_t d : shape) numel *= d;
+int64_t HostStoredWeightBytes(const QuantSpec& spec, const QuantLayout& layout,
+                              bool keep_original) {
   const bool quantize = spec.format != Format::kUnspecified;
-  return 4 * numel * ((quantize ? 1 : 0) + (keep_original || !quantize ? 1 : 0));
+  return 4 * layout.numel * ((quantize ? 1 : 0) + (StoresOriginal(spec, keep_original) ? 1 : 0));
+}
+
+absl::Status CheckWeightShape(const Shape& shape) {
+  if (shape.size() == 2 || shape.size() == 3) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "a weight is [N, K] or [batch, N, K] (nn.Linear's layout), not ", ShapeToString(shape)));
 }
 
 }  // namespace quantd

@@ -194,9 +194,9 @@ class ReferenceBackend final : public Backend {
     return StoreWeightOnHost(*this, weight, spec, keep_original, metrics);
   }
 
-  int64_t StoredWeightBytes(const QuantSpec& spec, const Shape& shape,
+  int64_t StoredWeightBytes(const QuantSpec& spec, const QuantLayout& layout,
                             bool keep_original) const override {
-    return HostStoredWeightBytes(spec, shape, keep_original);
+    return HostStoredWeightBytes(spec, layout, keep_original);
   }
 
  private:

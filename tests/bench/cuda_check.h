@@ -28,6 +28,12 @@
 // two sides timed after different amounts of earlier work compare clock states, not kernels.
 // Both timing rules (this and tests/bench/peers.py's median_ms) time the sustained state.
 inline constexpr int kWarmUpMs = 300;
+// QUANTD_BENCH_WARM_UP_MS overrides it (0: one untimed call only, as before the warm-up), to
+// compare the two regimes.
+inline int WarmUpMs() {
+  const char* value = std::getenv("QUANTD_BENCH_WARM_UP_MS");
+  return value != nullptr ? std::atoi(value) : kWarmUpMs;
+}
 
 // The median of `reps` CUDA-event timings of fn() on `stream`, after one untimed call (one-time
 // setup such as a GEMM's autotune) and kWarmUpMs of untimed calls.
@@ -38,11 +44,11 @@ float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
   CUDA_CHECK(cudaEventCreate(&stop));
   fn();
   CUDA_CHECK(cudaStreamSynchronize(stream));
-  const auto warm_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWarmUpMs);
-  do {
+  const auto warm_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(WarmUpMs());
+  while (std::chrono::steady_clock::now() < warm_until) {
     fn();
     CUDA_CHECK(cudaStreamSynchronize(stream));
-  } while (std::chrono::steady_clock::now() < warm_until);
+  }
   std::vector<float> times;
   for (int r = 0; r < reps; ++r) {
     CUDA_CHECK(cudaEventRecord(start, stream));

@@ -17,7 +17,6 @@ assertion.
 """
 import argparse
 import csv
-import statistics
 
 import torch
 import torch.nn.functional as F

@@ -1,13 +1,16 @@
 // Registered weights through real gRPC stubs (CPU backend): RegisterWeight / ListWeights /
 // DropWeight, GEMMs on a handle giving the inline weight's bits, the memory cap, the refusals,
 // and the gauges.
+#include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/weights.h"
 #include "tests/service/test_util.h"
 
 namespace quantd::testing {
@@ -98,7 +101,9 @@ TEST_F(WeightsTest, RegisteredWeightGivesTheInlineProductBitForBit) {
       EXPECT_EQ(info.spec().format(), inline_response.b_spec().format());
       EXPECT_EQ(info.spec().granularity(), inline_response.b_spec().granularity());
       EXPECT_EQ(registered.has_metrics(), *c.weight != '\0');
-      EXPECT_GT(info.bytes(), 0);
+      // The CPU backend keeps x̂ in fp32, and the original values when kept (or unquantized).
+      const int64_t copies = (*c.weight ? 1 : 0) + (keep_original || !*c.weight ? 1 : 0);
+      EXPECT_EQ(info.bytes(), 4 * 48 * 96 * copies);
       EXPECT_EQ(registered.registered_bytes(), info.bytes());
 
       v1::GemmRequest on_handle = request;
@@ -139,7 +144,7 @@ TEST_F(WeightsTest, ListShowsRegistrationOrderAndDroppedHandlesAreNotFound) {
   EXPECT_EQ(list.weights(1).dtype(), v1::DTYPE_F16);
   EXPECT_EQ(list.weights(0).backend(), "cpu");
   EXPECT_EQ(list.registered_bytes(), first.weight().bytes() + second.weight().bytes());
-  EXPECT_GT(list.cap_bytes(), list.registered_bytes());
+  EXPECT_EQ(list.cap_bytes(), int64_t{4} << 30);  // the CPU backend's default
 
   v1::DropWeightResponse dropped;
   ASSERT_TRUE(Drop(first.weight().handle(), &dropped).ok());
@@ -193,6 +198,36 @@ TEST_F(WeightsTest, TheCapIsResourceExhaustedAndKeepsWhatIsRegistered) {
 
 TEST_F(WeightsTest, RefusalsSayWhatToFixAndTheServerKeepsServing) {
   v1::RegisterWeightResponse registered;
+  // A weight the backend refuses while storing it (NaN, int8 rejects it): its reservation is
+  // given back.
+  std::vector<float> values(8 * 64, 0.5f);
+  values[77] = NAN;
+  grpc::Status nan = Register(FloatTensor({8, 64}, values), "int8", false, &registered);
+  EXPECT_EQ(nan.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(nan.error_message(), HasSubstr("NaN"));
+  EXPECT_EQ(List().registered_bytes(), 0);
+  // Sizes no tensor has are refused before any layout arithmetic, in the field's name.
+  v1::RegisterWeightRequest huge;
+  *huge.mutable_weight() = RandomTensor({8, 64}, DType::kF32, 1);
+  huge.mutable_spec()->set_descriptor_string("int4");
+  huge.mutable_spec()->set_granularity(v1::GRANULARITY_GROUP);
+  huge.mutable_spec()->set_group_size(int64_t{1} << 62);
+  {
+    grpc::ClientContext context;
+    const grpc::Status status = ts_.stub->RegisterWeight(&context, huge, &registered);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("spec.group_size"));
+  }
+  {
+    v1::GemmRequest gemm;
+    *gemm.mutable_a() = RandomTensor({3, 64}, DType::kF32, 2);
+    *gemm.mutable_b() = RandomTensor({8, 64}, DType::kF32, 3);
+    *gemm.mutable_a_spec() = huge.spec();
+    v1::GemmResponse response;
+    const grpc::Status status = Gemm(gemm, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("a_spec.group_size"));
+  }
   grpc::Status status = Register(RandomTensor({64}, DType::kF32, 1), "int8", false, &registered);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("nn.Linear"));
@@ -243,6 +278,34 @@ TEST_F(WeightsTest, GaugesAndCountersSeeRegistrations) {
   EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="OK",method="RegisterWeight"})"), 1);
   EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="NOT_FOUND",method="DropWeight"})"), 1);
   EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="OK",method="ListWeights"})"), 1);
+}
+
+// A weight dropped while a GEMM holds it keeps counting against the cap until that GEMM lets
+// go (the registry's entries are what GEMMs hold: server/weights.h).
+TEST(WeightRegistryTest, DroppedWeightsCountUntilTheLastUserLetsGo) {
+  class FakeWeight final : public StoredWeight {
+   public:
+    FakeWeight() : StoredWeight(DType::kF32, {4, 8}, QuantSpec(), true) {}
+    int64_t bytes() const override { return 128; }
+  };
+  server::WeightRegistry registry(/*cap_bytes=*/200);
+  ASSERT_TRUE(registry.Reserve(128, "w").ok());
+  const std::string handle = registry.Add("w", std::make_unique<FakeWeight>(), 128).handle;
+  EXPECT_EQ(registry.Reserve(128, "x").code(), absl::StatusCode::kResourceExhausted);
+  std::shared_ptr<const StoredWeight> held;  // what a GEMM in flight holds
+  {
+    absl::StatusOr<server::WeightRegistry::Entry> found = registry.Find(handle);
+    ASSERT_TRUE(found.ok());
+    held = found->weight;
+  }
+  ASSERT_EQ(*registry.Drop(handle), 128);
+  EXPECT_EQ(registry.Find(handle).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry.stats().count, 0);
+  EXPECT_EQ(registry.bytes(), 128);
+  EXPECT_EQ(registry.Reserve(128, "x").code(), absl::StatusCode::kResourceExhausted);
+  held.reset();
+  EXPECT_EQ(registry.bytes(), 0);
+  EXPECT_TRUE(registry.Reserve(128, "x").ok());
 }
 
 }  // namespace

@@ -194,9 +194,10 @@ class Backend {
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeight(
       const TensorView& weight, const QuantSpec& spec, bool keep_original,
       ErrorMetrics* metrics) = 0;
-  // The bytes StoreWeight would hold for a weight of `shape` and `spec` (resolved), so that a
-  // caller can refuse one above its budget before any work.
-  virtual int64_t StoredWeightBytes(const QuantSpec& spec, const Shape& shape,
+  // The bytes StoreWeight would hold for a weight of `layout` (its shape and numel; for a
+  // quantized `spec`, that spec's ComputeLayout), so that a caller can refuse one above its
+  // budget before any work.
+  virtual int64_t StoredWeightBytes(const QuantSpec& spec, const QuantLayout& layout,
                                     bool keep_original) const = 0;
 };
 
@@ -234,7 +235,7 @@ absl::Status NanRejectedError(Format format, int64_t index);
 [[nodiscard]] absl::StatusOr<std::unique_ptr<StoredWeight>> StoreWeightOnHost(
     Backend& backend, const TensorView& weight, const QuantSpec& spec, bool keep_original,
     ErrorMetrics* metrics);
-int64_t HostStoredWeightBytes(const QuantSpec& spec, const Shape& shape, bool keep_original);
+int64_t HostStoredWeightBytes(const QuantSpec& spec, const QuantLayout& layout, bool keep_original);
 // InvalidArgument for FlatQuant input element `index` (value `v`): NaN (unless nan_policy is
 // ZERO) or ±Inf, which its transform would spread over the element's row.
 absl::Status FlatquantInputError(Format format, int64_t index, float v);

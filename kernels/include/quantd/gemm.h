@@ -62,6 +62,14 @@ class StoredWeight {
   bool keeps_original_;
 };
 
+// InvalidArgument unless `shape` is a weight's: [N, K] or [batch, N, K] (nn.Linear's layout).
+[[nodiscard]] absl::Status CheckWeightShape(const Shape& shape);
+// Whether a stored weight holds its unquantized values: asked for, or it is not quantized (they
+// are then what the product reads).
+inline bool StoresOriginal(const QuantSpec& spec, bool keep_original) {
+  return keep_original || spec.format == Format::kUnspecified;
+}
+
 struct GemmOperands {
   TensorView a;  // [M, K] or [batch, M, K]; F32, F16 or BF16
   TensorView b;  // [N, K] or [batch, N, K]; a 2-D B serves every batch
