@@ -152,10 +152,10 @@ def nvfp4_static_global(x, s_enc):
 WARM_UP_SECONDS = 0.3
 
 
-def median_ms(fn, reps):
+def median_ms(fn, reps, warm_up_seconds=WARM_UP_SECONDS):
     fn()
     torch.cuda.synchronize()
-    warm_until = time.perf_counter() + WARM_UP_SECONDS
+    warm_until = time.perf_counter() + warm_up_seconds
     while time.perf_counter() < warm_until:
         fn()
         torch.cuda.synchronize()

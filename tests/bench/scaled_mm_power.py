@@ -6,9 +6,8 @@ has been busy for a while.
 
     python3 tests/bench/scaled_mm_power.py     # on the GPU node, from the repository root
 """
-import statistics
-import sys
 import pathlib
+import sys
 
 import torch
 
@@ -17,21 +16,6 @@ import peers  # noqa: E402
 from gemm_peers import fp8_tensor, hashed_input  # noqa: E402
 
 M, N, K = 8192, 28672, 8192
-
-
-def cold_median_ms(fn, reps):
-    """median_ms without its warm-up: one call, then `reps` timed ones."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
 
 
 def main():
@@ -48,9 +32,9 @@ def main():
     print(f"torch._scaled_mm {M} x {N} x {K}, {torch.cuda.get_device_name()}")
     for label, fn, timing in [
             ("hashed codes, 1 warm-up call, median of 10", product(x8, w8),
-             lambda f: cold_median_ms(f, 10)),
+             lambda f: peers.median_ms(f, 10, warm_up_seconds=0)),
             ("hashed codes, 1 warm-up call, median of 30", product(x8, w8),
-             lambda f: cold_median_ms(f, 30)),
+             lambda f: peers.median_ms(f, 30, warm_up_seconds=0)),
             ("hashed codes, peers.median_ms (warm), 10", product(x8, w8),
              lambda f: peers.median_ms(f, 10)),
             ("all-zero codes, peers.median_ms, 10", product(zeros_x, zeros_w),
