@@ -207,13 +207,7 @@ class RemoteClient final : public Client {
 
   absl::StatusOr<v1::RegisterWeightResponse> RegisterWeight(
       v1::RegisterWeightRequest request) override {
-    const int64_t limit = UnaryLimit();
-    if (static_cast<int64_t>(request.ByteSizeLong()) > limit) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "RegisterWeight has no streamed form and this weight is ", request.ByteSizeLong(),
-          " bytes, above the server's message limit of ", limit + kMessageMarginBytes,
-          "; start quantd with a larger --max-message-bytes"));
-    }
+    if (NeedsStream(request.ByteSizeLong(), 0)) return RegisterWeightStream(std::move(request));
     grpc::ClientContext context;
     Prepare(&context);
     v1::RegisterWeightResponse response;
@@ -303,6 +297,37 @@ class RemoteClient final : public Client {
     return static_cast<int64_t>(request_bytes) > limit || response_payload_bytes > limit;
   }
 
+  // Writes `header` as the header frame, then `payload` in FrameBytes() pieces, then closes
+  // the writing side (unless the server already ended the call).
+  template <typename Frame, typename Header, typename Stream>
+  void SendFrames(Header header, const std::string& payload, Stream* stream) {
+    Frame frame;
+    *frame.mutable_header() = std::move(header);
+    bool open = stream->Write(frame);
+    const int64_t frame_bytes = FrameBytes();
+    for (size_t offset = 0; open && offset < payload.size(); offset += frame_bytes) {
+      frame.set_data(payload.substr(offset, frame_bytes));
+      open = stream->Write(frame);
+    }
+    if (open) stream->WritesDone();
+  }
+
+  // Header frame, then the weight in chunk_bytes pieces; the reply is the one response.
+  absl::StatusOr<v1::RegisterWeightResponse> RegisterWeightStream(
+      v1::RegisterWeightRequest request) {
+    grpc::ClientContext context;
+    Prepare(&context);
+    auto stream = stub_->RegisterWeightStream(&context);
+    const std::string payload = std::move(*request.mutable_weight()->mutable_data());
+    request.mutable_weight()->clear_data();
+    SendFrames<v1::RegisterWeightStreamRequest>(std::move(request), payload, stream.get());
+    v1::RegisterWeightResponse response;
+    const bool answered = stream->Read(&response);
+    QUANTD_RETURN_IF_ERROR(FromGrpc(stream->Finish()));
+    if (!answered) return absl::InternalError("server stream ended without a response");
+    return response;
+  }
+
   // Header frame, then the payload in chunk_bytes pieces; the reply is a header and its parts.
   absl::StatusOr<v1::QuantizeResponse> QuantizeStream(v1::QuantizeRequest request) {
     grpc::ClientContext context;
@@ -311,15 +336,7 @@ class RemoteClient final : public Client {
         stream = stub_->QuantizeStream(&context);
     const std::string payload = std::move(*request.mutable_input()->mutable_data());
     request.mutable_input()->clear_data();
-    v1::QuantizeStreamRequest frame;
-    *frame.mutable_header() = std::move(request);
-    bool open = stream->Write(frame);
-    const int64_t frame_bytes = FrameBytes();
-    for (size_t offset = 0; open && offset < payload.size(); offset += frame_bytes) {
-      frame.set_data(payload.substr(offset, frame_bytes));
-      open = stream->Write(frame);
-    }
-    if (open) stream->WritesDone();
+    SendFrames<v1::QuantizeStreamRequest>(std::move(request), payload, stream.get());
 
     v1::QuantizeResponse response;
     v1::QuantizeStreamResponse reply;

@@ -1,5 +1,6 @@
 // quantd::Client: the C++ client of the quantd service. It hides chunked streaming (a request
-// or response too large for one gRPC message goes through QuantizeStream / DequantizeStream),
+// or response too large for one gRPC message goes through QuantizeStream / DequantizeStream /
+// RegisterWeightStream),
 // spreads calls over several servers with gRPC's round_robin, and, without a server address,
 // runs the same service core in-process (the "embedded" mode) so that a laptop without a
 // server gets the very same numerics.

@@ -69,6 +69,8 @@ absl::string_view MethodName(Method method) {
       return "ListWeights";
     case Method::kDropWeight:
       return "DropWeight";
+    case Method::kRegisterWeightStream:
+      return "RegisterWeightStream";
   }
   return "unknown";
 }

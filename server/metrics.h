@@ -60,8 +60,9 @@ enum class Method : int {
   kRegisterWeight,
   kListWeights,
   kDropWeight,
+  kRegisterWeightStream,
 };
-inline constexpr int kNumMethods = 12;
+inline constexpr int kNumMethods = 13;
 absl::string_view MethodName(Method method);
 
 inline constexpr int kNumStatusCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)

@@ -379,6 +379,9 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
   // On a worker: compute, then fill the response header and the parts to send.
   [[nodiscard]] virtual absl::Status Compute(Response* header, PendingParts* parts) = 0;
   virtual void SetDataFrame(v1::Part part, const char* data, size_t size, Response* out) = 0;
+  // The call failed after Compute succeeded (a frame past the declared bytes, the client gone
+  // before the answer): undo what Compute did that would outlive the call.
+  virtual void Abandon() {}
 
   [[nodiscard]] absl::Status Reserve(int64_t bytes) {
     QUANTD_RETURN_IF_ERROR(state_.budget->Reserve(bytes));
@@ -440,6 +443,10 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
       FinishOnce(status);
       return;
     }
+    {
+      absl::MutexLock lock(&mu_);
+      computed_ = true;
+    }
     if (absl::Status late = LateError(); !late.ok()) {
       FinishOnce(late);
       return;
@@ -471,11 +478,14 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
   }
 
   void FinishOnce(const absl::Status& status) {
+    bool computed;
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       finished_ = true;
+      computed = computed_;
     }
+    if (!status.ok() && computed) Abandon();
     record_.Done(status);
     this->Finish(ToGrpcStatus(status));
   }
@@ -490,6 +500,7 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
   absl::Mutex mu_;
   absl::Status late_error_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool computed_ ABSL_GUARDED_BY(mu_) = false;  // Compute succeeded
 };
 
 constexpr char kDataBeforeHeader[] =
@@ -500,6 +511,32 @@ constexpr char kSecondHeader[] =
     "a second header frame arrived; a stream carries one header, then data frames";
 constexpr char kEmptyDataFrame[] = "an empty frame arrived; frames after the header carry data";
 
+// OK when `frame` is the kind the stream expects next (its header first, data frames after);
+// else the refusal saying what arrived instead.
+template <typename Frame>
+absl::Status ExpectFrame(const Frame& frame, typename Frame::FrameCase expected) {
+  if (frame.frame_case() == expected) return absl::OkStatus();
+  if (expected == Frame::kHeader) {
+    return absl::InvalidArgumentError(frame.frame_case() == Frame::kData ? kDataBeforeHeader
+                                                                         : kEmptyFirstFrame);
+  }
+  return absl::InvalidArgumentError(frame.frame_case() == Frame::kHeader ? kSecondHeader
+                                                                         : kEmptyDataFrame);
+}
+
+// Counts one data frame of a stream carrying one tensor of `expected` bytes, refusing a frame
+// that would go past them.
+absl::Status CountPiece(int64_t piece, int64_t expected, const std::string& description,
+                        int64_t* received) {
+  if (piece > expected - *received) {
+    return absl::InvalidArgumentError(absl::StrCat("the stream sent more than the declared ",
+                                                   description, ": ", *received,
+                                                   " bytes so far plus a frame of ", piece));
+  }
+  *received += piece;
+  return absl::OkStatus();
+}
+
 class QuantizeStreamReactor final
     : public StreamReactor<v1::QuantizeStreamRequest, v1::QuantizeStreamResponse> {
  public:
@@ -508,11 +545,7 @@ class QuantizeStreamReactor final
 
  protected:
   absl::Status AcceptHeader(v1::QuantizeStreamRequest& frame) override {
-    if (frame.frame_case() != v1::QuantizeStreamRequest::kHeader) {
-      return absl::InvalidArgumentError(frame.frame_case() == v1::QuantizeStreamRequest::kData
-                                            ? kDataBeforeHeader
-                                            : kEmptyFirstFrame);
-    }
+    QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::QuantizeStreamRequest::kHeader));
     QUANTD_ASSIGN_OR_RETURN(plan_, state_.core->PlanQuantize(frame.header(), DataCheck::kAtMost));
     record_.set_format(plan_.spec.format);
     QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
@@ -534,18 +567,9 @@ class QuantizeStreamReactor final
   }
 
   absl::Status AcceptData(v1::QuantizeStreamRequest& frame) override {
-    if (frame.frame_case() != v1::QuantizeStreamRequest::kData) {
-      return absl::InvalidArgumentError(frame.frame_case() == v1::QuantizeStreamRequest::kHeader
-                                            ? kSecondHeader
-                                            : kEmptyDataFrame);
-    }
-    const int64_t piece = static_cast<int64_t>(frame.data().size());
-    if (piece > plan_.input_bytes - received_) {
-      return absl::InvalidArgumentError(absl::StrCat("the stream sent more than the declared ",
-                                                     ExpectedBytesDescription(), ": ", received_,
-                                                     " bytes so far plus a frame of ", piece));
-    }
-    received_ += piece;
+    QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::QuantizeStreamRequest::kData));
+    QUANTD_RETURN_IF_ERROR(CountPiece(static_cast<int64_t>(frame.data().size()), plan_.input_bytes,
+                                      ExpectedBytesDescription(), &received_));
     if (upload_ != nullptr) return upload_->Append(std::move(*frame.mutable_data()));
     return AppendBounded(request_.mutable_input()->mutable_data(), frame.data(), plan_.input_bytes);
   }
@@ -605,11 +629,7 @@ class DequantizeStreamReactor final
 
  protected:
   absl::Status AcceptHeader(v1::DequantizeStreamRequest& frame) override {
-    if (frame.frame_case() != v1::DequantizeStreamRequest::kHeader) {
-      return absl::InvalidArgumentError(frame.frame_case() == v1::DequantizeStreamRequest::kData
-                                            ? kDataBeforeHeader
-                                            : kEmptyFirstFrame);
-    }
+    QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::DequantizeStreamRequest::kHeader));
     QUANTD_ASSIGN_OR_RETURN(plan_, state_.core->PlanDequantize(frame.header(), DataCheck::kAtMost));
     record_.set_format(plan_.spec.format);
     QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
@@ -621,11 +641,7 @@ class DequantizeStreamReactor final
   }
 
   absl::Status AcceptData(v1::DequantizeStreamRequest& frame) override {
-    if (frame.frame_case() != v1::DequantizeStreamRequest::kData) {
-      return absl::InvalidArgumentError(frame.frame_case() == v1::DequantizeStreamRequest::kHeader
-                                            ? kSecondHeader
-                                            : kEmptyDataFrame);
-    }
+    QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::DequantizeStreamRequest::kData));
     const v1::DataChunk& chunk = frame.data();
     const int part_value = chunk.part();
     if (part_value < v1::PART_CODES || part_value > v1::PART_ZERO_POINTS) {
@@ -715,6 +731,76 @@ class DequantizeStreamReactor final
 
   RequestPlan plan_;
   v1::DequantizeRequest request_;
+};
+
+// A weight larger than one message: gathered in host memory, then registered exactly as
+// RegisterWeight registers it (the backend quantizes the whole weight at once).
+class RegisterWeightStreamReactor final
+    : public StreamReactor<v1::RegisterWeightStreamRequest, v1::RegisterWeightResponse> {
+ public:
+  RegisterWeightStreamReactor(const ServiceState& state, grpc::CallbackServerContext* context)
+      : StreamReactor(state, context, Method::kRegisterWeightStream) {}
+
+ protected:
+  absl::Status AcceptHeader(v1::RegisterWeightStreamRequest& frame) override {
+    QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::RegisterWeightStreamRequest::kHeader));
+    QUANTD_ASSIGN_OR_RETURN(plan_,
+                            state_.core->PlanRegisterWeight(frame.header(), DataCheck::kAtMost));
+    record_.set_format(plan_.spec.format);
+    QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
+    request_ = std::move(*frame.mutable_header());
+    received_ = static_cast<int64_t>(request_.weight().data().size());
+    ReserveInitial(request_.mutable_weight()->mutable_data(), plan_.input_bytes);
+    return absl::OkStatus();
+  }
+
+  absl::Status AcceptData(v1::RegisterWeightStreamRequest& frame) override {
+    QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::RegisterWeightStreamRequest::kData));
+    QUANTD_RETURN_IF_ERROR(CountPiece(static_cast<int64_t>(frame.data().size()), plan_.input_bytes,
+                                      ExpectedBytesDescription(), &received_));
+    return AppendBounded(request_.mutable_weight()->mutable_data(), frame.data(),
+                         plan_.input_bytes);
+  }
+
+  bool Complete() const override { return received_ == plan_.input_bytes; }
+
+  std::string Progress() const override {
+    return absl::StrCat(received_, " of ", ExpectedBytesDescription());
+  }
+
+  std::string ExpectedBytesDescription() const override {
+    return absl::StrCat(plan_.input_bytes, " bytes of weight (shape ",
+                        ShapeToString(plan_.layout.shape), ", ", DTypeName(plan_.input_dtype), ")");
+  }
+
+  absl::Status Compute(v1::RegisterWeightResponse* header, PendingParts* /*parts*/) override {
+    absl::StatusOr<v1::RegisterWeightResponse> result = state_.core->RegisterWeight(request_);
+    request_.Clear();  // the host copy of the weight is no longer needed
+    QUANTD_RETURN_IF_ERROR(result.status());
+    if (result->has_metrics()) {
+      state_.metrics->ObserveSqnr(plan_.spec.format, result->metrics().sqnr_db());
+    }
+    handle_ = result->weight().handle();
+    *header = *std::move(result);
+    return absl::OkStatus();
+  }
+
+  // A client that never learns the handle could not drop the weight: it is dropped here.
+  void Abandon() override {
+    v1::DropWeightRequest drop;
+    drop.set_handle(handle_);
+    (void)state_.core->DropWeight(drop);
+  }
+
+  // The response is the one message; there are no data frames.
+  void SetDataFrame(v1::Part /*part*/, const char* /*data*/, size_t /*size*/,
+                    v1::RegisterWeightResponse* /*out*/) override {}
+
+ private:
+  RequestPlan plan_;
+  v1::RegisterWeightRequest request_;  // weight.data gathers the weight
+  int64_t received_ = 0;               // bytes of the weight so far
+  std::string handle_;                 // the registered weight's, once Compute succeeded
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -826,6 +912,13 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   grpc::ServerBidiReactor<v1::DequantizeStreamRequest, v1::DequantizeStreamResponse>*
   DequantizeStream(grpc::CallbackServerContext* context) override {
     auto* reactor = new DequantizeStreamReactor(state_, context);
+    reactor->Begin();
+    return reactor;
+  }
+
+  grpc::ServerBidiReactor<v1::RegisterWeightStreamRequest, v1::RegisterWeightResponse>*
+  RegisterWeightStream(grpc::CallbackServerContext* context) override {
+    auto* reactor = new RegisterWeightStreamReactor(state_, context);
     reactor->Begin();
     return reactor;
   }

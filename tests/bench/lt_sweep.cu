@@ -28,13 +28,13 @@
 
 #include "cuda_check.h"
 
-#define LT_CHECK(expr)                                                                      \
-  do {                                                                                      \
-    const cublasStatus_t lt_status_ = (expr);                                               \
-    if (lt_status_ != CUBLAS_STATUS_SUCCESS) {                                              \
+#define LT_CHECK(expr)                                                                       \
+  do {                                                                                       \
+    const cublasStatus_t lt_status_ = (expr);                                                \
+    if (lt_status_ != CUBLAS_STATUS_SUCCESS) {                                               \
       std::fprintf(stderr, "%s:%d: %s: status %d\n", __FILE__, __LINE__, #expr, lt_status_); \
-      std::exit(1);                                                                         \
-    }                                                                                       \
+      std::exit(1);                                                                          \
+    }                                                                                        \
   } while (false)
 
 namespace {
@@ -108,10 +108,10 @@ int main(int argc, char** argv) {
                                           sizeof(a_scales)));
   if (rowwise) {
     const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode,
-                                            sizeof(mode)));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode,
-                                            sizeof(mode)));
+    LT_CHECK(
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)));
+    LT_CHECK(
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
   }
   cublasLtMatrixLayout_t a_layout = nullptr, b_layout = nullptr, d_layout = nullptr;
   LT_CHECK(cublasLtMatrixLayoutCreate(&a_layout, CUDA_R_8F_E4M3, k, n, k));
@@ -121,9 +121,9 @@ int main(int argc, char** argv) {
   cublasLtMatmulPreference_t preference = nullptr;
   LT_CHECK(cublasLtMatmulPreferenceCreate(&preference));
   const uint64_t workspace_bytes = kWorkspaceBytes;
-  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
-      sizeof(workspace_bytes)));
+  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(preference,
+                                                CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                &workspace_bytes, sizeof(workspace_bytes)));
   std::vector<cublasLtMatmulHeuristicResult_t> results(64);
   int returned = 0;
   LT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, op, a_layout, b_layout, d_layout, d_layout,
@@ -148,8 +148,8 @@ int main(int argc, char** argv) {
   };
   const cublasLtMatmulAlgo_t first = candidates[0];
   size_t bytes = 0;
-  LT_CHECK(cublasLtMatmulAlgoCapGetAttribute(&first, CUBLASLT_ALGO_CAP_TILE_IDS, nullptr, 0,
-                                             &bytes));
+  LT_CHECK(
+      cublasLtMatmulAlgoCapGetAttribute(&first, CUBLASLT_ALGO_CAP_TILE_IDS, nullptr, 0, &bytes));
   std::vector<uint32_t> tiles(bytes / sizeof(uint32_t));
   LT_CHECK(cublasLtMatmulAlgoCapGetAttribute(&first, CUBLASLT_ALGO_CAP_TILE_IDS, tiles.data(),
                                              bytes, &bytes));
@@ -167,8 +167,8 @@ int main(int argc, char** argv) {
     for (uint32_t custom = 0; custom <= static_cast<uint32_t>(custom_max); ++custom) {
       for (uint16_t cluster : clusters) {
         cublasLtMatmulAlgo_t variant = with_tile;
-        cublasLtMatmulAlgoConfigSetAttribute(&variant, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
-                                             &custom, sizeof(custom));
+        cublasLtMatmulAlgoConfigSetAttribute(&variant, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom,
+                                             sizeof(custom));
         cublasLtMatmulAlgoConfigSetAttribute(&variant, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
                                              &cluster, sizeof(cluster));
         if (accepted(variant) && !known(variant)) candidates.push_back(variant);
@@ -222,11 +222,12 @@ int main(int argc, char** argv) {
   }
   std::sort(finals.begin(), finals.end());
   const float first_ms = time(first, 4 * repeats);
-  std::printf("%lld x %lld x %lld %s: %d heuristic + %zu variants; heuristic's first %.4f ms "
-              "(%.0f TFLOP/s)\n",
-              static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k),
-              rowwise ? "rowwise" : "per tensor", returned, candidates.size() - returned,
-              first_ms, 2.0 * m * n * k / first_ms / 1e9);
+  std::printf(
+      "%lld x %lld x %lld %s: %d heuristic + %zu variants; heuristic's first %.4f ms "
+      "(%.0f TFLOP/s)\n",
+      static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k),
+      rowwise ? "rowwise" : "per tensor", returned, candidates.size() - returned, first_ms,
+      2.0 * m * n * k / first_ms / 1e9);
   for (size_t f = 0; f < std::min<size_t>(finals.size(), 10); ++f) {
     const cublasLtMatmulAlgo_t& algo = candidates[finals[f].second];
     std::printf("  %.3f  %s id=%u tile=%u custom=%u cluster=%u stages=%u\n", finals[f].first,

@@ -381,6 +381,25 @@ def test_registered_weights(client):
         client.register_weight(_x((256,)), "int8")
 
 
+def test_registered_weight_above_the_message_limit_is_streamed(server, client):
+    """A 1.5 MiB weight (the limit is 1 MiB) goes through RegisterWeightStream; it multiplies
+    as the same weight sent inline in slices of its rows: bit for bit."""
+    a = _x((8, 384), seed=13)
+    w = _x((1024, 384), seed=14)
+    before = e2e_util.requests_served(server, "RegisterWeightStream")
+    registered = client.register_weight(w, "int8", name="big")
+    assert e2e_util.requests_served(server, "RegisterWeightStream") == before + 1
+    assert registered.shape == (1024, 384) and registered.metrics["count"] == 1024 * 384
+    try:
+        on_handle = client.gemm(a, registered, "int8")
+        # Per-channel weights and per-token activations: output columns are independent.
+        for rows in (slice(0, 512), slice(512, 1024)):
+            inline = client.gemm(a, w[rows], "int8", weight_format="int8")
+            e2e_util.assert_same_bits(on_handle[:, rows], inline, f"streamed weight {rows}")
+    finally:
+        client.drop_weight(registered)
+
+
 def test_several_targets_share_the_calls(quantd_binary, tmp_path):
     """A target "a,b" spreads the calls over both replicas (round_robin over the resolved
     list). Metadata and tokens are checked in test_client_transport.py."""

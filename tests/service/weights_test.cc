@@ -1,6 +1,6 @@
 // Registered weights through real gRPC stubs (CPU backend): RegisterWeight / ListWeights /
 // DropWeight, GEMMs on a handle giving the inline weight's bits, the memory cap, the refusals,
-// and the gauges.
+// the gauges, and RegisterWeightStream for weights above one message.
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/weights.h"
@@ -278,6 +279,129 @@ TEST_F(WeightsTest, GaugesAndCountersSeeRegistrations) {
   EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="OK",method="RegisterWeight"})"), 1);
   EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="NOT_FOUND",method="DropWeight"})"), 1);
   EXPECT_EQ(SampleValue(page, R"(quantd_requests_total{code="OK",method="ListWeights"})"), 1);
+}
+
+// Sends `frames` on a RegisterWeightStream; the call's status, and the response if one came.
+grpc::Status RegisterStream(v1::Quantizer::Stub* stub,
+                            const std::vector<v1::RegisterWeightStreamRequest>& frames,
+                            v1::RegisterWeightResponse* response) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto stream = stub->RegisterWeightStream(&context);
+  for (const v1::RegisterWeightStreamRequest& frame : frames) {
+    if (!stream->Write(frame)) break;
+  }
+  stream->WritesDone();
+  stream->Read(response);
+  return stream->Finish();
+}
+
+// The header (request without the weight's bytes) and the bytes in `chunk`-sized data frames.
+std::vector<v1::RegisterWeightStreamRequest> WeightFrames(v1::RegisterWeightRequest request,
+                                                          size_t chunk) {
+  const std::string bytes = request.weight().data();
+  request.mutable_weight()->clear_data();
+  std::vector<v1::RegisterWeightStreamRequest> frames(1);
+  *frames[0].mutable_header() = request;
+  for (size_t offset = 0; offset < bytes.size(); offset += chunk) {
+    frames.emplace_back().set_data(bytes.substr(offset, chunk));
+  }
+  return frames;
+}
+
+// A weight above --max-message-bytes cannot go in one RegisterWeight; the client library
+// streams it (RegisterWeightStream) and the registered weight is the one the embedded core
+// registers from the same bytes: same spec, metrics and GEMM output bit for bit.
+TEST_F(WeightsTest, AWeightAboveTheMessageLimitIsStreamed) {
+  server::ServerOptions options = TestOptions();
+  options.max_message_bytes = 256 << 10;
+  options.stream_chunk_bytes = 64 << 10;
+  Start(options);
+  ClientOptions remote_options;
+  remote_options.target = absl::StrCat("127.0.0.1:", ts_.server->bound_port());
+  remote_options.dedicated_connection = true;
+  remote_options.chunk_bytes = 48 << 10;
+  absl::StatusOr<std::unique_ptr<Client>> remote = Client::Create(remote_options);
+  absl::StatusOr<std::unique_ptr<Client>> embedded = Client::Create(ClientOptions{});
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  ASSERT_TRUE(embedded.ok()) << embedded.status();
+
+  v1::RegisterWeightRequest request;
+  *request.mutable_weight() = RandomTensor({320, 256}, DType::kF32, 21);  // 320 KiB
+  request.mutable_spec()->set_descriptor_string("int4-g32");
+  request.set_name("big");
+  grpc::ClientContext context;
+  v1::RegisterWeightResponse unused;
+  EXPECT_EQ(ts_.stub->RegisterWeight(&context, request, &unused).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);  // gRPC's own message limit
+
+  absl::StatusOr<v1::RegisterWeightResponse> streamed = (*remote)->RegisterWeight(request);
+  absl::StatusOr<v1::RegisterWeightResponse> local = (*embedded)->RegisterWeight(request);
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_EQ(streamed->weight().name(), "big");
+  EXPECT_EQ(streamed->weight().bytes(), local->weight().bytes());
+  EXPECT_EQ(streamed->weight().spec().group_size(), 32);
+  EXPECT_EQ(streamed->metrics().mse(), local->metrics().mse());
+  EXPECT_EQ(List().weights_size(), 1);
+
+  v1::GemmRequest gemm;
+  *gemm.mutable_a() = RandomTensor({5, 256}, DType::kF32, 22);
+  gemm.mutable_a_spec()->set_descriptor_string("int8");
+  gemm.set_b_handle(streamed->weight().handle());
+  absl::StatusOr<v1::GemmResponse> on_server = (*remote)->Gemm(gemm);
+  gemm.set_b_handle(local->weight().handle());
+  absl::StatusOr<v1::GemmResponse> in_process = (*embedded)->Gemm(gemm);
+  ASSERT_TRUE(on_server.ok()) << on_server.status();
+  ASSERT_TRUE(in_process.ok()) << in_process.status();
+  EXPECT_EQ(on_server->output().data(), in_process->output().data());
+
+  // A first piece in the header frame and uneven frames give the same weight.
+  std::vector<v1::RegisterWeightStreamRequest> frames = WeightFrames(request, 40000);
+  frames[0].mutable_header()->mutable_weight()->set_data(frames[1].data());
+  frames.erase(frames.begin() + 1);
+  v1::RegisterWeightResponse second;
+  const grpc::Status status = RegisterStream(ts_.stub.get(), frames, &second);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(second.metrics().mse(), local->metrics().mse());
+  EXPECT_EQ(second.registered_bytes(), 2 * local->weight().bytes());
+}
+
+// A broken stream registers nothing, gives its reservation back, says what to fix, and the
+// server keeps serving.
+TEST_F(WeightsTest, BrokenWeightStreamsRegisterNothing) {
+  v1::RegisterWeightRequest request;
+  *request.mutable_weight() = RandomTensor({64, 64}, DType::kF32, 31);
+  request.mutable_spec()->set_descriptor_string("fp8-e4m3");
+  const std::vector<v1::RegisterWeightStreamRequest> frames = WeightFrames(request, 4096);
+  struct Broken {
+    const char* what;
+    std::vector<v1::RegisterWeightStreamRequest> frames;
+    const char* message;
+  };
+  std::vector<Broken> cases = {
+      {"data first", {frames.begin() + 1, frames.end()}, "must be a header"},
+      {"ends early", {frames.begin(), frames.end() - 1}, "of weight"},
+      {"second header", {frames[0], frames[0]}, "second header"},
+      {"too many bytes", frames, "more than the declared"},
+      {"bad spec", frames, "spec"},
+  };
+  cases[3].frames.back().mutable_data()->append("extra");
+  cases[4].frames[0].mutable_header()->mutable_spec()->set_descriptor_string("int3-turbo");
+  for (const Broken& c : cases) {
+    SCOPED_TRACE(c.what);
+    v1::RegisterWeightResponse response;
+    const grpc::Status status = RegisterStream(ts_.stub.get(), c.frames, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr(c.message));
+  }
+  EXPECT_EQ(List().weights_size(), 0);
+  EXPECT_EQ(List().registered_bytes(), 0);
+  v1::RegisterWeightResponse response;
+  const grpc::Status status = RegisterStream(ts_.stub.get(), frames, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.weight().shape_size(), 2);
+  EXPECT_EQ(List().weights_size(), 1);
 }
 
 // A weight dropped while a GEMM holds it keeps counting against the cap until that GEMM lets

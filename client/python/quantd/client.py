@@ -8,7 +8,8 @@
 
 It mirrors the C++ client (client/client.cc): one GetCapabilities call tells it the server's
 message limit, and a request or response that would not fit one message (less a 64 KiB margin)
-goes through QuantizeStream / DequantizeStream in frames instead, transparently. Spec keyword
+goes through QuantizeStream / DequantizeStream / RegisterWeightStream in frames instead,
+transparently. Spec keyword
 arguments are quantctl's flags (see _spec.build_spec), so the same arguments send the same
 request. Failed calls raise quantd.QuantdError subclasses (quantd.InvalidArgument, ...) with the
 server's message. A Client is thread-safe; close() it (or use `with`) to release the channel.
@@ -609,16 +610,35 @@ class Client:
         ResourceExhausted above the server's --max-weight-bytes. The weight lives on the server
         that registered it: with several replicas, use a client of one address."""
         arr, arr_dtype = _tensors.float_input(w, "weight")
-        request = pb.RegisterWeightRequest(weight=_tensors.wire_tensor(arr, arr_dtype), name=name,
-                                           keep_original=bool(keep_original),
-                                           skip_metrics=bool(skip_metrics))
+        request = pb.RegisterWeightRequest(
+            weight=_tensors.wire_tensor(arr, arr_dtype, with_data=False), name=name,
+            keep_original=bool(keep_original), skip_metrics=bool(skip_metrics))
         if format is not None or spec is not None:
             request.spec.CopyFrom(_spec.build_spec(format, spec=spec, **spec_keywords))
         elif spec_keywords:
             raise InvalidArgument(f"spec keywords {sorted(spec_keywords)} need a format")
-        self._check_unary("RegisterWeight", request,
-                          "register its rows in slices, as separate weights")
-        response = self._unary("RegisterWeight", request)
+        data = _tensors.payload(arr)
+        if not self._needs_stream(request.ByteSize() + len(data) + _FRAMING_BYTES, 0):
+            request.weight.data = data.tobytes()
+            response = self._unary("RegisterWeight", request)
+        else:  # above one message: the header, then the weight in frames
+            frame_bytes = self._frame_bytes()
+
+            def frames():
+                yield pb.RegisterWeightStreamRequest(header=request)
+                for offset in range(0, len(data), frame_bytes):
+                    yield pb.RegisterWeightStreamRequest(
+                        data=data[offset:offset + frame_bytes].tobytes())
+
+            method = "RegisterWeightStream"
+            try:
+                replies = list(getattr(self._stub, method)(frames(), **self._call_kwargs()))
+            except grpc.RpcError as e:
+                raise from_rpc_error(e, method) from None
+            if len(replies) != 1:
+                raise Internal(f"the server answered with {len(replies)} messages, not one",
+                               method=method)
+            response = replies[0]
         return Weight(response.weight, _metrics(response))
 
     def list_weights(self) -> List[Weight]:

@@ -553,6 +553,14 @@ class RegisterWeightResponse(_message.Message):
     cap_bytes: int
     def __init__(self, weight: _Optional[_Union[WeightInfo, _Mapping]] = ..., metrics: _Optional[_Union[ErrorMetrics, _Mapping]] = ..., registered_bytes: _Optional[int] = ..., cap_bytes: _Optional[int] = ...) -> None: ...
 
+class RegisterWeightStreamRequest(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: RegisterWeightRequest
+    data: bytes
+    def __init__(self, header: _Optional[_Union[RegisterWeightRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class ListWeightsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -89,6 +89,11 @@ class QuantizerStub:
                 request_serializer=quantd_dot_v1_dot_quantd__pb2.DequantizeStreamRequest.SerializeToString,
                 response_deserializer=quantd_dot_v1_dot_quantd__pb2.DequantizeStreamResponse.FromString,
                 _registered_method=True)
+        self.RegisterWeightStream = channel.stream_stream(
+                '/quantd.v1.Quantizer/RegisterWeightStream',
+                request_serializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightStreamRequest.SerializeToString,
+                response_deserializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightResponse.FromString,
+                _registered_method=True)
         self.Echo = channel.unary_unary(
                 '/quantd.v1.Quantizer/Echo',
                 request_serializer=quantd_dot_v1_dot_quantd__pb2.EchoRequest.SerializeToString,
@@ -165,6 +170,12 @@ class QuantizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterWeightStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Echo(self, request, context):
         """The same bytes as a real call, no work: the transport bound `quantctl bench` compares with.
         """
@@ -229,6 +240,11 @@ def add_QuantizerServicer_to_server(servicer, server):
                     servicer.DequantizeStream,
                     request_deserializer=quantd_dot_v1_dot_quantd__pb2.DequantizeStreamRequest.FromString,
                     response_serializer=quantd_dot_v1_dot_quantd__pb2.DequantizeStreamResponse.SerializeToString,
+            ),
+            'RegisterWeightStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RegisterWeightStream,
+                    request_deserializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightStreamRequest.FromString,
+                    response_serializer=quantd_dot_v1_dot_quantd__pb2.RegisterWeightResponse.SerializeToString,
             ),
             'Echo': grpc.unary_unary_rpc_method_handler(
                     servicer.Echo,
@@ -533,6 +549,33 @@ class Quantizer:
             '/quantd.v1.Quantizer/DequantizeStream',
             quantd_dot_v1_dot_quantd__pb2.DequantizeStreamRequest.SerializeToString,
             quantd_dot_v1_dot_quantd__pb2.DequantizeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterWeightStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/quantd.v1.Quantizer/RegisterWeightStream',
+            quantd_dot_v1_dot_quantd__pb2.RegisterWeightStreamRequest.SerializeToString,
+            quantd_dot_v1_dot_quantd__pb2.RegisterWeightResponse.FromString,
             options,
             channel_credentials,
             insecure,
