@@ -1,6 +1,7 @@
 // GEMM semantics (quantd/gemm.h) on the CPU backend against products computed here from the
-// oracle's quantization: per-token INT8 and FP8 operands, batches, bias, α / β with C, output
-// dtypes, thread-count independence, and the refusals' messages.
+// oracle's quantization: per-token INT8 and FP8 operands, every simulated format (MX, NVFP4,
+// NF4, HiF8, INT4), batches, bias, α / β with C, output dtypes, thread-count independence, and
+// the refusals' messages.
 #include <cmath>
 #include <memory>
 #include <random>
@@ -188,29 +189,37 @@ TEST_F(GemmTest, BatchedWeightsAndBatchedC) {
   }
 }
 
-TEST_F(GemmTest, MxAndNvfp4OperandsUseTheirBlocksAlongK) {
-  const int64_t m = 4, n = 6, k = 96;
+// The simulated formats: the product is that of the oracle's (tests/unit/oracle.h, an
+// implementation of FORMATS.md independent of the backend's codec) dequantized operands, with
+// blocks along K for the block formats and the default per-row scales elsewhere.
+TEST_F(GemmTest, SimulatedFormatsAreTheProductOfTheOraclesDequantizedOperands) {
+  const int64_t m = 5, n = 6, k = 96;
   const std::vector<float> a = Random(m * k, 8), b = Random(n * k, 9);
-  for (Format format : {Format::kMxfp4, Format::kMxfp8E4M3, Format::kNvfp4, Format::kNf4}) {
+  const Format formats[] = {Format::kMxfp4,     Format::kMxfp6E3M2, Format::kMxfp6E2M3,
+                            Format::kMxfp8E4M3, Format::kMxfp8E5M2, Format::kMxint8,
+                            Format::kNvfp4,     Format::kNf4,       Format::kHif8,
+                            Format::kInt4,      Format::kUint4,     Format::kFp8E5M2};
+  for (Format format : formats) {
+    SCOPED_TRACE(FormatName(format));
     GemmSpec requested;
     requested.a.format = requested.b.format = format;
     const absl::StatusOr<GemmSpec> spec = ResolveGemmSpec(requested, {m, k}, {n, k});
     ASSERT_TRUE(spec.ok()) << spec.status();
-    EXPECT_EQ(spec->a.granularity, Granularity::kGroup) << FormatName(format);
-    // The product is that of the backend's own fake quantization of each operand.
-    std::vector<float> a_hat(a.size()), b_hat(b.size());
-    ASSERT_TRUE(backend_
-                    ->QuantDequant(View(a, {m, k}), spec->a,
-                                   {DType::kF32, {m, k}, a_hat.data(), m * k * 4}, nullptr)
-                    .ok());
-    ASSERT_TRUE(backend_
-                    ->QuantDequant(View(b, {n, k}), spec->b,
-                                   {DType::kF32, {n, k}, b_hat.data(), n * k * 4}, nullptr)
-                    .ok());
+    const oracle::Result a_oracle = oracle::Quantize(a, {m, k}, spec->a);
+    const oracle::Result b_oracle = oracle::Quantize(b, {n, k}, spec->b);
+    ASSERT_TRUE(a_oracle.status.ok()) << a_oracle.status;
+    ASSERT_TRUE(b_oracle.status.ok()) << b_oracle.status;
+    if (const BlockParams& block = Traits(format).block; block.size > 0) {
+      EXPECT_EQ(spec->a.granularity, Granularity::kGroup);
+      // Blocks along K, ragged at a row's end; NF4's run over the flattened tensor (bitsandbytes).
+      const int64_t blocks = block.flattened ? (m * k + block.size - 1) / block.size
+                                             : m * ((k + block.size - 1) / block.size);
+      EXPECT_EQ(a_oracle.grouping.num_scales, blocks);
+    }
     const absl::StatusOr<std::vector<float>> out =
         Run(Ops(View(a, {m, k}), View(b, {n, k})), requested);
     ASSERT_TRUE(out.ok()) << out.status();
-    ExpectProduct(*out, a_hat, b_hat, m, n, k);
+    ExpectProduct(*out, a_oracle.x_hat, b_oracle.x_hat, m, n, k);
   }
 }
 
