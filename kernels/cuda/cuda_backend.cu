@@ -402,20 +402,16 @@ class CudaBackend final : public Backend {
     std::unique_ptr<Lease> lease = Acquire(UploadOf(input));
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
+    if (spec.double_quant && out.double_quant == nullptr) {
+      return absl::InternalError("NF4 double quantization needs out.double_quant");
+    }
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
+    QUANTD_ASSIGN_OR_RETURN(void* codes, arena.Allocate(layout.code_bytes));
     DoubleQuantized double_quant;
     std::vector<float> absmax;  // double quantization: the scales, already on the host
-    if (spec.double_quant) {
-      if (out.double_quant == nullptr) {
-        return absl::InternalError("NF4 double quantization needs out.double_quant");
-      }
-      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &double_quant));
-    }
-    QUANTD_ASSIGN_OR_RETURN(void* codes, arena.Allocate(layout.code_bytes));
-    QUANTD_CUDA_RETURN_IF_ERROR(
-        LaunchQuantizePass(pass.params, spec, pass.scales_ready, pass.stats, pass.scales,
-                           pass.zero_points, pass.nvfp4, static_cast<uint8_t*>(codes), nullptr,
-                           DType::kF32, metrics != nullptr ? pass.partials : nullptr, stream));
+    QUANTD_RETURN_IF_ERROR(RunPass(spec, metrics != nullptr, arena, stream, &pass,
+                                   static_cast<uint8_t*>(codes), nullptr, DType::kF32, &absmax,
+                                   &double_quant));
     QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.codes, codes, layout.code_bytes));
     if (spec.double_quant) {
@@ -485,15 +481,9 @@ class CudaBackend final : public Backend {
     DeviceArena arena(this, *lease);
     cudaStream_t stream = lease->stream();
     QUANTD_ASSIGN_OR_RETURN(Pass pass, Prepare(input, spec, layout, *lease, arena));
-    if (spec.double_quant) {
-      std::vector<float> absmax;
-      DoubleQuantized unused;
-      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &unused));
-    }
     QUANTD_ASSIGN_OR_RETURN(void* output, arena.Allocate(out.bytes));
-    QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
-        pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points, pass.nvfp4,
-        nullptr, output, out.dtype, metrics != nullptr ? pass.partials : nullptr, stream));
+    QUANTD_RETURN_IF_ERROR(
+        RunPass(spec, metrics != nullptr, arena, stream, &pass, nullptr, output, out.dtype));
     QUANTD_RETURN_IF_ERROR(lease->MarkComputed());
     QUANTD_RETURN_IF_ERROR(lease->CopyOut(out.data, output, out.bytes));
     return Finish(spec, pass, metrics, *lease);
@@ -835,6 +825,27 @@ class CudaBackend final : public Backend {
     return t;
   }
 
+  // Runs a prepared pass to the end: NF4's double quantization first when the spec asks for it
+  // (`absmax` / `double_quant`, when given, receive the exact absmax values and their double
+  // quantization), then the element pass, writing codes and / or x̂ in `x_hat_dtype`, and the
+  // metrics' partial sums `with_metrics`. What every quantizing entry point runs after Prepare.
+  absl::Status RunPass(const QuantSpec& spec, bool with_metrics, DeviceArena& arena,
+                       cudaStream_t stream, Pass* pass, uint8_t* codes, void* x_hat,
+                       DType x_hat_dtype, std::vector<float>* absmax = nullptr,
+                       DoubleQuantized* double_quant = nullptr) {
+    if (spec.double_quant) {
+      std::vector<float> unused_absmax;
+      DoubleQuantized unused_double_quant;
+      QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(
+          spec, *pass, arena, stream, absmax != nullptr ? absmax : &unused_absmax,
+          double_quant != nullptr ? double_quant : &unused_double_quant));
+    }
+    QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
+        pass->params, spec, pass->scales_ready, pass->stats, pass->scales, pass->zero_points,
+        pass->nvfp4, codes, x_hat, x_hat_dtype, with_metrics ? pass->partials : nullptr, stream));
+    return absl::OkStatus();
+  }
+
   // NF4 with double quantization (double_quant.h): the exact absmax values on the device, their
   // double quantization on the host (one value per block of 32..4096 elements), then the
   // element pass, whose x̂ multiplies by the values DoubleDequantize reconstructs.
@@ -893,17 +904,11 @@ class CudaBackend final : public Backend {
       QUANTD_ASSIGN_OR_RETURN(operand.pass, Prepare(t, spec, layout, lease, arena));
       Pass& pass = operand.pass;
       input = pass.input;
-      if (spec.double_quant) {
-        std::vector<float> absmax;
-        DoubleQuantized unused;
-        QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &unused));
-      }
       const bool codes = plan.path != GemmPath::kFloat;
       QUANTD_ASSIGN_OR_RETURN(void* buffer, arena.Allocate(codes ? layout.code_bytes : 4 * numel));
-      QUANTD_CUDA_RETURN_IF_ERROR(LaunchQuantizePass(
-          pass.params, spec, pass.scales_ready, pass.stats, pass.scales, pass.zero_points,
-          pass.nvfp4, codes ? static_cast<uint8_t*>(buffer) : nullptr, codes ? nullptr : buffer,
-          DType::kF32, nullptr, stream));
+      QUANTD_RETURN_IF_ERROR(RunPass(spec, /*with_metrics=*/false, arena, stream, &pass,
+                                     codes ? static_cast<uint8_t*>(buffer) : nullptr,
+                                     codes ? nullptr : buffer, DType::kF32));
       operand.data = buffer;
       operand.scales = pass.scales;
     } else {
@@ -984,19 +989,12 @@ class CudaBackend final : public Backend {
       const int64_t n = layout.geometry.num_scales;
       QUANTD_ASSIGN_OR_RETURN(pass, Prepare(weight, spec, layout, *lease, arena));
       input = pass.input;
-      if (spec.double_quant) {
-        std::vector<float> absmax;
-        DoubleQuantized unused;
-        QUANTD_RETURN_IF_ERROR(PrepareDoubleQuant(spec, pass, arena, stream, &absmax, &unused));
-      }
       QUANTD_ASSIGN_OR_RETURN(void* codes, stored->Allocate(layout.code_bytes, stream));
       QUANTD_ASSIGN_OR_RETURN(void* scales, stored->Allocate(4 * n, stream));
       stored->codes = static_cast<uint8_t*>(codes);
       stored->scales = static_cast<float*>(scales);
-      QUANTD_CUDA_RETURN_IF_ERROR(
-          LaunchQuantizePass(pass.params, spec, pass.scales_ready, pass.stats, pass.scales,
-                             pass.zero_points, pass.nvfp4, stored->codes, nullptr, DType::kF32,
-                             metrics != nullptr ? pass.partials : nullptr, stream));
+      QUANTD_RETURN_IF_ERROR(RunPass(spec, metrics != nullptr, arena, stream, &pass, stored->codes,
+                                     nullptr, DType::kF32));
       if (pass.nvfp4.global_scale != nullptr) {
         // d_b from s_b and S_enc, as Dequantize takes them (the one-pass NVFP4 kernel keeps
         // d_b in registers, so it is derived once here).
