@@ -903,7 +903,12 @@ absl::StatusOr<v1::RegisterWeightResponse> QuantizerCore::RegisterWeight(
     weights_->Unreserve(bytes);
     return status;
   }
-  const WeightRegistry::Entry entry = weights_->Add(request.name(), std::move(stored), bytes);
+  // Add gives the reservation back if it throws.
+  WeightRegistry::Entry entry;
+  QUANTD_RETURN_IF_ERROR(Guarded("RegisterWeight", [&]() -> absl::Status {
+    entry = weights_->Add(request.name(), std::move(stored), bytes);
+    return absl::OkStatus();
+  }));
   v1::RegisterWeightResponse response;
   WeightInfoToProto(entry, backend_->name(), response.mutable_weight());
   if (!request.skip_metrics() && plan.spec.format != Format::kUnspecified) {

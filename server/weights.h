@@ -49,7 +49,8 @@ class WeightRegistry {
   // Gives back a reservation whose weight was not stored.
   void Unreserve(int64_t bytes);
   // Registers a stored weight under a new handle; `reserved` (its Reserve) becomes its
-  // actual bytes, counted until the weight is destroyed.
+  // actual bytes, counted until the weight is destroyed. If it throws (std::bad_alloc), the
+  // weight is destroyed and the reservation is given back.
   Entry Add(std::string name, std::unique_ptr<StoredWeight> weight, int64_t reserved);
   // NOT_FOUND for a handle that is not (or no longer) registered.
   [[nodiscard]] absl::StatusOr<Entry> Find(absl::string_view handle) const;
