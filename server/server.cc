@@ -368,7 +368,7 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
   }
 
  protected:
-  // Validates the header frame (Plan*, kAtMost), charges the budget via Reserve() and takes
+  // Validates the header frame (Plan*, kAtMost), charges the budget via Admit() and takes
   // the header's data as the first pieces.
   [[nodiscard]] virtual absl::Status AcceptHeader(Request& frame) = 0;
   [[nodiscard]] virtual absl::Status AcceptData(Request& frame) = 0;
@@ -383,7 +383,11 @@ class StreamReactor : public grpc::ServerBidiReactor<Request, Response> {
   // before the answer): undo what Compute did that would outlive the call.
   virtual void Abandon() {}
 
-  [[nodiscard]] absl::Status Reserve(int64_t bytes) {
+  // Takes the header's plan: labels the call's metrics with its format and charges its input
+  // and output bytes to the server's budget.
+  [[nodiscard]] absl::Status Admit(const RequestPlan& plan) {
+    record_.set_format(plan.spec.format);
+    const int64_t bytes = plan.input_bytes + plan.output_bytes;
     QUANTD_RETURN_IF_ERROR(state_.budget->Reserve(bytes));
     reserved_ = bytes;
     return absl::OkStatus();
@@ -547,8 +551,7 @@ class QuantizeStreamReactor final
   absl::Status AcceptHeader(v1::QuantizeStreamRequest& frame) override {
     QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::QuantizeStreamRequest::kHeader));
     QUANTD_ASSIGN_OR_RETURN(plan_, state_.core->PlanQuantize(frame.header(), DataCheck::kAtMost));
-    record_.set_format(plan_.spec.format);
-    QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
+    QUANTD_RETURN_IF_ERROR(Admit(plan_));
     request_ = std::move(*frame.mutable_header());
     // The backend may take the tensor as it arrives (the CUDA backend moves it to the GPU
     // meanwhile); the pieces are then handed over, not gathered here. Without an upload (none
@@ -631,8 +634,7 @@ class DequantizeStreamReactor final
   absl::Status AcceptHeader(v1::DequantizeStreamRequest& frame) override {
     QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::DequantizeStreamRequest::kHeader));
     QUANTD_ASSIGN_OR_RETURN(plan_, state_.core->PlanDequantize(frame.header(), DataCheck::kAtMost));
-    record_.set_format(plan_.spec.format);
-    QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
+    QUANTD_RETURN_IF_ERROR(Admit(plan_));
     request_ = std::move(*frame.mutable_header());
     for (int p = v1::PART_CODES; p <= v1::PART_ZERO_POINTS; ++p) {
       ReserveInitial(Buffer(static_cast<v1::Part>(p)), Expected(static_cast<v1::Part>(p)));
@@ -746,8 +748,7 @@ class RegisterWeightStreamReactor final
     QUANTD_RETURN_IF_ERROR(ExpectFrame(frame, v1::RegisterWeightStreamRequest::kHeader));
     QUANTD_ASSIGN_OR_RETURN(plan_,
                             state_.core->PlanRegisterWeight(frame.header(), DataCheck::kAtMost));
-    record_.set_format(plan_.spec.format);
-    QUANTD_RETURN_IF_ERROR(Reserve(plan_.input_bytes + plan_.output_bytes));
+    QUANTD_RETURN_IF_ERROR(Admit(plan_));
     request_ = std::move(*frame.mutable_header());
     received_ = static_cast<int64_t>(request_.weight().data().size());
     ReserveInitial(request_.mutable_weight()->mutable_data(), plan_.input_bytes);

@@ -1,6 +1,6 @@
 // CUDA_CHECK(expr) for the benchmarks: a failed CUDA runtime call prints the statement, the
 // error and the place, then exits 1. Benchmarks are not services: they stop at the first error.
-// MedianMs: the benchmarks' one timing rule.
+// MedianMs: the benchmarks' one timing rule. HashedUniform: their inputs.
 #ifndef QUANTD_TESTS_BENCH_CUDA_CHECK_H_
 #define QUANTD_TESTS_BENCH_CUDA_CHECK_H_
 
@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -64,5 +65,21 @@ float MedianMs(Fn&& fn, int reps, cudaStream_t stream) {
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
+
+namespace quantd::bench {
+
+// The benchmarks' inputs: murmur3's finalizer over i · 2654435761 + seed · 40503 (mod 2^32), as
+// a fraction of 2^32 (tests/bench/gemm_peers.py computes the same on the host).
+__device__ __forceinline__ float HashedUniform(int64_t i, uint32_t seed) {
+  uint32_t v = static_cast<uint32_t>(i) * 2654435761u + seed * 40503u;
+  v ^= v >> 16;
+  v *= 0x85EBCA6Bu;
+  v ^= v >> 13;
+  v *= 0xC2B2AE35u;
+  v ^= v >> 16;
+  return __fmul_rn(__uint2float_rn(v), 0x1p-32f);
+}
+
+}  // namespace quantd::bench
 
 #endif  // QUANTD_TESTS_BENCH_CUDA_CHECK_H_

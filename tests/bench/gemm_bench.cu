@@ -36,23 +36,12 @@
 namespace quantd::cuda {
 namespace {
 
-// murmur3's finalizer over i · 2654435761 + seed · 40503 (mod 2^32), as a fraction of 2^32.
-__device__ float HashedUniform(int64_t i, uint32_t seed) {
-  uint32_t v = static_cast<uint32_t>(i) * 2654435761u + seed * 40503u;
-  v ^= v >> 16;
-  v *= 0x85EBCA6Bu;
-  v ^= v >> 13;
-  v *= 0xC2B2AE35u;
-  v ^= v >> 16;
-  return __fmul_rn(__uint2float_rn(v), 0x1p-32f);
-}
-
 // BF16 values (u1 + u2 - 1) · 2 · scale: triangular on (-2, 2) · scale; gemm_peers.py computes
 // the same fp32 steps in the same order.
 __global__ void HashedInput(__nv_bfloat16* x, int64_t n, uint32_t seed, float scale) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float sum = __fadd_rn(HashedUniform(i, seed), HashedUniform(i, seed + 7));
+    const float sum = __fadd_rn(bench::HashedUniform(i, seed), bench::HashedUniform(i, seed + 7));
     x[i] = __float2bfloat16_rn(__fmul_rn(__fmul_rn(__fsub_rn(sum, 1.0f), 2.0f), scale));
   }
 }

@@ -45,16 +45,8 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // as the GEMM engine (gem
 __global__ void FillCodes(__nv_fp8_e4m3* x, int64_t n, uint32_t seed) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float sum = 0.0f;
-    for (uint32_t s : {seed, seed + 7}) {
-      uint32_t v = static_cast<uint32_t>(i) * 2654435761u + s * 40503u;
-      v ^= v >> 16;
-      v *= 0x85EBCA6Bu;
-      v ^= v >> 13;
-      v *= 0xC2B2AE35u;
-      v ^= v >> 16;
-      sum += static_cast<float>(v) * 0x1p-32f;
-    }
+    const float sum =
+        quantd::bench::HashedUniform(i, seed) + quantd::bench::HashedUniform(i, seed + 7);
     x[i] = __nv_fp8_e4m3((sum - 1.0f) * 224.0f);
   }
 }
