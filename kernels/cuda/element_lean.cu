@@ -219,7 +219,8 @@ __device__ __forceinline__ LeanScale ScaleOfRange(const ElementParams& p, const 
 // elements): a group of 16 or more spans G/16 lanes, which reduce its range with shuffles, and
 // every lane computes the group's scale once for its 16 elements; with G = 8 each of a thread's
 // vectors is a group. (One vector per thread computed a scale per 8 elements, and the scale's
-// arithmetic then held the MX kernels on the integer pipe.) NVFP4 takes LeanNvfp4Kernel.
+// arithmetic then held the MX kernels on the integer pipe.) NVFP4 takes LeanNvfp4Kernel, MX
+// codes LeanMxKernel.
 template <DType kDType, LeanFormat kFormat, bool kCodes, bool kOutput, bool kMetrics>
 __global__ void __launch_bounds__(kThreads)
     LeanLaneGroupKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
@@ -338,6 +339,65 @@ __global__ void __launch_bounds__(kThreads, Nvfp4BlocksPerSm(kCodes, kMetrics))
                                                                       output, output_dtype, &acc);
     }
     if (kCodes) StoreCodes<kFormat>(codes_out, v, packed, 2, code_xor);
+  }
+  if (kMetrics) WriteBlockPartial(acc.sums, partials);
+}
+
+// The MX formats' codes in one pass: LeanLaneGroupKernel's case of 32-element groups with E8M0
+// scales (symmetric, no zero-points: every MX format), all fixed at compile time. A thread
+// holds two vectors and the other half of its group is the neighbouring lane's: one shuffle
+// for the group's amax. The lane-group kernel's run-time generality (asymmetric ranges, lanes
+// per group, zero-points, lone vectors) is what LeanNvfp4Kernel shed for NVFP4; MXFP4 sheds it
+// here. x̂ (QuantDequant) keeps the lane-group kernel.
+//
+// Blocks per SM that its launch bounds ask for, and LeanFusedGrid launches (one wave): MXFP4's
+// codes fit in 48 registers, the wider formats' keep 64, and the metrics' fp64 sums need ~110.
+constexpr int MxBlocksPerSm(LeanFormat format, bool metrics) {
+  return metrics ? 2 : (format == LeanFormat::kE2M1 ? 5 : 4);
+}
+
+template <DType kDType, LeanFormat kFormat, bool kMetrics>
+__global__ void __launch_bounds__(kThreads, MxBlocksPerSm(kFormat, kMetrics))
+    LeanMxKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
+                 uint8_t* __restrict__ codes_out, MetricPartial* partials, DeviceFlags* flags,
+                 uint32_t code_xor, uint32_t pairs) {
+  MetricAccumulator acc;
+  const uint32_t stride = gridDim.x * blockDim.x;
+  // Every lane of a warp runs the same iterations (the shuffle needs all 32); a group's two
+  // lanes are both in range or both out (pairs is even: a group is two pairs).
+  for (uint32_t base = (blockIdx.x * blockDim.x + threadIdx.x) & ~31u; base < pairs;
+       base += stride) {
+    const uint32_t pair = base + (threadIdx.x & 31);
+    const bool active = pair < pairs;
+    const uint32_t v = 2 * pair;  // the thread's first vector
+    float x[2][kVector];
+    float amax[2] = {0.0f, 0.0f};
+    if (active) {
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        LoadLean<kDType>(p.input, static_cast<int64_t>(v + k) * kVector, x[k]);
+        FoldAbsMax(x[k], &amax[k]);
+      }
+    }
+    float group_amax = fmaxf(amax[0], amax[1]);
+    group_amax = fmaxf(group_amax, __shfl_xor_sync(0xFFFFFFFFu, group_amax, 1));
+    if (!active) continue;
+    // ScaleOfRange's steps for the range [-amax, amax] without a zero-point.
+    float s = 1.0f;
+    int32_t zp = 0;
+    const bool range_ok = ScaleFromRange(rule, -group_amax + 0.0f, group_amax, clip, &s, &zp);
+    if ((pair & 1) == 0) {
+      if (!range_ok) atomicMax(&flags->bad_scale_group, static_cast<long long>(pair / 2));
+      scales[pair / 2] = s;
+    }
+    const LeanScale scale = MakeLeanScale(p.codec, s, 0, /*power_of_two=*/true);
+    PackedVector packed[2];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      packed[k] = QuantizeAndEmit<kDType, kFormat, false, kMetrics>(p, v + k, x[k], scale, flags,
+                                                                    nullptr, DType::kF32, &acc);
+    }
+    StoreCodes<kFormat>(codes_out, v, packed, 2, code_xor);
   }
   if (kMetrics) WriteBlockPartial(acc.sums, partials);
 }
@@ -758,6 +818,14 @@ int BlockKernelGrid(const ElementParams& p, int64_t tile_bytes, int cap) {
       std::clamp<int64_t>(std::min<int64_t>(sms * per_sm, cap), 1, p.geometry.num_scales));
 }
 
+// Whether LeanMxKernel takes the pass: MX codes (E8M0 scales on 32-element groups along the
+// row), the only case of the lane-group kernel with its own kernel.
+bool MxFused(const ElementParams& p, bool codes) {
+  return codes && p.scale_kind == ScaleKind::kE8M0 &&
+         p.geometry.granularity == Granularity::kGroup && FusedGroupVectors(p.geometry) == 4 &&
+         LeanFormatOf(p.codec) != LeanFormat::kInt4;
+}
+
 int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics) {
   const uint32_t group_vectors = FusedGroupVectors(p.geometry);
   const int cap = std::min(p.max_blocks, kMaxMetricBlocks);
@@ -766,6 +834,14 @@ int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics) {
     return BlockKernelGrid(p, p.geometry.group_rows * p.geometry.group_cols * element_bytes, cap);
   }
   if (LongRows(p)) return BlockKernelGrid(p, p.geometry.cols * element_bytes, cap);
+  if (MxFused(p, codes)) {
+    int blocks_per_sm = 0;
+    VisitLeanFormat(p.codec, [&](auto format) {
+      blocks_per_sm = MxBlocksPerSm(decltype(format)::value, metrics);
+    });
+    return GridFor(p.geometry.rows * p.geometry.cols / (2 * kVector),
+                   std::min(cap, Sms(p) * blocks_per_sm));  // one wave
+  }
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) {
     return GridFor((p.geometry.rows * p.geometry.cols / kVector + 1) / 2, cap);  // two vectors
   }
@@ -795,6 +871,21 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
               p, rule, clip, scales, zero_points, codes, output, output_dtype, partials, flags,
               code_xor, static_cast<uint32_t>(g.cols / kVector), static_cast<uint32_t>(g.rows),
               block_rows, block_vectors, blocks_per_row, static_cast<uint32_t>(g.num_scales));
+    });
+    return cudaGetLastError();
+  }
+  if (MxFused(p, codes != nullptr) && !rule.asymmetric) {
+    VisitLeanDType(p.input_dtype, [&](auto dtype) {
+      VisitLeanFormat(p.codec, [&](auto format) {
+        constexpr DType kD = decltype(dtype)::value;
+        constexpr LeanFormat kF = decltype(format)::value;
+        if constexpr (kF != LeanFormat::kInt4) {  // no MX format
+          const auto kernel =
+              partials != nullptr ? LeanMxKernel<kD, kF, true> : LeanMxKernel<kD, kF, false>;
+          kernel<<<grid, kThreads, 0, stream>>>(p, rule, clip, scales, codes, partials, flags,
+                                                code_xor, vectors / 2);
+        }
+      });
     });
     return cudaGetLastError();
   }
