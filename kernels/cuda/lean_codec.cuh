@@ -166,11 +166,22 @@ __device__ __forceinline__ __half2 DecodeFp8Pair(unsigned short pair) {
   return *reinterpret_cast<const __half2*>(&halves);
 }
 
+// The FP8 codes (E4M3 or E5M2) of `first` (the low byte) and `second`, by the hardware's
+// conversion: round to nearest even, saturating (the engine's RNE + SATURATE).
+template <LeanFormat kFormat>
+__device__ __forceinline__ unsigned short EncodeFp8Pair(float first, float second) {
+  unsigned short pair;
+  if (kFormat == LeanFormat::kE4M3) {
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(second), "f"(first));
+  } else {
+    asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(second), "f"(first));
+  }
+  return pair;
+}
+
 // The E4M3 code of v ≥ 0 (not NaN), rounded to nearest even and saturating: 0..0x7E.
 __device__ __forceinline__ uint32_t E4M3Code(float v) {
-  unsigned short pair;  // the code in the low byte, +0's in the high one
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
-  return pair;
+  return EncodeFp8Pair<LeanFormat::kE4M3>(v, 0.0f);  // +0's code in the high byte
 }
 
 // M + the E2M1 magnitude code of v = |x| / s by RNE + SATURATE, and M + 7 (saturation) for a
@@ -269,11 +280,7 @@ __device__ __forceinline__ PackedVector LeanEncode(const float x[kVector], const
             __fmul_rn(fminf(LeanMagnitudeQuotient<kPowerOfTwo>(x[j], scale), kMax), kShift);
         const float a1 =
             __fmul_rn(fminf(LeanMagnitudeQuotient<kPowerOfTwo>(x[j + 1], scale), kMax), kShift);
-        if (kE3M2) {
-          asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pairs[k]) : "f"(a1), "f"(a0));
-        } else {
-          asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pairs[k]) : "f"(a1), "f"(a0));
-        }
+        pairs[k] = EncodeFp8Pair < kE3M2 ? LeanFormat::kE5M2 : LeanFormat::kE4M3 > (a0, a1);
         if (kDequantize) {
           const __half2 d =
               DecodeFp8Pair < kE3M2 ? LeanFormat::kE5M2 : LeanFormat::kE4M3 > (pairs[k]);
@@ -315,11 +322,7 @@ __device__ __forceinline__ PackedVector LeanEncode(const float x[kVector], const
         v0 = copysignf(v0, x[j]);
         v1 = copysignf(v1, x[j + 1]);
       }
-      if (kFormat == LeanFormat::kE4M3) {
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pairs[j / 2]) : "f"(v1), "f"(v0));
-      } else {
-        asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pairs[j / 2]) : "f"(v1), "f"(v0));
-      }
+      pairs[j / 2] = EncodeFp8Pair<kFormat>(v0, v1);
       if (kDequantize) {
         const __half2 h = DecodeFp8Pair<kFormat>(pairs[j / 2]);
         x_hat[j] = __fmul_rn(scale.s, __low2float(h));
