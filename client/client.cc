@@ -120,11 +120,7 @@ class RemoteClient final : public Client {
   absl::StatusOr<v1::QuantizeResponse> Quantize(v1::QuantizeRequest request) override {
     const int64_t input_bytes = static_cast<int64_t>(request.input().data().size());
     if (!NeedsStream(request.ByteSizeLong(), input_bytes)) {
-      grpc::ClientContext context;
-      Prepare(&context);
-      v1::QuantizeResponse response;
-      QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->Quantize(&context, request, &response)));
-      return response;
+      return Call(stub_.get(), &v1::Quantizer::Stub::Quantize, request);
     }
     return QuantizeStream(std::move(request));
   }
@@ -134,11 +130,7 @@ class RemoteClient final : public Client {
     int64_t output_bytes = 4;
     for (int64_t dim : request.quantized().shape()) output_bytes *= std::max<int64_t>(dim, 0);
     if (!NeedsStream(request.ByteSizeLong(), output_bytes)) {
-      grpc::ClientContext context;
-      Prepare(&context);
-      v1::DequantizeResponse response;
-      QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->Dequantize(&context, request, &response)));
-      return response;
+      return Call(stub_.get(), &v1::Quantizer::Stub::Dequantize, request);
     }
     return DequantizeStream(std::move(request));
   }
@@ -146,11 +138,7 @@ class RemoteClient final : public Client {
   absl::StatusOr<v1::QuantDequantResponse> QuantDequant(v1::QuantDequantRequest request) override {
     const int64_t input_bytes = static_cast<int64_t>(request.input().data().size());
     if (!NeedsStream(request.ByteSizeLong(), 2 * input_bytes)) {
-      grpc::ClientContext context;
-      Prepare(&context);
-      v1::QuantDequantResponse response;
-      QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->QuantDequant(&context, request, &response)));
-      return response;
+      return Call(stub_.get(), &v1::Quantizer::Stub::QuantDequant, request);
     }
     // Too large for one message: the same result through the two streamed calls.
     const v1::DType output_dtype = request.output_dtype() != v1::DTYPE_UNSPECIFIED
@@ -174,87 +162,41 @@ class RemoteClient final : public Client {
   }
 
   absl::StatusOr<v1::CalibrateResponse> Calibrate(v1::CalibrateRequest request) override {
-    const int64_t limit = UnaryLimit();
-    if (static_cast<int64_t>(request.ByteSizeLong()) > limit) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "Calibrate has no streamed form and this request is ", request.ByteSizeLong(),
-          " bytes, above the server's message limit of ", limit + kMessageMarginBytes,
-          "; calibrate a representative slice, or start quantd with a larger "
-          "--max-message-bytes"));
-    }
-    grpc::ClientContext context;
-    Prepare(&context);
-    v1::CalibrateResponse response;
-    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->Calibrate(&context, request, &response)));
-    return response;
+    QUANTD_RETURN_IF_ERROR(CheckUnary("Calibrate", request, "calibrate a representative slice"));
+    return Call(stub_.get(), &v1::Quantizer::Stub::Calibrate, request);
   }
 
   absl::StatusOr<v1::GemmResponse> Gemm(v1::GemmRequest request) override {
-    const int64_t limit = UnaryLimit();
-    if (static_cast<int64_t>(request.ByteSizeLong()) > limit) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("Gemm has no streamed form and this request is ", request.ByteSizeLong(),
-                       " bytes, above the server's message limit of ", limit + kMessageMarginBytes,
-                       "; split M into slices, or start quantd with a larger "
-                       "--max-message-bytes"));
-    }
-    grpc::ClientContext context;
-    Prepare(&context);
-    v1::GemmResponse response;
-    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->Gemm(&context, request, &response)));
-    return response;
+    QUANTD_RETURN_IF_ERROR(CheckUnary("Gemm", request, "split M into slices"));
+    return Call(stub_.get(), &v1::Quantizer::Stub::Gemm, request);
   }
 
   absl::StatusOr<v1::RegisterWeightResponse> RegisterWeight(
       v1::RegisterWeightRequest request) override {
     if (NeedsStream(request.ByteSizeLong(), 0)) return RegisterWeightStream(std::move(request));
-    grpc::ClientContext context;
-    Prepare(&context);
-    v1::RegisterWeightResponse response;
-    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->RegisterWeight(&context, request, &response)));
-    return response;
+    return Call(stub_.get(), &v1::Quantizer::Stub::RegisterWeight, request);
   }
 
   absl::StatusOr<v1::ListWeightsResponse> ListWeights() override {
-    grpc::ClientContext context;
-    Prepare(&context);
-    v1::ListWeightsResponse response;
-    QUANTD_RETURN_IF_ERROR(
-        FromGrpc(stub_->ListWeights(&context, v1::ListWeightsRequest(), &response)));
-    return response;
+    return Call(stub_.get(), &v1::Quantizer::Stub::ListWeights, v1::ListWeightsRequest());
   }
 
   absl::StatusOr<v1::DropWeightResponse> DropWeight(v1::DropWeightRequest request) override {
-    grpc::ClientContext context;
-    Prepare(&context);
-    v1::DropWeightResponse response;
-    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->DropWeight(&context, request, &response)));
-    return response;
+    return Call(stub_.get(), &v1::Quantizer::Stub::DropWeight, request);
   }
 
   absl::StatusOr<v1::GetCapabilitiesResponse> GetCapabilities() override {
-    grpc::ClientContext context;
-    Prepare(&context);
-    v1::GetCapabilitiesResponse response;
-    QUANTD_RETURN_IF_ERROR(
-        FromGrpc(stub_->GetCapabilities(&context, v1::GetCapabilitiesRequest(), &response)));
-    return response;
+    return Call(stub_.get(), &v1::Quantizer::Stub::GetCapabilities, v1::GetCapabilitiesRequest());
   }
 
   absl::StatusOr<v1::EchoResponse> Echo(v1::EchoRequest request) override {
-    grpc::ClientContext context;
-    Prepare(&context);
-    v1::EchoResponse response;
-    QUANTD_RETURN_IF_ERROR(FromGrpc(stub_->Echo(&context, request, &response)));
-    return response;
+    return Call(stub_.get(), &v1::Quantizer::Stub::Echo, request);
   }
 
   absl::Status Health() override {
-    grpc::ClientContext context;
-    Prepare(&context);
-    grpc::health::v1::HealthCheckResponse response;
-    QUANTD_RETURN_IF_ERROR(
-        FromGrpc(health_->Check(&context, grpc::health::v1::HealthCheckRequest(), &response)));
+    QUANTD_ASSIGN_OR_RETURN(const grpc::health::v1::HealthCheckResponse response,
+                            Call(health_.get(), &grpc::health::v1::Health::Stub::Check,
+                                 grpc::health::v1::HealthCheckRequest()));
     if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
       return absl::UnavailableError(absl::StrCat(
           "server is ",
@@ -271,6 +213,31 @@ class RemoteClient final : public Client {
       context->set_deadline(std::chrono::system_clock::now() +
                             absl::ToChronoMilliseconds(options_.timeout));
     }
+  }
+
+  // One unary call on `stub` with the client's deadline.
+  template <typename Stub, typename Request, typename Response>
+  absl::StatusOr<Response> Call(Stub* stub,
+                                grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                                             Response*),
+                                const Request& request) {
+    grpc::ClientContext context;
+    Prepare(&context);
+    Response response;
+    QUANTD_RETURN_IF_ERROR(FromGrpc((stub->*method)(&context, request, &response)));
+    return response;
+  }
+
+  // FAILED_PRECONDITION for a request of a method without a streamed form that one message
+  // cannot carry, with `advice` on what to send instead.
+  absl::Status CheckUnary(absl::string_view method, const google::protobuf::Message& request,
+                          absl::string_view advice) {
+    const int64_t limit = UnaryLimit();
+    if (static_cast<int64_t>(request.ByteSizeLong()) <= limit) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat(method, " has no streamed form and this request is ", request.ByteSizeLong(),
+                     " bytes, above the server's message limit of ", limit + kMessageMarginBytes,
+                     "; ", advice, ", or start quantd with a larger --max-message-bytes"));
   }
 
   // The largest request or response sent as one message.

@@ -355,6 +355,14 @@ TEST_F(WeightsTest, AWeightAboveTheMessageLimitIsStreamed) {
   ASSERT_TRUE(on_server.ok()) << on_server.status();
   ASSERT_TRUE(in_process.ok()) << in_process.status();
   EXPECT_EQ(on_server->output().data(), in_process->output().data());
+  // The same weight inline is a Gemm above one message, which has no streamed form: the
+  // client says so before sending anything.
+  gemm.clear_b_handle();
+  *gemm.mutable_b() = request.weight();
+  const absl::StatusOr<v1::GemmResponse> refused = (*remote)->Gemm(gemm);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("Gemm has no streamed form"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("split M into slices"));
 
   // A first piece in the header frame and uneven frames give the same weight.
   std::vector<v1::RegisterWeightStreamRequest> frames = WeightFrames(request, 40000);
