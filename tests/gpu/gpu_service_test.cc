@@ -394,6 +394,19 @@ TEST(GpuServiceTest, PerGpuMetricsMove) {
 }
 
 // A CUDA server serving /metrics, and a CPU server beside it whose answers are the oracle.
+// One unary call on `ts` that must succeed (the server's message as the failure).
+template <typename Request, typename Response>
+::testing::AssertionResult CallOk(TestServer& ts,
+                                  grpc::Status (v1::Quantizer::Stub::*method)(grpc::ClientContext*,
+                                                                              const Request&,
+                                                                              Response*),
+                                  const Request& request, Response* response) {
+  grpc::ClientContext context;
+  const grpc::Status status = (ts.stub.get()->*method)(&context, request, response);
+  if (status.ok()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << status.error_message();
+}
+
 struct GpuAndCpuServers {
   GpuAndCpuServers() {
     server::ServerOptions options = CudaOptions();
@@ -427,15 +440,8 @@ TEST(GpuServiceTest, GemmRunsOnTheTensorCoresAndMetricsKeepServing) {
   request.mutable_a_spec()->set_descriptor_string("int8");
   request.mutable_b_spec()->set_descriptor_string("int8");
   v1::GemmResponse gpu_response, cpu_response;
-  {
-    grpc::ClientContext context;
-    const grpc::Status status = ts.stub->Gemm(&context, request, &gpu_response);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(cpu.stub->Gemm(&context, request, &cpu_response).ok());
-  }
+  ASSERT_TRUE(CallOk(ts, &v1::Quantizer::Stub::Gemm, request, &gpu_response));
+  ASSERT_TRUE(CallOk(cpu, &v1::Quantizer::Stub::Gemm, request, &cpu_response));
   EXPECT_EQ(gpu_response.backend(), "cuda");
   const std::vector<float> gpu_out = ValuesOf<float>(gpu_response.output().data());
   const std::vector<float> cpu_out = ValuesOf<float>(cpu_response.output().data());
@@ -466,15 +472,8 @@ TEST(GpuServiceTest, RegisteredWeightsLiveOnTheGpu) {
   registration.set_name("up_proj");
   registration.set_keep_original(true);
   v1::RegisterWeightResponse gpu_weight, cpu_weight;
-  {
-    grpc::ClientContext context;
-    const grpc::Status status = ts.stub->RegisterWeight(&context, registration, &gpu_weight);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(cpu.stub->RegisterWeight(&context, registration, &cpu_weight).ok());
-  }
+  ASSERT_TRUE(CallOk(ts, &v1::Quantizer::Stub::RegisterWeight, registration, &gpu_weight));
+  ASSERT_TRUE(CallOk(cpu, &v1::Quantizer::Stub::RegisterWeight, registration, &cpu_weight));
   EXPECT_EQ(gpu_weight.weight().backend(), "cuda");
   // Codes (1 byte), a scale per row, the original in fp32.
   EXPECT_EQ(gpu_weight.weight().bytes(), 512 * 1024 + 512 * 4 + 512 * 1024 * 4);
@@ -497,20 +496,10 @@ TEST(GpuServiceTest, RegisteredWeightsLiveOnTheGpu) {
   *inline_request.mutable_b_spec() = registration.spec();
   v1::GemmResponse on_handle, inline_response, cpu_response;
   request.set_b_handle(gpu_weight.weight().handle());
-  {
-    grpc::ClientContext context;
-    const grpc::Status status = ts.stub->Gemm(&context, request, &on_handle);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(ts.stub->Gemm(&context, inline_request, &inline_response).ok());
-  }
+  ASSERT_TRUE(CallOk(ts, &v1::Quantizer::Stub::Gemm, request, &on_handle));
+  ASSERT_TRUE(CallOk(ts, &v1::Quantizer::Stub::Gemm, inline_request, &inline_response));
   request.set_b_handle(cpu_weight.weight().handle());
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(cpu.stub->Gemm(&context, request, &cpu_response).ok());
-  }
+  ASSERT_TRUE(CallOk(cpu, &v1::Quantizer::Stub::Gemm, request, &cpu_response));
   EXPECT_EQ(on_handle.output().data(), inline_response.output().data());
   EXPECT_EQ(on_handle.metrics().sqnr_db(), inline_response.metrics().sqnr_db());
   EXPECT_NEAR(on_handle.metrics().sqnr_db(), cpu_response.metrics().sqnr_db(), 0.5);
@@ -520,10 +509,7 @@ TEST(GpuServiceTest, RegisteredWeightsLiveOnTheGpu) {
   v1::DropWeightRequest drop;
   drop.set_handle(gpu_weight.weight().handle());
   v1::DropWeightResponse dropped;
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(ts.stub->DropWeight(&context, drop, &dropped).ok());
-  }
+  ASSERT_TRUE(CallOk(ts, &v1::Quantizer::Stub::DropWeight, drop, &dropped));
   EXPECT_EQ(dropped.freed_bytes(), gpu_weight.weight().bytes());
   page = ScrapeMetrics(ts.server->metrics_port());
   EXPECT_EQ(SampleValue(page, "quantd_registered_weights"), 0);
