@@ -358,7 +358,7 @@ constexpr int MxBlocksPerSm(LeanFormat format, bool metrics) {
 
 template <DType kDType, LeanFormat kFormat, bool kMetrics>
 __global__ void __launch_bounds__(kThreads, MxBlocksPerSm(kFormat, kMetrics))
-    LeanMxKernel(ElementParams p, ScaleRule rule, float clip, float* __restrict__ scales,
+    LeanMxKernel(ElementParams p, ScaleRule rule, float* __restrict__ scales,
                  uint8_t* __restrict__ codes_out, MetricPartial* partials, DeviceFlags* flags,
                  uint32_t code_xor, uint32_t pairs) {
   MetricAccumulator acc;
@@ -382,14 +382,9 @@ __global__ void __launch_bounds__(kThreads, MxBlocksPerSm(kFormat, kMetrics))
     float group_amax = fmaxf(amax[0], amax[1]);
     group_amax = fmaxf(group_amax, __shfl_xor_sync(0xFFFFFFFFu, group_amax, 1));
     if (!active) continue;
-    // ScaleOfRange's steps for the range [-amax, amax] without a zero-point.
-    float s = 1.0f;
-    int32_t zp = 0;
-    const bool range_ok = ScaleFromRange(rule, -group_amax + 0.0f, group_amax, clip, &s, &zp);
-    if ((pair & 1) == 0) {
-      if (!range_ok) atomicMax(&flags->bad_scale_group, static_cast<long long>(pair / 2));
-      scales[pair / 2] = s;
-    }
+    // ScaleFromRange's MX case (codec.h): a power of two from the block's amax.
+    const float s = MxScaleOfExponent(rule, MxSharedExponent(rule, group_amax));
+    if ((pair & 1) == 0) scales[pair / 2] = s;
     const LeanScale scale = MakeLeanScale(p.codec, s, 0, /*power_of_two=*/true);
     PackedVector packed[2];
 #pragma unroll
@@ -835,12 +830,9 @@ int LeanFusedGrid(const ElementParams& p, bool codes, bool metrics) {
   }
   if (LongRows(p)) return BlockKernelGrid(p, p.geometry.cols * element_bytes, cap);
   if (MxFused(p, codes)) {
-    int blocks_per_sm = 0;
-    VisitLeanFormat(p.codec, [&](auto format) {
-      blocks_per_sm = MxBlocksPerSm(decltype(format)::value, metrics);
-    });
-    return GridFor(p.geometry.rows * p.geometry.cols / (2 * kVector),
-                   std::min(cap, Sms(p) * blocks_per_sm));  // one wave
+    return GridFor(
+        p.geometry.rows * p.geometry.cols / (2 * kVector),
+        std::min(cap, Sms(p) * MxBlocksPerSm(LeanFormatOf(p.codec), metrics)));  // one wave
   }
   if (group_vectors <= 32 && IsPowerOfTwo(group_vectors)) {
     return GridFor((p.geometry.rows * p.geometry.cols / kVector + 1) / 2, cap);  // two vectors
@@ -874,7 +866,7 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
     });
     return cudaGetLastError();
   }
-  if (MxFused(p, codes != nullptr) && !rule.asymmetric) {
+  if (MxFused(p, codes != nullptr)) {
     VisitLeanDType(p.input_dtype, [&](auto dtype) {
       VisitLeanFormat(p.codec, [&](auto format) {
         constexpr DType kD = decltype(dtype)::value;
@@ -882,8 +874,8 @@ cudaError_t LaunchQuantizeLeanFused(const ElementParams& p, const ScaleRule& rul
         if constexpr (kF != LeanFormat::kInt4) {  // no MX format
           const auto kernel =
               partials != nullptr ? LeanMxKernel<kD, kF, true> : LeanMxKernel<kD, kF, false>;
-          kernel<<<grid, kThreads, 0, stream>>>(p, rule, clip, scales, codes, partials, flags,
-                                                code_xor, vectors / 2);
+          kernel<<<grid, kThreads, 0, stream>>>(p, rule, scales, codes, partials, flags, code_xor,
+                                                vectors / 2);
         }
       });
     });
